@@ -1,0 +1,603 @@
+//! The broker: one actor per node that owns the node's partitions and answers Kafka requests.
+//!
+//! Client frames arrive as [`BrokerMsg::Request`] (the driver strips the size prefix); responses
+//! leave through `Cx::reply` with the request's per-connection sequence number, so pipelined
+//! requests are answered in order even when a produce waits for fsync while a later Metadata is
+//! answered at once.
+//!
+//! Startup: read `meta/topics`, delete directories of topics that no longer exist, recover every
+//! partition log; requests that arrive meanwhile are queued. A topic accepts produce only once
+//! its creation is durable in `meta/topics` and its logs are recovered.
+//!
+//! Disk completions are routed by token: every operation a partition's log issues goes through
+//! a [`Tracked`] wrapper that records which partition owns the token.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod meta;
+
+mod admin;
+mod fetch;
+mod offsets;
+mod produce;
+
+use crate::core::{Actor, Addr, ConnId, Cx, DiskIo, DiskOp, IoDone, IoOutput, IoToken, TimerId};
+use crate::log::LogEvent;
+use crate::partition::Partition;
+use bytes::Bytes;
+use codec::{Decoded, Request};
+use config::BrokerConfig;
+use kafka_protocol::messages::RequestKind;
+use meta::{NodeMeta, META_PATH, META_TMP_PATH};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use uuid::Uuid;
+
+/// Messages the broker actor receives.
+#[derive(Debug)]
+pub enum BrokerMsg {
+    /// A request frame (size prefix removed) from a client connection; `seq` orders responses.
+    Request {
+        /// Connection.
+        conn: ConnId,
+        /// Position of the request in the connection's stream.
+        seq: u64,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// A client connection closed.
+    Disconnected {
+        /// Connection.
+        conn: ConnId,
+    },
+}
+
+/// The timer that drives periodic work (flush.ms, retention, produce timeouts).
+const HOUSEKEEPING: TimerId = TimerId(0);
+const HOUSEKEEPING_INTERVAL_MS: u64 = 100;
+/// Producer ids are handed out in blocks whose end is persisted before use.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// A topic on this node.
+pub(crate) struct Topic {
+    pub(crate) id: Uuid,
+    pub(crate) partitions: Vec<Partition>,
+    pub(crate) configs: BTreeMap<String, String>,
+    /// The metadata version whose durability makes this topic exist.
+    pub(crate) created_version: u64,
+}
+
+/// Who a disk completion belongs to.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    Partition(u64),
+    StartupListMeta,
+    StartupReadMeta,
+    StartupListRoot,
+    MetaAppend,
+    MetaFsync,
+    MetaRename,
+    Cleanup,
+}
+
+/// A response that may be sent once a metadata version is durable.
+struct MetaWaiter {
+    version: u64,
+    conn: ConnId,
+    seq: u64,
+    frame: Option<Bytes>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Loading,
+    Recovering,
+    Ready,
+    Failed,
+}
+
+/// The broker actor. See the module documentation.
+pub struct Broker {
+    config: BrokerConfig,
+    phase: Phase,
+    meta_loaded: NodeMeta,
+    pub(crate) topics: BTreeMap<String, Topic>,
+    pub(crate) dynamic_broker: BTreeMap<String, String>,
+    pub(crate) topic_names: BTreeMap<Uuid, String>,
+    pub(crate) locations: BTreeMap<u64, (String, usize)>,
+    routes: BTreeMap<IoToken, Route>,
+    queued: VecDeque<(ConnId, u64, Bytes)>,
+    pub(crate) next_id: u64,
+    next_uid: u64,
+    // metadata file writing
+    meta_version: u64,
+    meta_durable_version: u64,
+    meta_in_flight: Option<u64>,
+    meta_waiters: Vec<MetaWaiter>,
+    producer_id_block_end: i64,
+    next_producer_id: i64,
+    producer_block_version: u64,
+    pending_init_producer: Vec<(ConnId, u64, Box<Request>)>,
+    // request state
+    pub(crate) produces: BTreeMap<u64, produce::PendingProduce>,
+    pub(crate) fetches: BTreeMap<u64, fetch::FetchState>,
+    pub(crate) reads: BTreeMap<u64, (u64, usize)>,
+    pub(crate) watchers: BTreeMap<u64, BTreeSet<u64>>,
+    pub(crate) list_offsets: BTreeMap<u64, offsets::ListOffsetsState>,
+    pub(crate) timestamp_queries: BTreeMap<u64, (u64, usize, usize)>,
+    last_retention_ms: u64,
+}
+
+/// Issues disk operations for one partition and records the owner of each token.
+pub(crate) struct Tracked<'a> {
+    cx: &'a mut Cx<BrokerMsg>,
+    routes: &'a mut BTreeMap<IoToken, Route>,
+    uid: u64,
+}
+
+impl DiskIo for Tracked<'_> {
+    fn disk(&mut self, op: DiskOp) -> IoToken {
+        let token = self.cx.disk(op);
+        self.routes.insert(token, Route::Partition(self.uid));
+        token
+    }
+}
+
+impl Broker {
+    /// A broker with the given static configuration.
+    pub fn new(config: BrokerConfig) -> Self {
+        Broker {
+            config,
+            phase: Phase::Loading,
+            meta_loaded: NodeMeta::default(),
+            topics: BTreeMap::new(),
+            dynamic_broker: BTreeMap::new(),
+            topic_names: BTreeMap::new(),
+            locations: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            queued: VecDeque::new(),
+            next_id: 1000,
+            next_uid: 1,
+            meta_version: 0,
+            meta_durable_version: 0,
+            meta_in_flight: None,
+            meta_waiters: Vec::new(),
+            producer_id_block_end: 0,
+            next_producer_id: 0,
+            producer_block_version: 0,
+            pending_init_producer: Vec::new(),
+            produces: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            watchers: BTreeMap::new(),
+            list_offsets: BTreeMap::new(),
+            timestamp_queries: BTreeMap::new(),
+            last_retention_ms: 0,
+        }
+    }
+
+    /// The static configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Whether startup recovery has finished.
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+
+    pub(crate) fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn disk(&mut self, cx: &mut Cx<BrokerMsg>, op: DiskOp, route: Route) {
+        let token = cx.disk(op);
+        self.routes.insert(token, route);
+    }
+
+    /// Run `f` on partition `uid` with a disk handle that routes its completions back to it.
+    pub(crate) fn with_partition<R>(
+        &mut self,
+        cx: &mut Cx<BrokerMsg>,
+        topic: &str,
+        index: usize,
+        f: impl FnOnce(&mut Partition, &mut Tracked<'_>) -> R,
+    ) -> Option<R> {
+        let partition = self.topics.get_mut(topic)?.partitions.get_mut(index)?;
+        let mut io = Tracked { cx, routes: &mut self.routes, uid: partition.uid };
+        Some(f(partition, &mut io))
+    }
+
+    /// Whether a topic's creation is durable.
+    pub(crate) fn topic_durable(&self, topic: &Topic) -> bool {
+        self.meta_durable_version >= topic.created_version
+    }
+
+    /// Partition `index` of `topic` if it exists, is durable and recovered.
+    pub(crate) fn ready_partition(&self, topic: &str, index: i32) -> Result<&Partition, i16> {
+        let t = self.topics.get(topic).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)?;
+        let p = usize::try_from(index).ok().and_then(|i| t.partitions.get(i)).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)?;
+        if !self.topic_durable(t) || !p.is_ready() {
+            return Err(error::NOT_LEADER_OR_FOLLOWER);
+        }
+        Ok(p)
+    }
+
+    /// Add a topic (creation or recovery) and start its partitions' logs.
+    pub(crate) fn add_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, id: Uuid, partitions: i32, configs: BTreeMap<String, String>, created_version: u64) {
+        self.topics.insert(name.to_string(), Topic { id, partitions: Vec::new(), configs, created_version });
+        self.topic_names.insert(id, name.to_string());
+        self.grow_topic(cx, name, partitions);
+    }
+
+    /// Add partitions to `name` until it has `count`.
+    pub(crate) fn grow_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, count: i32) {
+        let settings = {
+            let t = &self.topics[name];
+            config::topic_settings(&t.configs, &self.dynamic_broker, &self.config)
+        };
+        let existing = self.topics[name].partitions.len() as i32;
+        for index in existing..count {
+            let uid = self.next_uid;
+            self.next_uid += 1;
+            let mut p = Partition::new(name, index, uid, format!("{name}-{index}"), settings.log.clone());
+            apply_settings(&mut p, &settings);
+            let mut io = Tracked { cx, routes: &mut self.routes, uid };
+            p.start(&mut io);
+            self.locations.insert(uid, (name.to_string(), index as usize));
+            self.topics.get_mut(name).expect("topic just checked").partitions.push(p);
+        }
+    }
+
+    /// Re-apply configuration to every partition of `name` (after AlterConfigs).
+    pub(crate) fn reconfigure_topic(&mut self, name: &str) {
+        let Some(t) = self.topics.get_mut(name) else { return };
+        let settings = config::topic_settings(&t.configs, &self.dynamic_broker, &self.config);
+        for p in &mut t.partitions {
+            p.log.set_config(settings.log.clone());
+            apply_settings(p, &settings);
+        }
+    }
+
+    /// Remove a topic and delete its data.
+    pub(crate) fn remove_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str) {
+        let Some(mut t) = self.topics.remove(name) else { return };
+        self.topic_names.remove(&t.id);
+        for p in &mut t.partitions {
+            self.locations.remove(&p.uid);
+            let mut io = Tracked { cx, routes: &mut self.routes, uid: p.uid };
+            p.log.delete_all(&mut io);
+        }
+    }
+
+    /// Record a metadata change; returns the version whose durability makes it permanent.
+    pub(crate) fn meta_changed(&mut self, cx: &mut Cx<BrokerMsg>) -> u64 {
+        self.meta_version += 1;
+        self.maybe_write_meta(cx);
+        self.meta_version
+    }
+
+    /// Send `frame` to `conn` once metadata `version` is durable.
+    pub(crate) fn reply_when_durable(&mut self, cx: &mut Cx<BrokerMsg>, version: u64, conn: ConnId, seq: u64, frame: Option<Bytes>) {
+        if self.meta_durable_version >= version {
+            cx.reply(conn, seq, frame);
+        } else {
+            self.meta_waiters.push(MetaWaiter { version, conn, seq, frame });
+        }
+    }
+
+    fn snapshot_meta(&self) -> NodeMeta {
+        let mut m = NodeMeta { producer_id_block_end: self.producer_id_block_end, dynamic_broker: self.dynamic_broker.clone(), ..Default::default() };
+        for (name, t) in &self.topics {
+            m.topics.insert(name.clone(), meta::TopicMeta { id: t.id, partitions: t.partitions.len() as i32, configs: t.configs.clone() });
+        }
+        m
+    }
+
+    fn maybe_write_meta(&mut self, cx: &mut Cx<BrokerMsg>) {
+        if self.meta_in_flight.is_some() || self.meta_version == self.meta_durable_version {
+            return;
+        }
+        self.meta_in_flight = Some(self.meta_version);
+        let data = Bytes::from(self.snapshot_meta().encode());
+        self.disk(cx, DiskOp::Delete { path: META_TMP_PATH.into() }, Route::Cleanup);
+        self.disk(cx, DiskOp::Append { path: META_TMP_PATH.into(), data }, Route::MetaAppend);
+    }
+
+    fn on_meta_durable(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let version = self.meta_in_flight.take().expect("meta write in flight");
+        self.meta_durable_version = version;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.meta_waiters).into_iter().partition(|w| w.version <= version);
+        self.meta_waiters = waiting;
+        for w in ready {
+            cx.reply(w.conn, w.seq, w.frame);
+        }
+        self.answer_init_producer_ids(cx);
+        self.maybe_write_meta(cx);
+    }
+
+    fn fail(&mut self, cx: &mut Cx<BrokerMsg>, why: &str) {
+        tracing::error!(node = self.config.node_id, "broker failed: {why}");
+        self.phase = Phase::Failed;
+        cx.stop();
+    }
+
+    fn on_startup_io(&mut self, cx: &mut Cx<BrokerMsg>, route: Route, output: IoOutput) {
+        match (route, output) {
+            (Route::StartupListMeta, IoOutput::List(entries)) => {
+                if entries.iter().any(|e| e.name == "topics") {
+                    self.disk(cx, DiskOp::Read { path: META_PATH.into(), position: 0, len: 1 << 30 }, Route::StartupReadMeta);
+                } else {
+                    self.disk(cx, DiskOp::List { path: String::new() }, Route::StartupListRoot);
+                }
+            }
+            (Route::StartupReadMeta, IoOutput::Read(bytes)) => match NodeMeta::decode(&bytes) {
+                Some(m) => {
+                    self.meta_loaded = m;
+                    self.disk(cx, DiskOp::List { path: String::new() }, Route::StartupListRoot);
+                }
+                None => self.fail(cx, "meta/topics is corrupt (its CRC does not match); refusing to start rather than forget topics"),
+            },
+            (Route::StartupListRoot, IoOutput::List(entries)) => {
+                let m = std::mem::take(&mut self.meta_loaded);
+                self.dynamic_broker = m.dynamic_broker.clone();
+                self.producer_id_block_end = m.producer_id_block_end;
+                self.next_producer_id = m.producer_id_block_end;
+                for e in entries.iter().filter(|e| e.is_dir && e.name != "meta") {
+                    let known = e.name.rsplit_once('-').is_some_and(|(topic, index)| {
+                        m.topics.get(topic).is_some_and(|t| index.parse::<i32>().is_ok_and(|i| i >= 0 && i < t.partitions))
+                    });
+                    if !known {
+                        tracing::info!("deleting directory {} of a deleted topic", e.name);
+                        self.disk(cx, DiskOp::DeleteDir { path: e.name.clone() }, Route::Cleanup);
+                    }
+                }
+                for (name, t) in &m.topics {
+                    self.add_topic(cx, name, t.id, t.partitions, t.configs.clone(), 0);
+                }
+                self.phase = Phase::Recovering;
+                self.check_recovered(cx);
+            }
+            (route, output) => self.fail(cx, &format!("unexpected startup completion {route:?}: {output:?}")),
+        }
+    }
+
+    fn check_recovered(&mut self, cx: &mut Cx<BrokerMsg>) {
+        if self.phase != Phase::Recovering || !self.topics.values().all(|t| t.partitions.iter().all(|p| p.is_ready())) {
+            return;
+        }
+        self.phase = Phase::Ready;
+        tracing::info!(node = self.config.node_id, topics = self.topics.len(), "broker ready");
+        while let Some((conn, seq, frame)) = self.queued.pop_front() {
+            self.on_frame(cx, conn, seq, frame);
+        }
+    }
+
+    fn on_partition_events(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64, events: Vec<LogEvent>) {
+        let Some((topic, index)) = self.locations.get(&uid).cloned() else { return };
+        for event in events {
+            match event {
+                LogEvent::Recovered { checkpoint, replay } => {
+                    if let Some(p) = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)) {
+                        p.on_recovered(&checkpoint, &replay);
+                        tracing::debug!(topic, index, log_end_offset = p.log.log_end_offset(), "partition recovered");
+                    }
+                    self.check_recovered(cx);
+                }
+                LogEvent::Durable { offset } => {
+                    let moved = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)).is_some_and(|p| p.on_durable(offset));
+                    if moved {
+                        self.on_high_watermark(cx, uid);
+                    }
+                }
+                LogEvent::ReadDone { read_id, records } => self.on_read_done(cx, read_id, records),
+                LogEvent::TimestampFound { query_id, found } => self.on_timestamp_found(cx, query_id, found),
+                LogEvent::Failed { error } => {
+                    tracing::error!(topic, index, "partition log failed: {error}");
+                    self.fail(cx, &format!("log of {topic}-{index} failed: {error}"));
+                }
+            }
+        }
+    }
+
+    /// The high watermark of `uid` moved: finish produces waiting on it and wake parked fetches.
+    pub(crate) fn on_high_watermark(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
+        self.complete_produces(cx, Some(uid));
+        self.wake_fetches(cx, uid);
+    }
+
+    fn on_frame(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, frame: Bytes) {
+        if self.phase != Phase::Ready {
+            self.queued.push_back((conn, seq, frame));
+            return;
+        }
+        let request = match codec::decode_frame(frame) {
+            Decoded::Request(r) => r,
+            Decoded::Respond(frame) => return cx.reply(conn, seq, Some(frame)),
+            Decoded::Close(why) => {
+                tracing::info!(conn = conn.0, "closing connection: {why}");
+                return cx.close(conn);
+            }
+        };
+        self.dispatch(cx, conn, seq, request);
+    }
+
+    fn dispatch(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, mut request: Box<Request>) {
+        let body = std::mem::replace(&mut request.body, RequestKind::ApiVersions(Default::default()));
+        let frame = match body {
+            RequestKind::ApiVersions(_) => codec::respond(&request, &codec::api_versions_body(error::NONE)),
+            RequestKind::Metadata(r) => codec::respond(&request, &self.on_metadata(cx, &request, r)),
+            RequestKind::DescribeCluster(_) => codec::respond(&request, &self.on_describe_cluster()),
+            RequestKind::Produce(r) => return self.on_produce(cx, conn, seq, request, r),
+            RequestKind::Fetch(r) => return self.on_fetch(cx, conn, seq, request, r),
+            RequestKind::ListOffsets(r) => return self.on_list_offsets(cx, conn, seq, request, r),
+            RequestKind::OffsetForLeaderEpoch(r) => codec::respond(&request, &self.on_offset_for_leader_epoch(r)),
+            RequestKind::CreateTopics(r) => return self.on_create_topics(cx, conn, seq, &request, r),
+            RequestKind::DeleteTopics(r) => return self.on_delete_topics(cx, conn, seq, &request, r),
+            RequestKind::CreatePartitions(r) => return self.on_create_partitions(cx, conn, seq, &request, r),
+            RequestKind::DeleteRecords(r) => codec::respond(&request, &self.on_delete_records(cx, r)),
+            RequestKind::DescribeConfigs(r) => codec::respond(&request, &self.on_describe_configs(r)),
+            RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, &request, r),
+            RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, &request, r),
+            RequestKind::InitProducerId(_) => return self.on_init_producer_id(cx, conn, seq, request),
+            other => Err(format!("no handler for {other:?}")),
+        };
+        self.send(cx, conn, seq, frame);
+    }
+
+    /// Send an encoded response, or close the connection if encoding failed.
+    pub(crate) fn send(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, frame: Result<Bytes, String>) {
+        match frame {
+            Ok(f) => cx.reply(conn, seq, Some(f)),
+            Err(e) => {
+                tracing::warn!(conn = conn.0, "cannot encode response: {e}");
+                cx.close(conn);
+            }
+        }
+    }
+
+    fn on_init_producer_id(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>) {
+        self.pending_init_producer.push((conn, seq, request));
+        self.answer_init_producer_ids(cx);
+    }
+
+    /// Answer InitProducerId requests from the durable producer-id block, extending it when spent.
+    fn answer_init_producer_ids(&mut self, cx: &mut Cx<BrokerMsg>) {
+        use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+        let mut waiting = Vec::new();
+        for (conn, seq, mut request) in std::mem::take(&mut self.pending_init_producer) {
+            let RequestKind::InitProducerId(r) = std::mem::replace(&mut request.body, RequestKind::ApiVersions(Default::default())) else {
+                continue;
+            };
+            let r: InitProducerIdRequest = r;
+            let mut response = InitProducerIdResponse::default();
+            if r.transactional_id.is_some() {
+                // Transactions come with the transaction coordinator; refuse rather than pretend.
+                response.error_code = error::INVALID_REQUEST;
+                response.producer_id = ProducerId(-1);
+                response.producer_epoch = -1;
+            } else if r.producer_id.0 >= 0 && r.producer_epoch >= 0 {
+                // KIP-360: an idempotent producer bumps its own epoch after a fatal sequence error.
+                response.producer_id = r.producer_id;
+                response.producer_epoch = if r.producer_epoch == i16::MAX { 0 } else { r.producer_epoch + 1 };
+            } else {
+                if self.next_producer_id >= self.producer_id_block_end {
+                    self.producer_id_block_end = self.next_producer_id + PRODUCER_ID_BLOCK;
+                    self.producer_block_version = self.meta_changed(cx);
+                }
+                if self.meta_durable_version < self.producer_block_version {
+                    request.body = RequestKind::InitProducerId(r);
+                    waiting.push((conn, seq, request));
+                    continue;
+                }
+                response.producer_id = ProducerId(self.next_producer_id);
+                response.producer_epoch = 0;
+                self.next_producer_id += 1;
+            }
+            let frame = codec::respond(&request, &response);
+            self.send(cx, conn, seq, frame);
+        }
+        self.pending_init_producer.extend(waiting);
+    }
+
+    fn on_housekeeping(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let now_ms = cx.now_ms();
+        let wall = cx.wall_clock_ms();
+        let retention_due = now_ms >= self.last_retention_ms + self.config.retention_check_interval_ms;
+        if retention_due {
+            self.last_retention_ms = now_ms;
+        }
+        let uids: Vec<(String, usize)> = self.locations.values().cloned().collect();
+        for (topic, index) in uids {
+            let moved = self.with_partition(cx, &topic, index, |p, io| {
+                if !p.is_ready() {
+                    return false;
+                }
+                p.tick(io, now_ms);
+                if retention_due {
+                    p.log.apply_retention(io, wall);
+                }
+                false
+            });
+            let _ = moved;
+        }
+        self.expire_produces(cx);
+        cx.set_timer(HOUSEKEEPING, HOUSEKEEPING_INTERVAL_MS);
+    }
+}
+
+/// Copy a topic's settings onto a partition.
+fn apply_settings(p: &mut Partition, s: &config::TopicSettings) {
+    p.flush_policy = s.flush_policy;
+    p.log_append_time = s.log_append_time;
+    p.max_message_bytes = s.max_message_bytes;
+    p.timestamp_before_max_ms = s.timestamp_before_max_ms;
+    p.timestamp_after_max_ms = s.timestamp_after_max_ms;
+}
+
+impl Actor for Broker {
+    type Msg = BrokerMsg;
+
+    fn on_start(&mut self, cx: &mut Cx<BrokerMsg>) {
+        self.phase = Phase::Loading;
+        self.disk(cx, DiskOp::List { path: "meta".into() }, Route::StartupListMeta);
+        cx.set_timer(HOUSEKEEPING, HOUSEKEEPING_INTERVAL_MS);
+    }
+
+    fn on_message(&mut self, cx: &mut Cx<BrokerMsg>, _from: Addr, msg: BrokerMsg) {
+        match msg {
+            BrokerMsg::Request { conn, seq, frame } => self.on_frame(cx, conn, seq, frame),
+            BrokerMsg::Disconnected { conn } => self.on_disconnected(conn),
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<BrokerMsg>, timer: TimerId) {
+        if timer == HOUSEKEEPING {
+            self.on_housekeeping(cx);
+        } else {
+            self.on_fetch_deadline(cx, timer.0);
+        }
+    }
+
+    fn on_io(&mut self, cx: &mut Cx<BrokerMsg>, done: IoDone) {
+        let Some(route) = self.routes.remove(&done.token) else {
+            tracing::warn!("completion for unknown token {:?}", done.token);
+            return;
+        };
+        match route {
+            Route::Partition(uid) => {
+                let Some((topic, index)) = self.locations.get(&uid).cloned() else { return };
+                let events = self.with_partition(cx, &topic, index, |p, io| p.log.on_io(io, done)).unwrap_or_default();
+                self.on_partition_events(cx, uid, events);
+            }
+            Route::Cleanup => {
+                if let Err(e) = done.result {
+                    tracing::warn!("cleanup failed: {e}");
+                }
+            }
+            Route::MetaAppend | Route::MetaFsync | Route::MetaRename => match done.result {
+                Err(e) => self.fail(cx, &format!("writing {META_PATH} failed: {e}")),
+                Ok(_) => match route {
+                    Route::MetaAppend => self.disk(cx, DiskOp::Fsync { path: META_TMP_PATH.into() }, Route::MetaFsync),
+                    Route::MetaFsync => self.disk(cx, DiskOp::Rename { from: META_TMP_PATH.into(), to: META_PATH.into() }, Route::MetaRename),
+                    _ => self.on_meta_durable(cx),
+                },
+            },
+            startup => match done.result {
+                Ok(output) => self.on_startup_io(cx, startup, output),
+                Err(e) => self.fail(cx, &format!("startup IO failed: {e}")),
+            },
+        }
+    }
+}
+
+impl Broker {
+    fn on_disconnected(&mut self, conn: ConnId) {
+        // Parked fetches of a closed connection are dropped; their replies would go nowhere.
+        let gone: Vec<u64> = self.fetches.iter().filter(|(_, f)| f.conn == conn && f.outstanding == 0).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.fetches.remove(&id);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! ListOffsets (earliest, latest, max timestamp, by timestamp), OffsetForLeaderEpoch and
+//! DeleteRecords.
+
+use super::{codec, error, Broker, BrokerMsg};
+use crate::broker::codec::Request;
+use crate::core::{ConnId, Cx};
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::{
+    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+};
+
+/// ListOffsets special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+pub(crate) struct ListOffsetsState {
+    conn: ConnId,
+    seq: u64,
+    request: Box<Request>,
+    response: ListOffsetsResponse,
+    outstanding: usize,
+}
+
+impl Broker {
+    pub(crate) fn on_list_offsets(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: ListOffsetsRequest) {
+        let id = self.fresh_id();
+        let mut response = ListOffsetsResponse::default();
+        let mut outstanding = 0;
+        for (t_slot, t) in r.topics.iter().enumerate() {
+            let name = t.name.0.to_string();
+            let mut tr = ListOffsetsTopicResponse::default().with_name(t.name.clone());
+            for (p_slot, q) in t.partitions.iter().enumerate() {
+                let mut pr = ListOffsetsPartitionResponse::default().with_partition_index(q.partition_index).with_timestamp(-1).with_offset(-1).with_leader_epoch(-1);
+                match self.ready_partition(&name, q.partition_index) {
+                    Err(e) => pr.error_code = e,
+                    Ok(p) if q.current_leader_epoch >= 0 && q.current_leader_epoch != p.leader_epoch => {
+                        pr.error_code = if q.current_leader_epoch < p.leader_epoch { error::FENCED_LEADER_EPOCH } else { error::UNKNOWN_LEADER_EPOCH };
+                    }
+                    Ok(p) => {
+                        pr.leader_epoch = p.leader_epoch;
+                        match q.timestamp {
+                            LATEST => pr.offset = p.high_watermark,
+                            EARLIEST => pr.offset = p.log.log_start_offset(),
+                            MAX_TIMESTAMP => {
+                                let (ts, offset) = p.log.max_timestamp();
+                                (pr.timestamp, pr.offset) = (ts, offset);
+                            }
+                            ts if ts >= 0 => {
+                                let query_id = self.next_id + 1;
+                                self.next_id += 1;
+                                let answer = self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.offset_for_timestamp(io, query_id, ts)).flatten();
+                                match answer {
+                                    Some(found) => {
+                                        if let Some((offset, ts)) = found {
+                                            (pr.offset, pr.timestamp) = (offset, ts);
+                                        }
+                                    }
+                                    None => {
+                                        self.timestamp_queries.insert(query_id, (id, t_slot, p_slot));
+                                        outstanding += 1;
+                                    }
+                                }
+                            }
+                            _ => pr.error_code = error::INVALID_REQUEST,
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            response.topics.push(tr);
+        }
+        self.list_offsets.insert(id, ListOffsetsState { conn, seq, request, response, outstanding });
+        self.maybe_finish_list_offsets(cx, id);
+    }
+
+    pub(crate) fn on_timestamp_found(&mut self, cx: &mut Cx<BrokerMsg>, query_id: u64, found: Option<(i64, i64)>) {
+        let Some((id, t, p)) = self.timestamp_queries.remove(&query_id) else { return };
+        let Some(state) = self.list_offsets.get_mut(&id) else { return };
+        if let Some((offset, ts)) = found {
+            let pr = &mut state.response.topics[t].partitions[p];
+            (pr.offset, pr.timestamp) = (offset, ts);
+        }
+        state.outstanding -= 1;
+        self.maybe_finish_list_offsets(cx, id);
+    }
+
+    fn maybe_finish_list_offsets(&mut self, cx: &mut Cx<BrokerMsg>, id: u64) {
+        if self.list_offsets.get(&id).is_some_and(|s| s.outstanding == 0) {
+            let s = self.list_offsets.remove(&id).expect("present");
+            let frame = codec::respond(&s.request, &s.response);
+            self.send(cx, s.conn, s.seq, frame);
+        }
+    }
+
+    /// One node, one leader epoch: the end offset of the current epoch is the log end; an epoch
+    /// newer than ours is unknown.
+    pub(crate) fn on_offset_for_leader_epoch(&mut self, r: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+        let mut response = OffsetForLeaderEpochResponse::default();
+        for t in r.topics {
+            let name = t.topic.0.to_string();
+            let mut tr = OffsetForLeaderTopicResult::default().with_topic(t.topic.clone());
+            for q in t.partitions {
+                let mut e = EpochEndOffset::default().with_partition(q.partition).with_leader_epoch(-1).with_end_offset(-1);
+                match self.ready_partition(&name, q.partition) {
+                    Err(code) => e.error_code = code,
+                    Ok(p) if q.current_leader_epoch >= 0 && q.current_leader_epoch != p.leader_epoch => {
+                        e.error_code = if q.current_leader_epoch < p.leader_epoch { error::FENCED_LEADER_EPOCH } else { error::UNKNOWN_LEADER_EPOCH };
+                    }
+                    Ok(p) if q.leader_epoch <= p.leader_epoch => {
+                        e.leader_epoch = p.leader_epoch;
+                        e.end_offset = p.log.log_end_offset();
+                    }
+                    Ok(_) => {}
+                }
+                tr.partitions.push(e);
+            }
+            response.topics.push(tr);
+        }
+        response
+    }
+
+    pub(crate) fn on_delete_records(&mut self, cx: &mut Cx<BrokerMsg>, r: DeleteRecordsRequest) -> DeleteRecordsResponse {
+        let mut response = DeleteRecordsResponse::default();
+        for t in r.topics {
+            let name = t.name.0.to_string();
+            let mut tr = DeleteRecordsTopicResult::default().with_name(t.name.clone());
+            for q in t.partitions {
+                let mut pr = DeleteRecordsPartitionResult::default().with_partition_index(q.partition_index).with_low_watermark(-1);
+                match self.ready_partition(&name, q.partition_index) {
+                    Err(e) => pr.error_code = e,
+                    Ok(p) => {
+                        let hw = p.high_watermark;
+                        let target = if q.offset == -1 { hw } else { q.offset };
+                        if target < 0 || target > hw {
+                            pr.error_code = error::OFFSET_OUT_OF_RANGE;
+                        } else {
+                            let result = self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.delete_records(io, target));
+                            match result {
+                                Some(Ok(low)) => pr.low_watermark = low,
+                                _ => pr.error_code = error::OFFSET_OUT_OF_RANGE,
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            response.topics.push(tr);
+        }
+        response
+    }
+}

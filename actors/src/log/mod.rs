@@ -1,0 +1,1055 @@
+//! The partition log: an append-only sequence of segments holding Kafka v2 record batches,
+//! driven entirely through disk effects (Kafka's `UnifiedLog` + `LocalLog`).
+//!
+//! [`PartitionLog`] performs no IO: it issues [`DiskOp`]s through [`DiskIo`] and learns of their
+//! completions through [`PartitionLog::on_io`], which answers with [`LogEvent`]s. Appends return
+//! their offsets at once (the bytes are issued, not durable); [`PartitionLog::flush`] asks for
+//! durability and a later [`LogEvent::Durable`] reports it (group commit: at most one fsync in
+//! flight plus one queued behind it).
+//!
+//! Layout of the log directory: `{base_offset:020}.log/.index/.timeindex` per segment (see
+//! [`segment`]) and `partition.checkpoint` (recovery point, log start offset and the caller's
+//! blob, see [`recovery::Checkpoint`]), replaced atomically through `partition.checkpoint.tmp`.
+//!
+//! Invariants: offsets are dense from `log_start_offset` to `log_end_offset`; segments are sorted,
+//! contiguous, and their files exist; `durable_offset <= log_end_offset`; `Durable` offsets never
+//! go backwards; every batch below `durable_offset` was fsynced (log and index files).
+//!
+//! Faults survived: a crash at any point (unsynced writes lost or torn) is repaired by
+//! [`recovery`] on the next [`PartitionLog::start`]; every batch reported `Durable` survives. A
+//! failed write or fsync takes the log offline ([`LogEvent::Failed`], `is_ready() == false`):
+//! after a failed fsync the page cache cannot be trusted (fsyncgate), so only a restart, which
+//! recovers from the disk, brings it back. A read racing a segment deletion answers empty.
+
+pub mod batch;
+pub mod offset_index;
+pub mod recovery;
+pub mod retention;
+pub mod segment;
+pub mod time_index;
+
+use crate::core::{DiskIo, DiskOp, IoDone, IoOutput, IoToken};
+use batch::{BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use bytes::{Bytes, BytesMut};
+use recovery::{Checkpoint, Progress, Recovery, CHECKPOINT_FILE, SCAN_CHUNK_BYTES, TMP_SUFFIX};
+use segment::{Segment, SegmentFile};
+use std::collections::BTreeMap;
+
+/// Per-topic log settings (Kafka's topic config names in the field docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment when an append would exceed this size.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first append is older than this.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete segments whose largest timestamp is older; -1 keeps forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete oldest segments while the log is larger; -1 means no limit.
+    pub retention_bytes: i64,
+    /// `index.interval.bytes`: add an offset/time index entry every this many bytes.
+    pub index_interval_bytes: u64,
+    /// `segment.index.bytes`: maximum size of an index file; roll when full.
+    pub segment_index_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            segment_index_bytes: 10 << 20,
+        }
+    }
+}
+
+/// What a log reports back from [`PartitionLog::on_io`].
+#[derive(Debug)]
+pub enum LogEvent {
+    /// Recovery finished; the log accepts appends and reads.
+    Recovered {
+        /// The blob last given to [`PartitionLog::flush`] whose fsync completed (empty if none).
+        checkpoint: Bytes,
+        /// Headers of the batches after the checkpoint's offset, in order (to rebuild state).
+        replay: Vec<batch::BatchHeader>,
+    },
+    /// Every batch below `offset` is durable.
+    Durable {
+        /// Exclusive upper bound of the durable prefix.
+        offset: i64,
+    },
+    /// A read finished.
+    ReadDone {
+        /// The id passed to [`PartitionLog::read`].
+        read_id: u64,
+        /// Whole batches starting at the batch containing the requested offset.
+        records: Bytes,
+    },
+    /// A timestamp lookup finished.
+    TimestampFound {
+        /// The id passed to [`PartitionLog::offset_for_timestamp`].
+        query_id: u64,
+        /// `(offset, timestamp)` of the first record with timestamp >= the target, if any.
+        found: Option<(i64, i64)>,
+    },
+    /// A disk operation failed: the log is offline until restarted.
+    Failed {
+        /// What failed.
+        error: String,
+    },
+}
+
+/// ListOffsets' special timestamp: the log start offset.
+pub const EARLIEST_TIMESTAMP: i64 = -2;
+/// ListOffsets' special timestamp: the log end offset (the broker substitutes the high watermark).
+pub const LATEST_TIMESTAMP: i64 = -1;
+/// ListOffsets' special timestamp (KIP-734): the record with the largest timestamp.
+pub const MAX_TIMESTAMP: i64 = -3;
+
+/// What [`PartitionLog::append`] assigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub first_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// Largest batch max timestamp among the appended batches (the append time for
+    /// LogAppendTime), -1 if none.
+    pub max_timestamp: i64,
+    /// Offset of the first record carrying `max_timestamp`, -1 if none.
+    pub offset_of_max_timestamp: i64,
+    /// The appended batches' headers as written (offsets, leader epoch, timestamps assigned).
+    pub headers: Vec<BatchHeader>,
+}
+
+/// How [`PartitionLog::read`] started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStart {
+    /// A [`LogEvent::ReadDone`] with the read's id will follow.
+    Pending,
+    /// Nothing to read: the offset is at (or past) the upper bound, or the log is not ready.
+    Empty,
+    /// The offset is below the log start offset or above the log end offset.
+    OutOfRange,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Constructed, `start` not called yet.
+    Created,
+    Recovering(Box<Recovery>),
+    Ready,
+    /// A disk operation failed; only a restart recovers.
+    Failed,
+    /// `delete_all` was called.
+    Deleted,
+}
+
+/// A read in progress: the bytes at `position..position + len` of segment `segment_base`.
+#[derive(Clone, Copy, Debug)]
+struct ReadJob {
+    read_id: u64,
+    segment_base: i64,
+    offset: i64,
+    max_bytes: u64,
+    upper_bound: i64,
+    position: u64,
+    len: u64,
+}
+
+/// A timestamp search in progress over segment `segment_base`.
+#[derive(Clone, Copy, Debug)]
+struct TimestampJob {
+    query_id: u64,
+    target: i64,
+    segment_base: i64,
+    position: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A write (append, index write, truncate, rename, delete): only a failure matters.
+    Write,
+    /// One of the fsyncs of the in-flight flush.
+    Fsync,
+    /// The rename completing a checkpoint write; then these deletions may start (a segment is
+    /// only deleted once the log start offset past it is durable, so a crash cannot make the
+    /// log end go back below offsets already handed out).
+    Checkpointed(Vec<DiskOp>),
+    Read(ReadJob),
+    Timestamp(TimestampJob),
+}
+
+/// The fsyncs of one flush.
+#[derive(Debug)]
+struct FsyncInFlight {
+    /// Log end offset when issued: the durable offset once every fsync completes.
+    covers: i64,
+    /// Fsyncs not completed yet.
+    remaining: usize,
+    /// Blob to checkpoint once durable.
+    checkpoint: Option<Bytes>,
+}
+
+/// Outcome of walking the bytes of a read.
+enum Walk {
+    /// Answer with these bytes (possibly none).
+    Done(Bytes),
+    /// Read `len` bytes at `position` of the same segment and walk again.
+    More { position: u64, len: u64 },
+}
+
+/// One partition's log. See the module documentation.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: String,
+    config: LogConfig,
+    state: State,
+    /// Sorted by base offset, contiguous; the last is the active segment. Empty until recovered.
+    segments: Vec<Segment>,
+    log_start_offset: i64,
+    durable_offset: i64,
+    /// Every operation issued and not completed, by token (a BTreeMap: no hash order can leak).
+    pending: BTreeMap<IoToken, Pending>,
+    fsync_in_flight: Option<FsyncInFlight>,
+    /// A flush requested while an fsync was in flight, with the newest blob given meanwhile.
+    flush_requested: Option<Option<Bytes>>,
+    /// The blob of the last checkpoint written (rewritten with a new log start offset).
+    checkpoint_blob: Bytes,
+}
+
+impl PartitionLog {
+    /// A log over the directory `dir`, relative to the node's data directory (e.g. `"topic-0"`).
+    /// Call [`PartitionLog::start`] to recover it.
+    pub fn new(dir: impl Into<String>, config: LogConfig) -> Self {
+        PartitionLog {
+            dir: dir.into(),
+            config,
+            state: State::Created,
+            segments: Vec::new(),
+            log_start_offset: 0,
+            durable_offset: 0,
+            pending: BTreeMap::new(),
+            fsync_in_flight: None,
+            flush_requested: None,
+            checkpoint_blob: Bytes::new(),
+        }
+    }
+
+    /// The current settings.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Change the settings; they apply to the next append, roll and retention pass.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// Begin recovery: list the directory, read the checkpoint, scan from the recovery point.
+    /// [`LogEvent::Recovered`] comes out of a later [`PartitionLog::on_io`].
+    pub fn start(&mut self, io: &mut impl DiskIo) {
+        assert!(matches!(self.state, State::Created), "log {} started twice ({:?})", self.dir, self.state);
+        let mut recovery = Box::new(Recovery::new(self.dir.clone(), self.config.clone()));
+        recovery.start(io);
+        self.state = State::Recovering(recovery);
+    }
+
+    /// Whether the log is recovered and online (accepts appends and reads).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
+    }
+
+    /// Whether the completion carrying `token` belongs to this log.
+    pub fn owns(&self, token: IoToken) -> bool {
+        self.pending.contains_key(&token) || matches!(&self.state, State::Recovering(r) if r.owns(token))
+    }
+
+    /// Offset of the first record still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// Offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.segments.last().map_or(self.log_start_offset, |s| s.next_offset)
+    }
+
+    /// Every record below this offset is fsynced.
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset
+    }
+
+    /// Total size of the segment files, unsynced bytes included.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    /// The segments, oldest first (the last is active): for inspection by tests, metrics and
+    /// DescribeLogDirs-style admin answers.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// `(timestamp, offset)` of the largest timestamp in the log (the first record carrying it;
+    /// batch granularity for compressed batches), `(-1, -1)` if there is none.
+    pub fn max_timestamp(&self) -> (i64, i64) {
+        let mut best = (-1, -1);
+        for segment in &self.segments {
+            if segment.max_timestamp > best.0 {
+                best = (segment.max_timestamp, segment.offset_of_max_timestamp);
+            }
+        }
+        best
+    }
+
+    /// Append `records`: one or more whole batches already validated by
+    /// [`batch::validate_batches`]. Rolls first if the active segment would exceed
+    /// `segment.bytes`, an index is full or `segment.ms` elapsed (`now_wall_ms`). Assigns
+    /// consecutive offsets from the log end offset ([`batch::assign`] with `leader_epoch` and
+    /// `append_time`), issues the `Append` and index writes, and returns at once: the records are
+    /// readable now and durable after a [`LogEvent::Durable`] covering them.
+    ///
+    /// Panics if the log is not ready (the caller checks [`PartitionLog::is_ready`]) or `records`
+    /// is not a sequence of whole batches.
+    pub fn append(&mut self, io: &mut impl DiskIo, records: &[u8], leader_epoch: i32, append_time: Option<i64>, now_wall_ms: i64) -> AppendInfo {
+        assert!(self.is_ready(), "append to log {} in state {:?}", self.dir, self.state);
+        let mut lengths = Vec::new();
+        let mut record_count = 0i64;
+        let mut at = 0;
+        while at < records.len() {
+            let header = BatchHeader::parse(&records[at..]).unwrap_or_else(|e| panic!("append of unvalidated records to {}: {e}", self.dir));
+            let total = header.total_len();
+            assert!(
+                header.batch_length >= (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32 && at + total <= records.len(),
+                "append to {}: batch of {total} bytes at {at} in {} bytes",
+                self.dir,
+                records.len()
+            );
+            lengths.push(total);
+            record_count += header.last_offset_delta as i64 + 1;
+            at += total;
+        }
+        assert!(!lengths.is_empty(), "append of no batch to {}", self.dir);
+        let first_offset = self.log_end_offset();
+        let last_offset = first_offset + record_count - 1;
+        if self.active().should_roll(&self.config, records.len() as u64, last_offset, now_wall_ms) {
+            self.roll(io);
+        }
+        let interval = self.config.index_interval_bytes;
+        let active = self.segments.last_mut().expect("a ready log has an active segment");
+        active.created_ms.get_or_insert(now_wall_ms);
+        let mut rest = BytesMut::from(records);
+        let mut assigned = BytesMut::new();
+        let mut headers = Vec::with_capacity(lengths.len());
+        let (mut offset_writes, mut time_writes) = (IndexBuffer::default(), IndexBuffer::default());
+        let (mut max_timestamp, mut offset_of_max_timestamp) = (-1, -1);
+        for len in lengths {
+            let mut one = rest.split_to(len);
+            batch::assign(&mut one, active.next_offset, leader_epoch, append_time);
+            let header = BatchHeader::parse(&one).expect("assigned batch has a header");
+            let offset_of_max = time_index::offset_of_max_timestamp(&one, &header);
+            if header.max_timestamp > max_timestamp {
+                (max_timestamp, offset_of_max_timestamp) = (header.max_timestamp, offset_of_max);
+            }
+            let writes = active.on_batch(&header, offset_of_max, interval);
+            offset_writes.add(writes.offset_index);
+            time_writes.add(writes.time_index);
+            headers.push(header);
+            assigned.unsplit(one);
+        }
+        assert_eq!(active.next_offset, last_offset + 1, "log {} assigned past the records' count", self.dir);
+        let base_offset = active.base_offset;
+        active.unsynced.log = true;
+        let log_path = active.path(&self.dir, SegmentFile::Log);
+        self.issue(io, DiskOp::Append { path: log_path, data: assigned.freeze() }, Pending::Write);
+        self.write_index(io, base_offset, SegmentFile::OffsetIndex, offset_writes);
+        self.write_index(io, base_offset, SegmentFile::TimeIndex, time_writes);
+        AppendInfo { first_offset, last_offset, max_timestamp, offset_of_max_timestamp, headers }
+    }
+
+    /// Group commit: request durability of everything appended so far. With no fsync in flight,
+    /// the files with unsynced writes are fsynced now; otherwise the request is coalesced into at
+    /// most one more flush issued when the current one completes. When a flush covering offset X
+    /// completes, [`LogEvent::Durable`] `{ offset: X }` is emitted and, if a `checkpoint` blob was
+    /// given (the newest one wins when coalescing), the checkpoint file (recovery point X, log start
+    /// offset, blob) is rewritten atomically. A log that is not ready ignores the request.
+    pub fn flush(&mut self, io: &mut impl DiskIo, checkpoint: Option<Bytes>) {
+        if !self.is_ready() {
+            return;
+        }
+        if self.fsync_in_flight.is_some() {
+            let earlier = self.flush_requested.take().flatten();
+            self.flush_requested = Some(checkpoint.or(earlier));
+        } else {
+            self.issue_fsync(io, checkpoint);
+        }
+    }
+
+    /// Read whole batches starting with the batch containing `offset`, up to `max_bytes` (at least
+    /// one whole batch even if larger, KIP-74), never including a batch whose base offset is
+    /// `>= upper_bound` (exclusive, the high watermark), all from one segment. `Empty` if `offset`
+    /// is at or past the upper bound (or the log is not ready); `OutOfRange` if it is below the
+    /// log start offset or above the log end offset; `Pending`: a [`LogEvent::ReadDone`] follows.
+    /// The sparse offset index gives the start position; a second `Read` is issued when the
+    /// first did not hold the whole first batch.
+    pub fn read(&mut self, io: &mut impl DiskIo, read_id: u64, offset: i64, max_bytes: u64, upper_bound: i64) -> ReadStart {
+        if !self.is_ready() {
+            return ReadStart::Empty;
+        }
+        if offset < self.log_start_offset || offset > self.log_end_offset() {
+            return ReadStart::OutOfRange;
+        }
+        let upper_bound = upper_bound.min(self.log_end_offset());
+        if offset >= upper_bound {
+            return ReadStart::Empty;
+        }
+        let Some(segment) = self.segment_containing(offset) else {
+            return ReadStart::OutOfRange;
+        };
+        let position = segment.position_for(offset);
+        let len = (self.config.index_interval_bytes + max_bytes).max(BATCH_HEADER_LEN as u64).min(segment.size_bytes - position);
+        let job = ReadJob { read_id, segment_base: segment.base_offset, offset, max_bytes, upper_bound, position, len };
+        self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
+        ReadStart::Pending
+    }
+
+    /// ListOffsets by timestamp: `(offset, timestamp)` of the first record with timestamp
+    /// `>= timestamp` and offset `>= log_start_offset`. Returns `Some(answer)` when answered at
+    /// once (no such record; the special timestamps [`EARLIEST_TIMESTAMP`], [`LATEST_TIMESTAMP`]
+    /// — the log end, which the broker must replace with its high watermark — and
+    /// [`MAX_TIMESTAMP`]; a log that is not ready answers `Some(None)`), `None` when pending: a
+    /// [`LogEvent::TimestampFound`] with `query_id` follows. The search starts at the segment whose
+    /// max timestamp reaches the target, at the position the time and offset indexes give, and
+    /// reads forward in chunks. Records are found exactly in uncompressed CreateTime batches, at
+    /// batch granularity otherwise. The broker also checks the answer against the high watermark.
+    pub fn offset_for_timestamp(&mut self, io: &mut impl DiskIo, query_id: u64, timestamp: i64) -> Option<Option<(i64, i64)>> {
+        if !self.is_ready() {
+            return Some(None);
+        }
+        match timestamp {
+            EARLIEST_TIMESTAMP => return Some(Some((self.log_start_offset, -1))),
+            LATEST_TIMESTAMP => return Some(Some((self.log_end_offset(), -1))),
+            MAX_TIMESTAMP => {
+                let (max_timestamp, offset) = self.max_timestamp();
+                return Some((offset >= self.log_start_offset).then_some((offset, max_timestamp)));
+            }
+            t if t < 0 => return Some(None),
+            _ => {}
+        }
+        let Some(index) = self.next_segment_reaching(timestamp, 0) else {
+            return Some(None);
+        };
+        self.start_timestamp_search(io, query_id, timestamp, index);
+        None
+    }
+
+    /// DeleteRecords: advance the log start offset to `offset` (at most the log end offset, else
+    /// `Err`), delete the segments entirely below it (rolling first if that includes the active
+    /// one), and persist the new log start offset by rewriting the checkpoint with the last blob;
+    /// the segment files are deleted once that checkpoint is in place.
+    /// Returns the log start offset (unchanged if `offset` is not above it).
+    #[allow(clippy::result_unit_err)]
+    pub fn delete_records(&mut self, io: &mut impl DiskIo, offset: i64) -> Result<i64, ()> {
+        if !self.is_ready() || offset > self.log_end_offset() {
+            return Err(());
+        }
+        if offset <= self.log_start_offset {
+            return Ok(self.log_start_offset);
+        }
+        self.log_start_offset = offset;
+        let below = retention::segments_below(&self.segments, offset);
+        if below == self.segments.len() {
+            self.roll(io);
+        }
+        self.delete_oldest(io, below);
+        Ok(self.log_start_offset)
+    }
+
+    /// Retention: roll the active segment if `segment.ms` elapsed, then delete the oldest
+    /// non-active segments expired by `retention.ms` or beyond `retention.bytes`, advancing the
+    /// log start offset (see [`retention`]). The new log start offset is checkpointed before the
+    /// files are deleted.
+    pub fn apply_retention(&mut self, io: &mut impl DiskIo, now_wall_ms: i64) {
+        if !self.is_ready() {
+            return;
+        }
+        let active = self.active();
+        if !active.is_empty() && active.created_ms.is_some_and(|created| now_wall_ms.saturating_sub(created) > self.config.segment_ms) {
+            self.roll(io);
+        }
+        let expired = retention::expired_segments(&self.segments, &self.config, now_wall_ms);
+        if expired > 0 {
+            self.delete_oldest(io, expired);
+        }
+    }
+
+    /// Delete the whole log directory (topic deletion). The log is then unusable; completions of
+    /// operations issued before are still answered (reads empty).
+    pub fn delete_all(&mut self, io: &mut impl DiskIo) {
+        let path = self.dir.clone();
+        self.issue(io, DiskOp::DeleteDir { path }, Pending::Write);
+        self.segments.clear();
+        self.fsync_in_flight = None;
+        self.flush_requested = None;
+        self.state = State::Deleted;
+    }
+
+    /// A disk completion: pass every completion this log [`owns`](PartitionLog::owns).
+    pub fn on_io(&mut self, io: &mut impl DiskIo, done: IoDone) -> Vec<LogEvent> {
+        let mut events = Vec::new();
+        if let State::Recovering(recovery) = &mut self.state {
+            if recovery.owns(done.token) {
+                match recovery.on_io(io, done) {
+                    Progress::Pending => {}
+                    Progress::Done(recovered) => {
+                        self.segments = recovered.segments;
+                        self.log_start_offset = recovered.log_start_offset;
+                        self.durable_offset = recovered.recovery_point;
+                        self.checkpoint_blob = recovered.checkpoint.clone();
+                        self.state = State::Ready;
+                        self.check_invariants();
+                        events.push(LogEvent::Recovered { checkpoint: recovered.checkpoint, replay: recovered.replay });
+                    }
+                    Progress::Failed(error) => self.fail(error, &mut events),
+                }
+                return events;
+            }
+        }
+        let Some(pending) = self.pending.remove(&done.token) else {
+            return events;
+        };
+        match (pending, done.result) {
+            (Pending::Read(job), Ok(IoOutput::Read(data))) => self.on_read(io, job, data, &mut events),
+            (Pending::Timestamp(job), Ok(IoOutput::Read(data))) => self.on_timestamp_read(io, job, data, &mut events),
+            (Pending::Read(job), result) => {
+                events.push(LogEvent::ReadDone { read_id: job.read_id, records: Bytes::new() });
+                if self.segment(job.segment_base).is_some() {
+                    self.fail(format!("read of {} segment {}: {result:?}", self.dir, job.segment_base), &mut events);
+                }
+            }
+            (Pending::Timestamp(job), result) => {
+                events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None });
+                if self.segment(job.segment_base).is_some() {
+                    self.fail(format!("read of {} segment {}: {result:?}", self.dir, job.segment_base), &mut events);
+                }
+            }
+            (Pending::Fsync, Ok(_)) => self.on_fsync_done(io, &mut events),
+            (Pending::Write, Ok(_)) => {}
+            (Pending::Checkpointed(deletions), Ok(_)) => {
+                if !matches!(self.state, State::Deleted) {
+                    for op in deletions {
+                        self.issue(io, op, Pending::Write);
+                    }
+                }
+            }
+            (Pending::Fsync | Pending::Write | Pending::Checkpointed(_), Err(error)) => self.fail(format!("write to {} failed: {error}", self.dir), &mut events),
+        }
+        events
+    }
+
+    // ---- internals ----
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a ready log has an active segment")
+    }
+
+    fn segment(&self, base_offset: i64) -> Option<&Segment> {
+        self.segments.binary_search_by_key(&base_offset, |s| s.base_offset).ok().map(|i| &self.segments[i])
+    }
+
+    fn segment_containing(&self, offset: i64) -> Option<&Segment> {
+        let after = self.segments.partition_point(|s| s.base_offset <= offset);
+        self.segments.get(after.checked_sub(1)?).filter(|s| offset < s.next_offset)
+    }
+
+    fn issue(&mut self, io: &mut impl DiskIo, op: DiskOp, pending: Pending) {
+        let token = io.disk(op);
+        self.pending.insert(token, pending);
+    }
+
+    fn issue_read(&mut self, io: &mut impl DiskIo, segment_base: i64, position: u64, len: u64, pending: Pending) {
+        let path = format!("{}/{}", self.dir, segment::file_name(segment_base, SegmentFile::Log));
+        self.issue(io, DiskOp::Read { path, position, len }, pending);
+    }
+
+    fn fail(&mut self, error: String, events: &mut Vec<LogEvent>) {
+        if matches!(self.state, State::Failed | State::Deleted) {
+            return;
+        }
+        tracing::error!(dir = %self.dir, %error, "partition log offline");
+        self.state = State::Failed;
+        self.fsync_in_flight = None;
+        self.flush_requested = None;
+        events.push(LogEvent::Failed { error });
+    }
+
+    /// Close the active segment (final time index entry) and open an empty one at the log end,
+    /// creating its file now so every segment's file exists.
+    fn roll(&mut self, io: &mut impl DiskIo) {
+        let active = self.segments.last_mut().expect("a ready log has an active segment");
+        let base_offset = active.base_offset;
+        let next_offset = active.next_offset;
+        let mut seal = IndexBuffer::default();
+        seal.add(active.seal());
+        self.write_index(io, base_offset, SegmentFile::TimeIndex, seal);
+        let mut segment = Segment::new(next_offset, &self.config);
+        segment.unsynced.log = true;
+        let path = segment.path(&self.dir, SegmentFile::Log);
+        self.segments.push(segment);
+        self.issue(io, DiskOp::Append { path, data: Bytes::new() }, Pending::Write);
+    }
+
+    fn write_index(&mut self, io: &mut impl DiskIo, base_offset: i64, kind: SegmentFile, buffer: IndexBuffer) {
+        let Some(position) = buffer.position else { return };
+        let segment = self.segments.iter_mut().rev().find(|s| s.base_offset == base_offset).expect("index write for a live segment");
+        match kind {
+            SegmentFile::OffsetIndex => (segment.unsynced.offset_index, segment.index_files_exist.0) = (true, true),
+            _ => (segment.unsynced.time_index, segment.index_files_exist.1) = (true, true),
+        }
+        let path = segment.path(&self.dir, kind);
+        self.issue(io, DiskOp::IndexWrite { path, position, data: Bytes::from(buffer.data) }, Pending::Write);
+    }
+
+    /// Drop the `count` oldest segments, advance the log start offset past them, and persist it
+    /// with a checkpoint whose completion starts the files' deletion.
+    fn delete_oldest(&mut self, io: &mut impl DiskIo, count: usize) {
+        assert!(count < self.segments.len(), "deleting {count} of {} segments of {}", self.segments.len(), self.dir);
+        let doomed: Vec<Segment> = self.segments.drain(..count).collect();
+        let mut deletions = Vec::new();
+        for segment in doomed {
+            tracing::info!(dir = %self.dir, base_offset = segment.base_offset, "deleting segment");
+            deletions.extend(segment::delete_ops(&self.dir, segment.base_offset, segment.files_existing()));
+        }
+        self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
+        self.check_invariants();
+        self.write_checkpoint(io, deletions);
+    }
+
+    fn issue_fsync(&mut self, io: &mut impl DiskIo, checkpoint: Option<Bytes>) {
+        let covers = self.log_end_offset();
+        let mut paths = Vec::new();
+        for segment in &mut self.segments {
+            let unsynced = std::mem::take(&mut segment.unsynced);
+            for (kind, dirty) in SegmentFile::ALL.into_iter().zip([unsynced.log, unsynced.offset_index, unsynced.time_index]) {
+                if dirty {
+                    paths.push(segment.path(&self.dir, kind));
+                }
+            }
+        }
+        if paths.is_empty() {
+            // Nothing unsynced: still complete through the disk so Durable comes out of on_io.
+            paths.push(self.active().path(&self.dir, SegmentFile::Log));
+        }
+        self.fsync_in_flight = Some(FsyncInFlight { covers, remaining: paths.len(), checkpoint });
+        for path in paths {
+            self.issue(io, DiskOp::Fsync { path }, Pending::Fsync);
+        }
+    }
+
+    fn on_fsync_done(&mut self, io: &mut impl DiskIo, events: &mut Vec<LogEvent>) {
+        let Some(in_flight) = self.fsync_in_flight.as_mut() else {
+            return; // the log failed or was deleted meanwhile
+        };
+        in_flight.remaining -= 1;
+        if in_flight.remaining > 0 {
+            return;
+        }
+        let FsyncInFlight { covers, checkpoint, .. } = self.fsync_in_flight.take().expect("checked above");
+        assert!(covers >= self.durable_offset, "log {} durable offset going back from {} to {covers}", self.dir, self.durable_offset);
+        assert!(covers <= self.log_end_offset(), "log {} durable offset {covers} past log end {}", self.dir, self.log_end_offset());
+        self.durable_offset = covers;
+        events.push(LogEvent::Durable { offset: covers });
+        if let Some(blob) = checkpoint {
+            self.checkpoint_blob = blob;
+            self.write_checkpoint(io, Vec::new());
+        }
+        if let Some(checkpoint) = self.flush_requested.take() {
+            self.issue_fsync(io, checkpoint);
+        }
+    }
+
+    /// Rewrite the checkpoint atomically: write a tmp file, fsync it, rename it over the real one;
+    /// then issue `then` (segment deletions).
+    fn write_checkpoint(&mut self, io: &mut impl DiskIo, then: Vec<DiskOp>) {
+        let checkpoint = Checkpoint {
+            recovery_point: self.durable_offset,
+            log_start_offset: self.log_start_offset,
+            blob: self.checkpoint_blob.clone(),
+        };
+        let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
+        let tmp = format!("{path}{TMP_SUFFIX}");
+        self.issue(io, DiskOp::Delete { path: tmp.clone() }, Pending::Write);
+        self.issue(io, DiskOp::Append { path: tmp.clone(), data: checkpoint.encode() }, Pending::Write);
+        self.issue(io, DiskOp::Fsync { path: tmp.clone() }, Pending::Write);
+        self.issue(io, DiskOp::Rename { from: tmp, to: path }, Pending::Checkpointed(then));
+    }
+
+    fn on_read(&mut self, io: &mut impl DiskIo, job: ReadJob, data: Bytes, events: &mut Vec<LogEvent>) {
+        let walk = match self.segment(job.segment_base) {
+            Some(segment) => walk_read(&job, segment.size_bytes, &data),
+            None => Walk::Done(Bytes::new()), // deleted by retention or DeleteRecords meanwhile
+        };
+        match walk {
+            Walk::Done(records) => events.push(LogEvent::ReadDone { read_id: job.read_id, records }),
+            Walk::More { position, len } => {
+                let job = ReadJob { position, len, ..job };
+                self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
+            }
+        }
+    }
+
+    /// The first segment at or after `from` holding offsets at or above the log start offset and
+    /// a max timestamp reaching `target`.
+    fn next_segment_reaching(&self, target: i64, from: usize) -> Option<usize> {
+        (from..self.segments.len()).find(|&i| {
+            let s = &self.segments[i];
+            s.next_offset > self.log_start_offset && s.max_timestamp >= target
+        })
+    }
+
+    fn start_timestamp_search(&mut self, io: &mut impl DiskIo, query_id: u64, target: i64, index: usize) {
+        let segment = &self.segments[index];
+        let indexed = segment.time_index.lookup_before(target).map_or(segment.base_offset, |e| segment.base_offset + e.relative_offset as i64);
+        let position = segment.position_for(indexed.max(self.log_start_offset));
+        let len = SCAN_CHUNK_BYTES.min(segment.size_bytes - position);
+        let job = TimestampJob { query_id, target, segment_base: segment.base_offset, position, len };
+        self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
+    }
+
+    fn on_timestamp_read(&mut self, io: &mut impl DiskIo, job: TimestampJob, data: Bytes, events: &mut Vec<LogEvent>) {
+        let Some(index) = self.segments.iter().position(|s| s.base_offset == job.segment_base) else {
+            return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None });
+        };
+        let segment_size = self.segments[index].size_bytes;
+        let mut at = 0usize;
+        loop {
+            let here = job.position + at as u64;
+            let rest = &data[at..];
+            if here >= segment_size {
+                // Not in this segment (the records reaching the target lie below the log start).
+                return match self.next_segment_reaching(job.target, index + 1) {
+                    Some(next) => self.start_timestamp_search(io, job.query_id, job.target, next),
+                    None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None }),
+                };
+            }
+            let Some(header) = sane_header(rest, here, segment_size) else {
+                if rest.len() >= BATCH_HEADER_LEN || here + BATCH_HEADER_LEN as u64 > segment_size || (data.len() as u64) < job.len {
+                    tracing::warn!(dir = %self.dir, segment = job.segment_base, position = here, "corrupt batch header in timestamp search");
+                    return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None });
+                }
+                let len = SCAN_CHUNK_BYTES.min(segment_size - here);
+                let job = TimestampJob { position: here, len, ..job };
+                return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
+            };
+            let total = header.total_len();
+            if header.next_offset() > self.log_start_offset && header.max_timestamp >= job.target {
+                if rest.len() < total {
+                    let len = (total as u64).max(SCAN_CHUNK_BYTES).min(segment_size - here);
+                    let job = TimestampJob { position: here, len, ..job };
+                    return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
+                }
+                let found = time_index::first_record_at_or_after(&rest[..total], &header, job.target, self.log_start_offset);
+                return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Some(found) });
+            }
+            if rest.len() < total {
+                let position = here + total as u64;
+                let len = SCAN_CHUNK_BYTES.min(segment_size.saturating_sub(position)).max(1);
+                let job = TimestampJob { position, len, ..job };
+                return self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
+            }
+            at += total;
+        }
+    }
+
+    /// Assert the structural invariants (cheap: one pass over the segment list).
+    fn check_invariants(&self) {
+        let first = self.segments.first().expect("a recovered log has a segment");
+        assert!(
+            first.base_offset <= self.log_start_offset && self.log_start_offset <= self.log_end_offset(),
+            "log {}: start {} outside [{}, {}]",
+            self.dir,
+            self.log_start_offset,
+            first.base_offset,
+            self.log_end_offset()
+        );
+        for pair in self.segments.windows(2) {
+            assert_eq!(pair[0].next_offset, pair[1].base_offset, "log {}: segments not contiguous", self.dir);
+        }
+        assert!(self.durable_offset <= self.log_end_offset(), "log {}: durable {} > end {}", self.dir, self.durable_offset, self.log_end_offset());
+    }
+}
+
+/// Index entries produced by one append, merged into one contiguous write per index file.
+#[derive(Default)]
+struct IndexBuffer {
+    position: Option<u64>,
+    data: Vec<u8>,
+}
+
+impl IndexBuffer {
+    fn add<const N: usize>(&mut self, write: Option<(u64, [u8; N])>) {
+        if let Some((position, bytes)) = write {
+            let start = *self.position.get_or_insert(position);
+            assert_eq!(start + self.data.len() as u64, position, "index entries not contiguous");
+            self.data.extend_from_slice(&bytes);
+        }
+    }
+}
+
+/// The header at the start of `rest` (found at `position` in a segment of `segment_size` bytes)
+/// if it is whole and its length is sane; `None` if incomplete or corrupt.
+fn sane_header(rest: &[u8], position: u64, segment_size: u64) -> Option<BatchHeader> {
+    let header = BatchHeader::parse(rest).ok()?;
+    let sane = header.batch_length >= (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32 && position + header.total_len() as u64 <= segment_size;
+    sane.then_some(header)
+}
+
+/// Walk the bytes of a read (starting at `job.position`) to the batch containing `job.offset`,
+/// and take whole batches from there within `job.max_bytes` (at least one) and below
+/// `job.upper_bound`, or say what to read next.
+fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
+    let mut at = 0usize;
+    loop {
+        let here = job.position + at as u64;
+        let rest = &data[at..];
+        if here >= segment_size {
+            tracing::warn!(offset = job.offset, segment = job.segment_base, "offset not found in its segment");
+            return Walk::Done(Bytes::new());
+        }
+        let Some(header) = sane_header(rest, here, segment_size) else {
+            if rest.len() >= BATCH_HEADER_LEN || here + BATCH_HEADER_LEN as u64 > segment_size || (data.len() as u64) < job.len {
+                tracing::warn!(offset = job.offset, segment = job.segment_base, position = here, "corrupt batch header in read");
+                return Walk::Done(Bytes::new());
+            }
+            return Walk::More { position: here, len: job.len.min(segment_size - here) };
+        };
+        let total = header.total_len();
+        if header.next_offset() <= job.offset {
+            if rest.len() < total {
+                let position = here + total as u64;
+                return Walk::More { position, len: job.len.min(segment_size.saturating_sub(position)).max(1) };
+            }
+            at += total;
+            continue;
+        }
+        if rest.len() < total {
+            if (data.len() as u64) < job.len {
+                return Walk::Done(Bytes::new()); // the file ended early
+            }
+            let len = (total as u64).max(job.max_bytes).min(segment_size - here);
+            return Walk::More { position: here, len };
+        }
+        let mut end = at + total;
+        while let Some(next) = sane_header(&data[end..], job.position + end as u64, segment_size) {
+            let next_end = end + next.total_len();
+            if next.base_offset >= job.upper_bound || next_end > data.len() || (next_end - at) as u64 > job.max_bytes {
+                break;
+            }
+            end = next_end;
+        }
+        return Walk::Done(data.slice(at..end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::mem_disk::{MemDisk, QueuedIo};
+    use crate::core::Rng;
+
+    fn batch(records: usize, value_len: usize, timestamp: i64) -> Bytes {
+        let value = vec![b'v'; value_len];
+        let recs: Vec<_> = (0..records).map(|i| (None, Some(&value[..]), timestamp + i as i64)).collect();
+        batch::build_batch(&recs, (-1, -1, -1))
+    }
+
+    fn open(disk: &mut MemDisk, config: LogConfig) -> (PartitionLog, QueuedIo, Vec<LogEvent>) {
+        let mut log = PartitionLog::new("t-0", config);
+        let mut io = QueuedIo::default();
+        log.start(&mut io);
+        let events = disk.run(&mut io, &mut log);
+        assert!(log.is_ready(), "not recovered: {events:?}");
+        (log, io, events)
+    }
+
+    fn read(disk: &mut MemDisk, io: &mut QueuedIo, log: &mut PartitionLog, offset: i64, max_bytes: u64, upper: i64) -> Vec<BatchHeader> {
+        assert_eq!(log.read(io, 7, offset, max_bytes, upper), ReadStart::Pending);
+        let events = disk.run(io, log);
+        let [LogEvent::ReadDone { read_id: 7, records }] = &events[..] else { panic!("{events:?}") };
+        batch::validate_batches(records).map(|v| v.into_iter().map(|(h, _)| h).collect()).unwrap_or_default()
+    }
+
+    fn durable_events(events: &[LogEvent]) -> Vec<i64> {
+        events.iter().filter_map(|e| if let LogEvent::Durable { offset } = e { Some(*offset) } else { None }).collect()
+    }
+
+    /// A fresh log recovers empty, assigns dense offsets, serves reads from the batch containing
+    /// the offset, and reports durability after a flush.
+    #[test]
+    fn append_read_flush() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, events) = open(&mut disk, LogConfig::default());
+        assert!(matches!(&events[..], [LogEvent::Recovered { replay, .. }] if replay.is_empty()));
+        let info = log.append(&mut io, &batch(3, 10, 100), 5, None, 0);
+        assert_eq!((info.first_offset, info.last_offset, info.max_timestamp, info.offset_of_max_timestamp), (0, 2, 102, 2));
+        assert_eq!(info.headers[0].partition_leader_epoch, 5);
+        let info = log.append(&mut io, &[batch(2, 10, 50), batch(1, 10, 60)].concat(), 5, Some(999), 0);
+        assert_eq!((info.first_offset, info.last_offset, info.max_timestamp, info.offset_of_max_timestamp), (3, 5, 999, 3));
+        assert_eq!(log.log_end_offset(), 6);
+        let got = read(&mut disk, &mut io, &mut log, 4, 1 << 20, 6);
+        assert_eq!(got.iter().map(|h| h.base_offset).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(read(&mut disk, &mut io, &mut log, 1, 1 << 20, 5).len(), 2, "upper bound excludes the batch at 5");
+        assert_eq!(log.read(&mut io, 1, 6, 100, 6), ReadStart::Empty);
+        assert_eq!(log.read(&mut io, 1, 7, 100, 6), ReadStart::OutOfRange);
+        log.flush(&mut io, Some(Bytes::from_static(b"blob")));
+        let events = disk.run(&mut io, &mut log);
+        assert_eq!(durable_events(&events), vec![6]);
+        assert_eq!(log.durable_offset(), 6);
+    }
+
+    /// KIP-74: a first batch larger than max_bytes is still returned whole, alone; later batches
+    /// only while they fit.
+    #[test]
+    fn max_bytes_and_oversized_first_batch() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { index_interval_bytes: 100, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config);
+        let big = batch(5, 2000, 1);
+        for _ in 0..10 {
+            log.append(&mut io, &big, 0, None, 0);
+        }
+        disk.run(&mut io, &mut log);
+        let got = read(&mut disk, &mut io, &mut log, 27, 10, 50);
+        assert_eq!(got.iter().map(|h| h.base_offset).collect::<Vec<_>>(), vec![25]);
+        let got = read(&mut disk, &mut io, &mut log, 27, 3 * big.len() as u64, 50);
+        assert_eq!(got.iter().map(|h| h.base_offset).collect::<Vec<_>>(), vec![25, 30, 35]);
+    }
+
+    /// Flushes requested while an fsync is in flight coalesce into exactly one more fsync round,
+    /// and Durable offsets never go back.
+    #[test]
+    fn group_commit_coalesces() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+        log.append(&mut io, &batch(1, 10, 1), 0, None, 0);
+        log.flush(&mut io, None);
+        log.append(&mut io, &batch(1, 10, 1), 0, None, 0);
+        log.flush(&mut io, Some(Bytes::from_static(b"a")));
+        log.append(&mut io, &batch(1, 10, 1), 0, None, 0);
+        log.flush(&mut io, None);
+        let fsyncs_queued = io.queue.iter().filter(|(_, op)| matches!(op, DiskOp::Fsync { .. })).count();
+        assert_eq!(fsyncs_queued, 1, "only the first round is issued at once");
+        let events = disk.run(&mut io, &mut log);
+        assert_eq!(durable_events(&events), vec![1, 3]);
+        assert!(disk.file("t-0/partition.checkpoint").is_some(), "the coalesced blob was checkpointed");
+    }
+
+    /// A crash loses unsynced batches but never durable ones; a torn tail is truncated; the
+    /// checkpoint blob and the headers after the recovery point come back in Recovered.
+    #[test]
+    fn crash_recovery_keeps_durable_prefix() {
+        for seed in 0..40 {
+            let mut disk = MemDisk::new();
+            let config = LogConfig { segment_bytes: 600, index_interval_bytes: 100, ..LogConfig::default() };
+            let (mut log, mut io, _) = open(&mut disk, config.clone());
+            for i in 0..10 {
+                log.append(&mut io, &batch(2, 30, i), 0, None, 0);
+            }
+            log.flush(&mut io, Some(Bytes::from_static(b"state")));
+            disk.run(&mut io, &mut log);
+            for i in 0..5 {
+                log.append(&mut io, &batch(2, 30, i), 0, None, 0);
+            }
+            let mut rng = Rng::new(seed);
+            let steps = rng.below(io.queue.len() as u64 + 1);
+            for _ in 0..steps {
+                disk.step(&mut io, &mut log);
+            }
+            disk.crash(&mut rng, true);
+            let (mut log, mut io, events) = open(&mut disk, config);
+            let [LogEvent::Recovered { checkpoint, replay }] = &events[..] else { panic!("{events:?}") };
+            assert_eq!(&checkpoint[..], b"state");
+            assert!((20..=30).contains(&log.log_end_offset()), "seed {seed}: end {}", log.log_end_offset());
+            assert_eq!(replay.len() as i64, (log.log_end_offset() - 20) / 2, "seed {seed}");
+            let end = log.log_end_offset();
+            let all = read(&mut disk, &mut io, &mut log, 0, u64::MAX / 4, end);
+            assert!(!all.is_empty());
+            log.append(&mut io, &batch(1, 5, 1), 0, None, 0);
+            disk.run(&mut io, &mut log);
+        }
+    }
+
+    /// Retention by size deletes the oldest segments; DeleteRecords advances the log start and
+    /// deletes segments below it, rolling when needed; reads below the start are out of range.
+    #[test]
+    fn retention_and_delete_records() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { segment_bytes: 500, retention_ms: -1, retention_bytes: 1000, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config.clone());
+        for i in 0..20 {
+            log.append(&mut io, &batch(1, 100, i), 0, None, 0);
+        }
+        disk.run(&mut io, &mut log);
+        let segments_before = log.segments.len();
+        log.apply_retention(&mut io, 0);
+        disk.run(&mut io, &mut log);
+        assert!(log.segments.len() < segments_before);
+        assert!(log.size_bytes() >= 1000);
+        assert!(log.log_start_offset() > 0);
+        assert_eq!(log.read(&mut io, 1, log.log_start_offset() - 1, 100, 20), ReadStart::OutOfRange);
+        assert_eq!(log.delete_records(&mut io, 21), Err(()));
+        assert_eq!(log.delete_records(&mut io, 17), Ok(17));
+        assert_eq!(read(&mut disk, &mut io, &mut log, 17, 100, 20)[0].base_offset, 17);
+        assert_eq!(log.delete_records(&mut io, 20), Ok(20));
+        disk.run(&mut io, &mut log);
+        assert_eq!((log.segments.len(), log.size_bytes()), (1, 0));
+        log.append(&mut io, &batch(1, 1, 1), 0, None, 0);
+        log.flush(&mut io, None);
+        disk.run(&mut io, &mut log);
+        let (log, _, _) = open(&mut disk, config);
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (20, 21));
+    }
+
+    /// Timestamp lookups find the first record at or after the target, through the time index,
+    /// across segments, and answer at once when nothing can match.
+    #[test]
+    fn offset_for_timestamp() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { segment_bytes: 2000, index_interval_bytes: 200, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config);
+        for i in 0..50 {
+            log.append(&mut io, &batch(4, 20, 1000 + i * 10), 0, None, 0); // timestamps 1000+10i .. +3
+        }
+        disk.run(&mut io, &mut log);
+        assert!(log.segments.len() > 2);
+        for (target, expected) in [(0, (0, 1000)), (1000, (0, 1000)), (1002, (2, 1002)), (1004, (4, 1010)), (1491, (197, 1491))] {
+            assert_eq!(log.offset_for_timestamp(&mut io, 3, target), None);
+            let events = disk.run(&mut io, &mut log);
+            assert!(
+                matches!(&events[..], [LogEvent::TimestampFound { query_id: 3, found: Some(f) }] if *f == expected),
+                "target {target}: {events:?}"
+            );
+        }
+        assert_eq!(log.offset_for_timestamp(&mut io, 3, 5000), Some(None));
+        assert_eq!(log.offset_for_timestamp(&mut io, 3, MAX_TIMESTAMP), Some(Some((199, 1493))));
+        assert_eq!(log.offset_for_timestamp(&mut io, 3, EARLIEST_TIMESTAMP), Some(Some((0, -1))));
+    }
+
+    /// An fsync failure takes the log offline: Failed is reported, no Durable, not ready.
+    #[test]
+    fn fsync_failure_goes_offline() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+        log.append(&mut io, &batch(1, 10, 1), 0, None, 0);
+        disk.fail_fsync = true;
+        log.flush(&mut io, None);
+        let events = disk.run(&mut io, &mut log);
+        assert!(matches!(&events[..], [LogEvent::Failed { .. }]), "{events:?}");
+        assert!(!log.is_ready());
+        assert_eq!(log.durable_offset(), 0);
+    }
+}

@@ -1,0 +1,273 @@
+//! `runnel topic|produce|consume`: the command-line tools, shaped like kafka-topics.sh and the
+//! console producer/consumer, speaking the Kafka protocol to any broker.
+
+use crate::client::{check, Client};
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use runnel_actors::log::batch::build_batch;
+use std::collections::BTreeMap;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn parse_kv(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items.iter().map(|i| i.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--config {i}: expected key=value"))).collect()
+}
+
+/// `topic create`.
+pub async fn topic_create(bootstrap: &str, name: &str, partitions: i32, replication_factor: i16, configs: &[String]) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    let topic = create_topics_request::CreatableTopic::default()
+        .with_name(TopicName(s(name)))
+        .with_num_partitions(partitions)
+        .with_replication_factor(replication_factor)
+        .with_configs(parse_kv(configs)?.into_iter().map(|(k, v)| create_topics_request::CreatableTopicConfig::default().with_name(s(&k)).with_value(Some(s(&v)))).collect());
+    let r = c.send(CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000), 7).await?;
+    for t in r.topics {
+        check(t.error_code, &format!("create topic {name}"), t.error_message.as_ref())?;
+    }
+    println!("Created topic {name}.");
+    Ok(())
+}
+
+/// `topic list`.
+pub async fn topic_list(bootstrap: &str) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    let r = c.send(MetadataRequest::default().with_topics(None), 12).await?;
+    let mut names: Vec<String> = r.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect();
+    names.sort();
+    for n in names {
+        println!("{n}");
+    }
+    Ok(())
+}
+
+/// `topic describe`.
+pub async fn topic_describe(bootstrap: &str, name: Option<&str>) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    let topics = name.map(|n| vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s(n))))]);
+    let r = c.send(MetadataRequest::default().with_topics(topics).with_allow_auto_topic_creation(false), 12).await?;
+    for t in r.topics {
+        let tname = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+        check(t.error_code, &format!("describe {tname}"), None)?;
+        let cfg = c
+            .send(
+                DescribeConfigsRequest::default().with_resources(vec![describe_configs_request::DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s(&tname))]),
+                4,
+            )
+            .await?;
+        let overrides: Vec<String> = cfg.results.iter().flat_map(|r| r.configs.iter()).filter(|c| c.config_source == 1).map(|c| format!("{}={}", c.name.as_str(), c.value.as_ref().map(|v| v.as_str()).unwrap_or(""))).collect();
+        println!("Topic: {tname}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}", t.topic_id, t.partitions.len(), t.partitions.first().map_or(0, |p| p.replica_nodes.len()), overrides.join(","));
+        for p in &t.partitions {
+            let list = |v: &Vec<BrokerId>| v.iter().map(|b| b.0.to_string()).collect::<Vec<_>>().join(",");
+            println!("\tTopic: {tname}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}", p.partition_index, p.leader_id.0, list(&p.replica_nodes), list(&p.isr_nodes));
+        }
+    }
+    Ok(())
+}
+
+/// `topic delete`.
+pub async fn topic_delete(bootstrap: &str, name: &str) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    let r = c
+        .send(
+            DeleteTopicsRequest::default()
+                .with_topic_names(vec![TopicName(s(name))])
+                .with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(TopicName(s(name))))])
+                .with_timeout_ms(30_000),
+            5,
+        )
+        .await?;
+    for t in r.responses {
+        check(t.error_code, &format!("delete topic {name}"), t.error_message.as_ref())?;
+    }
+    println!("Deleted topic {name}.");
+    Ok(())
+}
+
+/// `topic alter`: set/delete configs and/or raise the partition count.
+pub async fn topic_alter(bootstrap: &str, name: &str, partitions: Option<i32>, set: &[String], delete: &[String]) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    if let Some(count) = partitions {
+        let r = c.send(CreatePartitionsRequest::default().with_topics(vec![create_partitions_request::CreatePartitionsTopic::default().with_name(TopicName(s(name))).with_count(count)]).with_timeout_ms(30_000), 3).await?;
+        for t in r.results {
+            check(t.error_code, &format!("add partitions to {name}"), t.error_message.as_ref())?;
+        }
+    }
+    if !set.is_empty() || !delete.is_empty() {
+        let mut configs: Vec<_> = parse_kv(set)?.into_iter().map(|(k, v)| incremental_alter_configs_request::AlterableConfig::default().with_name(s(&k)).with_config_operation(0).with_value(Some(s(&v)))).collect();
+        configs.extend(delete.iter().map(|k| incremental_alter_configs_request::AlterableConfig::default().with_name(s(k)).with_config_operation(1)));
+        let r = c
+            .send(
+                IncrementalAlterConfigsRequest::default().with_resources(vec![incremental_alter_configs_request::AlterConfigsResource::default().with_resource_type(2).with_resource_name(s(name)).with_configs(configs)]),
+                1,
+            )
+            .await?;
+        for res in r.responses {
+            check(res.error_code, &format!("alter configs of {name}"), res.error_message.as_ref())?;
+        }
+    }
+    println!("Altered topic {name}.");
+    Ok(())
+}
+
+async fn partition_count(c: &mut Client, topic: &str) -> anyhow::Result<(i32, uuid::Uuid)> {
+    for _ in 0..50 {
+        let r = c.send(MetadataRequest::default().with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s(topic))))])).with_allow_auto_topic_creation(true), 12).await?;
+        let t = r.topics.into_iter().next().context("empty metadata response")?;
+        match t.error_code {
+            0 if !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0) => return Ok((t.partitions.len() as i32, t.topic_id)),
+            0 | 5 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            code => check(code, &format!("topic {topic}"), None)?,
+        }
+    }
+    bail!("topic {topic} has no leader")
+}
+
+/// `produce`: one record per stdin line; `key_separator` splits key and value.
+pub async fn produce(bootstrap: &str, topic: &str, key_separator: Option<&str>, partition: Option<i32>, acks: i16) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    let (partitions, _) = partition_count(&mut c, topic).await?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut pending: BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>> = BTreeMap::new();
+    let mut count = 0usize;
+    let mut round_robin = 0i32;
+    let mut eof = false;
+    while !eof {
+        match lines.next_line().await? {
+            Some(line) => {
+                let (key, value): (Option<Vec<u8>>, Vec<u8>) = match key_separator.and_then(|sep| line.split_once(sep)) {
+                    Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
+                    None => (None, line.into_bytes()),
+                };
+                let p = partition.unwrap_or_else(|| match key.as_deref() {
+                    Some(k) => (crc32fast_hash(k) % partitions as u32) as i32,
+                    None => {
+                        round_robin = (round_robin + 1) % partitions;
+                        round_robin
+                    }
+                });
+                pending.entry(p).or_default().push((key, value));
+                count += 1;
+            }
+            None => eof = true,
+        }
+        if eof || count % 1000 == 0 {
+            send_batches(&mut c, topic, std::mem::take(&mut pending), acks).await?;
+        }
+    }
+    eprintln!("produced {count} records to {topic}");
+    Ok(())
+}
+
+fn crc32fast_hash(b: &[u8]) -> u32 {
+    // Any stable hash will do for the CLI's key partitioning.
+    b.iter().fold(2166136261u32, |h, x| (h ^ *x as u32).wrapping_mul(16777619))
+}
+
+async fn send_batches(c: &mut Client, topic: &str, pending: BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>>, acks: i16) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let mut data = Vec::new();
+    for (p, records) in pending {
+        let refs: Vec<(Option<&[u8]>, Option<&[u8]>, i64)> = records.iter().map(|(k, v)| (k.as_deref(), Some(v.as_slice()), now)).collect();
+        data.push(produce_request::PartitionProduceData::default().with_index(p).with_records(Some(build_batch(&refs, (-1, -1, -1)))));
+    }
+    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![produce_request::TopicProduceData::default().with_name(TopicName(s(topic))).with_partition_data(data)]);
+    if acks == 0 {
+        bail!("--acks 0 is not supported by the CLI producer (it waits for answers)");
+    }
+    let r = c.send(request, 9).await?;
+    for t in r.responses {
+        for p in t.partition_responses {
+            check(p.error_code, &format!("produce to {topic}-{}", p.index), p.error_message.as_ref())?;
+        }
+    }
+    Ok(())
+}
+
+/// `consume`: print records as they arrive; stops after `max_messages` or `idle_timeout_ms`
+/// without a record.
+#[allow(clippy::too_many_arguments)]
+pub async fn consume(bootstrap: &str, topic: &str, from_beginning: bool, partition: Option<i32>, max_messages: Option<usize>, print_key: bool, key_separator: &str, idle_timeout_ms: Option<u64>) -> anyhow::Result<()> {
+    let mut c = Client::connect(bootstrap).await?;
+    let (partitions, topic_id) = partition_count(&mut c, topic).await?;
+    let wanted: Vec<i32> = match partition {
+        Some(p) => vec![p],
+        None => (0..partitions).collect(),
+    };
+    let ts = if from_beginning { -2 } else { -1 };
+    let r = c
+        .send(
+            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(wanted.iter().map(|p| list_offsets_request::ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(ts)).collect())]),
+            7,
+        )
+        .await?;
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    for t in r.topics {
+        for p in t.partitions {
+            check(p.error_code, &format!("list offsets of {topic}-{}", p.partition_index), None)?;
+            offsets.insert(p.partition_index, p.offset);
+        }
+    }
+    let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+    let mut seen = 0usize;
+    let mut idle_since = std::time::Instant::now();
+    loop {
+        let fetch = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(50 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(s(topic)))
+                .with_topic_id(topic_id)
+                .with_partitions(offsets.iter().map(|(p, o)| fetch_request::FetchPartition::default().with_partition(*p).with_fetch_offset(*o).with_partition_max_bytes(1 << 20).with_current_leader_epoch(-1)).collect())]);
+        let r = c.send(fetch, 12).await?;
+        let mut got = false;
+        for t in r.responses {
+            for p in t.partitions {
+                check(p.error_code, &format!("fetch {topic}-{}", p.partition_index), None)?;
+                let Some(mut records) = p.records.filter(|r| !r.is_empty()) else { continue };
+                let sets = RecordBatchDecoder::decode_all(&mut records).map_err(|e| anyhow::anyhow!("cannot decode records: {e}"))?;
+                let next = offsets.get_mut(&p.partition_index).expect("requested partition");
+                for set in sets {
+                    for rec in set.records {
+                        if rec.offset < *next {
+                            continue;
+                        }
+                        *next = rec.offset + 1;
+                        got = true;
+                        if print_key {
+                            out.write_all(rec.key.as_deref().unwrap_or(b"null")).await?;
+                            out.write_all(key_separator.as_bytes()).await?;
+                        }
+                        out.write_all(rec.value.as_ref().map(Bytes::as_ref).unwrap_or(b"null")).await?;
+                        out.write_all(b"\n").await?;
+                        seen += 1;
+                        if max_messages.is_some_and(|m| seen >= m) {
+                            out.flush().await?;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        out.flush().await?;
+        if got {
+            idle_since = std::time::Instant::now();
+        } else if idle_timeout_ms.is_some_and(|t| idle_since.elapsed().as_millis() as u64 >= t) {
+            return Ok(());
+        }
+    }
+}

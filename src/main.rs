@@ -1,0 +1,168 @@
+//! The `runnel` command: run a node, manage topics, produce and consume.
+
+mod alloc;
+
+use clap::{Parser, Subcommand};
+use runnel::config::ServerConfig;
+use std::path::PathBuf;
+
+#[global_allocator]
+static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
+
+/// runnel: a Kafka-compatible event-streaming platform.
+#[derive(Parser)]
+#[command(name = "runnel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node (broker and controller) with zero configuration: 127.0.0.1:9092, data in ./runnel-data.
+    Standalone {
+        /// Data directory.
+        #[arg(long, default_value = "./runnel-data")]
+        data_dir: PathBuf,
+        /// Kafka listener address.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: String,
+    },
+    /// Run a node configured by a Kafka server.properties file.
+    Server {
+        /// Path to server.properties.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create, list, describe, alter and delete topics (like kafka-topics.sh).
+    Topic {
+        #[command(subcommand)]
+        action: TopicAction,
+        /// Broker to talk to.
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+    },
+    /// Produce one record per line of standard input (like kafka-console-producer).
+    Produce {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Split each line into key and value at this separator.
+        #[arg(long)]
+        key_separator: Option<String>,
+        /// Send every record to this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// acks: 1 or -1 (all).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        acks: i16,
+        /// Broker to talk to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+    },
+    /// Print records of a topic, one per line (like kafka-console-consumer).
+    Consume {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Start at the earliest offset instead of the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Read only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Exit after this many records.
+        #[arg(long)]
+        max_messages: Option<usize>,
+        /// Print keys too.
+        #[arg(long)]
+        print_key: bool,
+        /// Separator between key and value when printing keys.
+        #[arg(long, default_value = "\t")]
+        key_separator: String,
+        /// Exit after this many milliseconds without a record.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Broker to talk to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicAction {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Partition count (-1: the broker's num.partitions).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        partitions: i32,
+        /// Replication factor (-1: the broker's default).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        replication_factor: i16,
+        /// Topic config, key=value (repeatable).
+        #[arg(long = "config")]
+        configs: Vec<String>,
+    },
+    /// List topic names.
+    List,
+    /// Describe one topic or all of them.
+    Describe {
+        /// Topic name (all topics if omitted).
+        name: Option<String>,
+    },
+    /// Delete a topic.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+    /// Change a topic's configs or raise its partition count.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// New partition count.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Set a config, key=value (repeatable).
+        #[arg(long = "config")]
+        configs: Vec<String>,
+        /// Remove a config override (repeatable).
+        #[arg(long = "delete-config")]
+        delete_configs: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Standalone { data_dir, listen } => {
+                let mut config = ServerConfig { data_dir, listener: listen.parse()?, ..Default::default() };
+                config.broker.advertised_host = config.listener.ip().to_string();
+                config.broker.advertised_port = config.listener.port() as i32;
+                runnel::server::run(config).await
+            }
+            Command::Server { config } => {
+                let text = std::fs::read_to_string(&config).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
+                runnel::server::run(ServerConfig::parse(&text)?).await
+            }
+            Command::Topic { action, bootstrap_server: b } => match action {
+                TopicAction::Create { name, partitions, replication_factor, configs } => runnel::cli::topic_create(&b, &name, partitions, replication_factor, &configs).await,
+                TopicAction::List => runnel::cli::topic_list(&b).await,
+                TopicAction::Describe { name } => runnel::cli::topic_describe(&b, name.as_deref()).await,
+                TopicAction::Delete { name } => runnel::cli::topic_delete(&b, &name).await,
+                TopicAction::Alter { name, partitions, configs, delete_configs } => runnel::cli::topic_alter(&b, &name, partitions, &configs, &delete_configs).await,
+            },
+            Command::Produce { topic, key_separator, partition, acks, bootstrap_server } => runnel::cli::produce(&bootstrap_server, &topic, key_separator.as_deref(), partition, acks).await,
+            Command::Consume { topic, from_beginning, partition, max_messages, print_key, key_separator, timeout_ms, bootstrap_server } => {
+                runnel::cli::consume(&bootstrap_server, &topic, from_beginning, partition, max_messages, print_key, &key_separator, timeout_ms).await
+            }
+        }
+    })
+}
