@@ -7,9 +7,12 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
-use runnel_actors::log::batch::build_batch;
+use runnel_actors::log::batch::{build_batch, PlainRecord};
 use std::collections::BTreeMap;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Records waiting to be sent, by partition: `(key, value)`.
+type Pending = BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>>;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -26,7 +29,12 @@ pub async fn topic_create(bootstrap: &str, name: &str, partitions: i32, replicat
         .with_name(TopicName(s(name)))
         .with_num_partitions(partitions)
         .with_replication_factor(replication_factor)
-        .with_configs(parse_kv(configs)?.into_iter().map(|(k, v)| create_topics_request::CreatableTopicConfig::default().with_name(s(&k)).with_value(Some(s(&v)))).collect());
+        .with_configs(
+            parse_kv(configs)?
+                .into_iter()
+                .map(|(k, v)| create_topics_request::CreatableTopicConfig::default().with_name(s(&k)).with_value(Some(s(&v))))
+                .collect(),
+        );
     let r = c.send(CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000), 7).await?;
     for t in r.topics {
         check(t.error_code, &format!("create topic {name}"), t.error_message.as_ref())?;
@@ -57,15 +65,36 @@ pub async fn topic_describe(bootstrap: &str, name: Option<&str>) -> anyhow::Resu
         check(t.error_code, &format!("describe {tname}"), None)?;
         let cfg = c
             .send(
-                DescribeConfigsRequest::default().with_resources(vec![describe_configs_request::DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s(&tname))]),
+                DescribeConfigsRequest::default().with_resources(vec![describe_configs_request::DescribeConfigsResource::default()
+                    .with_configuration_keys(None)
+                    .with_resource_type(2)
+                    .with_resource_name(s(&tname))]),
                 4,
             )
             .await?;
-        let overrides: Vec<String> = cfg.results.iter().flat_map(|r| r.configs.iter()).filter(|c| c.config_source == 1).map(|c| format!("{}={}", c.name.as_str(), c.value.as_ref().map(|v| v.as_str()).unwrap_or(""))).collect();
-        println!("Topic: {tname}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}", t.topic_id, t.partitions.len(), t.partitions.first().map_or(0, |p| p.replica_nodes.len()), overrides.join(","));
+        let overrides: Vec<String> = cfg
+            .results
+            .iter()
+            .flat_map(|r| r.configs.iter())
+            .filter(|c| c.config_source == 1)
+            .map(|c| format!("{}={}", c.name.as_str(), c.value.as_ref().map(|v| v.as_str()).unwrap_or("")))
+            .collect();
+        println!(
+            "Topic: {tname}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}",
+            t.topic_id,
+            t.partitions.len(),
+            t.partitions.first().map_or(0, |p| p.replica_nodes.len()),
+            overrides.join(",")
+        );
         for p in &t.partitions {
             let list = |v: &Vec<BrokerId>| v.iter().map(|b| b.0.to_string()).collect::<Vec<_>>().join(",");
-            println!("\tTopic: {tname}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}", p.partition_index, p.leader_id.0, list(&p.replica_nodes), list(&p.isr_nodes));
+            println!(
+                "\tTopic: {tname}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+                p.partition_index,
+                p.leader_id.0,
+                list(&p.replica_nodes),
+                list(&p.isr_nodes)
+            );
         }
     }
     Ok(())
@@ -94,17 +123,33 @@ pub async fn topic_delete(bootstrap: &str, name: &str) -> anyhow::Result<()> {
 pub async fn topic_alter(bootstrap: &str, name: &str, partitions: Option<i32>, set: &[String], delete: &[String]) -> anyhow::Result<()> {
     let mut c = Client::connect(bootstrap).await?;
     if let Some(count) = partitions {
-        let r = c.send(CreatePartitionsRequest::default().with_topics(vec![create_partitions_request::CreatePartitionsTopic::default().with_name(TopicName(s(name))).with_count(count)]).with_timeout_ms(30_000), 3).await?;
+        let r = c
+            .send(
+                CreatePartitionsRequest::default()
+                    .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(TopicName(s(name)))
+                        .with_count(count)
+                        .with_assignments(None)])
+                    .with_timeout_ms(30_000),
+                3,
+            )
+            .await?;
         for t in r.results {
             check(t.error_code, &format!("add partitions to {name}"), t.error_message.as_ref())?;
         }
     }
     if !set.is_empty() || !delete.is_empty() {
-        let mut configs: Vec<_> = parse_kv(set)?.into_iter().map(|(k, v)| incremental_alter_configs_request::AlterableConfig::default().with_name(s(&k)).with_config_operation(0).with_value(Some(s(&v)))).collect();
+        let mut configs: Vec<_> = parse_kv(set)?
+            .into_iter()
+            .map(|(k, v)| incremental_alter_configs_request::AlterableConfig::default().with_name(s(&k)).with_config_operation(0).with_value(Some(s(&v))))
+            .collect();
         configs.extend(delete.iter().map(|k| incremental_alter_configs_request::AlterableConfig::default().with_name(s(k)).with_config_operation(1)));
         let r = c
             .send(
-                IncrementalAlterConfigsRequest::default().with_resources(vec![incremental_alter_configs_request::AlterConfigsResource::default().with_resource_type(2).with_resource_name(s(name)).with_configs(configs)]),
+                IncrementalAlterConfigsRequest::default().with_resources(vec![incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(name))
+                    .with_configs(configs)]),
                 1,
             )
             .await?;
@@ -118,7 +163,14 @@ pub async fn topic_alter(bootstrap: &str, name: &str, partitions: Option<i32>, s
 
 async fn partition_count(c: &mut Client, topic: &str) -> anyhow::Result<(i32, uuid::Uuid)> {
     for _ in 0..50 {
-        let r = c.send(MetadataRequest::default().with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s(topic))))])).with_allow_auto_topic_creation(true), 12).await?;
+        let r = c
+            .send(
+                MetadataRequest::default()
+                    .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s(topic))))]))
+                    .with_allow_auto_topic_creation(true),
+                12,
+            )
+            .await?;
         let t = r.topics.into_iter().next().context("empty metadata response")?;
         match t.error_code {
             0 if !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0) => return Ok((t.partitions.len() as i32, t.topic_id)),
@@ -134,7 +186,7 @@ pub async fn produce(bootstrap: &str, topic: &str, key_separator: Option<&str>, 
     let mut c = Client::connect(bootstrap).await?;
     let (partitions, _) = partition_count(&mut c, topic).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut pending: BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>> = BTreeMap::new();
+    let mut pending: Pending = BTreeMap::new();
     let mut count = 0usize;
     let mut round_robin = 0i32;
     let mut eof = false;
@@ -170,17 +222,20 @@ fn crc32fast_hash(b: &[u8]) -> u32 {
     b.iter().fold(2166136261u32, |h, x| (h ^ *x as u32).wrapping_mul(16777619))
 }
 
-async fn send_batches(c: &mut Client, topic: &str, pending: BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>>, acks: i16) -> anyhow::Result<()> {
+async fn send_batches(c: &mut Client, topic: &str, pending: Pending, acks: i16) -> anyhow::Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let mut data = Vec::new();
     for (p, records) in pending {
-        let refs: Vec<(Option<&[u8]>, Option<&[u8]>, i64)> = records.iter().map(|(k, v)| (k.as_deref(), Some(v.as_slice()), now)).collect();
+        let refs: Vec<PlainRecord<'_>> = records.iter().map(|(k, v)| (k.as_deref(), Some(v.as_slice()), now)).collect();
         data.push(produce_request::PartitionProduceData::default().with_index(p).with_records(Some(build_batch(&refs, (-1, -1, -1)))));
     }
-    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![produce_request::TopicProduceData::default().with_name(TopicName(s(topic))).with_partition_data(data)]);
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default().with_name(TopicName(s(topic))).with_partition_data(data)]);
     if acks == 0 {
         bail!("--acks 0 is not supported by the CLI producer (it waits for answers)");
     }
@@ -196,7 +251,16 @@ async fn send_batches(c: &mut Client, topic: &str, pending: BTreeMap<i32, Vec<(O
 /// `consume`: print records as they arrive; stops after `max_messages` or `idle_timeout_ms`
 /// without a record.
 #[allow(clippy::too_many_arguments)]
-pub async fn consume(bootstrap: &str, topic: &str, from_beginning: bool, partition: Option<i32>, max_messages: Option<usize>, print_key: bool, key_separator: &str, idle_timeout_ms: Option<u64>) -> anyhow::Result<()> {
+pub async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    from_beginning: bool,
+    partition: Option<i32>,
+    max_messages: Option<usize>,
+    print_key: bool,
+    key_separator: &str,
+    idle_timeout_ms: Option<u64>,
+) -> anyhow::Result<()> {
     let mut c = Client::connect(bootstrap).await?;
     let (partitions, topic_id) = partition_count(&mut c, topic).await?;
     let wanted: Vec<i32> = match partition {
@@ -208,7 +272,9 @@ pub async fn consume(bootstrap: &str, topic: &str, from_beginning: bool, partiti
         .send(
             ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
                 .with_name(TopicName(s(topic)))
-                .with_partitions(wanted.iter().map(|p| list_offsets_request::ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(ts)).collect())]),
+                .with_partitions(
+                    wanted.iter().map(|p| list_offsets_request::ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(ts)).collect(),
+                )]),
             7,
         )
         .await?;
@@ -229,10 +295,18 @@ pub async fn consume(bootstrap: &str, topic: &str, from_beginning: bool, partiti
             .with_min_bytes(1)
             .with_max_bytes(50 << 20)
             .with_session_epoch(-1)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(TopicName(s(topic)))
-                .with_topic_id(topic_id)
-                .with_partitions(offsets.iter().map(|(p, o)| fetch_request::FetchPartition::default().with_partition(*p).with_fetch_offset(*o).with_partition_max_bytes(1 << 20).with_current_leader_epoch(-1)).collect())]);
+            .with_topics(vec![fetch_request::FetchTopic::default().with_topic(TopicName(s(topic))).with_topic_id(topic_id).with_partitions(
+                offsets
+                    .iter()
+                    .map(|(p, o)| {
+                        fetch_request::FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*o)
+                            .with_partition_max_bytes(1 << 20)
+                            .with_current_leader_epoch(-1)
+                    })
+                    .collect(),
+            )]);
         let r = c.send(fetch, 12).await?;
         let mut got = false;
         for t in r.responses {

@@ -68,7 +68,11 @@ impl ServerConfig {
                 "log.retention.check.interval.ms" => c.broker.retention_check_interval_ms = value.parse().map_err(|_| bad("not an integer"))?,
                 "broker.rack" => c.broker.rack = Some(value.to_string()),
                 "cluster.id" => c.broker.cluster_id = value.to_string(),
-                "process.roles" | "controller.quorum.voters" | "controller.listener.names" | "inter.broker.listener.name" | "listener.security.protocol.map" => {
+                "process.roles"
+                | "controller.quorum.voters"
+                | "controller.listener.names"
+                | "inter.broker.listener.name"
+                | "listener.security.protocol.map" => {
                     tracing::warn!("{key}={value}: read, but this build runs a single combined broker+controller node");
                 }
                 _ => match broker_key_to_topic(key, value) {
@@ -94,7 +98,8 @@ mod tests {
     /// Kafka keys land in the right fields, hour aliases convert, bad values are rejected.
     #[test]
     fn parses_kafka_keys() {
-        let c = ServerConfig::parse("node.id=3\nlisteners=PLAINTEXT://127.0.0.1:19092\nlog.dirs=/tmp/x\nlog.retention.hours=1\nnum.partitions=4\nfoo.bar=1\n").unwrap();
+        let c = ServerConfig::parse("node.id=3\nlisteners=PLAINTEXT://127.0.0.1:19092\nlog.dirs=/tmp/x\nlog.retention.hours=1\nnum.partitions=4\nfoo.bar=1\n")
+            .unwrap();
         assert_eq!(c.broker.node_id, 3);
         assert_eq!(c.listener.port(), 19092);
         assert_eq!(c.broker.advertised_port, 19092);

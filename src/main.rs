@@ -153,13 +153,19 @@ fn main() -> anyhow::Result<()> {
                 runnel::server::run(ServerConfig::parse(&text)?).await
             }
             Command::Topic { action, bootstrap_server: b } => match action {
-                TopicAction::Create { name, partitions, replication_factor, configs } => runnel::cli::topic_create(&b, &name, partitions, replication_factor, &configs).await,
+                TopicAction::Create { name, partitions, replication_factor, configs } => {
+                    runnel::cli::topic_create(&b, &name, partitions, replication_factor, &configs).await
+                }
                 TopicAction::List => runnel::cli::topic_list(&b).await,
                 TopicAction::Describe { name } => runnel::cli::topic_describe(&b, name.as_deref()).await,
                 TopicAction::Delete { name } => runnel::cli::topic_delete(&b, &name).await,
-                TopicAction::Alter { name, partitions, configs, delete_configs } => runnel::cli::topic_alter(&b, &name, partitions, &configs, &delete_configs).await,
+                TopicAction::Alter { name, partitions, configs, delete_configs } => {
+                    runnel::cli::topic_alter(&b, &name, partitions, &configs, &delete_configs).await
+                }
             },
-            Command::Produce { topic, key_separator, partition, acks, bootstrap_server } => runnel::cli::produce(&bootstrap_server, &topic, key_separator.as_deref(), partition, acks).await,
+            Command::Produce { topic, key_separator, partition, acks, bootstrap_server } => {
+                runnel::cli::produce(&bootstrap_server, &topic, key_separator.as_deref(), partition, acks).await
+            }
             Command::Consume { topic, from_beginning, partition, max_messages, print_key, key_separator, timeout_ms, bootstrap_server } => {
                 runnel::cli::consume(&bootstrap_server, &topic, from_beginning, partition, max_messages, print_key, &key_separator, timeout_ms).await
             }

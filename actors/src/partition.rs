@@ -6,10 +6,10 @@
 //! could take back. Producer state is rebuilt after a restart from the last checkpoint plus the
 //! batch headers replayed by recovery, so sequence checks survive restarts.
 
+use crate::broker::error;
+use crate::core::DiskIo;
 use crate::log::batch::{self, BatchHeader};
 use crate::log::{AppendInfo, LogConfig, PartitionLog};
-use crate::core::DiskIo;
-use crate::broker::error;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -206,12 +206,7 @@ impl Partition {
             }
         }
         assert!(self.high_watermark <= self.log.log_end_offset(), "hw {} > leo {}", self.high_watermark, self.log.log_end_offset());
-        Ok(Appended {
-            first_offset: info.first_offset,
-            last_offset: info.last_offset,
-            log_append_time_ms: append_time.unwrap_or(-1),
-            duplicate: false,
-        })
+        Ok(Appended { first_offset: info.first_offset, last_offset: info.last_offset, log_append_time_ms: append_time.unwrap_or(-1), duplicate: false })
     }
 
     /// Request a flush (group commit); attach a producer-state checkpoint at most once a second.
@@ -259,11 +254,7 @@ impl Partition {
                 }
                 continue;
             }
-            if let Some(b) = entry
-                .batches
-                .iter()
-                .find(|b| b.first_sequence == header.base_sequence && b.last_sequence == header.last_sequence())
-            {
+            if let Some(b) = entry.batches.iter().find(|b| b.first_sequence == header.base_sequence && b.last_sequence == header.last_sequence()) {
                 if batches.len() == 1 {
                     return Ok(Some(Appended {
                         first_offset: b.first_offset,

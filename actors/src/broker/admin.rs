@@ -29,7 +29,11 @@ fn s(v: impl Into<String>) -> StrBytes {
 
 /// Kafka's topic name rule: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn valid_topic_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 249 && name != "." && name != ".." && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 impl Broker {
@@ -114,14 +118,13 @@ impl Broker {
     }
 
     pub(crate) fn on_describe_cluster(&self) -> DescribeClusterResponse {
-        DescribeClusterResponse::default()
-            .with_cluster_id(s(self.config.cluster_id.clone()))
-            .with_controller_id(self.config.node_id.into())
-            .with_brokers(vec![DescribeClusterBroker::default()
+        DescribeClusterResponse::default().with_cluster_id(s(self.config.cluster_id.clone())).with_controller_id(self.config.node_id.into()).with_brokers(vec![
+            DescribeClusterBroker::default()
                 .with_broker_id(self.config.node_id.into())
                 .with_host(s(self.config.advertised_host.clone()))
                 .with_port(self.config.advertised_port)
-                .with_rack(self.config.rack.clone().map(s))])
+                .with_rack(self.config.rack.clone().map(s)),
+        ])
     }
 
     pub(crate) fn on_create_topics(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, r: CreateTopicsRequest) {
@@ -142,13 +145,22 @@ impl Broker {
                 configs.insert(k, v);
             }
             let fail = if !valid_topic_name(&name) {
-                Some((error::INVALID_TOPIC_EXCEPTION, format!("Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'")))
+                Some((
+                    error::INVALID_TOPIC_EXCEPTION,
+                    format!("Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"),
+                ))
             } else if self.topics.contains_key(&name) {
                 Some((error::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")))
             } else if !t.assignments.is_empty() && (t.num_partitions != -1 || t.replication_factor != -1) {
-                Some((error::INVALID_REQUEST, "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into()))
+                Some((
+                    error::INVALID_REQUEST,
+                    "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into(),
+                ))
             } else if !t.assignments.is_empty() && t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != self.config.node_id) {
-                Some((error::INVALID_REPLICA_ASSIGNMENT, format!("Replica assignments must name broker {} exactly once: this cluster has one broker", self.config.node_id)))
+                Some((
+                    error::INVALID_REPLICA_ASSIGNMENT,
+                    format!("Replica assignments must name broker {} exactly once: this cluster has one broker", self.config.node_id),
+                ))
             } else if t.assignments.is_empty() && partitions < 1 {
                 Some((error::INVALID_PARTITIONS, "Number of partitions must be larger than 0.".into()))
             } else if t.assignments.is_empty() && rf < 1 {
@@ -172,7 +184,9 @@ impl Broker {
                 let (v, source) = config::resolve(k, &configs, &self.dynamic_broker, &self.config);
                 described.push(CreatableTopicConfigs::default().with_name(s(*k)).with_value(Some(s(v))).with_config_source(source as i8));
             }
-            result.configs = Some(described);
+            if request.version >= 5 {
+                result.configs = Some(described);
+            }
             if !r.validate_only {
                 version = self.create_topic(cx, &name, partitions, configs);
                 result.topic_id = self.topics[&name].id;
@@ -227,7 +241,11 @@ impl Broker {
                     result.error_code = error::INVALID_PARTITIONS;
                     result.error_message = Some(s(format!("Topic currently has {c} partitions, which is higher than the requested {}.", t.count)));
                 }
-                Some(c) if t.assignments.as_ref().is_some_and(|a| a.len() as i32 != t.count - c || a.iter().any(|x| x.broker_ids.iter().any(|b| b.0 != self.config.node_id))) => {
+                Some(c)
+                    if t.assignments
+                        .as_ref()
+                        .is_some_and(|a| a.len() as i32 != t.count - c || a.iter().any(|x| x.broker_ids.iter().any(|b| b.0 != self.config.node_id))) =>
+                {
                     result.error_code = error::INVALID_REPLICA_ASSIGNMENT;
                     result.error_message = Some(s("Replica assignments must name only this broker, one per new partition"));
                 }
@@ -296,7 +314,14 @@ impl Broker {
 
     /// Apply a new set of values to a topic or to the broker's dynamic defaults. `changes` maps a
     /// key to `Some(value)` (set) or `None` (delete); `replace` drops keys not mentioned.
-    fn alter_resource(&mut self, resource_type: i8, resource_name: &str, changes: Vec<(String, Option<String>)>, replace: bool, validate_only: bool) -> Result<bool, (i16, String)> {
+    fn alter_resource(
+        &mut self,
+        resource_type: i8,
+        resource_name: &str,
+        changes: Vec<(String, Option<String>)>,
+        replace: bool,
+        validate_only: bool,
+    ) -> Result<bool, (i16, String)> {
         match resource_type {
             RESOURCE_TOPIC => {
                 let Some(t) = self.topics.get(resource_name) else {
@@ -358,7 +383,9 @@ impl Broker {
         let mut changed = false;
         for res in r.resources {
             let changes = res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
-            let mut out = alter_configs_response::AlterConfigsResourceResponse::default().with_resource_type(res.resource_type).with_resource_name(res.resource_name.clone());
+            let mut out = alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
             match self.alter_resource(res.resource_type, res.resource_name.as_str(), changes, true, r.validate_only) {
                 Ok(c) => changed |= c,
                 Err((code, message)) => {
@@ -373,7 +400,14 @@ impl Broker {
         self.reply_encoded_when_durable(cx, version, conn, seq, frame);
     }
 
-    pub(crate) fn on_incremental_alter_configs(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, r: IncrementalAlterConfigsRequest) {
+    pub(crate) fn on_incremental_alter_configs(
+        &mut self,
+        cx: &mut Cx<BrokerMsg>,
+        conn: ConnId,
+        seq: u64,
+        request: &Request,
+        r: IncrementalAlterConfigsRequest,
+    ) {
         let mut response = IncrementalAlterConfigsResponse::default();
         let mut changed = false;
         for res in r.resources {
@@ -410,8 +444,5 @@ impl Broker {
 }
 
 fn config_entry(name: &str, value: String, source: ConfigSource) -> DescribeConfigsResourceResult {
-    DescribeConfigsResourceResult::default()
-        .with_name(s(name))
-        .with_value(Some(s(value)))
-        .with_config_source(source as i8)
+    DescribeConfigsResourceResult::default().with_name(s(name)).with_value(Some(s(value))).with_config_source(source as i8)
 }

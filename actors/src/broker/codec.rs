@@ -65,10 +65,7 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
 /// The ApiVersions response body listing [`SUPPORTED_APIS`].
 pub fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(
-        SUPPORTED_APIS
-            .iter()
-            .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
-            .collect(),
+        SUPPORTED_APIS.iter().map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max)).collect(),
     )
 }
 
@@ -105,13 +102,7 @@ pub fn decode_frame(frame: Bytes) -> Decoded {
         Ok(b) => b,
         Err(e) => return Decoded::Close(format!("cannot parse {api_key:?} v{version}: {e}")),
     };
-    Decoded::Request(Box::new(Request {
-        api_key,
-        version,
-        correlation_id,
-        client_id: header.client_id.map(|s| s.to_string()),
-        body,
-    }))
+    Decoded::Request(Box::new(Request { api_key, version, correlation_id, client_id: header.client_id.map(|s| s.to_string()), body }))
 }
 
 fn decode_body(api_key: ApiKey, buf: &mut Bytes, version: i16) -> Result<RequestKind, String> {
@@ -124,10 +115,7 @@ fn decode_body(api_key: ApiKey, buf: &mut Bytes, version: i16) -> Result<Request
 /// Encode a response frame (without the size prefix).
 pub fn encode_response<R: Encodable>(correlation_id: i32, header_version: i16, body: &R, version: i16) -> Result<Bytes, String> {
     let mut out = BytesMut::with_capacity(64);
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
-        .encode(&mut out, header_version)
-        .map_err(|e| e.to_string())?;
+    ResponseHeader::default().with_correlation_id(correlation_id).encode(&mut out, header_version).map_err(|e| e.to_string())?;
     body.encode(&mut out, version).map_err(|e| e.to_string())?;
     Ok(out.freeze())
 }

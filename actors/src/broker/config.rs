@@ -150,12 +150,7 @@ pub enum ConfigSource {
 }
 
 /// Resolve `key` for a topic: override, dynamic broker default, static broker, default.
-pub fn resolve<'a>(
-    key: &str,
-    topic: &'a BTreeMap<String, String>,
-    dynamic: &'a BTreeMap<String, String>,
-    broker: &'a BrokerConfig,
-) -> (String, ConfigSource) {
+pub fn resolve<'a>(key: &str, topic: &'a BTreeMap<String, String>, dynamic: &'a BTreeMap<String, String>, broker: &'a BrokerConfig) -> (String, ConfigSource) {
     if let Some(v) = topic.get(key) {
         return (v.clone(), ConfigSource::DynamicTopic);
     }
@@ -180,10 +175,7 @@ pub fn topic_settings(topic: &BTreeMap<String, String>, dynamic: &BTreeMap<Strin
     let flush_policy = if messages_source == ConfigSource::Default && ms_source == ConfigSource::Default {
         FlushPolicy::Fsync
     } else {
-        FlushPolicy::PageCache {
-            messages: flush_messages.parse().unwrap_or(i64::MAX),
-            ms: flush_ms.parse().unwrap_or(i64::MAX),
-        }
+        FlushPolicy::PageCache { messages: flush_messages.parse().unwrap_or(i64::MAX), ms: flush_ms.parse().unwrap_or(i64::MAX) }
     };
     TopicSettings {
         log: LogConfig {

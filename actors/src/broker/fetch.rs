@@ -205,8 +205,10 @@ impl Broker {
                 data.high_watermark = p.high_watermark;
                 data.last_stable_offset = p.high_watermark;
                 data.log_start_offset = p.log.log_start_offset();
-                data.current_leader.leader_id = self.config.node_id.into();
-                data.current_leader.leader_epoch = p.leader_epoch;
+                if state.request.version >= 12 {
+                    data.current_leader.leader_id = self.config.node_id.into();
+                    data.current_leader.leader_epoch = p.leader_epoch;
+                }
             }
             if let Some(records) = part.records {
                 // KIP-74: the first non-empty partition is returned whole even above max_bytes.

@@ -345,9 +345,10 @@ impl Broker {
                 self.producer_id_block_end = m.producer_id_block_end;
                 self.next_producer_id = m.producer_id_block_end;
                 for e in entries.iter().filter(|e| e.is_dir && e.name != "meta") {
-                    let known = e.name.rsplit_once('-').is_some_and(|(topic, index)| {
-                        m.topics.get(topic).is_some_and(|t| index.parse::<i32>().is_ok_and(|i| i >= 0 && i < t.partitions))
-                    });
+                    let known = e
+                        .name
+                        .rsplit_once('-')
+                        .is_some_and(|(topic, index)| m.topics.get(topic).is_some_and(|t| index.parse::<i32>().is_ok_and(|i| i >= 0 && i < t.partitions)));
                     if !known {
                         tracing::info!("deleting directory {} of a deleted topic", e.name);
                         self.disk(cx, DiskOp::DeleteDir { path: e.name.clone() }, Route::Cleanup);
@@ -440,7 +441,10 @@ impl Broker {
             RequestKind::DescribeConfigs(r) => codec::respond(&request, &self.on_describe_configs(r)),
             RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, &request, r),
             RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, &request, r),
-            RequestKind::InitProducerId(_) => return self.on_init_producer_id(cx, conn, seq, request),
+            RequestKind::InitProducerId(r) => {
+                request.body = RequestKind::InitProducerId(r);
+                return self.on_init_producer_id(cx, conn, seq, request);
+            }
             other => Err(format!("no handler for {other:?}")),
         };
         self.send(cx, conn, seq, frame);
@@ -468,7 +472,7 @@ impl Broker {
         let mut waiting = Vec::new();
         for (conn, seq, mut request) in std::mem::take(&mut self.pending_init_producer) {
             let RequestKind::InitProducerId(r) = std::mem::replace(&mut request.body, RequestKind::ApiVersions(Default::default())) else {
-                continue;
+                unreachable!("only InitProducerId requests are queued here");
             };
             let r: InitProducerIdRequest = r;
             let mut response = InitProducerIdResponse::default();

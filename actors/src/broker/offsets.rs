@@ -33,14 +33,17 @@ impl Broker {
             let name = t.name.0.to_string();
             let mut tr = ListOffsetsTopicResponse::default().with_name(t.name.clone());
             for (p_slot, q) in t.partitions.iter().enumerate() {
-                let mut pr = ListOffsetsPartitionResponse::default().with_partition_index(q.partition_index).with_timestamp(-1).with_offset(-1).with_leader_epoch(-1);
+                let mut pr =
+                    ListOffsetsPartitionResponse::default().with_partition_index(q.partition_index).with_timestamp(-1).with_offset(-1).with_leader_epoch(-1);
                 match self.ready_partition(&name, q.partition_index) {
                     Err(e) => pr.error_code = e,
                     Ok(p) if q.current_leader_epoch >= 0 && q.current_leader_epoch != p.leader_epoch => {
                         pr.error_code = if q.current_leader_epoch < p.leader_epoch { error::FENCED_LEADER_EPOCH } else { error::UNKNOWN_LEADER_EPOCH };
                     }
                     Ok(p) => {
-                        pr.leader_epoch = p.leader_epoch;
+                        if request.version >= 4 {
+                            pr.leader_epoch = p.leader_epoch;
+                        }
                         match q.timestamp {
                             LATEST => pr.offset = p.high_watermark,
                             EARLIEST => pr.offset = p.log.log_start_offset(),
@@ -51,7 +54,8 @@ impl Broker {
                             ts if ts >= 0 => {
                                 let query_id = self.next_id + 1;
                                 self.next_id += 1;
-                                let answer = self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.offset_for_timestamp(io, query_id, ts)).flatten();
+                                let answer =
+                                    self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.offset_for_timestamp(io, query_id, ts)).flatten();
                                 match answer {
                                     Some(found) => {
                                         if let Some((offset, ts)) = found {

@@ -32,7 +32,8 @@ impl Broker {
             let name = topic_data.name.0.to_string();
             let mut topic_response = TopicProduceResponse::default().with_name(topic_data.name.clone());
             for (part_slot, pd) in topic_data.partition_data.into_iter().enumerate() {
-                let mut pr = PartitionProduceResponse::default().with_index(pd.index).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1);
+                let mut pr =
+                    PartitionProduceResponse::default().with_index(pd.index).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1);
                 let outcome = if !matches!(acks, -1..=1) {
                     Err(error::INVALID_REQUIRED_ACKS)
                 } else if r.transactional_id.is_some() {
@@ -44,8 +45,10 @@ impl Broker {
                         (Ok(p), Some(records)) => {
                             let uid = p.uid;
                             let records = records.clone();
-                            self.with_partition(cx, &name, pd.index as usize, |p, io| p.append(io, &records, now_ms, wall).map(|a| (a, uid, p.log.log_start_offset())))
-                                .unwrap_or(Err(error::UNKNOWN_TOPIC_OR_PARTITION))
+                            self.with_partition(cx, &name, pd.index as usize, |p, io| {
+                                p.append(io, &records, now_ms, wall).map(|a| (a, uid, p.log.log_start_offset()))
+                            })
+                            .unwrap_or(Err(error::UNKNOWN_TOPIC_OR_PARTITION))
                         }
                     }
                 };

@@ -6,7 +6,9 @@
 //! Fault model, applied by [`MemDisk::crash`]:
 //! - data: every write not followed by a successful `Fsync` of its file is lost; with `tear`, a
 //!   file whose unsynced writes were all appends may keep a random prefix of the appended bytes,
-//!   sometimes with one bit flipped in that prefix (a torn sector);
+//!   sometimes ending in up to 512 bytes of garbage (torn sectors). Bit flips inside otherwise
+//!   intact data are latent sector errors, left to the simulator: Kafka's batch CRC does not
+//!   cover the first 21 bytes (base offset, length, leader epoch) of a batch;
 //! - names: a file created and never fsynced disappears; `Delete` is not durable (the file comes
 //!   back, with its durable contents, after a crash); `Rename` and `DeleteDir` are atomic and
 //!   durable, as the driver contract promises;
@@ -135,7 +137,7 @@ impl MemDisk {
     }
 
     /// Crash the node: every file goes back to its durable image; with `tear`, unsynced appends
-    /// may leave a (possibly bit-flipped) prefix behind. See the module documentation.
+    /// may leave a prefix behind, possibly ending in garbage. See the module documentation.
     pub fn crash(&mut self, rng: &mut Rng, tear: bool) {
         for file in self.files.values_mut() {
             let durable_len = file.durable.as_ref().map_or(0, Vec::len);
@@ -147,8 +149,12 @@ impl MemDisk {
                 let mut image = file.durable.clone().unwrap_or_default();
                 image.extend_from_slice(&current[durable_len..durable_len + keep]);
                 if keep > 0 && rng.below(2) == 0 {
-                    let at = durable_len + rng.below(keep as u64) as usize;
-                    image[at] ^= 1 << rng.below(8);
+                    // The last sectors written hold garbage.
+                    let garbage = 1 + rng.below(keep.min(512) as u64) as usize;
+                    let len = image.len();
+                    for byte in &mut image[len - garbage..] {
+                        *byte = rng.next_u64() as u8;
+                    }
                 }
                 if file.durable.is_some() || keep > 0 {
                     file.durable = Some(image);

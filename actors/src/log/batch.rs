@@ -188,17 +188,11 @@ pub fn check_one(b: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Crc { stored: header.crc, computed });
     }
     if header.records_count < 0 || header.last_offset_delta < 0 {
-        return Err(BatchError::Invalid(format!(
-            "records count {} last offset delta {}",
-            header.records_count, header.last_offset_delta
-        )));
+        return Err(BatchError::Invalid(format!("records count {} last offset delta {}", header.records_count, header.last_offset_delta)));
     }
     if header.records_count > 0 && header.last_offset_delta != header.records_count - 1 && header.compression() == 0 && !header.is_control() {
         // Uncompressed batches from producers always have dense relative offsets.
-        return Err(BatchError::Invalid(format!(
-            "last offset delta {} for {} records",
-            header.last_offset_delta, header.records_count
-        )));
+        return Err(BatchError::Invalid(format!("last offset delta {} for {} records", header.last_offset_delta, header.records_count)));
     }
     // Every record takes at least 7 bytes; a count beyond that is a lie (uncompressed only).
     if header.compression() == 0 && header.records_count as usize > (header.total_len() - BATCH_HEADER_LEN) / 7 + 1 {
@@ -243,9 +237,12 @@ pub fn iter_headers(data: &Bytes) -> impl Iterator<Item = (BatchHeader, std::ops
     })
 }
 
+/// One record to put in a batch: `(key, value, timestamp)`.
+pub type PlainRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
+
 /// Build an uncompressed v2 batch (used by tests, benchmarks and the simulator's workload).
-/// Records are `(key, value, timestamp)`; `producer` is `(id, epoch, base_sequence)`.
-pub fn build_batch(records: &[(Option<&[u8]>, Option<&[u8]>, i64)], producer: (i64, i16, i32)) -> Bytes {
+/// `producer` is `(id, epoch, base_sequence)`.
+pub fn build_batch(records: &[PlainRecord<'_>], producer: (i64, i16, i32)) -> Bytes {
     fn varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {

@@ -546,7 +546,9 @@ impl PartitionLog {
                     }
                 }
             }
-            (Pending::Fsync | Pending::Write | Pending::Checkpointed(_), Err(error)) => self.fail(format!("write to {} failed: {error}", self.dir), &mut events),
+            (Pending::Fsync | Pending::Write | Pending::Checkpointed(_), Err(error)) => {
+                self.fail(format!("write to {} failed: {error}", self.dir), &mut events)
+            }
         }
         events
     }
@@ -675,11 +677,7 @@ impl PartitionLog {
     /// Rewrite the checkpoint atomically: write a tmp file, fsync it, rename it over the real one;
     /// then issue `then` (segment deletions).
     fn write_checkpoint(&mut self, io: &mut impl DiskIo, then: Vec<DiskOp>) {
-        let checkpoint = Checkpoint {
-            recovery_point: self.durable_offset,
-            log_start_offset: self.log_start_offset,
-            blob: self.checkpoint_blob.clone(),
-        };
+        let checkpoint = Checkpoint { recovery_point: self.durable_offset, log_start_offset: self.log_start_offset, blob: self.checkpoint_blob.clone() };
         let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
         let tmp = format!("{path}{TMP_SUFFIX}");
         self.issue(io, DiskOp::Delete { path: tmp.clone() }, Pending::Write);
@@ -722,7 +720,11 @@ impl PartitionLog {
 
     fn on_timestamp_read(&mut self, io: &mut impl DiskIo, job: TimestampJob, data: Bytes, events: &mut Vec<LogEvent>) {
         let Some(index) = self.segments.iter().position(|s| s.base_offset == job.segment_base) else {
-            return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None });
+            // Deleted meanwhile (retention, DeleteRecords): search again from the new log start.
+            return match self.next_segment_reaching(job.target, 0) {
+                Some(first) => self.start_timestamp_search(io, job.query_id, job.target, first),
+                None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None }),
+            };
         };
         let segment_size = self.segments[index].size_bytes;
         let mut at = 0usize;
@@ -753,7 +755,9 @@ impl PartitionLog {
                     return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
                 }
                 let found = time_index::first_record_at_or_after(&rest[..total], &header, job.target, self.log_start_offset);
-                return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Some(found) });
+                if found.is_some() {
+                    return events.push(LogEvent::TimestampFound { query_id: job.query_id, found });
+                }
             }
             if rest.len() < total {
                 let position = here + total as u64;
@@ -1029,14 +1033,33 @@ mod tests {
         for (target, expected) in [(0, (0, 1000)), (1000, (0, 1000)), (1002, (2, 1002)), (1004, (4, 1010)), (1491, (197, 1491))] {
             assert_eq!(log.offset_for_timestamp(&mut io, 3, target), None);
             let events = disk.run(&mut io, &mut log);
-            assert!(
-                matches!(&events[..], [LogEvent::TimestampFound { query_id: 3, found: Some(f) }] if *f == expected),
-                "target {target}: {events:?}"
-            );
+            assert!(matches!(&events[..], [LogEvent::TimestampFound { query_id: 3, found: Some(f) }] if *f == expected), "target {target}: {events:?}");
         }
         assert_eq!(log.offset_for_timestamp(&mut io, 3, 5000), Some(None));
         assert_eq!(log.offset_for_timestamp(&mut io, 3, MAX_TIMESTAMP), Some(Some((199, 1493))));
         assert_eq!(log.offset_for_timestamp(&mut io, 3, EARLIEST_TIMESTAMP), Some(Some((0, -1))));
+    }
+
+    /// Recovery scans segments larger than its 1 MiB chunk, including a batch larger than a
+    /// chunk, and a full scan (no checkpoint) finds every fsynced batch.
+    #[test]
+    fn recovery_scans_across_chunks() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+        for i in 0..300 {
+            log.append(&mut io, &batch(5, 1000, i), 0, None, 0);
+        }
+        log.append(&mut io, &batch(1, 3 << 20, 0), 0, None, 0);
+        log.append(&mut io, &batch(2, 10, 0), 0, None, 0);
+        log.flush(&mut io, None);
+        disk.run(&mut io, &mut log);
+        assert!(log.size_bytes() > 3 * SCAN_CHUNK_BYTES);
+        disk.crash(&mut Rng::new(1), false);
+        let (mut log, mut io, events) = open(&mut disk, LogConfig::default());
+        assert!(matches!(&events[..], [LogEvent::Recovered { replay, .. }] if replay.len() == 302));
+        assert_eq!(log.log_end_offset(), 1503);
+        let got = read(&mut disk, &mut io, &mut log, 1500, 10, 1503);
+        assert_eq!(got.iter().map(|h| h.base_offset).collect::<Vec<_>>(), vec![1500]);
     }
 
     /// An fsync failure takes the log offline: Failed is reported, no Durable, not ready.

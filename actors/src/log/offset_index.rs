@@ -78,10 +78,7 @@ impl OffsetIndex {
             return None;
         }
         if let Some(last) = self.entries.last() {
-            assert!(
-                entry.relative_offset > last.relative_offset && entry.position > last.position,
-                "offset index entry {entry:?} does not follow {last:?}"
-            );
+            assert!(entry.relative_offset > last.relative_offset && entry.position > last.position, "offset index entry {entry:?} does not follow {last:?}");
         }
         let file_position = (self.entries.len() * OFFSET_INDEX_ENTRY_LEN) as u64;
         self.entries.push(entry);
@@ -125,9 +122,7 @@ impl OffsetIndex {
                 }
             }
             if entry.position as u64 >= segment_size || entry.relative_offset as u64 >= relative_offset_end {
-                return Err(format!(
-                    "offset index entry {entry:?} beyond the segment ({segment_size} bytes, {relative_offset_end} offsets)"
-                ));
+                return Err(format!("offset index entry {entry:?} beyond the segment ({segment_size} bytes, {relative_offset_end} offsets)"));
             }
             entries.push(entry);
         }

@@ -7,8 +7,8 @@
 //! 2. `Read` the checkpoint: recovery point (everything below was fsynced), log start offset, and
 //!    the caller's blob. A checkpoint failing its crc32 is ignored (recovery point = log start).
 //!    Segments entirely below the log start offset are deleted.
-//! 3. Segments below the one containing the recovery point: `Read` their index files and validate
-//!    them. The first one that fails validation moves the scan start back to it.
+//! 3. Segments below the one holding the last batch before the recovery point: `Read` their
+//!    index files and validate them. The first one that fails validation moves the scan start back to it.
 //! 4. From the scan start on: `Read` each segment in 1 MiB chunks, `batch::check_one` every batch
 //!    (CRC-32C) and check that base offsets continue densely across batches and segments. At the
 //!    first torn, corrupt or non-contiguous batch the segment is `Truncate`d there and every later
@@ -310,7 +310,10 @@ impl Recovery {
         if self.found.is_empty() {
             return self.finish(io);
         }
-        self.scan_from = self.found.iter().rposition(|f| f.base_offset <= self.recovery_point).unwrap_or(0);
+        // Scan from the segment holding the last batch below the recovery point: a segment that
+        // starts exactly at the recovery point may have been rolled after that flush was issued,
+        // so the previous segment's final time index entry may not be durable.
+        self.scan_from = self.found.iter().rposition(|f| f.base_offset < self.recovery_point).unwrap_or(0);
         for segment in 0..self.scan_from {
             for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
                 match self.found[segment].lens[kind as usize] {

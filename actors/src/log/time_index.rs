@@ -119,10 +119,7 @@ impl TimeIndex {
         for chunk in data.chunks_exact(TIME_INDEX_ENTRY_LEN) {
             let mut ts = [0u8; 8];
             ts.copy_from_slice(&chunk[..8]);
-            let entry = TimeIndexEntry {
-                timestamp: i64::from_be_bytes(ts),
-                relative_offset: u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]),
-            };
+            let entry = TimeIndexEntry { timestamp: i64::from_be_bytes(ts), relative_offset: u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]) };
             if !entries.is_empty() && entry.timestamp == 0 && entry.relative_offset == 0 {
                 break; // preallocated tail
             }
@@ -180,9 +177,8 @@ pub fn offset_of_max_timestamp(batch: &[u8], header: &BatchHeader) -> i64 {
     if header.attributes & ATTR_LOG_APPEND_TIME != 0 {
         return header.base_offset;
     }
-    let found = record_timestamps(batch, header)
-        .and_then(|mut records| records.find(|&(_, timestamp)| timestamp == header.max_timestamp))
-        .map(|(offset, _)| offset);
+    let found =
+        record_timestamps(batch, header).and_then(|mut records| records.find(|&(_, timestamp)| timestamp == header.max_timestamp)).map(|(offset, _)| offset);
     match found {
         Some(offset) if (header.base_offset..=header.last_offset()).contains(&offset) => offset,
         _ => header.last_offset(),
@@ -190,18 +186,16 @@ pub fn offset_of_max_timestamp(batch: &[u8], header: &BatchHeader) -> i64 {
 }
 
 /// `(offset, timestamp)` of the first record of a whole batch (whose max timestamp is `>=
-/// target`) with timestamp `>= target` and offset `>= min_offset`. LogAppendTime and compressed
-/// batches are answered at batch granularity: the first offset `>= min_offset` with the batch's
-/// max timestamp.
-pub fn first_record_at_or_after(batch: &[u8], header: &BatchHeader, target: i64, min_offset: i64) -> (i64, i64) {
-    let batch_answer = (header.base_offset.max(min_offset), header.max_timestamp);
+/// target`) with timestamp `>= target` and offset `>= min_offset`; `None` if the batch has none
+/// (its qualifying records lie below `min_offset`): the search goes on with the next batch.
+/// LogAppendTime and compressed batches are answered at batch granularity: the first offset
+/// `>= min_offset` with the batch's max timestamp.
+pub fn first_record_at_or_after(batch: &[u8], header: &BatchHeader, target: i64, min_offset: i64) -> Option<(i64, i64)> {
     let Some(mut records) = record_timestamps(batch, header) else {
-        return batch_answer;
+        return Some((header.base_offset.max(min_offset), header.max_timestamp));
     };
     let in_batch = header.base_offset..=header.last_offset();
-    records
-        .find(|&(offset, timestamp)| timestamp >= target && offset >= min_offset && in_batch.contains(&offset))
-        .unwrap_or(batch_answer)
+    records.find(|&(offset, timestamp)| timestamp >= target && offset >= min_offset && in_batch.contains(&offset))
 }
 
 /// A zigzag varint (Kafka's varint/varlong) at `*at`, not reading at or past `end`.
