@@ -270,3 +270,46 @@ fn acknowledged_records_survive_a_crash() {
         assert_eq!(v.as_ref(), format!("v{i}").as_bytes());
     }
 }
+
+fn session_fetch(h: &mut Harness, id: uuid::Uuid, session_id: i32, epoch: i32, partitions: &[(i32, i64)]) -> FetchResponse {
+    let topics = if partitions.is_empty() {
+        vec![]
+    } else {
+        vec![fetch_request::FetchTopic::default().with_topic(name("s")).with_topic_id(id).with_partitions(
+            partitions
+                .iter()
+                .map(|(p, o)| fetch_request::FetchPartition::default().with_partition(*p).with_fetch_offset(*o).with_partition_max_bytes(1 << 20))
+                .collect(),
+        )]
+    };
+    h.call(&FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_session_id(session_id).with_session_epoch(epoch).with_topics(topics), 12)
+}
+
+/// KIP-227: epoch 0 creates a session; incremental fetches omit unchanged partitions and carry
+/// changed ones; a wrong epoch or unknown id is a top-level error; epoch -1 closes the session.
+#[test]
+fn fetch_sessions_are_incremental() {
+    let mut h = Harness::start(MemDisk::new());
+    let id = create(&mut h, "s");
+    assert_eq!(h.call(&produce_request("s", b"a"), 9).responses[0].partition_responses[0].error_code, 0);
+    let full = session_fetch(&mut h, id, 0, 0, &[(0, 0)]);
+    assert_eq!(full.error_code, 0);
+    let session = full.session_id;
+    assert_ne!(session, 0, "a session was created");
+    assert_eq!(full.responses[0].partitions.len(), 1);
+    // The client moved its position to the end: nothing changed, so nothing is returned.
+    let quiet = session_fetch(&mut h, id, session, 1, &[(0, 1)]);
+    assert_eq!((quiet.error_code, quiet.session_id), (0, session));
+    assert!(quiet.responses.is_empty(), "unchanged partitions are omitted: {:?}", quiet.responses);
+    // New data: the partition comes back with its records although the request names nothing.
+    assert_eq!(h.call(&produce_request("s", b"b"), 9).responses[0].partition_responses[0].error_code, 0);
+    let changed = session_fetch(&mut h, id, session, 2, &[]);
+    assert_eq!(changed.responses.len(), 1);
+    assert_eq!(changed.responses[0].partitions[0].high_watermark, 2);
+    assert!(changed.responses[0].partitions[0].records.as_ref().is_some_and(|r| !r.is_empty()));
+    assert_eq!(session_fetch(&mut h, id, session, 7, &[]).error_code, 71, "INVALID_FETCH_SESSION_EPOCH");
+    assert_eq!(session_fetch(&mut h, id, 12345, 1, &[]).error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+    let closed = session_fetch(&mut h, id, session, -1, &[(0, 0)]);
+    assert_eq!((closed.error_code, closed.session_id), (0, 0));
+    assert_eq!(session_fetch(&mut h, id, session, 3, &[]).error_code, 70, "closed session is gone");
+}

@@ -58,3 +58,7 @@ pub const UNKNOWN_PRODUCER_ID: i16 = 59;
 pub const INVALID_RECORD: i16 = 87;
 /// The topic id is not known.
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
+/// An incremental fetch named a session this broker does not have.
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// An incremental fetch's epoch is not the one the session expects.
+pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;

@@ -121,6 +121,7 @@ pub struct Broker {
     // request state
     pub(crate) produces: BTreeMap<u64, produce::PendingProduce>,
     pub(crate) fetches: BTreeMap<u64, fetch::FetchState>,
+    pub(crate) fetch_sessions: BTreeMap<i32, fetch::FetchSession>,
     pub(crate) reads: BTreeMap<u64, (u64, usize)>,
     pub(crate) watchers: BTreeMap<u64, BTreeSet<u64>>,
     pub(crate) list_offsets: BTreeMap<u64, offsets::ListOffsetsState>,
@@ -168,6 +169,7 @@ impl Broker {
             pending_init_producer: Vec::new(),
             produces: BTreeMap::new(),
             fetches: BTreeMap::new(),
+            fetch_sessions: BTreeMap::new(),
             reads: BTreeMap::new(),
             watchers: BTreeMap::new(),
             list_offsets: BTreeMap::new(),
