@@ -1,6 +1,7 @@
 //! The `runnel` command: run a node, manage topics, produce and consume.
 
 mod alloc;
+mod sim_cli;
 
 use clap::{Parser, Subcommand};
 use runnel::config::ServerConfig;
@@ -60,6 +61,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap_server: String,
     },
+    /// The deterministic simulator: replay seeds, swarm, check determinism.
+    Sim {
+        #[command(subcommand)]
+        action: SimAction,
+    },
     /// Print records of a topic, one per line (like kafka-console-consumer).
     Consume {
         /// Topic.
@@ -86,6 +92,76 @@ enum Command {
         /// Broker to talk to.
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap_server: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimAction {
+    /// Run (or replay) one seed: prints a trace summary, any violation and the replay command.
+    Run {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Scenario (default: chosen by the seed); `runnel sim scenarios` lists them.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Fault kinds, comma-separated, or `none` (default: the seed chooses).
+        #[arg(long)]
+        faults: Option<String>,
+        /// Activate a planted bug (planted-bugs builds only; repeatable).
+        #[arg(long = "bug")]
+        bugs: Vec<String>,
+        /// Run the seed again in-process and in a second process and compare trace hashes.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Write an HTML report with latency and fault-timeline plots.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Run many seeds in parallel and summarise violations, fault coverage and speed.
+    Swarm {
+        /// How many seeds.
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Only this scenario (default: every scenario in turn).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Fault kinds, comma-separated, or `none` (default: each seed chooses).
+        #[arg(long)]
+        faults: Option<String>,
+        /// Activate a planted bug (planted-bugs builds only; repeatable).
+        #[arg(long = "bug")]
+        bugs: Vec<String>,
+        /// Stop at the first failing seed.
+        #[arg(long)]
+        stop_on_first: bool,
+        /// Also recompute every seed's trace hash here and in a second process and compare.
+        #[arg(long)]
+        check_determinism: bool,
+    },
+    /// List the planted bugs of a planted-bugs build.
+    Bugs,
+    /// List scenarios and fault kinds.
+    Scenarios,
+    /// Print `seed trace-hash` lines (used by --check-determinism).
+    #[command(hide = true)]
+    Hashes {
+        #[arg(long)]
+        first_seed: u64,
+        #[arg(long)]
+        seeds: u64,
+        #[arg(long)]
+        scenario: Option<String>,
+        #[arg(long)]
+        faults: Option<String>,
+        #[arg(long = "bug")]
+        bugs: Vec<String>,
     },
 }
 
@@ -135,6 +211,30 @@ enum TopicAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Sim { action } = cli.command {
+        // The simulator is synchronous and logs nothing unless asked.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")))
+            .with_writer(std::io::stderr)
+            .init();
+        let ok = match action {
+            SimAction::Run { seed, scenario, faults, bugs, check_determinism, report } => {
+                sim_cli::cmd_run(seed, scenario.as_deref(), faults.as_deref(), bugs, check_determinism, report)?
+            }
+            SimAction::Swarm { seeds, first_seed, jobs, scenario, faults, bugs, stop_on_first, check_determinism } => {
+                sim_cli::cmd_swarm(first_seed, seeds, jobs, scenario.as_deref(), faults.as_deref(), bugs, stop_on_first, check_determinism)?
+            }
+            SimAction::Bugs => sim_cli::cmd_bugs().map(|_| true)?,
+            SimAction::Scenarios => {
+                sim_cli::cmd_scenarios();
+                true
+            }
+            SimAction::Hashes { first_seed, seeds, scenario, faults, bugs } => {
+                sim_cli::cmd_hashes(first_seed, seeds, scenario.as_deref(), faults.as_deref(), bugs).map(|_| true)?
+            }
+        };
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -166,6 +266,7 @@ fn main() -> anyhow::Result<()> {
             Command::Produce { topic, key_separator, partition, acks, bootstrap_server } => {
                 runnel::cli::produce(&bootstrap_server, &topic, key_separator.as_deref(), partition, acks).await
             }
+            Command::Sim { .. } => unreachable!("handled above"),
             Command::Consume { topic, from_beginning, partition, max_messages, print_key, key_separator, timeout_ms, bootstrap_server } => {
                 runnel::cli::consume(&bootstrap_server, &topic, from_beginning, partition, max_messages, print_key, &key_separator, timeout_ms).await
             }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod client;
 pub mod core;
 pub mod log;
 pub mod partition;

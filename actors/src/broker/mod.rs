@@ -33,6 +33,25 @@ use meta::{NodeMeta, META_PATH, META_TMP_PATH};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use uuid::Uuid;
 
+/// One partition's offsets as the broker sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionView {
+    /// Topic.
+    pub topic: String,
+    /// Partition index.
+    pub index: i32,
+    /// Recovered and durable in metadata.
+    pub ready: bool,
+    /// First offset in the log.
+    pub log_start_offset: i64,
+    /// Committed (visible) offset bound.
+    pub high_watermark: i64,
+    /// Next offset to be assigned.
+    pub log_end_offset: i64,
+    /// Everything below is fsynced.
+    pub durable_offset: i64,
+}
+
 /// Messages the broker actor receives.
 #[derive(Debug)]
 pub enum BrokerMsg {
@@ -181,6 +200,25 @@ impl Broker {
     /// The static configuration.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// A snapshot of every partition's offsets, for invariant checks and inspection.
+    pub fn partition_views(&self) -> Vec<PartitionView> {
+        let mut out = Vec::new();
+        for (topic, t) in &self.topics {
+            for p in &t.partitions {
+                out.push(PartitionView {
+                    topic: topic.clone(),
+                    index: p.index,
+                    ready: p.is_ready() && self.topic_durable(t),
+                    log_start_offset: p.log.log_start_offset(),
+                    high_watermark: p.high_watermark,
+                    log_end_offset: p.log.log_end_offset(),
+                    durable_offset: p.log.durable_offset(),
+                });
+            }
+        }
+        out
     }
 
     /// Whether startup recovery has finished.
@@ -382,10 +420,11 @@ impl Broker {
         for event in events {
             match event {
                 LogEvent::Recovered { checkpoint, replay } => {
-                    if let Some(p) = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)) {
-                        p.on_recovered(&checkpoint, &replay);
+                    let now_ms = cx.now_ms();
+                    self.with_partition(cx, &topic, index, |p, io| {
+                        p.on_recovered(io, now_ms, &checkpoint, &replay);
                         tracing::debug!(topic, index, log_end_offset = p.log.log_end_offset(), "partition recovered");
-                    }
+                    });
                     self.check_recovered(cx);
                 }
                 LogEvent::Durable { offset } => {

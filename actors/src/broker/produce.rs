@@ -57,7 +57,7 @@ impl Broker {
                         pr.base_offset = appended.first_offset;
                         pr.log_append_time_ms = appended.log_append_time_ms;
                         pr.log_start_offset = log_start;
-                        if acks == -1 {
+                        if acks == -1 && !crate::planted!("ack-before-fsync") {
                             waiting.push((uid, appended.last_offset, topic_slot, part_slot));
                         }
                     }

@@ -11,7 +11,7 @@
 //!   cover the first 21 bytes (base offset, length, leader epoch) of a batch;
 //! - names: a file created and never fsynced disappears; `Delete` is not durable (the file comes
 //!   back, with its durable contents, after a crash); `Rename` and `DeleteDir` are atomic and
-//!   durable, as the driver contract promises;
+//!   durable, as the driver contract promises (`durable_delete` makes `Delete` durable too);
 //! - errors: `fail_fsync` makes every `Fsync` fail with EIO (and leaves the durable image
 //!   untouched); reading, fsyncing or truncating a missing file fails.
 //!
@@ -39,6 +39,9 @@ pub struct MemDisk {
     files: BTreeMap<String, MemFile>,
     /// When set, every `Fsync` fails with an IO error.
     pub fail_fsync: bool,
+    /// When set, `Delete` is durable at once (benchmarks set it so deleted segments free their
+    /// memory; the default keeps the harsher model).
+    pub durable_delete: bool,
     /// Number of operations applied.
     pub ops_applied: u64,
 }
@@ -87,7 +90,12 @@ impl MemDisk {
                 if self.fail_fsync {
                     return Err(IoError::Other(format!("{path}: fsync: EIO")));
                 }
-                file.durable = file.current.clone();
+                let current = file.current.as_ref().expect("checked above");
+                match &mut file.durable {
+                    // Only appends since the last fsync: copy just the new bytes.
+                    Some(durable) if file.appends_only => durable.extend_from_slice(&current[durable.len()..]),
+                    durable => *durable = Some(current.clone()),
+                }
                 file.appends_only = true;
                 Ok(IoOutput::Done)
             }
@@ -106,7 +114,9 @@ impl MemDisk {
                 Ok(IoOutput::Done)
             }
             DiskOp::Delete { path } => {
-                if let Some(file) = self.files.get_mut(&path) {
+                if self.durable_delete {
+                    self.files.remove(&path);
+                } else if let Some(file) = self.files.get_mut(&path) {
                     file.current = None;
                     file.appends_only = false;
                 }

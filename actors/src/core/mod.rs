@@ -3,10 +3,12 @@
 //!
 //! Invariants: an actor's behaviour is a pure function of its inputs (messages, timers, IO
 //! completions, `Cx::now_ms`, `Cx::rng`). Effects are executed by a driver in the order they were
-//! emitted; disk operations on one node complete in the order they were issued, and a completion
+//! emitted; disk operations on one node start in the order they were issued (an `Fsync` may
+//! complete after operations issued later, never before those issued earlier), and a completion
 //! is delivered to `on_io` exactly once (unless the node crashes first, in which case the actor is
 //! rebuilt through `on_start` and must recover from what reached the disk).
 
+pub mod bugs;
 mod disk;
 pub mod mem_disk;
 mod rng;

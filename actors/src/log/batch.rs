@@ -169,6 +169,11 @@ pub fn validate_batches(data: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range
 
 /// Check the batch at the start of `b` (header, length, magic, CRC) and return its header.
 pub fn check_one(b: &[u8]) -> Result<BatchHeader, BatchError> {
+    check_one_with(b, true)
+}
+
+/// [`check_one`], optionally without the CRC (only the planted bug `recovery-skips-crc` does that).
+pub fn check_one_with(b: &[u8], verify_crc: bool) -> Result<BatchHeader, BatchError> {
     if b.len() < 17 {
         return Err(BatchError::Truncated(format!("{} bytes before the magic byte", b.len())));
     }
@@ -183,7 +188,7 @@ pub fn check_one(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if header.total_len() > b.len() {
         return Err(BatchError::Truncated(format!("batch declares {} bytes, {} present", header.total_len(), b.len())));
     }
-    let computed = crc32c::crc32c(&b[21..header.total_len()]);
+    let computed = if verify_crc { crc32c::crc32c(&b[21..header.total_len()]) } else { header.crc };
     if computed != header.crc {
         return Err(BatchError::Crc { stored: header.crc, computed });
     }

@@ -175,10 +175,13 @@ enum Pending {
     Write,
     /// One of the fsyncs of the in-flight flush.
     Fsync,
+    /// The fsync of a checkpoint's tmp file: the rename may only start once it completed (an
+    /// fsync may complete after operations issued later). Carries the deletions to release.
+    CheckpointSynced(Vec<i64>),
     /// The rename completing a checkpoint write; then these deletions may start (a segment is
     /// only deleted once the log start offset past it is durable, so a crash cannot make the
     /// log end go back below offsets already handed out).
-    Checkpointed(Vec<DiskOp>),
+    Checkpointed(Vec<i64>),
     Read(ReadJob),
     Timestamp(TimestampJob),
 }
@@ -190,8 +193,8 @@ struct FsyncInFlight {
     covers: i64,
     /// Fsyncs not completed yet.
     remaining: usize,
-    /// Blob to checkpoint once durable.
-    checkpoint: Option<Bytes>,
+    /// Blob to checkpoint once durable, with the log end offset it describes.
+    checkpoint: Option<(Bytes, i64)>,
 }
 
 /// Outcome of walking the bytes of a read.
@@ -216,9 +219,20 @@ pub struct PartitionLog {
     pending: BTreeMap<IoToken, Pending>,
     fsync_in_flight: Option<FsyncInFlight>,
     /// A flush requested while an fsync was in flight, with the newest blob given meanwhile.
-    flush_requested: Option<Option<Bytes>>,
+    flush_requested: Option<Option<(Bytes, i64)>>,
     /// The blob of the last checkpoint written (rewritten with a new log start offset).
     checkpoint_blob: Bytes,
+    /// The log end offset `checkpoint_blob` describes: the checkpoint's recovery point.
+    checkpoint_offset: i64,
+    /// A checkpoint write is in flight (they are serialised: they share the tmp file).
+    checkpoint_in_flight: bool,
+    /// Another checkpoint write is wanted after the one in flight, releasing these deletions.
+    checkpoint_queued: Option<Vec<i64>>,
+    /// Segments dropped from the log (below the log start offset) whose files wait for the
+    /// checkpoint recording the new log start offset. Until then a flush still fsyncs them: a
+    /// crash before that checkpoint must find them whole, or recovery would end the log below an
+    /// offset already reported durable.
+    doomed: Vec<Segment>,
 }
 
 impl PartitionLog {
@@ -236,6 +250,10 @@ impl PartitionLog {
             fsync_in_flight: None,
             flush_requested: None,
             checkpoint_blob: Bytes::new(),
+            checkpoint_offset: 0,
+            checkpoint_in_flight: false,
+            checkpoint_queued: None,
+            doomed: Vec::new(),
         }
     }
 
@@ -381,6 +399,9 @@ impl PartitionLog {
         if !self.is_ready() {
             return;
         }
+        // The blob describes the log as it is now: its recovery point must be exactly this offset,
+        // or recovery would replay too little (state for batches in between would be missing).
+        let checkpoint = checkpoint.map(|blob| (blob, self.log_end_offset()));
         if self.fsync_in_flight.is_some() {
             let earlier = self.flush_requested.take().flatten();
             self.flush_requested = Some(checkpoint.or(earlier));
@@ -493,6 +514,7 @@ impl PartitionLog {
         let path = self.dir.clone();
         self.issue(io, DiskOp::DeleteDir { path }, Pending::Write);
         self.segments.clear();
+        self.doomed.clear();
         self.fsync_in_flight = None;
         self.flush_requested = None;
         self.state = State::Deleted;
@@ -510,6 +532,7 @@ impl PartitionLog {
                         self.log_start_offset = recovered.log_start_offset;
                         self.durable_offset = recovered.recovery_point;
                         self.checkpoint_blob = recovered.checkpoint.clone();
+                        self.checkpoint_offset = recovered.recovery_point;
                         self.state = State::Ready;
                         self.check_invariants();
                         events.push(LogEvent::Recovered { checkpoint: recovered.checkpoint, replay: recovered.replay });
@@ -539,14 +562,29 @@ impl PartitionLog {
             }
             (Pending::Fsync, Ok(_)) => self.on_fsync_done(io, &mut events),
             (Pending::Write, Ok(_)) => {}
-            (Pending::Checkpointed(deletions), Ok(_)) => {
+            (Pending::CheckpointSynced(deletions), Ok(_)) => {
                 if !matches!(self.state, State::Deleted) {
-                    for op in deletions {
-                        self.issue(io, op, Pending::Write);
+                    let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
+                    let from = format!("{path}{TMP_SUFFIX}");
+                    self.issue(io, DiskOp::Rename { from, to: path }, Pending::Checkpointed(deletions));
+                }
+            }
+            (Pending::Checkpointed(deletions), Ok(_)) => {
+                self.checkpoint_in_flight = false;
+                if !matches!(self.state, State::Deleted) {
+                    for base_offset in deletions {
+                        let Some(at) = self.doomed.iter().position(|s| s.base_offset == base_offset) else { continue };
+                        let segment = self.doomed.remove(at);
+                        for op in segment::delete_ops(&self.dir, segment.base_offset, segment.files_existing()) {
+                            self.issue(io, op, Pending::Write);
+                        }
+                    }
+                    if let Some(then) = self.checkpoint_queued.take() {
+                        self.write_checkpoint(io, then);
                     }
                 }
             }
-            (Pending::Fsync | Pending::Write | Pending::Checkpointed(_), Err(error)) => {
+            (Pending::Fsync | Pending::Write | Pending::CheckpointSynced(_) | Pending::Checkpointed(_), Err(error)) => {
                 self.fail(format!("write to {} failed: {error}", self.dir), &mut events)
             }
         }
@@ -620,21 +658,21 @@ impl PartitionLog {
     /// with a checkpoint whose completion starts the files' deletion.
     fn delete_oldest(&mut self, io: &mut impl DiskIo, count: usize) {
         assert!(count < self.segments.len(), "deleting {count} of {} segments of {}", self.segments.len(), self.dir);
-        let doomed: Vec<Segment> = self.segments.drain(..count).collect();
         let mut deletions = Vec::new();
-        for segment in doomed {
+        for segment in self.segments.drain(..count) {
             tracing::info!(dir = %self.dir, base_offset = segment.base_offset, "deleting segment");
-            deletions.extend(segment::delete_ops(&self.dir, segment.base_offset, segment.files_existing()));
+            deletions.push(segment.base_offset);
+            self.doomed.push(segment);
         }
         self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
         self.check_invariants();
         self.write_checkpoint(io, deletions);
     }
 
-    fn issue_fsync(&mut self, io: &mut impl DiskIo, checkpoint: Option<Bytes>) {
+    fn issue_fsync(&mut self, io: &mut impl DiskIo, checkpoint: Option<(Bytes, i64)>) {
         let covers = self.log_end_offset();
         let mut paths = Vec::new();
-        for segment in &mut self.segments {
+        for segment in self.segments.iter_mut().chain(self.doomed.iter_mut()) {
             let unsynced = std::mem::take(&mut segment.unsynced);
             for (kind, dirty) in SegmentFile::ALL.into_iter().zip([unsynced.log, unsynced.offset_index, unsynced.time_index]) {
                 if dirty {
@@ -665,8 +703,10 @@ impl PartitionLog {
         assert!(covers <= self.log_end_offset(), "log {} durable offset {covers} past log end {}", self.dir, self.log_end_offset());
         self.durable_offset = covers;
         events.push(LogEvent::Durable { offset: covers });
-        if let Some(blob) = checkpoint {
+        if let Some((blob, at)) = checkpoint {
+            assert!(at <= covers, "log {} checkpoint at {at} beyond the fsynced offset {covers}", self.dir);
             self.checkpoint_blob = blob;
+            self.checkpoint_offset = at;
             self.write_checkpoint(io, Vec::new());
         }
         if let Some(checkpoint) = self.flush_requested.take() {
@@ -674,16 +714,24 @@ impl PartitionLog {
         }
     }
 
-    /// Rewrite the checkpoint atomically: write a tmp file, fsync it, rename it over the real one;
-    /// then issue `then` (segment deletions).
-    fn write_checkpoint(&mut self, io: &mut impl DiskIo, then: Vec<DiskOp>) {
-        let checkpoint = Checkpoint { recovery_point: self.durable_offset, log_start_offset: self.log_start_offset, blob: self.checkpoint_blob.clone() };
+    /// Rewrite the checkpoint atomically: write a tmp file, fsync it, once the fsync completed
+    /// rename it over the real one, then issue `then` (segment deletions). One write at a time:
+    /// a request during a write is queued and written, with the state of that time, after it.
+    fn write_checkpoint(&mut self, io: &mut impl DiskIo, then: Vec<i64>) {
+        if self.checkpoint_in_flight {
+            self.checkpoint_queued.get_or_insert_with(Vec::new).extend(then);
+            return;
+        }
+        self.checkpoint_in_flight = true;
+        // The recovery point is where the blob was taken (never above the durable offset): recovery
+        // replays every batch after it.
+        let recovery_point = self.checkpoint_offset.min(self.durable_offset);
+        let checkpoint = Checkpoint { recovery_point, log_start_offset: self.log_start_offset, blob: self.checkpoint_blob.clone() };
         let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
         let tmp = format!("{path}{TMP_SUFFIX}");
         self.issue(io, DiskOp::Delete { path: tmp.clone() }, Pending::Write);
         self.issue(io, DiskOp::Append { path: tmp.clone(), data: checkpoint.encode() }, Pending::Write);
-        self.issue(io, DiskOp::Fsync { path: tmp.clone() }, Pending::Write);
-        self.issue(io, DiskOp::Rename { from: tmp, to: path }, Pending::Checkpointed(then));
+        self.issue(io, DiskOp::Fsync { path: tmp }, Pending::CheckpointSynced(then));
     }
 
     fn on_read(&mut self, io: &mut impl DiskIo, job: ReadJob, data: Bytes, events: &mut Vec<LogEvent>) {

@@ -89,6 +89,9 @@ impl OffsetIndex {
     /// the segment) when there is none.
     pub fn lookup(&self, relative_offset: u32) -> OffsetIndexEntry {
         let after = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        if crate::planted!("offset-index-off-by-one") && after < self.entries.len() && after > 0 {
+            return self.entries[after];
+        }
         match after {
             0 => OffsetIndexEntry { relative_offset: 0, position: 0 },
             n => self.entries[n - 1],

@@ -173,6 +173,8 @@ pub struct Recovery {
     segments: Vec<Segment>,
     scan: Option<Scan>,
     replay: Vec<BatchHeader>,
+    /// Position of the last damaged-looking batch and how often it was re-read.
+    reread: (u64, u32),
     /// Set once every decision is taken; the result waits for the fix-up writes to complete.
     finished: bool,
 }
@@ -194,6 +196,7 @@ impl Recovery {
             segments: Vec::new(),
             scan: None,
             replay: Vec::new(),
+            reread: (u64::MAX, 0),
             finished: false,
         }
     }
@@ -407,7 +410,7 @@ impl Recovery {
             }
             let rest = &data[at..];
             let in_file = file_len - here;
-            match batch::check_one(rest) {
+            match batch::check_one_with(rest, !crate::planted!("recovery-skips-crc")) {
                 Ok(header) if header.base_offset == scan.segment.next_offset => {
                     let bytes = &rest[..header.total_len()];
                     let offset_of_max = time_index::offset_of_max_timestamp(bytes, &header);
@@ -422,24 +425,40 @@ impl Recovery {
                 }
                 Ok(header) => {
                     tracing::warn!(dir = %self.dir, expected = scan.segment.next_offset, found = header.base_offset, "non-contiguous batch");
-                    return self.cut(io, scan, here);
+                    return self.cut_or_reread(io, scan, here);
                 }
                 Err(BatchError::Truncated(_)) if (rest.len() as u64) < in_file => {
                     // The chunk ended inside the batch but the file goes on: read the batch whole,
                     // unless its declared length runs past the end of the file (torn).
                     let declared = declared_len(rest);
                     if declared.is_some_and(|len| len > in_file) {
-                        return self.cut(io, scan, here);
+                        return self.cut_or_reread(io, scan, here);
                     }
                     self.scan = Some(scan);
                     return self.scan_read(io, here, declared.unwrap_or(0));
                 }
                 Err(error) => {
                     tracing::warn!(dir = %self.dir, position = here, %error, "torn or corrupt batch");
-                    return self.cut(io, scan, here);
+                    return self.cut_or_reread(io, scan, here);
                 }
             }
         }
+    }
+
+    /// A batch at `position` looks torn or corrupt. A latent sector error looks the same but goes
+    /// away on a second read, so re-read a few times before truncating: cutting a log because of
+    /// a transient read error would throw away fsynced records.
+    fn cut_or_reread(&mut self, io: &mut impl DiskIo, scan: Scan, position: u64) {
+        const REREADS: u32 = 4;
+        if self.reread.0 != position {
+            self.reread = (position, 0);
+        }
+        if self.reread.1 < REREADS {
+            self.reread.1 += 1;
+            self.scan = Some(scan);
+            return self.scan_read(io, position, 0);
+        }
+        self.cut(io, scan, position)
     }
 
     /// Truncate the scanned segment at `position`, delete every later segment, finish.

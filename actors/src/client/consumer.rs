@@ -1,0 +1,231 @@
+//! The workload's consumer: assigns every partition of the topic from offset 0 and fetches in a
+//! loop, recording each poll. It checks on its own what a client can see directly: no record at
+//! or above the high watermark of the response that carried it, every batch passes its CRC,
+//! and offsets only move forward.
+
+use super::{decode, parse_value, ClientEvent, ClientMsg, Wire};
+use crate::broker::error;
+use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
+use crate::log::batch;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use std::collections::BTreeMap;
+
+const RETRY_TIMER: TimerId = TimerId(1);
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// History process id.
+    pub process: u64,
+    /// The broker.
+    pub broker: Addr,
+    /// Topic.
+    pub topic: String,
+    /// Fetch `max_wait_ms`.
+    pub max_wait_ms: i32,
+}
+
+/// See the module documentation.
+pub struct Consumer {
+    config: ConsumerConfig,
+    wire: Wire,
+    topic_id: uuid::Uuid,
+    /// Next offset to read, per partition.
+    positions: BTreeMap<i32, i64>,
+    polling: bool,
+    setup_pending: bool,
+    events: Vec<ClientEvent>,
+    /// Every value read, per key (for liveness checks).
+    pub seen: BTreeMap<u64, std::collections::BTreeSet<u64>>,
+}
+
+impl Consumer {
+    /// A consumer with the given settings.
+    pub fn new(config: ConsumerConfig) -> Self {
+        Consumer {
+            config,
+            wire: Wire::default(),
+            topic_id: uuid::Uuid::nil(),
+            positions: BTreeMap::new(),
+            polling: false,
+            setup_pending: false,
+            events: Vec::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Take the events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn topic(&self) -> TopicName {
+        TopicName(StrBytes::from_string(self.config.topic.clone()))
+    }
+
+    fn next(&mut self, cx: &mut Cx<ClientMsg>) {
+        if self.positions.is_empty() {
+            if !self.setup_pending {
+                self.setup_pending = true;
+                let r = MetadataRequest::default()
+                    .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(self.topic()))]))
+                    .with_allow_auto_topic_creation(true);
+                let frame = self.wire.encode(&r, 12);
+                cx.send(self.config.broker, ClientMsg::Request(frame));
+            }
+            return;
+        }
+        if self.polling {
+            return;
+        }
+        self.polling = true;
+        self.events.push(ClientEvent::InvokePoll { time_ms: cx.now_ms(), process: self.config.process });
+        let r = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(self.config.max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default().with_topic(self.topic()).with_topic_id(self.topic_id).with_partitions(
+                self.positions
+                    .iter()
+                    .map(|(p, o)| {
+                        fetch_request::FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*o)
+                            .with_partition_max_bytes(64 << 10)
+                            .with_current_leader_epoch(-1)
+                    })
+                    .collect(),
+            )]);
+        let frame = self.wire.encode(&r, 12);
+        cx.send(self.config.broker, ClientMsg::Request(frame));
+    }
+
+    fn violation(&mut self, cx: &mut Cx<ClientMsg>, what: String) {
+        self.events.push(ClientEvent::Violation { time_ms: cx.now_ms(), process: self.config.process, what });
+    }
+
+    fn on_fetch(&mut self, cx: &mut Cx<ClientMsg>, r: FetchResponse) {
+        let mut reads: BTreeMap<u64, Vec<(i64, u64)>> = BTreeMap::new();
+        let mut retry = false;
+        for t in r.responses {
+            for p in t.partitions {
+                match p.error_code {
+                    error::NONE => {}
+                    error::OFFSET_OUT_OF_RANGE => {
+                        // Without retention nothing is ever deleted: a position past the log end
+                        // means this consumer read records that are gone.
+                        let position = self.positions.get(&p.partition_index).copied().unwrap_or(-1);
+                        self.violation(cx, format!("offset {position} of partition {} is out of range: records read earlier vanished", p.partition_index));
+                        retry = true;
+                        continue;
+                    }
+                    _ => {
+                        retry = true;
+                        continue;
+                    }
+                }
+                let Some(mut records) = p.records.filter(|r| !r.is_empty()) else { continue };
+                for (header, range) in batch::iter_headers(&records) {
+                    if let Err(e) = batch::check_one(&records[range]) {
+                        self.violation(cx, format!("partition {} batch at offset {} is corrupt: {e}", p.partition_index, header.base_offset));
+                    }
+                }
+                let sets = match RecordBatchDecoder::decode_all(&mut records) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.violation(cx, format!("cannot decode records of partition {}: {e}", p.partition_index));
+                        continue;
+                    }
+                };
+                let position = self.positions.entry(p.partition_index).or_insert(0);
+                for record in sets.into_iter().flat_map(|s| s.records) {
+                    if record.offset < *position {
+                        continue;
+                    }
+                    if record.offset >= p.high_watermark {
+                        let what =
+                            format!("partition {} returned offset {} at or above the high watermark {}", p.partition_index, record.offset, p.high_watermark);
+                        self.events.push(ClientEvent::Violation { time_ms: cx.now_ms(), process: self.config.process, what });
+                    }
+                    let Some(value) = record.value.as_deref().and_then(parse_value) else {
+                        let what = format!("unparseable value at offset {} of partition {}", record.offset, p.partition_index);
+                        self.events.push(ClientEvent::Violation { time_ms: cx.now_ms(), process: self.config.process, what });
+                        continue;
+                    };
+                    *position = record.offset + 1;
+                    reads.entry(p.partition_index as u64).or_default().push((record.offset, value));
+                    self.seen.entry(p.partition_index as u64).or_default().insert(value);
+                }
+            }
+        }
+        self.events.push(ClientEvent::CompletePoll { time_ms: cx.now_ms(), process: self.config.process, reads, ok: true });
+        self.polling = false;
+        if retry {
+            cx.set_timer(RETRY_TIMER, 50);
+        } else {
+            self.next(cx);
+        }
+    }
+}
+
+impl Actor for Consumer {
+    type Msg = ClientMsg;
+
+    fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
+        self.next(cx);
+    }
+
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Response(frame) => {
+                let (key, version, body) = match self.wire.match_response(frame) {
+                    Ok(x) => x,
+                    Err(e) => return self.violation(cx, format!("unreadable response: {e}")),
+                };
+                match ApiKey::try_from(key) {
+                    Ok(ApiKey::Metadata) => {
+                        self.setup_pending = false;
+                        if let Ok(m) = decode::<MetadataResponse>(body, version) {
+                            if let Some(t) =
+                                m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0))
+                            {
+                                self.topic_id = t.topic_id;
+                                let keys: Vec<u64> = t.partitions.iter().map(|p| p.partition_index as u64).collect();
+                                for k in &keys {
+                                    self.positions.insert(*k as i32, 0);
+                                }
+                                self.events.push(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
+                            }
+                        }
+                        cx.set_timer(RETRY_TIMER, 50);
+                    }
+                    Ok(ApiKey::Fetch) => match decode::<FetchResponse>(body, version) {
+                        Ok(r) => self.on_fetch(cx, r),
+                        Err(e) => self.violation(cx, format!("bad fetch response: {e}")),
+                    },
+                    _ => self.violation(cx, format!("unexpected response to api {key}")),
+                }
+            }
+            ClientMsg::Disconnected => {
+                self.wire.disconnected();
+                self.setup_pending = false;
+                if self.polling {
+                    self.polling = false;
+                    self.events.push(ClientEvent::CompletePoll { time_ms: cx.now_ms(), process: self.config.process, reads: BTreeMap::new(), ok: false });
+                }
+                cx.set_timer(RETRY_TIMER, 100);
+            }
+            ClientMsg::Request(_) => {}
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {
+        self.next(cx);
+    }
+
+    fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
+}

@@ -1,0 +1,153 @@
+//! Client actors: the producer and consumer the simulator's workload runs. They speak the Kafka
+//! protocol as bytes — the same frames a real client sends — so the broker's codec is exercised
+//! under faults too, and they record what they did as history events for the checker.
+//!
+//! Connection model: a client sends `ClientMsg::Request(frame)` to the broker's address; the
+//! driver carries it on the client's connection (opening one if needed) and delivers responses
+//! in order as `ClientMsg::Response`. If the connection breaks, the client gets
+//! `ClientMsg::Disconnected`, every request in flight is lost, and the next request opens a new
+//! connection.
+
+pub mod consumer;
+pub mod producer;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use std::collections::BTreeMap;
+
+/// Messages to and from a client actor.
+#[derive(Clone, Debug)]
+pub enum ClientMsg {
+    /// A request frame for the broker (sent by the client, carried by the driver).
+    Request(Bytes),
+    /// A response frame from the broker.
+    Response(Bytes),
+    /// The connection broke; requests in flight are lost.
+    Disconnected,
+}
+
+/// What a client observed, in the shape of a Jepsen history (see runnel-checker).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A send of `value` to `key` (a partition) was invoked.
+    InvokeSend {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// Key (partition index).
+        key: u64,
+        /// Unique value.
+        value: u64,
+    },
+    /// A send completed: `Ok(offset)` acknowledged, `Err(reason)` unknown outcome (info).
+    CompleteSend {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// Key.
+        key: u64,
+        /// Value.
+        value: u64,
+        /// Offset if acknowledged, else why the outcome is unknown.
+        outcome: Result<i64, String>,
+    },
+    /// Partitions assigned (keys), reading from the beginning.
+    Assign {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// Keys.
+        keys: Vec<u64>,
+    },
+    /// A poll was invoked.
+    InvokePoll {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+    },
+    /// A poll completed: reads per key as `(offset, value)`; `ok` false if it failed.
+    CompletePoll {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// Reads per key.
+        reads: BTreeMap<u64, Vec<(i64, u64)>>,
+        /// Whether the poll succeeded.
+        ok: bool,
+    },
+    /// Something the client can tell is wrong on its own (records above the high watermark,
+    /// a batch failing its CRC, an impossible error).
+    Violation {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// What.
+        what: String,
+    },
+}
+
+/// Correlation ids and request encoding for one client.
+#[derive(Debug, Default)]
+pub struct Wire {
+    next_correlation_id: i32,
+    /// Outstanding requests: correlation id -> (api key, version).
+    pub in_flight: BTreeMap<i32, (i16, i16)>,
+}
+
+impl Wire {
+    /// Encode `request` at `version`, remembering it as in flight.
+    pub fn encode<R: Request>(&mut self, request: &R, version: i16) -> Bytes {
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1).max(1);
+        let correlation_id = self.next_correlation_id;
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("runnel-sim")))
+            .encode(&mut buf, R::header_version(version))
+            .expect("request header encodes");
+        request.encode(&mut buf, version).expect("request encodes");
+        self.in_flight.insert(correlation_id, (R::KEY, version));
+        buf.freeze()
+    }
+
+    /// Split a response frame into (api key, version, body) by its correlation id.
+    pub fn match_response(&mut self, mut frame: Bytes) -> Result<(i16, i16, Bytes), String> {
+        if frame.len() < 4 {
+            return Err(format!("response frame of {} bytes", frame.len()));
+        }
+        let correlation_id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let (key, version) = self.in_flight.remove(&correlation_id).ok_or_else(|| format!("response to unknown correlation id {correlation_id}"))?;
+        let api = kafka_protocol::messages::ApiKey::try_from(key).map_err(|_| "bad api key".to_string())?;
+        ResponseHeader::decode(&mut frame, api.response_header_version(version)).map_err(|e| e.to_string())?;
+        Ok((key, version, frame))
+    }
+
+    /// Forget everything in flight (the connection broke).
+    pub fn disconnected(&mut self) {
+        self.in_flight.clear();
+    }
+}
+
+/// Decode a response body.
+pub fn decode<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, String> {
+    T::decode(&mut body, version).map_err(|e| e.to_string())
+}
+
+/// The record key written for partition `key`, and the value bytes for `value`.
+pub fn record_bytes(value: u64) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+
+/// Parse a value written by [`record_bytes`].
+pub fn parse_value(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}

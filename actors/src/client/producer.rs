@@ -1,0 +1,272 @@
+//! The workload's idempotent producer: one record per Produce request, acks=all, at most one
+//! batch in flight per partition, retried with the same sequence number until it is answered —
+//! the behaviour that makes duplicates impossible if the broker's sequence checks are right.
+
+use super::{decode, record_bytes, ClientEvent, ClientMsg, Wire};
+use crate::broker::error;
+use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
+use crate::log::batch::build_batch;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use std::collections::BTreeMap;
+
+const SEND_TIMER: TimerId = TimerId(1);
+const RETRY_TIMER: TimerId = TimerId(2);
+
+/// Producer settings.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// History process id; values are `process * 1_000_000_000 + n`.
+    pub process: u64,
+    /// The broker to talk to.
+    pub broker: Addr,
+    /// Topic.
+    pub topic: String,
+    /// Milliseconds between sends.
+    pub send_interval_ms: u64,
+    /// Stop starting new sends at this virtual time.
+    pub stop_at_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    value: u64,
+    sequence: i32,
+    sent: bool,
+}
+
+/// See the module documentation.
+pub struct Producer {
+    config: ProducerConfig,
+    wire: Wire,
+    partitions: i32,
+    producer_id: i64,
+    producer_epoch: i16,
+    next_sequence: BTreeMap<i32, i32>,
+    in_flight: BTreeMap<i32, InFlight>,
+    /// A metadata or InitProducerId request is outstanding.
+    setup_pending: bool,
+    sent_values: u64,
+    events: Vec<ClientEvent>,
+}
+
+impl Producer {
+    /// A producer with the given settings.
+    pub fn new(config: ProducerConfig) -> Self {
+        Producer {
+            config,
+            wire: Wire::default(),
+            partitions: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            next_sequence: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            setup_pending: false,
+            sent_values: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Take the events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether the producer stopped sending and every send was answered.
+    pub fn is_done(&self, now_ms: u64) -> bool {
+        now_ms >= self.config.stop_at_ms && self.in_flight.is_empty()
+    }
+
+    fn topic(&self) -> TopicName {
+        TopicName(StrBytes::from_string(self.config.topic.clone()))
+    }
+
+    fn setup(&mut self, cx: &mut Cx<ClientMsg>) {
+        if self.setup_pending {
+            return;
+        }
+        self.setup_pending = true;
+        let frame = if self.partitions == 0 {
+            let r = MetadataRequest::default()
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(self.topic()))]))
+                .with_allow_auto_topic_creation(true);
+            self.wire.encode(&r, 9)
+        } else {
+            let r = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            self.wire.encode(&r, 4)
+        };
+        cx.send(self.config.broker, ClientMsg::Request(frame));
+    }
+
+    fn ready(&self) -> bool {
+        self.partitions > 0 && self.producer_id >= 0
+    }
+
+    fn send_one(&mut self, cx: &mut Cx<ClientMsg>, partition: i32) {
+        let Some(f) = self.in_flight.get_mut(&partition) else { return };
+        f.sent = true;
+        let value = f.value;
+        let bytes = record_bytes(value);
+        let key = partition.to_string().into_bytes();
+        let batch = build_batch(&[(Some(&key), Some(&bytes), cx.wall_clock_ms())], (self.producer_id, self.producer_epoch, f.sequence));
+        let r = ProduceRequest::default().with_acks(-1).with_timeout_ms(5_000).with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(self.topic())
+            .with_partition_data(vec![produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch))])]);
+        let frame = self.wire.encode(&r, 9);
+        cx.send(self.config.broker, ClientMsg::Request(frame));
+    }
+
+    fn on_send_timer(&mut self, cx: &mut Cx<ClientMsg>) {
+        let now = cx.now_ms();
+        if now < self.config.stop_at_ms {
+            cx.set_timer(SEND_TIMER, self.config.send_interval_ms);
+        }
+        if !self.ready() {
+            return self.setup(cx);
+        }
+        if now >= self.config.stop_at_ms {
+            return;
+        }
+        let free: Vec<i32> = (0..self.partitions).filter(|p| !self.in_flight.contains_key(p)).collect();
+        if free.is_empty() {
+            return;
+        }
+        let partition = free[cx.rng().below(free.len() as u64) as usize];
+        self.sent_values += 1;
+        let value = self.config.process * 1_000_000_000 + self.sent_values;
+        let sequence = *self.next_sequence.entry(partition).or_insert(0);
+        self.events.push(ClientEvent::InvokeSend { time_ms: now, process: self.config.process, key: partition as u64, value });
+        self.in_flight.insert(partition, InFlight { value, sequence, sent: false });
+        self.send_one(cx, partition);
+    }
+
+    /// Resend every batch that lost its request (after a disconnect or a retriable error).
+    fn retry_all(&mut self, cx: &mut Cx<ClientMsg>) {
+        if !self.ready() {
+            return self.setup(cx);
+        }
+        let unsent: Vec<i32> = self.in_flight.iter().filter(|(_, f)| !f.sent).map(|(p, _)| *p).collect();
+        for p in unsent {
+            self.send_one(cx, p);
+        }
+    }
+
+    fn complete(&mut self, cx: &mut Cx<ClientMsg>, partition: i32, outcome: Result<i64, String>) {
+        let Some(f) = self.in_flight.remove(&partition) else { return };
+        if outcome.is_ok() {
+            self.next_sequence.insert(partition, f.sequence.wrapping_add(1));
+        }
+        self.events.push(ClientEvent::CompleteSend { time_ms: cx.now_ms(), process: self.config.process, key: partition as u64, value: f.value, outcome });
+    }
+
+    fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: bytes::Bytes) {
+        let (key, version, body) = match self.wire.match_response(frame) {
+            Ok(x) => x,
+            Err(e) => return self.violation(cx, format!("unreadable response: {e}")),
+        };
+        match ApiKey::try_from(key) {
+            Ok(ApiKey::Metadata) => {
+                self.setup_pending = false;
+                match decode::<MetadataResponse>(body, version) {
+                    Ok(m) => {
+                        let ready =
+                            m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0));
+                        if let Some(t) = ready {
+                            self.partitions = t.partitions.len() as i32;
+                        }
+                    }
+                    Err(e) => self.violation(cx, format!("bad metadata response: {e}")),
+                }
+                cx.set_timer(RETRY_TIMER, 50);
+            }
+            Ok(ApiKey::InitProducerId) => {
+                self.setup_pending = false;
+                match decode::<InitProducerIdResponse>(body, version) {
+                    Ok(r) if r.error_code == 0 => {
+                        (self.producer_id, self.producer_epoch) = (r.producer_id.0, r.producer_epoch);
+                        self.next_sequence.clear();
+                        // A new producer id restarts sequences: batches waiting go out as new.
+                        for (p, f) in self.in_flight.iter_mut() {
+                            f.sequence = 0;
+                            self.next_sequence.insert(*p, 0);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.violation(cx, format!("bad InitProducerId response: {e}")),
+                }
+                cx.set_timer(RETRY_TIMER, 50);
+            }
+            Ok(ApiKey::Produce) => {
+                let r = match decode::<ProduceResponse>(body, version) {
+                    Ok(r) => r,
+                    Err(e) => return self.violation(cx, format!("bad produce response: {e}")),
+                };
+                for t in r.responses {
+                    for p in t.partition_responses {
+                        match p.error_code {
+                            error::NONE => self.complete(cx, p.index, Ok(p.base_offset)),
+                            error::OUT_OF_ORDER_SEQUENCE_NUMBER | error::INVALID_PRODUCER_EPOCH | error::UNKNOWN_PRODUCER_ID => {
+                                // The broker lost track of this producer (or we of it): the outcome of
+                                // the batch is unknown; start over with a new producer id.
+                                self.complete(cx, p.index, Err(format!("error {}", p.error_code)));
+                                self.producer_id = -1;
+                            }
+                            error::CORRUPT_MESSAGE | error::INVALID_RECORD | error::MESSAGE_TOO_LARGE => {
+                                self.violation(cx, format!("broker refused a valid batch with error {}", p.error_code));
+                                self.complete(cx, p.index, Err(format!("error {}", p.error_code)));
+                            }
+                            _ => {
+                                if let Some(f) = self.in_flight.get_mut(&p.index) {
+                                    f.sent = false;
+                                }
+                                cx.set_timer(RETRY_TIMER, 100);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => self.violation(cx, format!("unexpected response to api {key}")),
+        }
+    }
+
+    fn violation(&mut self, cx: &mut Cx<ClientMsg>, what: String) {
+        self.events.push(ClientEvent::Violation { time_ms: cx.now_ms(), process: self.config.process, what });
+    }
+}
+
+impl Actor for Producer {
+    type Msg = ClientMsg;
+
+    fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
+        cx.set_timer(SEND_TIMER, self.config.send_interval_ms);
+        self.setup(cx);
+    }
+
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Response(frame) => self.on_response(cx, frame),
+            ClientMsg::Disconnected => {
+                self.wire.disconnected();
+                self.setup_pending = false;
+                for f in self.in_flight.values_mut() {
+                    f.sent = false;
+                }
+                cx.set_timer(RETRY_TIMER, 100);
+            }
+            ClientMsg::Request(_) => {}
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, timer: TimerId) {
+        match timer {
+            SEND_TIMER => self.on_send_timer(cx),
+            _ => self.retry_all(cx),
+        }
+    }
+
+    fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
+}

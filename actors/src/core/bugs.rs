@@ -1,0 +1,88 @@
+//! `buggify!` and planted bugs: two ways the simulator steers actors off the happy path.
+//!
+//! - **buggify**: at a `buggify!(cx)` point an actor takes a rare-but-legal path (answer with a
+//!   retriable error, roll a segment early, return a short read) with a small probability drawn
+//!   from its own seeded RNG. Only the simulator switches it on (per thread); elsewhere the macro
+//!   is `false` and draws nothing, so real runs are unaffected.
+//! - **planted bugs**: deliberate defects behind the cargo feature `planted-bugs` (which release
+//!   builds never enable), activated by name at run time. They measure how quickly the
+//!   simulator's checkers find real classes of bugs. Without the feature, `planted!("name")` is
+//!   the constant `false`.
+
+use std::cell::Cell;
+
+/// The planted bugs: name and what goes wrong.
+pub const PLANTED_BUGS: &[(&str, &str)] = &[
+    ("ack-before-fsync", "acks=all is answered as soon as the batch is appended, before it is durable"),
+    ("recovery-skips-crc", "log recovery trusts batches after the recovery point without checking their CRC"),
+    ("offset-index-off-by-one", "an offset-index lookup starts the read one index entry too far"),
+    ("fetch-above-high-watermark", "Fetch returns records at or above the high watermark"),
+    ("idempotent-accepts-duplicate", "a retried idempotent batch is appended again instead of being recognised"),
+];
+
+thread_local! {
+    static BUGGIFY: Cell<bool> = const { Cell::new(false) };
+    #[cfg(feature = "planted-bugs")]
+    static ACTIVE: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Switch buggify points on or off for actors driven on this thread (simulator only).
+pub fn set_buggify(enabled: bool) {
+    BUGGIFY.with(|b| b.set(enabled));
+}
+
+/// Whether buggify points may fire on this thread.
+pub fn buggify_enabled() -> bool {
+    BUGGIFY.with(|b| b.get())
+}
+
+/// Activate the named planted bugs on this thread; unknown names are an error.
+#[cfg(feature = "planted-bugs")]
+pub fn set_planted(names: &[String]) -> Result<(), String> {
+    let mut active = Vec::new();
+    for n in names {
+        let known = PLANTED_BUGS.iter().find(|(b, _)| b == n).ok_or_else(|| format!("unknown planted bug {n}"))?;
+        active.push(known.0);
+    }
+    ACTIVE.with(|a| *a.borrow_mut() = active);
+    Ok(())
+}
+
+/// Whether the named planted bug is active on this thread.
+#[cfg(feature = "planted-bugs")]
+pub fn planted_active(name: &str) -> bool {
+    ACTIVE.with(|a| a.borrow().contains(&name))
+}
+
+/// Whether this build carries planted bugs at all.
+pub const fn planted_bugs_compiled() -> bool {
+    cfg!(feature = "planted-bugs")
+}
+
+/// `buggify!(cx)`: true with probability 1/20 when the simulator enabled buggify on this thread.
+#[macro_export]
+macro_rules! buggify {
+    ($cx:expr) => {
+        $crate::core::bugs::buggify_enabled() && $cx.rng().below(20) == 0
+    };
+}
+
+/// `planted!("name")`: whether the named planted bug is active (always false without the
+/// `planted-bugs` feature).
+#[macro_export]
+#[cfg(feature = "planted-bugs")]
+macro_rules! planted {
+    ($name:literal) => {
+        $crate::core::bugs::planted_active($name)
+    };
+}
+
+/// `planted!("name")`: whether the named planted bug is active (always false without the
+/// `planted-bugs` feature).
+#[macro_export]
+#[cfg(not(feature = "planted-bugs"))]
+macro_rules! planted {
+    ($name:literal) => {
+        false
+    };
+}

@@ -1,0 +1,1002 @@
+//! The discrete-event world: nodes running the broker actor, clients running producer and
+//! consumer actors, one seeded RNG, one event queue in virtual time, and a trace hash over every
+//! event so a run is identified by `(seed, scenario, faults, bugs)` and replays exactly.
+//!
+//! Everything happens on one thread. An event is taken from the queue (ordered by time, then by
+//! the order it was scheduled), delivered to its actor, and the actor's effects are turned into
+//! new events: replies travel the network, disk operations complete after their latency, timers
+//! fire. Faults are events too.
+
+use crate::disk::{Issued, SimDisk};
+use crate::faults::FaultPlan;
+use crate::net::{Endpoint, Network};
+use crate::scenario::Scenario;
+use bytes::Bytes;
+use runnel_actors::broker::config::{broker_key_to_topic, BrokerConfig};
+use runnel_actors::broker::{Broker, BrokerMsg, PartitionView};
+use runnel_actors::client::consumer::{Consumer, ConsumerConfig};
+use runnel_actors::client::producer::{Producer, ProducerConfig};
+use runnel_actors::client::{ClientEvent, ClientMsg};
+use runnel_actors::core::{Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+/// Wall-clock origin of every run (virtual time 0), so timestamps look real.
+pub const EPOCH_MS: i64 = 1_767_225_600_000;
+const TOPIC: &str = "sim";
+
+/// A problem found during a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Virtual ms when it was found.
+    pub time_ms: u64,
+    /// Which checker found it.
+    pub checker: String,
+    /// What.
+    pub what: String,
+}
+
+/// FNV-1a over u64 words: the run's identity.
+#[derive(Clone, Copy, Debug)]
+pub struct Trace {
+    hash: u64,
+    /// Events hashed.
+    pub events: u64,
+}
+
+impl Trace {
+    fn new() -> Self {
+        Trace { hash: 0xcbf2_9ce4_8422_2325, events: 0 }
+    }
+    fn add(&mut self, words: &[u64]) {
+        for w in words {
+            for b in w.to_le_bytes() {
+                self.hash ^= b as u64;
+                self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for x in b {
+            self.hash ^= *x as u64;
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    /// The hash so far.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    NodeRequest { conn: u64, frame: Bytes },
+    NodeDisconnected { node: usize, incarnation: u64, conn: u64 },
+    NodeTimer { node: usize, incarnation: u64, id: TimerId, generation: u64 },
+    NodeIo { node: usize, incarnation: u64, done: IoDone },
+    NodeFsync { node: usize, incarnation: u64, token: runnel_actors::core::IoToken, ticket: crate::disk::FsyncTicket },
+    ClientResponse { conn: u64, frame: Bytes },
+    ClientDisconnected { client: usize, conn: u64 },
+    ClientTimer { client: usize, id: TimerId, generation: u64 },
+    Fault(Fault),
+    Heal,
+    Check,
+}
+
+/// A fault action.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Power loss of a node.
+    Crash(usize),
+    /// Start a node again.
+    Restart(usize),
+    /// Stop processing on a node for `ms`.
+    Pause(usize, u64),
+    /// Reset a client's connections.
+    ResetClient(usize),
+    /// Clog `from -> to`; reset streams if `reset`.
+    Clog(Endpoint, Endpoint),
+    /// Heal `from -> to`.
+    Unclog(Endpoint, Endpoint),
+    /// Shift a node's wall clock.
+    ClockJump(usize, i64),
+}
+
+struct Node {
+    config: BrokerConfig,
+    addr: Addr,
+    broker: Option<Broker>,
+    cx: Cx<BrokerMsg>,
+    disk: SimDisk,
+    incarnation: u64,
+    timers: BTreeMap<TimerId, u64>,
+    timer_generation: u64,
+    paused_until_us: u64,
+    disk_busy_us: u64,
+    fsync_busy_us: u64,
+    wall_offset_ms: i64,
+    drift_ppm: i64,
+    was_ready: bool,
+    restart_pending: bool,
+}
+
+enum ClientActor {
+    Producer(Producer),
+    Consumer(Consumer),
+}
+
+struct Client {
+    actor: ClientActor,
+    cx: Cx<ClientMsg>,
+    timers: BTreeMap<TimerId, u64>,
+    timer_generation: u64,
+    conn: Option<u64>,
+}
+
+struct Conn {
+    client: usize,
+    node: usize,
+    node_incarnation: u64,
+    alive: bool,
+    next_request_seq: u64,
+    to_node_at_us: u64,
+    to_client_at_us: u64,
+    replies: BTreeMap<u64, Option<Bytes>>,
+    next_reply_seq: u64,
+    held_to_node: VecDeque<Bytes>,
+    held_to_client: VecDeque<Bytes>,
+}
+
+/// Everything a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Trace hash.
+    pub trace_hash: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Virtual time at the end, ms.
+    pub sim_time_ms: u64,
+    /// Problems found.
+    pub violations: Vec<Violation>,
+    /// How often each fault kind fired.
+    pub faults_fired: BTreeMap<String, u64>,
+    /// The client history, in order.
+    pub history: Vec<ClientEvent>,
+    /// Timeline of faults: (virtual ms, description).
+    pub fault_log: Vec<(u64, String)>,
+    /// Produce latencies: (virtual ms at ack, latency ms).
+    pub produce_latencies: Vec<(u64, u64)>,
+    /// Whether the workload completed (everything acknowledged was read) before the deadline.
+    pub completed: bool,
+}
+
+/// The simulated world of one run.
+pub struct World {
+    now_us: u64,
+    rng: Rng,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    pending: BTreeMap<u64, Ev>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    net: Network,
+    plan: FaultPlan,
+    scenario: Scenario,
+    trace: Trace,
+    violations: Vec<Violation>,
+    history: Vec<ClientEvent>,
+    acked: BTreeMap<u64, i64>,
+    invoked_at: BTreeMap<u64, u64>,
+    faults_fired: BTreeMap<String, u64>,
+    fault_log: Vec<(u64, String)>,
+    produce_latencies: Vec<(u64, u64)>,
+    healed: bool,
+    completed: bool,
+}
+
+fn node_addr(i: usize) -> Addr {
+    Addr { node: i as i32 + 1, actor: 0 }
+}
+
+impl World {
+    /// Build the world for `scenario` under `plan`, seeded with `seed`.
+    pub fn new(seed: u64, scenario: &Scenario, plan: FaultPlan) -> World {
+        let mut rng = Rng::new(seed);
+        let mut nodes = Vec::new();
+        for i in 0..scenario.nodes {
+            let mut config = BrokerConfig { node_id: i as i32 + 1, num_partitions: scenario.partitions, ..Default::default() };
+            for (k, v) in scenario.broker_settings {
+                if let Some((tk, tv)) = broker_key_to_topic(k, v) {
+                    config.topic_defaults.insert(tk.to_string(), tv);
+                }
+            }
+            let drift_ppm = if plan.has("clock-drift") { rng.below(2_001) as i64 - 1_000 } else { 0 };
+            nodes.push(Node {
+                config,
+                addr: node_addr(i),
+                broker: None,
+                cx: Cx::new(node_addr(i), rng.next_u64()),
+                disk: SimDisk::new(plan.disk()),
+                incarnation: 0,
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                paused_until_us: 0,
+                disk_busy_us: 0,
+                fsync_busy_us: 0,
+                wall_offset_ms: 0,
+                drift_ppm,
+                was_ready: false,
+                restart_pending: false,
+            });
+        }
+        let mut clients = Vec::new();
+        let broker = node_addr(0);
+        for p in 0..scenario.producers {
+            let config = ProducerConfig {
+                process: p as u64,
+                broker,
+                topic: TOPIC.into(),
+                send_interval_ms: scenario.send_interval_ms,
+                stop_at_ms: scenario.faults_until_ms,
+            };
+            clients.push(Client {
+                actor: ClientActor::Producer(Producer::new(config)),
+                cx: Cx::new(Addr { node: 1000 + p as i32, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conn: None,
+            });
+        }
+        for c in 0..scenario.consumers {
+            let process = (scenario.producers + c) as u64;
+            let config = ConsumerConfig { process, broker, topic: TOPIC.into(), max_wait_ms: 100 };
+            clients.push(Client {
+                actor: ClientActor::Consumer(Consumer::new(config)),
+                cx: Cx::new(Addr { node: 2000 + c as i32, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conn: None,
+            });
+        }
+        let net = Network::new(plan.net());
+        let mut world = World {
+            now_us: 0,
+            rng,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+            nodes,
+            clients,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            net,
+            plan,
+            scenario: scenario.clone(),
+            trace: Trace::new(),
+            violations: Vec::new(),
+            history: Vec::new(),
+            acked: BTreeMap::new(),
+            invoked_at: BTreeMap::new(),
+            faults_fired: BTreeMap::new(),
+            fault_log: Vec::new(),
+            produce_latencies: Vec::new(),
+            healed: false,
+            completed: false,
+        };
+        world.schedule_faults();
+        world.at(scenario.faults_until_ms * 1000, Ev::Heal);
+        world
+    }
+
+    fn at(&mut self, time_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((time_us.max(self.now_us), self.seq)));
+        self.pending.insert(self.seq, ev);
+    }
+
+    fn after(&mut self, delay_us: u64, ev: Ev) {
+        self.at(self.now_us + delay_us, ev);
+    }
+
+    fn violation(&mut self, checker: &str, what: String) {
+        // One report per distinct finding, and a bounded number overall: the first ones matter.
+        if self.violations.len() >= 50 || self.violations.iter().any(|v| v.checker == checker && v.what == what) {
+            return;
+        }
+        self.violations.push(Violation { time_ms: self.now_us / 1000, checker: checker.into(), what });
+    }
+
+    /// Lay out the discrete faults of the fault phase as a Poisson-ish schedule.
+    fn schedule_faults(&mut self) {
+        let end_us = self.scenario.faults_until_ms * 1000;
+        let start_us = 2_000_000;
+        let kinds: Vec<(&'static str, f64)> = self.plan.enabled.iter().map(|(k, r)| (*k, *r)).collect();
+        for (kind, rate) in kinds {
+            if !matches!(kind, "crash" | "pause" | "conn-reset" | "partition" | "partition-one-way" | "swizzle-clog" | "clock-jump") || rate <= 0.0 {
+                continue;
+            }
+            let mean_gap_us = (1_000_000.0 / rate) as u64;
+            let mut t = start_us + self.rng.below(mean_gap_us.max(1));
+            while t < end_us {
+                self.schedule_fault(kind, t, end_us);
+                t += mean_gap_us / 2 + self.rng.below(mean_gap_us.max(1));
+            }
+        }
+    }
+
+    fn schedule_fault(&mut self, kind: &'static str, t: u64, end_us: u64) {
+        let n = self.nodes.len();
+        let c = self.clients.len();
+        let node = self.rng.below(n as u64) as usize;
+        let client = self.rng.below(c as u64) as usize;
+        match kind {
+            "crash" => self.at(t, Ev::Fault(Fault::Crash(node))),
+            "pause" => {
+                let ms = 100 + self.rng.below(3_000);
+                self.at(t, Ev::Fault(Fault::Pause(node, ms)))
+            }
+            "conn-reset" => self.at(t, Ev::Fault(Fault::ResetClient(client))),
+            "partition" | "partition-one-way" => {
+                let (a, b) = (Endpoint::Client(client), Endpoint::Node(node));
+                let heal = (t + 200_000 + self.rng.below(5_000_000)).min(end_us);
+                let both = kind == "partition";
+                let (from, to) = if self.rng.below(2) == 0 { (a, b) } else { (b, a) };
+                self.at(t, Ev::Fault(Fault::Clog(from, to)));
+                self.at(heal, Ev::Fault(Fault::Unclog(from, to)));
+                if both {
+                    self.at(t, Ev::Fault(Fault::Clog(to, from)));
+                    self.at(heal, Ev::Fault(Fault::Unclog(to, from)));
+                }
+            }
+            "swizzle-clog" => {
+                // Clog every client link one by one, then heal them in a random order.
+                let step = 100_000 + self.rng.below(400_000);
+                let mut order: Vec<usize> = (0..c).collect();
+                for (i, cl) in order.iter().enumerate() {
+                    let e = Endpoint::Client(*cl);
+                    self.at(t + i as u64 * step, Ev::Fault(Fault::Clog(e, Endpoint::Node(node))));
+                    self.at(t + i as u64 * step, Ev::Fault(Fault::Clog(Endpoint::Node(node), e)));
+                }
+                for i in (1..order.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    order.swap(i, j);
+                }
+                let heal_start = t + c as u64 * step;
+                for (i, cl) in order.iter().enumerate() {
+                    let e = Endpoint::Client(*cl);
+                    let when = (heal_start + i as u64 * step).min(end_us);
+                    self.at(when, Ev::Fault(Fault::Unclog(e, Endpoint::Node(node))));
+                    self.at(when, Ev::Fault(Fault::Unclog(Endpoint::Node(node), e)));
+                }
+            }
+            "clock-jump" => {
+                let jump = self.rng.below(600_000) as i64 - 300_000;
+                self.at(t, Ev::Fault(Fault::ClockJump(node, jump)))
+            }
+            _ => {}
+        }
+    }
+
+    fn fired(&mut self, kind: &str, what: String) {
+        *self.faults_fired.entry(kind.to_string()).or_default() += 1;
+        self.fault_log.push((self.now_us / 1000, what));
+    }
+
+    /// Run until the workload completes or the deadline passes.
+    pub fn run(mut self) -> Outcome {
+        runnel_actors::core::bugs::set_buggify(self.plan.has("buggify"));
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        for i in 0..self.clients.len() {
+            self.client_step(i, |actor, cx| match actor {
+                ClientActor::Producer(p) => p.on_start(cx),
+                ClientActor::Consumer(c) => c.on_start(cx),
+            });
+        }
+        self.at(500_000, Ev::Check);
+        let deadline_us = self.scenario.deadline_ms * 1000;
+        while let Some(Reverse((time, seq))) = self.queue.pop() {
+            if time > deadline_us || self.completed {
+                break;
+            }
+            self.now_us = time;
+            let ev = self.pending.remove(&seq).expect("queued event");
+            self.handle(ev);
+        }
+        runnel_actors::core::bugs::set_buggify(false);
+        if !self.completed && std::env::var_os("RUNNEL_SIM_DEBUG").is_some() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                match &n.broker {
+                    None => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),
+                    Some(b) => eprintln!("node {}: ready {} partitions {:?}", i + 1, b.is_ready(), b.partition_views()),
+                }
+                for (path, bytes) in n.disk.snapshot() {
+                    eprintln!("  {path}: {} bytes", bytes.len());
+                }
+            }
+        }
+        if !self.completed {
+            let missing = self.missing_reads();
+            self.violation(
+                "liveness",
+                format!("workload incomplete {} ms after faults healed: {missing}", self.scenario.deadline_ms - self.scenario.faults_until_ms),
+            );
+        }
+        for n in &self.nodes {
+            self.faults_fired.entry("torn-write".into()).or_default();
+            let c = &n.disk.counts;
+            for (k, v) in [
+                ("torn-write", c.torn),
+                ("misdirected-write", c.misdirected),
+                ("latent-read", c.latent_reads),
+                ("fsync-eio", c.fsync_eio),
+                ("enospc", c.enospc),
+                ("disk-latency", c.spikes),
+            ] {
+                *self.faults_fired.entry(k.into()).or_default() += v;
+            }
+        }
+        *self.faults_fired.entry("net-latency".into()).or_default() += self.net.spikes;
+        self.faults_fired.retain(|_, v| *v > 0);
+        Outcome {
+            trace_hash: self.trace.hash(),
+            events: self.trace.events,
+            sim_time_ms: self.now_us / 1000,
+            violations: self.violations,
+            faults_fired: self.faults_fired,
+            history: self.history,
+            fault_log: self.fault_log,
+            produce_latencies: self.produce_latencies,
+            completed: self.completed,
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        self.trace.events += 1;
+        let t = self.now_us;
+        match ev {
+            Ev::NodeRequest { conn, frame } => {
+                self.trace.add(&[t, 1, conn, frame.len() as u64]);
+                self.trace.bytes(&frame);
+                let Some((alive, node, seq, incarnation)) = self.conns.get(&conn).map(|c| (c.alive, c.node, c.next_request_seq, c.node_incarnation)) else {
+                    return;
+                };
+                if !alive {
+                    return;
+                }
+                if self.deferred(node, Ev::NodeRequest { conn, frame: frame.clone() }) {
+                    return;
+                }
+                if incarnation != self.nodes[node].incarnation || self.nodes[node].broker.is_none() {
+                    return;
+                }
+                self.conns.get_mut(&conn).expect("conn").next_request_seq += 1;
+                let from = Addr { node: -1, actor: 0 };
+                self.node_step(node, |b, cx| b.on_message(cx, from, BrokerMsg::Request { conn: ConnId(conn), seq, frame }));
+            }
+            Ev::NodeDisconnected { node, incarnation, conn } => {
+                self.trace.add(&[t, 2, conn]);
+                if self.deferred(node, Ev::NodeDisconnected { node, incarnation, conn }) || incarnation != self.nodes[node].incarnation {
+                    return;
+                }
+                self.node_step(node, |b, cx| b.on_message(cx, Addr { node: -1, actor: 0 }, BrokerMsg::Disconnected { conn: ConnId(conn) }));
+            }
+            Ev::NodeTimer { node, incarnation, id, generation } => {
+                self.trace.add(&[t, 3, node as u64, id.0]);
+                if incarnation != self.nodes[node].incarnation || self.nodes[node].timers.get(&id) != Some(&generation) {
+                    return;
+                }
+                if self.deferred(node, Ev::NodeTimer { node, incarnation, id, generation }) {
+                    return;
+                }
+                self.nodes[node].timers.remove(&id);
+                self.node_step(node, |b, cx| b.on_timer(cx, id));
+            }
+            Ev::NodeIo { node, incarnation, done } => {
+                self.trace.add(&[t, 4, node as u64, done.token.0, done.result.is_ok() as u64]);
+                if incarnation != self.nodes[node].incarnation {
+                    return;
+                }
+                if self.nodes[node].paused_until_us > t {
+                    let until = self.nodes[node].paused_until_us;
+                    return self.at(until, Ev::NodeIo { node, incarnation, done });
+                }
+                self.node_step(node, |b, cx| b.on_io(cx, done));
+            }
+            Ev::NodeFsync { node, incarnation, token, ticket } => {
+                self.trace.add(&[t, 5, node as u64, token.0]);
+                if incarnation != self.nodes[node].incarnation {
+                    return;
+                }
+                if self.nodes[node].paused_until_us > t {
+                    let until = self.nodes[node].paused_until_us;
+                    return self.at(until, Ev::NodeFsync { node, incarnation, token, ticket });
+                }
+                let result = self.nodes[node].disk.complete_fsync(ticket, &mut self.rng);
+                self.node_step(node, |b, cx| b.on_io(cx, IoDone { token, result }));
+            }
+            Ev::ClientResponse { conn, frame } => {
+                self.trace.add(&[t, 6, conn, frame.len() as u64]);
+                self.trace.bytes(&frame);
+                let Some(c) = self.conns.get(&conn) else { return };
+                if !c.alive {
+                    return;
+                }
+                let client = c.client;
+                self.client_step(client, |a, cx| client_message(a, cx, ClientMsg::Response(frame)));
+            }
+            Ev::ClientDisconnected { client, conn } => {
+                self.trace.add(&[t, 7, conn]);
+                // Until this notice arrives the client keeps writing into the dead connection
+                // (those requests vanish, as on a reset socket); then it learns, forgets what was
+                // in flight and reconnects.
+                if self.clients[client].conn != Some(conn) {
+                    return;
+                }
+                self.clients[client].conn = None;
+                self.client_step(client, |a, cx| client_message(a, cx, ClientMsg::Disconnected));
+            }
+            Ev::ClientTimer { client, id, generation } => {
+                self.trace.add(&[t, 8, client as u64, id.0]);
+                if self.clients[client].timers.get(&id) != Some(&generation) {
+                    return;
+                }
+                self.clients[client].timers.remove(&id);
+                self.client_step(client, |a, cx| match a {
+                    ClientActor::Producer(p) => p.on_timer(cx, id),
+                    ClientActor::Consumer(c) => c.on_timer(cx, id),
+                });
+            }
+            Ev::Fault(f) => {
+                self.trace.add(&[t, 9]);
+                // Restarts are recovery, not faults: they happen after the heal too.
+                if !self.healed || matches!(f, Fault::Restart(_)) {
+                    self.apply_fault(f);
+                }
+            }
+            Ev::Heal => {
+                self.trace.add(&[t, 10]);
+                self.heal();
+            }
+            Ev::Check => {
+                self.check_completion();
+                self.after(500_000, Ev::Check);
+            }
+        }
+    }
+
+    /// Hold an event for a paused node until it resumes.
+    fn deferred(&mut self, node: usize, ev: Ev) -> bool {
+        let until = self.nodes[node].paused_until_us;
+        if until > self.now_us {
+            self.at(until, ev);
+            return true;
+        }
+        false
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.broker = Some(Broker::new(n.config.clone()));
+        n.cx = Cx::new(n.addr, self.rng.next_u64());
+        n.timers.clear();
+        n.was_ready = false;
+        n.restart_pending = false;
+        self.node_step(i, |b, cx| b.on_start(cx));
+    }
+
+    fn node_clock(&self, i: usize) -> (u64, i64) {
+        let n = &self.nodes[i];
+        let local_us = (self.now_us as i128 * (1_000_000 + n.drift_ppm as i128) / 1_000_000) as u64;
+        let local_ms = local_us / 1000;
+        (local_ms, EPOCH_MS + local_ms as i64 + n.wall_offset_ms)
+    }
+
+    fn node_step(&mut self, i: usize, f: impl FnOnce(&mut Broker, &mut Cx<BrokerMsg>)) {
+        let (now_ms, wall) = self.node_clock(i);
+        let n = &mut self.nodes[i];
+        let Some(broker) = n.broker.as_mut() else { return };
+        n.cx.set_time(now_ms, wall);
+        f(broker, &mut n.cx);
+        let effects = n.cx.take_effects();
+        for e in effects {
+            self.node_effect(i, e);
+            if self.nodes[i].broker.is_none() {
+                break;
+            }
+        }
+        self.check_node(i);
+    }
+
+    fn node_effect(&mut self, i: usize, e: Effect<BrokerMsg>) {
+        let incarnation = self.nodes[i].incarnation;
+        match e {
+            Effect::Send { .. } => {}
+            Effect::Reply { conn, seq, frame } => {
+                let Some(c) = self.conns.get_mut(&conn.0) else { return };
+                if !c.alive {
+                    return;
+                }
+                c.replies.insert(seq, frame);
+                loop {
+                    let next = {
+                        let Some(c) = self.conns.get_mut(&conn.0) else { return };
+                        match c.replies.remove(&c.next_reply_seq) {
+                            Some(f) => {
+                                c.next_reply_seq += 1;
+                                f
+                            }
+                            None => break,
+                        }
+                    };
+                    if let Some(frame) = next {
+                        self.to_client(conn.0, frame);
+                    }
+                }
+            }
+            Effect::Close { conn } => self.reset_conn(conn.0, false, true),
+            Effect::SetTimer { id, after_ms } => {
+                let n = &mut self.nodes[i];
+                n.timer_generation += 1;
+                let generation = n.timer_generation;
+                n.timers.insert(id, generation);
+                self.after(after_ms * 1000, Ev::NodeTimer { node: i, incarnation, id, generation });
+            }
+            Effect::CancelTimer { id } => {
+                self.nodes[i].timers.remove(&id);
+            }
+            Effect::Disk { token, op } => {
+                self.trace.add(&[self.now_us, 20, token.0]);
+                let latency = self.nodes[i].disk.latency_us(&op, &mut self.rng);
+                let issued = self.nodes[i].disk.issue(op, &mut self.rng);
+                let n = &mut self.nodes[i];
+                match issued {
+                    Issued::Done(result) => {
+                        n.disk_busy_us = n.disk_busy_us.max(self.now_us) + latency;
+                        let when = n.disk_busy_us;
+                        self.at(when, Ev::NodeIo { node: i, incarnation, done: IoDone { token, result } });
+                    }
+                    Issued::Fsync(ticket) => {
+                        // Like the real driver: an fsync starts after every earlier operation.
+                        n.fsync_busy_us = n.fsync_busy_us.max(n.disk_busy_us).max(self.now_us) + latency;
+                        let when = n.fsync_busy_us;
+                        self.at(when, Ev::NodeFsync { node: i, incarnation, token, ticket });
+                    }
+                }
+            }
+            Effect::Stop => {
+                // The broker exits on a fatal error (fsync EIO, ENOSPC): the process dies, the
+                // page cache survives; a supervisor restarts it.
+                self.node_down(i, false);
+                let delay = 200_000 + self.rng.below(1_000_000);
+                self.nodes[i].restart_pending = true;
+                self.after(delay, Ev::Fault(Fault::Restart(i)));
+                self.fault_log.push((self.now_us / 1000, format!("node {} broker exited on a fatal error", i + 1)));
+            }
+        }
+    }
+
+    /// Invariants on the broker's state, checked after every step.
+    fn check_node(&mut self, i: usize) {
+        let Some(b) = self.nodes[i].broker.as_ref() else { return };
+        if !b.is_ready() {
+            return;
+        }
+        let views: Vec<PartitionView> = b.partition_views();
+        let first_ready = !self.nodes[i].was_ready;
+        self.nodes[i].was_ready = true;
+        for v in views {
+            if !(v.log_start_offset <= v.high_watermark && v.high_watermark <= v.log_end_offset) {
+                self.violation(
+                    "offsets",
+                    format!(
+                        "{}-{}: log start {} / high watermark {} / log end {} out of order",
+                        v.topic, v.index, v.log_start_offset, v.high_watermark, v.log_end_offset
+                    ),
+                );
+            }
+            if v.high_watermark > v.durable_offset {
+                self.violation(
+                    "durability",
+                    format!("{}-{}: high watermark {} above the durable offset {}", v.topic, v.index, v.high_watermark, v.durable_offset),
+                );
+            }
+            if first_ready && v.ready {
+                if let Some(acked) = self.acked.get(&(v.index as u64)) {
+                    if v.log_end_offset <= *acked {
+                        self.violation(
+                            "acknowledged-survives-recovery",
+                            format!("{}-{}: offset {} was acknowledged but the log ends at {} after recovery", v.topic, v.index, acked, v.log_end_offset),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_step(&mut self, i: usize, f: impl FnOnce(&mut ClientActor, &mut Cx<ClientMsg>)) {
+        let now_ms = self.now_us / 1000;
+        let c = &mut self.clients[i];
+        c.cx.set_time(now_ms, EPOCH_MS + now_ms as i64);
+        f(&mut c.actor, &mut c.cx);
+        let effects = c.cx.take_effects();
+        let events = match &mut c.actor {
+            ClientActor::Producer(p) => p.take_events(),
+            ClientActor::Consumer(c) => c.take_events(),
+        };
+        for e in effects {
+            match e {
+                Effect::Send { to, msg: ClientMsg::Request(frame) } => {
+                    let node = (to.node - 1) as usize;
+                    let conn = self.client_conn(i, node);
+                    self.to_node(conn, frame);
+                }
+                Effect::SetTimer { id, after_ms } => {
+                    let c = &mut self.clients[i];
+                    c.timer_generation += 1;
+                    let generation = c.timer_generation;
+                    c.timers.insert(id, generation);
+                    self.after(after_ms * 1000, Ev::ClientTimer { client: i, id, generation });
+                }
+                Effect::CancelTimer { id } => {
+                    self.clients[i].timers.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        for ev in events {
+            match &ev {
+                ClientEvent::InvokeSend { value, .. } => {
+                    self.invoked_at.insert(*value, now_ms);
+                }
+                ClientEvent::CompleteSend { key, value, outcome: Ok(offset), .. } => {
+                    let a = self.acked.entry(*key).or_insert(-1);
+                    *a = (*a).max(*offset);
+                    if let Some(start) = self.invoked_at.remove(value) {
+                        self.produce_latencies.push((now_ms, now_ms - start));
+                    }
+                }
+                ClientEvent::Violation { what, process, .. } => self.violation("client", format!("process {process}: {what}")),
+                _ => {}
+            }
+            self.history.push(ev);
+        }
+    }
+
+    fn client_conn(&mut self, client: usize, node: usize) -> u64 {
+        if let Some(c) = self.clients[client].conn {
+            return c;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let incarnation = self.nodes[node].incarnation;
+        self.conns.insert(
+            id,
+            Conn {
+                client,
+                node,
+                node_incarnation: incarnation,
+                alive: true,
+                next_request_seq: 0,
+                to_node_at_us: 0,
+                to_client_at_us: 0,
+                replies: BTreeMap::new(),
+                next_reply_seq: 0,
+                held_to_node: VecDeque::new(),
+                held_to_client: VecDeque::new(),
+            },
+        );
+        self.clients[client].conn = Some(id);
+        if self.nodes[node].broker.is_none() {
+            // Connection refused: the client learns at once.
+            self.reset_conn(id, true, false);
+        }
+        id
+    }
+
+    fn to_node(&mut self, conn: u64, frame: Bytes) {
+        let latency = self.net.latency_us(&mut self.rng);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !c.alive {
+            return;
+        }
+        if self.net.is_clogged(Endpoint::Client(c.client), Endpoint::Node(c.node)) {
+            c.held_to_node.push_back(frame);
+            return;
+        }
+        c.to_node_at_us = c.to_node_at_us.max(self.now_us + latency);
+        let when = c.to_node_at_us;
+        self.at(when, Ev::NodeRequest { conn, frame });
+    }
+
+    fn to_client(&mut self, conn: u64, frame: Bytes) {
+        let latency = self.net.latency_us(&mut self.rng);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if self.net.is_clogged(Endpoint::Node(c.node), Endpoint::Client(c.client)) {
+            c.held_to_client.push_back(frame);
+            return;
+        }
+        c.to_client_at_us = c.to_client_at_us.max(self.now_us + latency);
+        let when = c.to_client_at_us;
+        self.at(when, Ev::ClientResponse { conn, frame });
+    }
+
+    /// Break a connection; tell the client and/or the broker after a network delay.
+    fn reset_conn(&mut self, conn: u64, tell_client: bool, tell_node: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !c.alive {
+            return;
+        }
+        c.alive = false;
+        let (client, node, incarnation) = (c.client, c.node, c.node_incarnation);
+        let delay = self.net.latency_us(&mut self.rng);
+        if tell_client {
+            self.after(delay, Ev::ClientDisconnected { client, conn });
+        } else {
+            // Closed by the broker: the client sees the close after the replies sent before it.
+            let at = self.conns[&conn].to_client_at_us.max(self.now_us) + delay;
+            self.at(at, Ev::ClientDisconnected { client, conn });
+        }
+        if tell_node {
+            self.after(delay, Ev::NodeDisconnected { node, incarnation, conn });
+        }
+        self.conns.remove(&conn);
+    }
+
+    fn node_down(&mut self, i: usize, power_loss: bool) {
+        let n = &mut self.nodes[i];
+        n.incarnation += 1;
+        n.broker = None;
+        n.timers.clear();
+        n.paused_until_us = 0;
+        if power_loss {
+            n.disk.crash(&mut self.rng);
+        }
+        let conns: Vec<u64> = self.conns.iter().filter(|(_, c)| c.node == i).map(|(id, _)| *id).collect();
+        for c in conns {
+            self.reset_conn(c, true, false);
+        }
+    }
+
+    fn apply_fault(&mut self, f: Fault) {
+        match f {
+            Fault::Crash(i) => {
+                if self.nodes[i].broker.is_none() {
+                    return;
+                }
+                self.fired("crash", format!("node {} crashes", i + 1));
+                self.node_down(i, true);
+                self.nodes[i].restart_pending = true;
+                let delay = 100_000 + self.rng.below(3_000_000);
+                self.after(delay, Ev::Fault(Fault::Restart(i)));
+            }
+            Fault::Restart(i) => {
+                if self.nodes[i].broker.is_none() {
+                    self.fault_log.push((self.now_us / 1000, format!("node {} restarts", i + 1)));
+                    self.start_node(i);
+                }
+            }
+            Fault::Pause(i, ms) => {
+                if self.nodes[i].broker.is_some() && self.nodes[i].paused_until_us <= self.now_us {
+                    self.fired("pause", format!("node {} pauses for {ms} ms", i + 1));
+                    self.nodes[i].paused_until_us = self.now_us + ms * 1000;
+                }
+            }
+            Fault::ResetClient(c) => {
+                if let Some(conn) = self.clients[c].conn {
+                    if self.conns.contains_key(&conn) {
+                        self.fired("conn-reset", format!("client {c} connection reset"));
+                        self.reset_conn(conn, true, true);
+                    }
+                }
+            }
+            Fault::Clog(from, to) => {
+                let kind = if self.net.is_clogged(to, from) { "partition" } else { "partition-one-way" };
+                self.fired(kind, format!("link {from:?} -> {to:?} clogged"));
+                self.net.clog(from, to);
+            }
+            Fault::Unclog(from, to) => {
+                self.fault_log.push((self.now_us / 1000, format!("link {from:?} -> {to:?} healed")));
+                self.unclog(from, to);
+            }
+            Fault::ClockJump(i, ms) => {
+                self.fired("clock-jump", format!("node {} wall clock jumps {ms} ms", i + 1));
+                self.nodes[i].wall_offset_ms += ms;
+            }
+        }
+    }
+
+    fn unclog(&mut self, from: Endpoint, to: Endpoint) {
+        self.net.unclog(from, to);
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let c = &self.conns[&id];
+            let (client, node) = (Endpoint::Client(c.client), Endpoint::Node(c.node));
+            if (from, to) == (client, node) {
+                let held: Vec<Bytes> = self.conns.get_mut(&id).expect("conn").held_to_node.drain(..).collect();
+                for f in held {
+                    self.to_node(id, f);
+                }
+            } else if (from, to) == (node, client) {
+                let held: Vec<Bytes> = self.conns.get_mut(&id).expect("conn").held_to_client.drain(..).collect();
+                for f in held {
+                    self.to_client(id, f);
+                }
+            }
+        }
+    }
+
+    /// Faults end: links heal, paused nodes resume, downed nodes restart, disks and the network
+    /// stop misbehaving. From here on the workload must complete (liveness).
+    fn heal(&mut self) {
+        self.healed = true;
+        self.fault_log.push((self.now_us / 1000, "faults heal".into()));
+        let clogged: Vec<(Endpoint, Endpoint)> = self.net.clogged().copied().collect();
+        for (from, to) in clogged {
+            self.unclog(from, to);
+        }
+        self.net.faults = Default::default();
+        for i in 0..self.nodes.len() {
+            self.nodes[i].disk.faults = Default::default();
+            self.nodes[i].paused_until_us = self.nodes[i].paused_until_us.min(self.now_us);
+            if self.nodes[i].broker.is_none() && !self.nodes[i].restart_pending {
+                self.start_node(i);
+            }
+        }
+        runnel_actors::core::bugs::set_buggify(false);
+    }
+
+    fn all_acked(&self) -> BTreeMap<u64, Vec<u64>> {
+        let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for e in &self.history {
+            if let ClientEvent::CompleteSend { key, value, outcome: Ok(_), .. } = e {
+                out.entry(*key).or_default().push(*value);
+            }
+        }
+        out
+    }
+
+    fn missing_reads(&self) -> String {
+        let acked = self.all_acked();
+        let mut parts = Vec::new();
+        for c in &self.clients {
+            match &c.actor {
+                ClientActor::Consumer(consumer) => {
+                    let missing: usize = acked.iter().map(|(k, vs)| vs.iter().filter(|v| !consumer.seen.get(k).is_some_and(|s| s.contains(v))).count()).sum();
+                    if missing > 0 {
+                        parts.push(format!("a consumer has not read {missing} acknowledged records"));
+                    }
+                }
+                ClientActor::Producer(p) => {
+                    if !p.is_done(self.now_us / 1000) {
+                        parts.push("a producer still has unanswered sends".into());
+                    }
+                }
+            }
+        }
+        if self.nodes.iter().any(|n| n.broker.as_ref().is_none_or(|b| !b.is_ready())) {
+            parts.push("a node is not up".into());
+        }
+        parts.join("; ")
+    }
+
+    fn check_completion(&mut self) {
+        if !self.healed {
+            return;
+        }
+        if self.missing_reads().is_empty() {
+            self.completed = true;
+        }
+    }
+}
+
+fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, msg: ClientMsg) {
+    let from = Addr { node: -1, actor: 0 };
+    match a {
+        ClientActor::Producer(p) => p.on_message(cx, from, msg),
+        ClientActor::Consumer(c) => c.on_message(cx, from, msg),
+    }
+}

@@ -1,0 +1,326 @@
+//! Starting the real `runnel` binary for integration tests (and the load generator).
+//!
+//! A [`TestBroker`] is one `runnel standalone` process on a free 127.0.0.1 port with its own
+//! data directory (a fresh `TempDir`, or a directory the caller owns so that a test can restart
+//! the node over the same data). It is ready once it answers an ApiVersions request on its port,
+//! polled with a bounded deadline, never a fixed sleep. Its stderr (the broker log) goes to a
+//! file under the target directory that survives the test; when a test panics the log's tail is
+//! printed next to the panic. `kill()` is SIGKILL — a crash, not a shutdown — and `Drop` kills
+//! too, so a failed test never leaks a broker.
+
+#![allow(dead_code)] // each test crate uses its own subset of these helpers
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to start (or to recover its log after a crash) before the test
+/// fails. Generous: debug builds on two shared cores are slow.
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `runnel` binary cargo built for this test crate.
+pub fn runnel_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_runnel"))
+}
+
+/// Where broker logs are kept: cargo's per-target scratch directory, so they outlive the test.
+fn log_directory() -> PathBuf {
+    let dir = option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join("runnel-test-logs");
+    std::fs::create_dir_all(&dir).expect("create log directory");
+    dir
+}
+
+/// A port that was free a moment ago (the kernel picked it for a listener we closed).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+}
+
+/// One running (or killed) `runnel standalone` process.
+pub struct TestBroker {
+    child: Option<Child>,
+    binary: PathBuf,
+    /// The port clients connect to; the same across restarts.
+    pub port: u16,
+    data_dir: PathBuf,
+    /// Owns the data directory when the broker made it itself.
+    _temp: Option<tempfile::TempDir>,
+    log_path: PathBuf,
+}
+
+impl TestBroker {
+    /// Start the test crate's binary on a free port with a fresh data directory.
+    pub fn start() -> TestBroker {
+        let temp = tempfile::Builder::new().prefix("runnel-data-").tempdir().expect("create data dir");
+        let data = temp.path().to_path_buf();
+        let mut broker = TestBroker::spawn(runnel_binary(), data, free_port());
+        broker._temp = Some(temp);
+        broker
+    }
+
+    /// Start the test crate's binary on a free port over `data_dir`, which the caller owns.
+    pub fn start_in(data_dir: &Path) -> TestBroker {
+        TestBroker::spawn(runnel_binary(), data_dir.to_path_buf(), free_port())
+    }
+
+    /// Start `binary` (e.g. a release build) on a free port with a fresh data directory.
+    pub fn start_binary(binary: &Path) -> TestBroker {
+        let temp = tempfile::Builder::new().prefix("runnel-data-").tempdir().expect("create data dir");
+        let mut broker = TestBroker::spawn(binary.to_path_buf(), temp.path().to_path_buf(), free_port());
+        broker._temp = Some(temp);
+        broker
+    }
+
+    fn spawn(binary: PathBuf, data_dir: PathBuf, port: u16) -> TestBroker {
+        static SERIAL: AtomicUsize = AtomicUsize::new(0);
+        let log_path = log_directory().join(format!("runnel-{}-{}-{port}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
+        let mut broker = TestBroker { child: None, binary, port, data_dir, _temp: None, log_path };
+        broker.launch(true);
+        broker
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The file the broker's stderr goes to (appended across restarts).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The broker log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The log of the latest start only.
+    fn last_run_log(&self) -> String {
+        let log = self.log();
+        let start = log.rfind("==== test harness: starting").unwrap_or(0);
+        log[start..].to_string()
+    }
+
+    /// Start the process and wait until it answers. If the port is taken, a first start moves
+    /// to another free port and a restart (which must keep its port) tries again.
+    fn launch(&mut self, fresh: bool) {
+        assert!(self.child.is_none(), "broker on port {} is already running", self.port);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let mut log = OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open broker log");
+            writeln!(log, "==== test harness: starting {} on port {} over {}", self.binary.display(), self.port, self.data_dir.display())
+                .expect("write broker log");
+            let mut child = Command::new(&self.binary)
+                .arg("standalone")
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .arg("--listen")
+                .arg(self.bootstrap())
+                .env("NO_COLOR", "1") // plain text in the log file
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+            match wait_until_serving(&mut child, self.port, deadline) {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(Exit(status)) if Instant::now() < deadline && self.last_run_log().contains("cannot listen") => {
+                    if fresh {
+                        // Another process took the port between `free_port` and our bind.
+                        self.port = free_port();
+                    } else {
+                        // A restart: the old process's socket may still be closing.
+                        eprintln!("broker exited ({status}) because port {} is still held; retrying", self.port);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                Err(Exit(status)) => panic!("broker exited during startup ({status}); log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
+                Err(Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "broker did not answer on port {} within {START_DEADLINE:?}; log {}:\n{}",
+                        self.port,
+                        self.log_path.display(),
+                        tail(&self.log(), 40)
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGKILL the process (a crash: nothing is flushed) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut log = OpenOptions::new().append(true).open(&self.log_path).expect("open broker log");
+            let _ = writeln!(log, "==== test harness: SIGKILLed");
+        }
+    }
+
+    /// Start again on the same port and data directory (after `kill`, or killing it first).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch(false);
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- broker log {} (last 60 lines) ----\n{}", self.log_path.display(), tail(&self.log(), 60));
+        }
+        self.kill();
+    }
+}
+
+/// Why a broker did not become ready.
+enum NotReady {
+    Exit(ExitStatus),
+    Timeout,
+}
+use NotReady::{Exit, Timeout};
+
+/// Poll until the broker on `port` answers an ApiVersions v0 request, the process exits, or
+/// `deadline` passes. A bound listener alone is not enough: log recovery may still be running.
+fn wait_until_serving(child: &mut Child, port: u16, deadline: Instant) -> Result<(), NotReady> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Exit(status));
+        }
+        if api_versions_answered(&addr) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Timeout);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Send ApiVersions v0 (correlation id 1) and check for an error-free answer.
+fn api_versions_answered(addr: &SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_millis(500)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let client_id = b"runnel-test";
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes()); // api key: ApiVersions
+    body.extend_from_slice(&0i16.to_be_bytes()); // api version
+    body.extend_from_slice(&1i32.to_be_bytes()); // correlation id
+    body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    body.extend_from_slice(client_id);
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    if stream.write_all(&frame).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 10]; // size, correlation id, error code
+    if stream.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let correlation = i32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+    let error_code = i16::from_be_bytes(head[8..10].try_into().expect("2 bytes"));
+    correlation == 1 && error_code == 0
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What a finished CLI invocation printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panic with both streams unless the command succeeded.
+    pub fn success(self, what: &str) -> CliOutput {
+        assert!(self.status.success(), "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Run `runnel <args>` with `stdin` as standard input; killed (and the test failed) after
+/// `timeout`, so a hanging command cannot hang the suite.
+pub fn run_cli(args: &[&str], stdin: &[u8], timeout: Duration) -> CliOutput {
+    let mut child = Command::new(runnel_binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start runnel CLI");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin); // closing `input` is the EOF
+    });
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for CLI") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`runnel {}` did not finish within {timeout:?}; stderr:\n{}", args.join(" "), stderr.join().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    CliOutput { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}
+
+/// Append a note to a broker log, so that its lines can be matched with the test's steps.
+pub fn append_note(path: &Path, note: &str) {
+    if let Ok(mut f) = OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(f, "==== test: {note}");
+    }
+}
+
+impl TestBroker {
+    /// The broker process id, while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
