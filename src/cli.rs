@@ -103,15 +103,7 @@ pub async fn topic_describe(bootstrap: &str, name: Option<&str>) -> anyhow::Resu
 /// `topic delete`.
 pub async fn topic_delete(bootstrap: &str, name: &str) -> anyhow::Result<()> {
     let mut c = Client::connect(bootstrap).await?;
-    let r = c
-        .send(
-            DeleteTopicsRequest::default()
-                .with_topic_names(vec![TopicName(s(name))])
-                .with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(TopicName(s(name))))])
-                .with_timeout_ms(30_000),
-            5,
-        )
-        .await?;
+    let r = c.send(DeleteTopicsRequest::default().with_topic_names(vec![TopicName(s(name))]).with_timeout_ms(30_000), 5).await?;
     for t in r.responses {
         check(t.error_code, &format!("delete topic {name}"), t.error_message.as_ref())?;
     }

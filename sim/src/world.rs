@@ -100,6 +100,8 @@ pub enum Fault {
     Unclog(Endpoint, Endpoint),
     /// Shift a node's wall clock.
     ClockJump(usize, i64),
+    /// Note that a compound fault (swizzle-clog) begins.
+    Begins(&'static str),
 }
 
 struct Node {
@@ -353,6 +355,7 @@ impl World {
             "swizzle-clog" => {
                 // Clog every client link one by one, then heal them in a random order.
                 let step = 100_000 + self.rng.below(400_000);
+                self.at(t, Ev::Fault(Fault::Begins("swizzle-clog")));
                 let mut order: Vec<usize> = (0..c).collect();
                 for (i, cl) in order.iter().enumerate() {
                     let e = Endpoint::Client(*cl);
@@ -387,6 +390,7 @@ impl World {
     /// Run until the workload completes or the deadline passes.
     pub fn run(mut self) -> Outcome {
         runnel_actors::core::bugs::set_buggify(self.plan.has("buggify"));
+        runnel_actors::core::bugs::take_buggify_count();
         for i in 0..self.nodes.len() {
             self.start_node(i);
         }
@@ -395,6 +399,12 @@ impl World {
                 ClientActor::Producer(p) => p.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
             });
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].drift_ppm != 0 {
+                let ppm = self.nodes[i].drift_ppm;
+                self.fired("clock-drift", format!("node {} clock drifts {ppm} ppm", i + 1));
+            }
         }
         self.at(500_000, Ev::Check);
         let deadline_us = self.scenario.deadline_ms * 1000;
@@ -407,6 +417,10 @@ impl World {
             self.handle(ev);
         }
         runnel_actors::core::bugs::set_buggify(false);
+        let buggified = runnel_actors::core::bugs::take_buggify_count();
+        if buggified > 0 {
+            *self.faults_fired.entry("buggify".into()).or_default() += buggified;
+        }
         if !self.completed && std::env::var_os("RUNNEL_SIM_DEBUG").is_some() {
             for (i, n) in self.nodes.iter().enumerate() {
                 match &n.broker {
@@ -633,7 +647,7 @@ impl World {
                         }
                     };
                     if let Some(frame) = next {
-                        self.to_client(conn.0, frame);
+                        self.send_to_client(conn.0, frame);
                     }
                 }
             }
@@ -732,7 +746,7 @@ impl World {
                 Effect::Send { to, msg: ClientMsg::Request(frame) } => {
                     let node = (to.node - 1) as usize;
                     let conn = self.client_conn(i, node);
-                    self.to_node(conn, frame);
+                    self.send_to_node(conn, frame);
                 }
                 Effect::SetTimer { id, after_ms } => {
                     let c = &mut self.clients[i];
@@ -797,7 +811,7 @@ impl World {
         id
     }
 
-    fn to_node(&mut self, conn: u64, frame: Bytes) {
+    fn send_to_node(&mut self, conn: u64, frame: Bytes) {
         let latency = self.net.latency_us(&mut self.rng);
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if !c.alive {
@@ -812,7 +826,7 @@ impl World {
         self.at(when, Ev::NodeRequest { conn, frame });
     }
 
-    fn to_client(&mut self, conn: u64, frame: Bytes) {
+    fn send_to_client(&mut self, conn: u64, frame: Bytes) {
         let latency = self.net.latency_us(&mut self.rng);
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if self.net.is_clogged(Endpoint::Node(c.node), Endpoint::Client(c.client)) {
@@ -902,6 +916,7 @@ impl World {
                 self.fault_log.push((self.now_us / 1000, format!("link {from:?} -> {to:?} healed")));
                 self.unclog(from, to);
             }
+            Fault::Begins(kind) => self.fired(kind, format!("{kind} begins")),
             Fault::ClockJump(i, ms) => {
                 self.fired("clock-jump", format!("node {} wall clock jumps {ms} ms", i + 1));
                 self.nodes[i].wall_offset_ms += ms;
@@ -918,12 +933,12 @@ impl World {
             if (from, to) == (client, node) {
                 let held: Vec<Bytes> = self.conns.get_mut(&id).expect("conn").held_to_node.drain(..).collect();
                 for f in held {
-                    self.to_node(id, f);
+                    self.send_to_node(id, f);
                 }
             } else if (from, to) == (node, client) {
                 let held: Vec<Bytes> = self.conns.get_mut(&id).expect("conn").held_to_client.drain(..).collect();
                 for f in held {
-                    self.to_client(id, f);
+                    self.send_to_client(id, f);
                 }
             }
         }

@@ -47,7 +47,7 @@ pub struct TestBroker {
     pub port: u16,
     data_dir: PathBuf,
     /// Owns the data directory when the broker made it itself.
-    _temp: Option<tempfile::TempDir>,
+    data_dir_guard: Option<tempfile::TempDir>,
     log_path: PathBuf,
 }
 
@@ -57,7 +57,7 @@ impl TestBroker {
         let temp = tempfile::Builder::new().prefix("runnel-data-").tempdir().expect("create data dir");
         let data = temp.path().to_path_buf();
         let mut broker = TestBroker::spawn(runnel_binary(), data, free_port());
-        broker._temp = Some(temp);
+        broker.data_dir_guard = Some(temp);
         broker
     }
 
@@ -70,14 +70,14 @@ impl TestBroker {
     pub fn start_binary(binary: &Path) -> TestBroker {
         let temp = tempfile::Builder::new().prefix("runnel-data-").tempdir().expect("create data dir");
         let mut broker = TestBroker::spawn(binary.to_path_buf(), temp.path().to_path_buf(), free_port());
-        broker._temp = Some(temp);
+        broker.data_dir_guard = Some(temp);
         broker
     }
 
     fn spawn(binary: PathBuf, data_dir: PathBuf, port: u16) -> TestBroker {
         static SERIAL: AtomicUsize = AtomicUsize::new(0);
         let log_path = log_directory().join(format!("runnel-{}-{}-{port}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
-        let mut broker = TestBroker { child: None, binary, port, data_dir, _temp: None, log_path };
+        let mut broker = TestBroker { child: None, binary, port, data_dir, data_dir_guard: None, log_path };
         broker.launch(true);
         broker
     }

@@ -266,7 +266,8 @@ impl Broker {
         let empty = BTreeMap::new();
         for res in r.resources {
             let mut result = DescribeConfigsResult::default().with_resource_type(res.resource_type).with_resource_name(res.resource_name.clone());
-            let wanted = |k: &str| res.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|x| x.as_str() == k));
+            // Kafka treats an empty key list like null: every config.
+            let wanted = |k: &str| res.configuration_keys.as_ref().is_none_or(|keys| keys.is_empty() || keys.iter().any(|x| x.as_str() == k));
             match res.resource_type {
                 RESOURCE_TOPIC => match self.topics.get(res.resource_name.as_str()) {
                     None => {

@@ -279,7 +279,9 @@ impl Broker {
             let read_id = self.next_id + 1;
             self.next_id += 1;
             part.read_bound = hw;
-            let (offset, max_bytes) = (part.fetch_offset, part.max_bytes.max(1));
+            // buggify: a tiny partition budget (KIP-74 still returns one whole batch).
+            let budget = if crate::buggify!(cx) { 1 } else { part.max_bytes.max(1) };
+            let (offset, max_bytes) = (part.fetch_offset, budget);
             let start = self.with_partition(cx, &topic, part.partition as usize, |p, io| p.log.read(io, read_id, offset, max_bytes, hw));
             match start {
                 Some(ReadStart::Pending) => {
@@ -339,7 +341,10 @@ impl Broker {
         let Some(state) = self.fetches.get_mut(&id) else { return };
         let bytes: u64 = state.parts.iter().map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64)).sum();
         let has_error = state.top_error != error::NONE || state.parts.iter().any(|p| p.error != error::NONE);
-        if bytes >= state.min_bytes.max(1) || has_error || state.expired || now >= state.deadline_ms || state.parts.is_empty() {
+        // buggify: answer early, as a broker under memory pressure may.
+        let early = crate::buggify!(cx);
+        let Some(state) = self.fetches.get_mut(&id) else { return };
+        if bytes >= state.min_bytes.max(1) || has_error || state.expired || now >= state.deadline_ms || state.parts.is_empty() || early {
             let state = self.fetches.remove(&id).expect("present");
             cx.cancel_timer(TimerId(id));
             self.respond_fetch(cx, state);

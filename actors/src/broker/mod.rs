@@ -560,6 +560,10 @@ impl Broker {
                     return false;
                 }
                 p.tick(io, now_ms);
+                if crate::buggify!(io.cx) {
+                    // An extra, unrequested group commit.
+                    p.flush(io, now_ms);
+                }
                 if retention_due {
                     p.log.apply_retention(io, wall);
                 }

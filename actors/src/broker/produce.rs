@@ -36,6 +36,9 @@ impl Broker {
                     PartitionProduceResponse::default().with_index(pd.index).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1);
                 let outcome = if !matches!(acks, -1..=1) {
                     Err(error::INVALID_REQUIRED_ACKS)
+                } else if crate::buggify!(cx) {
+                    // A leader that is briefly unsure of itself: clients must retry.
+                    Err(error::NOT_LEADER_OR_FOLLOWER)
                 } else if r.transactional_id.is_some() {
                     Err(error::INVALID_REQUEST)
                 } else {

@@ -22,6 +22,7 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
 
 thread_local! {
     static BUGGIFY: Cell<bool> = const { Cell::new(false) };
+    static BUGGIFY_FIRED: Cell<u64> = const { Cell::new(0) };
     #[cfg(feature = "planted-bugs")]
     static ACTIVE: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -29,6 +30,16 @@ thread_local! {
 /// Switch buggify points on or off for actors driven on this thread (simulator only).
 pub fn set_buggify(enabled: bool) {
     BUGGIFY.with(|b| b.set(enabled));
+}
+
+/// Count one buggify point taking its rare path (called by `buggify!`).
+pub fn note_buggify() {
+    BUGGIFY_FIRED.with(|b| b.set(b.get() + 1));
+}
+
+/// How many buggify points fired on this thread, resetting the count.
+pub fn take_buggify_count() -> u64 {
+    BUGGIFY_FIRED.with(|b| b.replace(0))
 }
 
 /// Whether buggify points may fire on this thread.
@@ -62,9 +73,13 @@ pub const fn planted_bugs_compiled() -> bool {
 /// `buggify!(cx)`: true with probability 1/20 when the simulator enabled buggify on this thread.
 #[macro_export]
 macro_rules! buggify {
-    ($cx:expr) => {
-        $crate::core::bugs::buggify_enabled() && $cx.rng().below(20) == 0
-    };
+    ($cx:expr) => {{
+        let fire = $crate::core::bugs::buggify_enabled() && $cx.rng().below(20) == 0;
+        if fire {
+            $crate::core::bugs::note_buggify();
+        }
+        fire
+    }};
 }
 
 /// `planted!("name")`: whether the named planted bug is active (always false without the

@@ -64,14 +64,15 @@ pub(crate) struct Analysis<'h> {
     pub writes: Vec<KeyValues>,
     /// Per pos: values read, concatenated over all poll mops (completed poll/txn ops only).
     pub reads: Vec<KeyValues>,
-    /// Values written by completed send/txn ops, by completion type.
+    /// Values written by completed send/txn ops, by completion type. Only `Fail` is filled:
+    /// it is the only type a check consults.
     pub writes_by_type: BTreeMap<OpType, KeySets>,
-    /// Values read by completed poll/txn ops, by completion type.
+    /// Values read by completed poll/txn ops, by completion type. Only `Ok` is filled.
     pub reads_by_type: BTreeMap<OpType, KeySets>,
     /// Key -> value -> the last completion whose writes contain it.
     pub writer_of: BTreeMap<Key, BTreeMap<u64, usize>>,
-    /// Key -> value -> every completion that read it, in history order.
-    pub readers_of: BTreeMap<Key, BTreeMap<u64, Vec<usize>>>,
+    /// Key -> value -> the first completion that read it. (All readers: scan `reads`.)
+    pub first_reader_of: BTreeMap<Key, BTreeMap<u64, usize>>,
     pub version_orders: BTreeMap<Key, VersionOrder>,
     pub divergences: Vec<Divergence>,
 }
@@ -87,27 +88,27 @@ impl<'h> Analysis<'h> {
         let mut writes_by_type: BTreeMap<OpType, KeySets> = BTreeMap::new();
         let mut reads_by_type: BTreeMap<OpType, KeySets> = BTreeMap::new();
         let mut writer_of: BTreeMap<Key, BTreeMap<u64, usize>> = BTreeMap::new();
-        let mut readers_of: BTreeMap<Key, BTreeMap<u64, Vec<usize>>> = BTreeMap::new();
+        let mut first_reader_of: BTreeMap<Key, BTreeMap<u64, usize>> = BTreeMap::new();
         for (pos, op) in ops.iter().enumerate() {
             if op.kind == OpType::Invoke {
                 continue;
             }
             for (&key, values) in &writes[pos] {
-                writes_by_type.entry(op.kind).or_default().entry(key).or_default().extend(values);
+                if op.kind == OpType::Fail {
+                    writes_by_type.entry(op.kind).or_default().entry(key).or_default().extend(values);
+                }
                 let writers = writer_of.entry(key).or_default();
                 for &value in values {
                     writers.insert(value, pos);
                 }
             }
             for (&key, values) in &reads[pos] {
-                reads_by_type.entry(op.kind).or_default().entry(key).or_default().extend(values);
-                let readers = readers_of.entry(key).or_default();
+                if op.kind == OpType::Ok {
+                    reads_by_type.entry(op.kind).or_default().entry(key).or_default().extend(values);
+                }
+                let readers = first_reader_of.entry(key).or_default();
                 for &value in values {
-                    let list = readers.entry(value).or_default();
-                    // A value read twice by one op is one reader.
-                    if list.last() != Some(&pos) {
-                        list.push(pos);
-                    }
+                    readers.entry(value).or_insert(pos);
                 }
             }
         }
@@ -120,7 +121,7 @@ impl<'h> Analysis<'h> {
             writes_by_type,
             reads_by_type,
             writer_of,
-            readers_of,
+            first_reader_of,
             version_orders: BTreeMap::new(),
             divergences: Vec::new(),
         };

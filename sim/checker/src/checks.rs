@@ -21,16 +21,13 @@ pub(crate) fn inconsistent_offsets(analysis: &Analysis) -> Vec<InconsistentOffse
 pub(crate) fn duplicates(analysis: &Analysis) -> Vec<Duplicate> {
     let mut errors = Vec::new();
     for (&key, order) in &analysis.version_orders {
-        let mut offsets_of: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
-        for (&offset, values) in &order.log {
-            for &value in values {
-                offsets_of.entry(value).or_default().push(offset);
-            }
+        let mut placements: Vec<(u64, i64)> = order.log.iter().flat_map(|(&offset, values)| values.iter().map(move |&value| (value, offset))).collect();
+        if placements.len() == order.by_value.len() {
+            continue; // every value sits at exactly one offset
         }
-        for (value, offsets) in offsets_of {
-            if offsets.len() > 1 {
-                errors.push(Duplicate { key, value, count: offsets.len(), offsets });
-            }
+        placements.sort_unstable();
+        for group in placements.chunk_by(|a, b| a.0 == b.0).filter(|group| group.len() > 1) {
+            errors.push(Duplicate { key, value: group[0].0, count: group.len(), offsets: group.iter().map(|&(_, offset)| offset).collect() });
         }
     }
     errors
@@ -82,18 +79,26 @@ pub(crate) fn lost_writes(analysis: &Analysis) -> Vec<LostWrite> {
     let mut errors = Vec::new();
     for (&key, read) in ok_reads {
         let Some(order) = analysis.order(key) else { continue };
-        let mut first_index: BTreeMap<u64, usize> = BTreeMap::new();
-        for (index, values) in order.log.values().enumerate() {
-            for &value in values {
-                first_index.entry(value).or_insert(index);
+        // With no value at two offsets, first and last appearances coincide.
+        let placements: usize = order.log.values().map(BTreeSet::len).sum();
+        let mut first_index: BTreeMap<u64, usize>;
+        let first_index = if placements == order.by_value.len() {
+            &order.by_value
+        } else {
+            first_index = BTreeMap::new();
+            for (index, values) in order.log.values().enumerate() {
+                for &value in values {
+                    first_index.entry(value).or_insert(index);
+                }
             }
-        }
+            &first_index
+        };
         let mut last_index_values: Vec<Vec<u64>> = vec![Vec::new(); order.log.len()];
         for (&value, &index) in &order.by_value {
             last_index_values[index].push(value);
         }
         let Some(bound) = read.iter().filter_map(|v| first_index.get(v).copied()).max() else { continue };
-        let max_read = last_index_values[bound].first().and_then(|value| analysis.readers_of.get(&key)?.get(value)?.first().copied());
+        let max_read = last_index_values[bound].first().and_then(|value| analysis.first_reader_of.get(&key)?.get(value).copied());
         for &value in last_index_values[..=bound].iter().flatten() {
             if read.contains(&value) {
                 continue;
@@ -118,10 +123,10 @@ pub(crate) fn lost_writes(analysis: &Analysis) -> Vec<LostWrite> {
 /// A read value no op sent. Jepsen aborts the analysis here; we report it and carry on.
 pub(crate) fn no_writer_of_value(analysis: &Analysis) -> Vec<NoWriterOfValue> {
     let mut errors = Vec::new();
-    for (&key, readers) in &analysis.readers_of {
-        for (&value, readers) in readers {
+    for (&key, readers) in &analysis.first_reader_of {
+        for (&value, &reader) in readers {
             if analysis.writer(key, value).is_none() {
-                errors.push(NoWriterOfValue { key, value, reader: analysis.index(readers[0]) });
+                errors.push(NoWriterOfValue { key, value, reader: analysis.index(reader) });
             }
         }
     }

@@ -103,10 +103,10 @@ fn build_graph(analysis: &Analysis, ww_deps: bool) -> Graph {
             }
         }
     }
-    for (&key, readers) in &analysis.readers_of {
-        for (&value, readers) in readers {
-            if let Some(writer) = analysis.writer(key, value) {
-                for &reader in readers {
+    for (reader, reads) in analysis.reads.iter().enumerate() {
+        for (&key, values) in reads {
+            for &value in values {
+                if let Some(writer) = analysis.writer(key, value) {
                     link(writer, reader, WR);
                 }
             }
