@@ -51,6 +51,8 @@ impl Client {
         request.encode(&mut buf, version)?;
         self.stream.write_all(&(buf.len() as u32).to_be_bytes()).await?;
         self.stream.write_all(&buf).await?;
+        // A no-op on a real socket; madsim's simulated stream sends on flush.
+        self.stream.flush().await?;
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).await.context("broker closed the connection")?;
         let size = u32::from_be_bytes(size) as usize;

@@ -69,7 +69,11 @@ pub async fn serve(listener: TcpListener, broker: ActorHandle<BrokerMsg>, connec
 }
 
 async fn handle(stream: TcpStream, conn: ConnId, broker: ActorHandle<BrokerMsg>, connections: Arc<Connections>, max_request_bytes: usize) {
+    // madsim's simulated stream has no owned halves; the generic split works for both.
+    #[cfg(not(madsim))]
     let (mut reader, writer) = stream.into_split();
+    #[cfg(madsim)]
+    let (mut reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     connections.writers.lock().expect("connections lock").insert(conn, tx);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -117,7 +121,7 @@ async fn handle(stream: TcpStream, conn: ConnId, broker: ActorHandle<BrokerMsg>,
     broker.send(front, BrokerMsg::Disconnected { conn });
 }
 
-async fn write_loop(writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, permits: Arc<Semaphore>) {
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(writer: W, mut rx: mpsc::UnboundedReceiver<Out>, permits: Arc<Semaphore>) {
     let mut writer = BufWriter::with_capacity(256 * 1024, writer);
     let mut pending: BTreeMap<u64, Option<Bytes>> = BTreeMap::new();
     let mut next = 0u64;

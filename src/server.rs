@@ -19,14 +19,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let stopped = broker.stopped.take().expect("fresh handle");
     tracing::info!(listener = %config.listener, data = %config.data_dir.display(), node = config.broker.node_id, "runnel broker starting");
     let front = tokio::spawn(serve(listener, broker, connections, config.max_request_bytes));
+    #[cfg(not(madsim))]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(not(madsim))]
+    let terminated = term.recv();
+    #[cfg(madsim)]
+    let terminated = std::future::pending::<Option<()>>();
     tokio::select! {
         _ = stopped => {
             front.abort();
             anyhow::bail!("broker stopped on a fatal error (see the log above)");
         }
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
-        _ = term.recv() => tracing::info!("terminated, shutting down"),
+        _ = terminated => tracing::info!("terminated, shutting down"),
     }
     front.abort();
     Ok(())

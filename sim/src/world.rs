@@ -13,7 +13,7 @@ use crate::net::{Endpoint, Network};
 use crate::scenario::Scenario;
 use bytes::Bytes;
 use runnel_actors::broker::config::{broker_key_to_topic, BrokerConfig};
-use runnel_actors::broker::{Broker, BrokerMsg, PartitionView};
+use runnel_actors::broker::{Broker, BrokerMsg};
 use runnel_actors::client::consumer::{Consumer, ConsumerConfig};
 use runnel_actors::client::producer::{Producer, ProducerConfig};
 use runnel_actors::client::{ClientEvent, ClientMsg};
@@ -56,10 +56,15 @@ impl Trace {
             }
         }
     }
+    /// Eight bytes at a time: frames are hashed whole, so this must be cheap.
     fn bytes(&mut self, b: &[u8]) {
-        for x in b {
-            self.hash ^= *x as u64;
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.hash = (self.hash ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+        }
+        for x in chunks.remainder() {
+            self.hash = (self.hash ^ *x as u64).wrapping_mul(0x0100_0000_01b3);
         }
     }
     /// The hash so far.
@@ -253,7 +258,8 @@ impl World {
         }
         for c in 0..scenario.consumers {
             let process = (scenario.producers + c) as u64;
-            let config = ConsumerConfig { process, broker, topic: TOPIC.into(), max_wait_ms: 100 };
+            // Like a real consumer, wait for some bytes rather than waking on every record.
+            let config = ConsumerConfig { process, broker, topic: TOPIC.into(), max_wait_ms: 250, min_bytes: 512 };
             clients.push(Client {
                 actor: ClientActor::Consumer(Consumer::new(config)),
                 cx: Cx::new(Addr { node: 2000 + c as i32, actor: 0 }, rng.next_u64()),
@@ -699,35 +705,38 @@ impl World {
         if !b.is_ready() {
             return;
         }
-        let views: Vec<PartitionView> = b.partition_views();
         let first_ready = !self.nodes[i].was_ready;
-        self.nodes[i].was_ready = true;
-        for v in views {
+        let mut found: Vec<(&'static str, String)> = Vec::new();
+        for v in b.partition_views() {
             if !(v.log_start_offset <= v.high_watermark && v.high_watermark <= v.log_end_offset) {
-                self.violation(
+                found.push((
                     "offsets",
                     format!(
                         "{}-{}: log start {} / high watermark {} / log end {} out of order",
                         v.topic, v.index, v.log_start_offset, v.high_watermark, v.log_end_offset
                     ),
-                );
+                ));
             }
             if v.high_watermark > v.durable_offset {
-                self.violation(
+                found.push((
                     "durability",
                     format!("{}-{}: high watermark {} above the durable offset {}", v.topic, v.index, v.high_watermark, v.durable_offset),
-                );
+                ));
             }
             if first_ready && v.ready {
                 if let Some(acked) = self.acked.get(&(v.index as u64)) {
                     if v.log_end_offset <= *acked {
-                        self.violation(
+                        found.push((
                             "acknowledged-survives-recovery",
                             format!("{}-{}: offset {} was acknowledged but the log ends at {} after recovery", v.topic, v.index, acked, v.log_end_offset),
-                        );
+                        ));
                     }
                 }
             }
+        }
+        self.nodes[i].was_ready = true;
+        for (checker, what) in found {
+            self.violation(checker, what);
         }
     }
 

@@ -35,9 +35,9 @@ use uuid::Uuid;
 
 /// One partition's offsets as the broker sees them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionView {
+pub struct PartitionView<'a> {
     /// Topic.
-    pub topic: String,
+    pub topic: &'a str,
     /// Partition index.
     pub index: i32,
     /// Recovered and durable in metadata.
@@ -202,13 +202,13 @@ impl Broker {
         &self.config
     }
 
-    /// A snapshot of every partition's offsets, for invariant checks and inspection.
-    pub fn partition_views(&self) -> Vec<PartitionView> {
+    /// Every partition's offsets (cheap: call it after every step for invariant checks).
+    pub fn partition_views(&self) -> Vec<PartitionView<'_>> {
         let mut out = Vec::new();
         for (topic, t) in &self.topics {
             for p in &t.partitions {
                 out.push(PartitionView {
-                    topic: topic.clone(),
+                    topic: topic.as_str(),
                     index: p.index,
                     ready: p.is_ready() && self.topic_durable(t),
                     log_start_offset: p.log.log_start_offset(),

@@ -25,6 +25,8 @@ pub struct ConsumerConfig {
     pub topic: String,
     /// Fetch `max_wait_ms`.
     pub max_wait_ms: i32,
+    /// Fetch `min_bytes`.
+    pub min_bytes: i32,
 }
 
 /// See the module documentation.
@@ -85,7 +87,7 @@ impl Consumer {
         let r = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(self.config.max_wait_ms)
-            .with_min_bytes(1)
+            .with_min_bytes(self.config.min_bytes)
             .with_max_bytes(1 << 20)
             .with_session_epoch(-1)
             .with_topics(vec![fetch_request::FetchTopic::default().with_topic(self.topic()).with_topic_id(self.topic_id).with_partitions(
