@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod conformance;
 pub mod disk;
 pub mod faults;
 pub mod net;

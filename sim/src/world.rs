@@ -130,6 +130,7 @@ struct Node {
 enum ClientActor {
     Producer(Producer),
     Consumer(Consumer),
+    Scripted(crate::conformance::Scripted),
 }
 
 struct Client {
@@ -298,6 +299,23 @@ impl World {
         world
     }
 
+    /// A world whose only client sends `frames` one by one; returns the responses.
+    pub fn scripted(seed: u64, scenario: &Scenario, plan: FaultPlan, frames: Vec<Bytes>) -> Vec<Bytes> {
+        let mut world = World::new(seed, scenario, plan);
+        let cx = Cx::new(Addr { node: 3000, actor: 0 }, world.rng.next_u64());
+        let script = crate::conformance::Scripted::new(node_addr(0), frames);
+        world.clients.push(Client { actor: ClientActor::Scripted(script), cx, timers: BTreeMap::new(), timer_generation: 0, conn: None });
+        let index = world.clients.len() - 1;
+        let mut world = world.run_keep();
+        match std::mem::replace(
+            &mut world.clients[index].actor,
+            ClientActor::Consumer(Consumer::new(ConsumerConfig { process: 0, broker: node_addr(0), topic: String::new(), max_wait_ms: 0, min_bytes: 0 })),
+        ) {
+            ClientActor::Scripted(s) => s.responses,
+            _ => unreachable!("the scripted client is where it was put"),
+        }
+    }
+
     fn at(&mut self, time_us: u64, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse((time_us.max(self.now_us), self.seq)));
@@ -394,7 +412,11 @@ impl World {
     }
 
     /// Run until the workload completes or the deadline passes.
-    pub fn run(mut self) -> Outcome {
+    pub fn run(self) -> Outcome {
+        self.run_keep().into_outcome()
+    }
+
+    fn run_keep(mut self) -> World {
         runnel_actors::core::bugs::set_buggify(self.plan.has("buggify"));
         runnel_actors::core::bugs::take_buggify_count();
         for i in 0..self.nodes.len() {
@@ -403,6 +425,7 @@ impl World {
         for i in 0..self.clients.len() {
             self.client_step(i, |actor, cx| match actor {
                 ClientActor::Producer(p) => p.on_start(cx),
+                ClientActor::Scripted(s) => s.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
             });
         }
@@ -461,6 +484,10 @@ impl World {
         }
         *self.faults_fired.entry("net-latency".into()).or_default() += self.net.spikes;
         self.faults_fired.retain(|_, v| *v > 0);
+        self
+    }
+
+    fn into_outcome(self) -> Outcome {
         Outcome {
             trace_hash: self.trace.hash(),
             events: self.trace.events,
@@ -567,6 +594,7 @@ impl World {
                 self.clients[client].timers.remove(&id);
                 self.client_step(client, |a, cx| match a {
                     ClientActor::Producer(p) => p.on_timer(cx, id),
+                    ClientActor::Scripted(s) => s.on_timer(cx, id),
                     ClientActor::Consumer(c) => c.on_timer(cx, id),
                 });
             }
@@ -748,6 +776,7 @@ impl World {
         let effects = c.cx.take_effects();
         let events = match &mut c.actor {
             ClientActor::Producer(p) => p.take_events(),
+            ClientActor::Scripted(_) => Vec::new(),
             ClientActor::Consumer(c) => c.take_events(),
         };
         for e in effects {
@@ -999,6 +1028,11 @@ impl World {
                         parts.push("a producer still has unanswered sends".into());
                     }
                 }
+                ClientActor::Scripted(s) => {
+                    if !s.is_done() {
+                        parts.push("the script is not finished".into());
+                    }
+                }
             }
         }
         if self.nodes.iter().any(|n| n.broker.as_ref().is_none_or(|b| !b.is_ready())) {
@@ -1021,6 +1055,7 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, msg: ClientMsg) {
     let from = Addr { node: -1, actor: 0 };
     match a {
         ClientActor::Producer(p) => p.on_message(cx, from, msg),
+        ClientActor::Scripted(s) => s.on_message(cx, from, msg),
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
     }
 }
