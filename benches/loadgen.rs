@@ -235,6 +235,62 @@ fn consume_phase(bootstrap: &str, topic: &str, partitions: i32, size: usize) -> 
     }
 }
 
+/// The broker side of consuming, without a client library's per-record cost: Fetch requests
+/// over one connection, records counted from batch headers (as a consumer's fetcher thread sees
+/// them before handing records out one by one).
+fn raw_fetch_phase(bootstrap: &str, topic: &str, partitions: i32, size: usize, total: i64) -> Row {
+    use kafka_protocol::messages::{fetch_request, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(bootstrap).expect("connect");
+    stream.set_nodelay(true).ok();
+    let mut offsets = vec![0i64; partitions as usize];
+    let (mut seen, mut errors) = (0i64, 0u64);
+    let start = Instant::now();
+    let mut correlation = 0;
+    while seen < total && start.elapsed() < Duration::from_secs(120) {
+        correlation += 1;
+        let request = FetchRequest::default().with_max_wait_ms(500).with_min_bytes(1).with_max_bytes(64 << 20).with_session_epoch(-1).with_topics(vec![
+            fetch_request::FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.to_string()))).with_partitions(
+                offsets
+                    .iter()
+                    .enumerate()
+                    .map(|(p, o)| fetch_request::FetchPartition::default().with_partition(p as i32).with_fetch_offset(*o).with_partition_max_bytes(8 << 20))
+                    .collect(),
+            ),
+        ]);
+        let mut buf = bytes::BytesMut::new();
+        RequestHeader::default().with_request_api_key(1).with_request_api_version(12).with_correlation_id(correlation).encode(&mut buf, 2).expect("header");
+        request.encode(&mut buf, 12).expect("fetch");
+        stream.write_all(&(buf.len() as u32).to_be_bytes()).expect("write");
+        stream.write_all(&buf).expect("write");
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).expect("read");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut body).expect("read");
+        let mut body = bytes::Bytes::from(body);
+        ResponseHeader::decode(&mut body, 1).expect("response header");
+        let response = FetchResponse::decode(&mut body, 12).expect("fetch response");
+        for t in response.responses {
+            for p in t.partitions {
+                if p.error_code != 0 {
+                    errors += 1;
+                    continue;
+                }
+                let records = p.records.unwrap_or_default();
+                for (header, _) in runnel_actors::log::batch::iter_headers(&records) {
+                    let next = &mut offsets[p.partition_index as usize];
+                    if header.next_offset() > *next {
+                        seen += header.next_offset() - (*next).max(header.base_offset);
+                        *next = header.next_offset();
+                    }
+                }
+            }
+        }
+    }
+    Row { phase: "fetch, broker side".into(), records: seen as usize, bytes_per_record: size, seconds: start.elapsed().as_secs_f64(), latency_ms: None, errors }
+}
+
 fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).set("broker.address.family", "v4").create().expect("admin client");
@@ -278,6 +334,7 @@ fn main() {
         produce_phase(&bootstrap, ProducePhase { name: "produce acks=1 (1 KiB)", topic: &large, acks: "1", records: s.large_records, size: 1024, partitions }),
         produce_phase(&bootstrap, ProducePhase { name: "produce acks=all", topic: &durable, acks: "all", records: s.records, size: s.size, partitions }),
         consume_phase(&bootstrap, &small, partitions, s.size),
+        raw_fetch_phase(&bootstrap, &small, partitions, s.size, s.records as i64),
     ];
 
     println!();
