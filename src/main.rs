@@ -95,6 +95,20 @@ enum Command {
     },
 }
 
+/// What a simulation runs: scenario, faults and planted bugs.
+#[derive(clap::Args)]
+struct SimWhat {
+    /// Scenario (default: chosen by the seed); `runnel sim scenarios` lists them.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Fault kinds, comma-separated, or `none` (default: the seed chooses).
+    #[arg(long)]
+    faults: Option<String>,
+    /// Activate a planted bug (planted-bugs builds only; repeatable).
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum SimAction {
     /// Run (or replay) one seed: prints a trace summary, any violation and the replay command.
@@ -102,15 +116,8 @@ enum SimAction {
         /// The seed.
         #[arg(long)]
         seed: u64,
-        /// Scenario (default: chosen by the seed); `runnel sim scenarios` lists them.
-        #[arg(long)]
-        scenario: Option<String>,
-        /// Fault kinds, comma-separated, or `none` (default: the seed chooses).
-        #[arg(long)]
-        faults: Option<String>,
-        /// Activate a planted bug (planted-bugs builds only; repeatable).
-        #[arg(long = "bug")]
-        bugs: Vec<String>,
+        #[command(flatten)]
+        what: SimWhat,
         /// Run the seed again in-process and in a second process and compare trace hashes.
         #[arg(long)]
         check_determinism: bool,
@@ -129,15 +136,8 @@ enum SimAction {
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         jobs: usize,
-        /// Only this scenario (default: every scenario in turn).
-        #[arg(long)]
-        scenario: Option<String>,
-        /// Fault kinds, comma-separated, or `none` (default: each seed chooses).
-        #[arg(long)]
-        faults: Option<String>,
-        /// Activate a planted bug (planted-bugs builds only; repeatable).
-        #[arg(long = "bug")]
-        bugs: Vec<String>,
+        #[command(flatten)]
+        what: SimWhat,
         /// Stop at the first failing seed.
         #[arg(long)]
         stop_on_first: bool,
@@ -156,12 +156,8 @@ enum SimAction {
         first_seed: u64,
         #[arg(long)]
         seeds: u64,
-        #[arg(long)]
-        scenario: Option<String>,
-        #[arg(long)]
-        faults: Option<String>,
-        #[arg(long = "bug")]
-        bugs: Vec<String>,
+        #[command(flatten)]
+        what: SimWhat,
     },
 }
 
