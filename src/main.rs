@@ -214,19 +214,19 @@ fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
         let ok = match action {
-            SimAction::Run { seed, scenario, faults, bugs, check_determinism, report } => {
-                sim_cli::cmd_run(seed, scenario.as_deref(), faults.as_deref(), bugs, check_determinism, report)?
+            SimAction::Run { seed, what, check_determinism, report } => {
+                sim_cli::cmd_run(seed, what.scenario.as_deref(), what.faults.as_deref(), what.bugs, check_determinism, report)?
             }
-            SimAction::Swarm { seeds, first_seed, jobs, scenario, faults, bugs, stop_on_first, check_determinism } => {
-                sim_cli::cmd_swarm(first_seed, seeds, jobs, scenario.as_deref(), faults.as_deref(), bugs, stop_on_first, check_determinism)?
+            SimAction::Swarm { seeds, first_seed, jobs, what, stop_on_first, check_determinism } => {
+                sim_cli::cmd_swarm(first_seed, seeds, jobs, what.scenario.as_deref(), what.faults.as_deref(), what.bugs, stop_on_first, check_determinism)?
             }
             SimAction::Bugs => sim_cli::cmd_bugs().map(|_| true)?,
             SimAction::Scenarios => {
                 sim_cli::cmd_scenarios();
                 true
             }
-            SimAction::Hashes { first_seed, seeds, scenario, faults, bugs } => {
-                sim_cli::cmd_hashes(first_seed, seeds, scenario.as_deref(), faults.as_deref(), bugs).map(|_| true)?
+            SimAction::Hashes { first_seed, seeds, what } => {
+                sim_cli::cmd_hashes(first_seed, seeds, what.scenario.as_deref(), what.faults.as_deref(), what.bugs).map(|_| true)?
             }
         };
         std::process::exit(if ok { 0 } else { 1 });
