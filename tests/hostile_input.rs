@@ -212,3 +212,43 @@ fn hostile_frames_are_answered_or_closed_and_nothing_is_damaged() {
     let rss = rss_kib(pid);
     assert!(rss < 512 * 1024, "broker RSS {rss} KiB after hostile input");
 }
+
+/// Pipelined requests on one connection are answered in the order they were sent, even when
+/// the first (an acks=all produce waiting for fsync) finishes last.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let broker = TestBroker::start();
+    let mut s = connect(&broker);
+    let metadata = MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str("piped"))))]))
+        .with_allow_auto_topic_creation(true);
+    let _: MetadataResponse = call(&mut s, &metadata, 9);
+    let batch = build_batch(&[(None, Some(b"v".as_slice()), 1_700_000_000_000)], (-1, -1, -1));
+    let produce = ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![produce_request::TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_static_str("piped")))
+        .with_partition_data(vec![produce_request::PartitionProduceData::default().with_index(0).with_records(Some(batch))])]);
+    // Wait until the auto-created partition takes writes.
+    for _ in 0..100 {
+        let raw = framed(&request_body(&produce, 9, 1));
+        let Answer::Frame(mut f) = exchange(&mut s, &raw) else { panic!("closed") };
+        ResponseHeader::decode(&mut f, 1).unwrap();
+        if ProduceResponse::decode(&mut f, 9).unwrap().responses[0].partition_responses[0].error_code == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Three requests in one write: produce (slow: fsync), ApiVersions and Metadata (instant).
+    let mut burst = Vec::new();
+    burst.extend(framed(&request_body(&produce, 9, 100)));
+    burst.extend(framed(&request_body(&ApiVersionsRequest::default(), 3, 101)));
+    burst.extend(framed(&request_body(&metadata, 9, 102)));
+    s.write_all(&burst).unwrap();
+    for expected in [100, 101, 102] {
+        let mut size = [0u8; 4];
+        s.read_exact(&mut size).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+        s.read_exact(&mut body).unwrap();
+        let correlation = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        assert_eq!(correlation, expected, "responses out of order");
+    }
+}
