@@ -495,13 +495,24 @@ fn list_offsets_by_time_and_watermarks() {
 /// each partition's offsets stay contiguous.
 #[test]
 fn acknowledged_records_survive_kill_9_mid_load() {
+    kill_9_mid_load("all");
+}
+
+/// The same with acks=1: an acknowledged write has reached the page cache, so a process kill
+/// (not a power loss) cannot take it back.
+#[test]
+fn acks_1_records_survive_kill_9_mid_load() {
+    kill_9_mid_load("1");
+}
+
+fn kill_9_mid_load(acks: &str) {
     let data = tempfile::tempdir().expect("data dir");
     let mut broker = TestBroker::start_in(data.path());
-    let topic = "crash";
+    let topic = &format!("crash-acks-{acks}");
     create_topic(&broker, topic, 3, &[]);
     let producer = producer(
         client_config(&broker)
-            .set("acks", "all")
+            .set("acks", acks)
             .set("linger.ms", "2")
             .set("message.timeout.ms", "120000")
             .set("reconnect.backoff.ms", "20")

@@ -93,6 +93,8 @@ pub struct Partition {
     /// Allowed distance of a CreateTime timestamp after now (`message.timestamp.after.max.ms`).
     pub timestamp_after_max_ms: i64,
     producers: BTreeMap<i64, ProducerEntry>,
+    /// Offset below which every record's write completed (it survives a process crash).
+    pub written_offset: i64,
     ready: bool,
     unflushed_messages: i64,
     last_flush_ms: u64,
@@ -115,6 +117,7 @@ impl Partition {
             timestamp_before_max_ms: i64::MAX,
             timestamp_after_max_ms: i64::MAX,
             producers: BTreeMap::new(),
+            written_offset: 0,
             ready: false,
             unflushed_messages: 0,
             last_flush_ms: 0,
@@ -141,6 +144,7 @@ impl Partition {
         }
         // What recovery found beyond the recovery point may sit only in the page cache (the
         // process died, the machine did not): expose it only once it is fsynced again.
+        self.written_offset = self.log.log_end_offset();
         self.high_watermark = match self.flush_policy {
             FlushPolicy::Fsync => self.log.durable_offset().min(self.log.log_end_offset()),
             FlushPolicy::PageCache { .. } => self.log.log_end_offset(),
@@ -150,6 +154,17 @@ impl Partition {
         if self.high_watermark < self.log.log_end_offset() {
             self.flush(io, now_ms);
         }
+    }
+
+    /// The log finished writing everything below `offset`. Returns true if the high watermark
+    /// moved (the page-cache policy exposes records once written).
+    pub fn on_written(&mut self, offset: i64) -> bool {
+        self.written_offset = self.written_offset.max(offset);
+        if matches!(self.flush_policy, FlushPolicy::PageCache { .. }) && self.written_offset > self.high_watermark {
+            self.high_watermark = self.written_offset.min(self.log.log_end_offset());
+            return true;
+        }
+        false
     }
 
     /// The log made everything below `offset` durable. Returns true if the high watermark moved.
@@ -207,7 +222,6 @@ impl Partition {
         match self.flush_policy {
             FlushPolicy::Fsync => self.flush(io, now_ms),
             FlushPolicy::PageCache { messages, .. } => {
-                self.high_watermark = self.log.log_end_offset();
                 if self.unflushed_messages >= messages {
                     self.flush(io, now_ms);
                 }

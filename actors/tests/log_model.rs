@@ -162,6 +162,9 @@ impl Harness {
     fn handle(&mut self, events: Vec<LogEvent>) {
         for event in events {
             match event {
+                LogEvent::Written { offset } => {
+                    assert!(offset <= self.log.log_end_offset(), "written offset {offset} past the log end {}", self.log.log_end_offset());
+                }
                 LogEvent::Durable { offset } => {
                     assert!(offset >= self.durable, "durable offset went back: {} -> {offset}", self.durable);
                     self.durable = offset;

@@ -427,6 +427,14 @@ impl Broker {
                     });
                     self.check_recovered(cx);
                 }
+                LogEvent::Written { offset } => {
+                    let moved = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)).is_some_and(|p| p.on_written(offset));
+                    if moved {
+                        self.on_high_watermark(cx, uid);
+                    } else {
+                        self.complete_produces(cx, Some(uid));
+                    }
+                }
                 LogEvent::Durable { offset } => {
                     let moved = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)).is_some_and(|p| p.on_durable(offset));
                     if moved {

@@ -1,8 +1,9 @@
 //! Produce: validate, append, and answer according to `acks`.
 //!
 //! acks=0 answers nothing (the sequence still advances), acks=1 answers once the batch is
-//! appended to the leader's log, acks=all once the batch is below the high watermark — with the
-//! fsync policy that means durable on disk, group-committed with every other produce in flight.
+//! written to the leader's log (it then survives a crash of the process), acks=all once the batch
+//! is below the high watermark — with the fsync policy that means durable on disk,
+//! group-committed with every other produce in flight.
 
 use super::{codec, error, Broker, BrokerMsg};
 use crate::broker::codec::Request;
@@ -16,8 +17,9 @@ pub(crate) struct PendingProduce {
     seq: u64,
     request: Box<Request>,
     response: ProduceResponse,
-    /// (partition uid, last offset, topic slot, partition slot) still waiting.
-    waiting: Vec<(u64, i64, usize, usize)>,
+    /// (partition uid, last offset, topic slot, partition slot, needs the high watermark rather
+    /// than just the write) still waiting.
+    waiting: Vec<(u64, i64, usize, usize, bool)>,
     deadline_ms: u64,
 }
 
@@ -60,8 +62,9 @@ impl Broker {
                         pr.base_offset = appended.first_offset;
                         pr.log_append_time_ms = appended.log_append_time_ms;
                         pr.log_start_offset = log_start;
-                        if acks == -1 && !crate::planted!("ack-before-fsync") {
-                            waiting.push((uid, appended.last_offset, topic_slot, part_slot));
+                        if acks != 0 {
+                            let committed = acks == -1 && !crate::planted!("ack-before-fsync");
+                            waiting.push((uid, appended.last_offset, topic_slot, part_slot, committed));
                         }
                     }
                     Err(code) => pr.error_code = code,
@@ -88,10 +91,11 @@ impl Broker {
                 continue;
             }
             let (topics, locations) = (&self.topics, &self.locations);
-            p.waiting.retain(|(u, last_offset, _, _)| {
-                let hw = locations.get(u).and_then(|(t, i)| topics.get(t)?.partitions.get(*i)).map(|q| q.high_watermark);
-                match hw {
-                    Some(hw) => hw <= *last_offset,
+            p.waiting.retain(|(u, last_offset, _, _, committed)| {
+                let partition = locations.get(u).and_then(|(t, i)| topics.get(t)?.partitions.get(*i));
+                match partition {
+                    Some(q) if *committed => q.high_watermark <= *last_offset,
+                    Some(q) => q.written_offset <= *last_offset,
                     None => false,
                 }
             });
@@ -113,7 +117,7 @@ impl Broker {
         let expired: Vec<u64> = self.produces.iter().filter(|(_, p)| p.deadline_ms <= now).map(|(id, _)| *id).collect();
         for id in expired {
             let mut p = self.produces.remove(&id).expect("listed above");
-            for (_, _, t, q) in &p.waiting {
+            for (_, _, t, q, _) in &p.waiting {
                 p.response.responses[*t].partition_responses[*q].error_code = error::REQUEST_TIMED_OUT;
             }
             let frame = codec::respond(&p.request, &p.response);

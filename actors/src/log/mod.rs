@@ -75,6 +75,12 @@ pub enum LogEvent {
         /// Headers of the batches after the checkpoint's offset, in order (to rebuild state).
         replay: Vec<batch::BatchHeader>,
     },
+    /// Every batch below `offset` has been written (to the page cache: it survives a process
+    /// crash, not a power loss).
+    Written {
+        /// Exclusive upper bound of the written prefix.
+        offset: i64,
+    },
     /// Every batch below `offset` is durable.
     Durable {
         /// Exclusive upper bound of the durable prefix.
@@ -173,6 +179,8 @@ struct TimestampJob {
 enum Pending {
     /// A write (append, index write, truncate, rename, delete): only a failure matters.
     Write,
+    /// The append of records up to this (exclusive) offset.
+    Appended(i64),
     /// One of the fsyncs of the in-flight flush.
     Fsync,
     /// The fsync of a checkpoint's tmp file: the rename may only start once it completed (an
@@ -383,7 +391,7 @@ impl PartitionLog {
         let base_offset = active.base_offset;
         active.unsynced.log = true;
         let log_path = active.path(&self.dir, SegmentFile::Log);
-        self.issue(io, DiskOp::Append { path: log_path, data: assigned.freeze() }, Pending::Write);
+        self.issue(io, DiskOp::Append { path: log_path, data: assigned.freeze() }, Pending::Appended(last_offset + 1));
         self.write_index(io, base_offset, SegmentFile::OffsetIndex, offset_writes);
         self.write_index(io, base_offset, SegmentFile::TimeIndex, time_writes);
         AppendInfo { first_offset, last_offset, max_timestamp, offset_of_max_timestamp, headers }
@@ -562,6 +570,7 @@ impl PartitionLog {
             }
             (Pending::Fsync, Ok(_)) => self.on_fsync_done(io, &mut events),
             (Pending::Write, Ok(_)) => {}
+            (Pending::Appended(offset), Ok(_)) => events.push(LogEvent::Written { offset }),
             (Pending::CheckpointSynced(deletions), Ok(_)) => {
                 if !matches!(self.state, State::Deleted) {
                     let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
@@ -584,7 +593,7 @@ impl PartitionLog {
                     }
                 }
             }
-            (Pending::Fsync | Pending::Write | Pending::CheckpointSynced(_) | Pending::Checkpointed(_), Err(error)) => {
+            (Pending::Fsync | Pending::Write | Pending::Appended(_) | Pending::CheckpointSynced(_) | Pending::Checkpointed(_), Err(error)) => {
                 self.fail(format!("write to {} failed: {error}", self.dir), &mut events)
             }
         }
@@ -930,7 +939,7 @@ mod tests {
 
     fn read(disk: &mut MemDisk, io: &mut QueuedIo, log: &mut PartitionLog, offset: i64, max_bytes: u64, upper: i64) -> Vec<BatchHeader> {
         assert_eq!(log.read(io, 7, offset, max_bytes, upper), ReadStart::Pending);
-        let events = disk.run(io, log);
+        let events: Vec<LogEvent> = disk.run(io, log).into_iter().filter(|e| !matches!(e, LogEvent::Written { .. })).collect();
         let [LogEvent::ReadDone { read_id: 7, records }] = &events[..] else { panic!("{events:?}") };
         batch::validate_batches(records).map(|v| v.into_iter().map(|(h, _)| h).collect()).unwrap_or_default()
     }
@@ -1119,7 +1128,7 @@ mod tests {
         disk.fail_fsync = true;
         log.flush(&mut io, None);
         let events = disk.run(&mut io, &mut log);
-        assert!(matches!(&events[..], [LogEvent::Failed { .. }]), "{events:?}");
+        assert!(matches!(&events[..], [LogEvent::Written { .. }, LogEvent::Failed { .. }]), "{events:?}");
         assert!(!log.is_ready());
         assert_eq!(log.durable_offset(), 0);
     }
