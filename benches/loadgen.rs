@@ -139,12 +139,19 @@ struct ProducePhase<'a> {
     records: usize,
     size: usize,
     partitions: i32,
+    /// Records per second to pace sends at (latency at a steady load); None floods.
+    rate: Option<u64>,
 }
 
 fn produce_phase(bootstrap: &str, phase: ProducePhase<'_>) -> Row {
-    let ProducePhase { name: phase, topic, acks, records, size, partitions } = phase;
+    let ProducePhase { name: phase, topic, acks, records, size, partitions, rate } = phase;
     let context = Latencies { start: Some(Instant::now()), ..Default::default() };
-    let producer: ThreadedProducer<Latencies> = producer_config(bootstrap, acks).create_with_context(context).expect("producer");
+    let mut config = producer_config(bootstrap, acks);
+    if rate.is_some() {
+        // Paced: measure the broker's service time, not batching delay.
+        config.set("linger.ms", "0");
+    }
+    let producer: ThreadedProducer<Latencies> = config.create_with_context(context).expect("producer");
     let start = producer.context().start.expect("set");
     let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     // Warm up: metadata and connections are not part of the measurement.
@@ -155,7 +162,14 @@ fn produce_phase(bootstrap: &str, phase: ProducePhase<'_>) -> Row {
     producer.flush(Duration::from_secs(60)).expect("warm-up flush");
     producer.context().micros.lock().expect("lock").clear();
     let first_send_ns = start.elapsed().as_nanos() as u64;
+    let paced_from = Instant::now();
     for i in 0..records {
+        if let Some(rate) = rate {
+            let due = paced_from + Duration::from_nanos(i as u64 * 1_000_000_000 / rate.max(1));
+            while Instant::now() < due {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()).min(Duration::from_micros(200)));
+            }
+        }
         let key = (i as u64).to_be_bytes();
         let mut record = BaseRecord::with_opaque_to(topic, 0usize).partition((i % partitions as usize) as i32).key(&key[..]).payload(&payload[..]);
         loop {
@@ -330,9 +344,23 @@ fn main() {
 
     let partitions = s.partitions;
     let rows = vec![
-        produce_phase(&bootstrap, ProducePhase { name: "produce acks=1", topic: &small, acks: "1", records: s.records, size: s.size, partitions }),
-        produce_phase(&bootstrap, ProducePhase { name: "produce acks=1 (1 KiB)", topic: &large, acks: "1", records: s.large_records, size: 1024, partitions }),
-        produce_phase(&bootstrap, ProducePhase { name: "produce acks=all", topic: &durable, acks: "all", records: s.records, size: s.size, partitions }),
+        produce_phase(&bootstrap, ProducePhase { name: "produce acks=1", topic: &small, acks: "1", records: s.records, size: s.size, partitions, rate: None }),
+        produce_phase(
+            &bootstrap,
+            ProducePhase { name: "produce acks=1 (1 KiB)", topic: &large, acks: "1", records: s.large_records, size: 1024, partitions, rate: None },
+        ),
+        produce_phase(
+            &bootstrap,
+            ProducePhase { name: "produce acks=all", topic: &durable, acks: "all", records: s.records, size: s.size, partitions, rate: None },
+        ),
+        produce_phase(
+            &bootstrap,
+            ProducePhase { name: "acks=1 at 20k/s", topic: &durable, acks: "1", records: 40_000, size: s.size, partitions, rate: Some(20_000) },
+        ),
+        produce_phase(
+            &bootstrap,
+            ProducePhase { name: "acks=all at 20k/s", topic: &durable, acks: "all", records: 40_000, size: s.size, partitions, rate: Some(20_000) },
+        ),
         consume_phase(&bootstrap, &small, partitions, s.size),
         raw_fetch_phase(&bootstrap, &small, partitions, s.size, s.records as i64),
     ];
