@@ -799,7 +799,18 @@ impl World {
                 _ => {}
             }
         }
+        let watch = std::env::var("RUNNEL_SIM_WATCH_KEY").ok().and_then(|k| k.parse::<u64>().ok());
         for ev in events {
+            if let Some(k) = watch {
+                let hit = match &ev {
+                    ClientEvent::InvokeSend { key, .. } | ClientEvent::CompleteSend { key, .. } => *key == k,
+                    ClientEvent::CompletePoll { reads, .. } => reads.contains_key(&k),
+                    _ => false,
+                };
+                if hit {
+                    eprintln!("[{} ms] {ev:?}", self.now_us / 1000);
+                }
+            }
             match &ev {
                 ClientEvent::InvokeSend { value, .. } => {
                     self.invoked_at.insert(*value, now_ms);

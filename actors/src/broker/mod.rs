@@ -563,9 +563,9 @@ impl Broker {
         }
         let uids: Vec<(String, usize)> = self.locations.values().cloned().collect();
         for (topic, index) in uids {
-            let moved = self.with_partition(cx, &topic, index, |p, io| {
+            self.with_partition(cx, &topic, index, |p, io| {
                 if !p.is_ready() {
-                    return false;
+                    return;
                 }
                 p.tick(io, now_ms);
                 if crate::buggify!(io.cx) {
@@ -575,9 +575,7 @@ impl Broker {
                 if retention_due {
                     p.log.apply_retention(io, wall);
                 }
-                false
             });
-            let _ = moved;
         }
         self.expire_produces(cx);
         cx.set_timer(HOUSEKEEPING, HOUSEKEEPING_INTERVAL_MS);

@@ -159,6 +159,9 @@ struct ReadJob {
     read_id: u64,
     segment_base: i64,
     offset: i64,
+    /// Base offset the batch at `position` must have (from the offset index): a header that
+    /// disagrees is damaged (the base offset is outside Kafka's CRC).
+    expected: i64,
     max_bytes: u64,
     upper_bound: i64,
     position: u64,
@@ -209,8 +212,9 @@ struct FsyncInFlight {
 enum Walk {
     /// Answer with these bytes (possibly none).
     Done(Bytes),
-    /// Read `len` bytes at `position` of the same segment and walk again.
-    More { position: u64, len: u64 },
+    /// Read `len` bytes at `position` of the same segment and walk again; the batch there must
+    /// have base offset `expected`.
+    More { position: u64, len: u64, expected: i64 },
 }
 
 /// One partition's log. See the module documentation.
@@ -439,9 +443,9 @@ impl PartitionLog {
         let Some(segment) = self.segment_containing(offset) else {
             return ReadStart::OutOfRange;
         };
-        let position = segment.position_for(offset);
+        let (expected, position) = segment.entry_for(offset);
         let len = (self.config.index_interval_bytes + max_bytes).max(BATCH_HEADER_LEN as u64).min(segment.size_bytes - position);
-        let job = ReadJob { read_id, segment_base: segment.base_offset, offset, max_bytes, upper_bound, position, len };
+        let job = ReadJob { read_id, segment_base: segment.base_offset, offset, expected, max_bytes, upper_bound, position, len };
         self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
         ReadStart::Pending
     }
@@ -750,8 +754,8 @@ impl PartitionLog {
         };
         match walk {
             Walk::Done(records) => events.push(LogEvent::ReadDone { read_id: job.read_id, records }),
-            Walk::More { position, len } => {
-                let job = ReadJob { position, len, ..job };
+            Walk::More { position, len, expected } => {
+                let job = ReadJob { position, len, expected, ..job };
                 self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
             }
         }
@@ -874,6 +878,7 @@ fn sane_header(rest: &[u8], position: u64, segment_size: u64) -> Option<BatchHea
 /// `job.upper_bound`, or say what to read next.
 fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
     let mut at = 0usize;
+    let mut expected = job.expected;
     loop {
         let here = job.position + at as u64;
         let rest = &data[at..];
@@ -886,15 +891,27 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
                 tracing::warn!(offset = job.offset, segment = job.segment_base, position = here, "corrupt batch header in read");
                 return Walk::Done(Bytes::new());
             }
-            return Walk::More { position: here, len: job.len.min(segment_size - here) };
+            return Walk::More { position: here, len: job.len.min(segment_size - here), expected };
         };
+        if header.base_offset != expected {
+            tracing::warn!(
+                offset = job.offset,
+                segment = job.segment_base,
+                position = here,
+                expected,
+                found = header.base_offset,
+                "batch at an unexpected offset in read"
+            );
+            return Walk::Done(Bytes::new());
+        }
         let total = header.total_len();
         if header.next_offset() <= job.offset {
             if rest.len() < total {
                 let position = here + total as u64;
-                return Walk::More { position, len: job.len.min(segment_size.saturating_sub(position)).max(1) };
+                return Walk::More { position, len: job.len.min(segment_size.saturating_sub(position)).max(1), expected: header.next_offset() };
             }
             at += total;
+            expected = header.next_offset();
             continue;
         }
         if rest.len() < total {
@@ -902,14 +919,16 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
                 return Walk::Done(Bytes::new()); // the file ended early
             }
             let len = (total as u64).max(job.max_bytes).min(segment_size - here);
-            return Walk::More { position: here, len };
+            return Walk::More { position: here, len, expected };
         }
         let mut end = at + total;
+        let mut next_expected = header.next_offset();
         while let Some(next) = sane_header(&data[end..], job.position + end as u64, segment_size) {
             let next_end = end + next.total_len();
-            if next.base_offset >= job.upper_bound || next_end > data.len() || (next_end - at) as u64 > job.max_bytes {
+            if next.base_offset != next_expected || next.base_offset >= job.upper_bound || next_end > data.len() || (next_end - at) as u64 > job.max_bytes {
                 break;
             }
+            next_expected = next.next_offset();
             end = next_end;
         }
         return Walk::Done(data.slice(at..end));

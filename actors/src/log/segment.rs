@@ -220,6 +220,15 @@ impl Segment {
     }
 
     /// Byte position to start reading at for `offset` (from the offset index).
+    /// The index entry at or below `offset`: the base offset of the batch at that position, and
+    /// the position. A read walking from there checks every header against it.
+    pub fn entry_for(&self, offset: i64) -> (i64, u64) {
+        let offset = offset.clamp(self.base_offset, self.base_offset + u32::MAX as i64);
+        let e = self.offset_index.lookup(self.relative(offset));
+        (self.base_offset + e.relative_offset as i64, e.position as u64)
+    }
+
+    /// The position of the index entry at or below `offset`.
     pub fn position_for(&self, offset: i64) -> u64 {
         let offset = offset.clamp(self.base_offset, self.base_offset + u32::MAX as i64);
         self.offset_index.lookup(self.relative(offset)).position as u64
