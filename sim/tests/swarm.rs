@@ -58,7 +58,8 @@ fn regression_seeds_stay_clean() {
     // 105419: a latent read flipped a bit of a batch's base offset (outside Kafka's CRC) and a
     // one-batch fetch served the batch at offset 3 as offset 19; reads now check every header
     // against the offset index.
-    for (seed, scenario) in [(105_419, "many-clients")] {
+    const REGRESSIONS: &[(u64, &str)] = &[(105_419, "many-clients")];
+    for &(seed, scenario) in REGRESSIONS {
         let sc = runnel_sim::scenario::scenario(scenario).expect("scenario");
         let r = run(&RunConfig { seed, scenario: sc, faults: None, bugs: vec![] }).unwrap();
         assert!(r.outcome.violations.is_empty(), "seed {seed}: {:?}", r.outcome.violations);
