@@ -64,8 +64,6 @@ pub struct Appended {
     pub last_offset: i64,
     /// The append time for LogAppendTime topics, else -1.
     pub log_append_time_ms: i64,
-    /// Whether the batch was a retry of one already in the log.
-    pub duplicate: bool,
 }
 
 /// A replica of one partition.
@@ -228,7 +226,7 @@ impl Partition {
             }
         }
         assert!(self.high_watermark <= self.log.log_end_offset(), "hw {} > leo {}", self.high_watermark, self.log.log_end_offset());
-        Ok(Appended { first_offset: info.first_offset, last_offset: info.last_offset, log_append_time_ms: append_time.unwrap_or(-1), duplicate: false })
+        Ok(Appended { first_offset: info.first_offset, last_offset: info.last_offset, log_append_time_ms: append_time.unwrap_or(-1) })
     }
 
     /// Request a flush (group commit); attach a producer-state checkpoint at most once a second.
@@ -285,7 +283,6 @@ impl Partition {
                         first_offset: b.first_offset,
                         last_offset: b.last_offset,
                         log_append_time_ms: if self.log_append_time { b.max_timestamp } else { -1 },
-                        duplicate: true,
                     }));
                 }
                 return Err(error::DUPLICATE_SEQUENCE_NUMBER);
@@ -318,11 +315,6 @@ impl Partition {
         while entry.batches.len() > PRODUCER_BATCH_WINDOW {
             entry.batches.pop_front();
         }
-    }
-
-    /// The producer state, for tests and inspection.
-    pub fn producers(&self) -> &BTreeMap<i64, ProducerEntry> {
-        &self.producers
     }
 }
 

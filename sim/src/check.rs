@@ -1,10 +1,10 @@
-//! From client events to a Jepsen-style history, and the history checker's verdict.
+//! From client events to a Jepsen-style history (the checker runs over it in `lib.rs`).
 //!
 //! The producer keeps one send in flight per partition, so each (producer, partition) pair is its
 //! own history process: Jepsen's model allows one outstanding operation per process.
 
 use runnel_actors::client::ClientEvent;
-use runnel_checker::{History, Mop, OpType, Options, Report, Value, F};
+use runnel_checker::{History, Mop, OpType, Value, F};
 use std::collections::BTreeMap;
 
 /// History process of a producer's sends to one partition.
@@ -63,9 +63,4 @@ fn event_time(e: &ClientEvent) -> u64 {
         | ClientEvent::CompletePoll { time_ms, .. }
         | ClientEvent::Violation { time_ms, .. } => *time_ms,
     }
-}
-
-/// Run the Jepsen checker over a run's client events.
-pub fn check_history(events: &[ClientEvent]) -> Report {
-    runnel_checker::check(&history(events), &Options::default())
 }

@@ -125,8 +125,3 @@ pub fn respond<R: Encodable + HeaderVersion>(request: &Request, body: &R) -> Res
     let header_version = request.api_key.response_header_version(request.version);
     encode_response(request.correlation_id, header_version, body, request.version)
 }
-
-/// Decode a body on its own (tests and the CLI client).
-pub fn decode<T: Decodable>(mut bytes: Bytes, version: i16) -> Result<T, String> {
-    T::decode(&mut bytes, version).map_err(|e| e.to_string())
-}

@@ -293,11 +293,6 @@ impl PartitionLog {
         matches!(self.state, State::Ready)
     }
 
-    /// Whether the completion carrying `token` belongs to this log.
-    pub fn owns(&self, token: IoToken) -> bool {
-        self.pending.contains_key(&token) || matches!(&self.state, State::Recovering(r) if r.owns(token))
-    }
-
     /// Offset of the first record still in the log.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
