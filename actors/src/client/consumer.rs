@@ -3,7 +3,7 @@
 //! or above the high watermark of the response that carried it, every batch passes its CRC,
 //! and offsets only move forward.
 
-use super::{decode, parse_value, ClientEvent, ClientMsg, Wire};
+use super::{decode, parse_value, ready_topic, topic_metadata_request, ClientEvent, ClientMsg, Wire};
 use crate::broker::error;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use crate::log::batch;
@@ -71,10 +71,7 @@ impl Consumer {
         if self.positions.is_empty() {
             if !self.setup_pending {
                 self.setup_pending = true;
-                let r = MetadataRequest::default()
-                    .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(self.topic()))]))
-                    .with_allow_auto_topic_creation(true);
-                let frame = self.wire.encode(&r, 12);
+                let frame = self.wire.encode(&topic_metadata_request(&self.config.topic), 12);
                 cx.send(self.config.broker, ClientMsg::Request(frame));
             }
             return;
@@ -191,17 +188,18 @@ impl Actor for Consumer {
                 match ApiKey::try_from(key) {
                     Ok(ApiKey::Metadata) => {
                         self.setup_pending = false;
-                        if let Ok(m) = decode::<MetadataResponse>(body, version) {
-                            if let Some(t) =
-                                m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0))
-                            {
-                                self.topic_id = t.topic_id;
-                                let keys: Vec<u64> = t.partitions.iter().map(|p| p.partition_index as u64).collect();
-                                for k in &keys {
-                                    self.positions.insert(*k as i32, 0);
+                        match decode::<MetadataResponse>(body, version) {
+                            Ok(m) => {
+                                if let Some(t) = ready_topic(&m) {
+                                    self.topic_id = t.topic_id;
+                                    let keys: Vec<u64> = t.partitions.iter().map(|p| p.partition_index as u64).collect();
+                                    for k in &keys {
+                                        self.positions.insert(*k as i32, 0);
+                                    }
+                                    self.events.push(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
                                 }
-                                self.events.push(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
                             }
+                            Err(e) => self.violation(cx, format!("bad metadata response: {e}")),
                         }
                         cx.set_timer(RETRY_TIMER, 50);
                     }

@@ -12,7 +12,8 @@ pub mod consumer;
 pub mod producer;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+use kafka_protocol::messages::{metadata_request, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use std::collections::BTreeMap;
 
@@ -135,6 +136,18 @@ impl Wire {
     pub fn disconnected(&mut self) {
         self.in_flight.clear();
     }
+}
+
+/// A Metadata request for `topic` that lets the broker auto-create it.
+pub fn topic_metadata_request(topic: &str) -> MetadataRequest {
+    MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]))
+        .with_allow_auto_topic_creation(true)
+}
+
+/// The requested topic, if it exists and every partition has a leader.
+pub fn ready_topic(m: &MetadataResponse) -> Option<&MetadataResponseTopic> {
+    m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0))
 }
 
 /// Decode a response body.

@@ -2,7 +2,7 @@
 //! batch in flight per partition, retried with the same sequence number until it is answered —
 //! the behaviour that makes duplicates impossible if the broker's sequence checks are right.
 
-use super::{decode, record_bytes, ClientEvent, ClientMsg, Wire};
+use super::{decode, ready_topic, record_bytes, topic_metadata_request, ClientEvent, ClientMsg, Wire};
 use crate::broker::error;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use crate::log::batch::build_batch;
@@ -87,10 +87,7 @@ impl Producer {
         }
         self.setup_pending = true;
         let frame = if self.partitions == 0 {
-            let r = MetadataRequest::default()
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(self.topic()))]))
-                .with_allow_auto_topic_creation(true);
-            self.wire.encode(&r, 9)
+            self.wire.encode(&topic_metadata_request(&self.config.topic), 9)
         } else {
             let r = InitProducerIdRequest::default()
                 .with_transactional_id(None)
@@ -173,9 +170,7 @@ impl Producer {
                 self.setup_pending = false;
                 match decode::<MetadataResponse>(body, version) {
                     Ok(m) => {
-                        let ready =
-                            m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0));
-                        if let Some(t) = ready {
+                        if let Some(t) = ready_topic(&m) {
                             self.partitions = t.partitions.len() as i32;
                         }
                     }
