@@ -28,7 +28,7 @@ use crate::partition::Partition;
 use bytes::Bytes;
 use codec::{Decoded, Request};
 use config::BrokerConfig;
-use kafka_protocol::messages::RequestKind;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId, RequestKind};
 use meta::{NodeMeta, META_PATH, META_TMP_PATH};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use uuid::Uuid;
@@ -136,7 +136,8 @@ pub struct Broker {
     producer_id_block_end: i64,
     next_producer_id: i64,
     producer_block_version: u64,
-    pending_init_producer: Vec<(ConnId, u64, Box<Request>)>,
+    /// Requests for a fresh producer id waiting for the id block to be durable.
+    pending_init_producer: VecDeque<(ConnId, u64, Box<Request>)>,
     // request state
     pub(crate) produces: BTreeMap<u64, produce::PendingProduce>,
     pub(crate) fetches: BTreeMap<u64, fetch::FetchState>,
@@ -185,7 +186,7 @@ impl Broker {
             producer_id_block_end: 0,
             next_producer_id: 0,
             producer_block_version: 0,
-            pending_init_producer: Vec::new(),
+            pending_init_producer: VecDeque::new(),
             produces: BTreeMap::new(),
             fetches: BTreeMap::new(),
             fetch_sessions: BTreeMap::new(),
@@ -490,10 +491,7 @@ impl Broker {
             RequestKind::DescribeConfigs(r) => codec::respond(&request, &self.on_describe_configs(r)),
             RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, &request, r),
             RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, &request, r),
-            RequestKind::InitProducerId(r) => {
-                request.body = RequestKind::InitProducerId(r);
-                return self.on_init_producer_id(cx, conn, seq, request);
-            }
+            RequestKind::InitProducerId(r) => return self.on_init_producer_id(cx, conn, seq, request, r),
             other => Err(format!("no handler for {other:?}")),
         };
         self.send(cx, conn, seq, frame);
@@ -510,48 +508,42 @@ impl Broker {
         }
     }
 
-    fn on_init_producer_id(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>) {
-        self.pending_init_producer.push((conn, seq, request));
-        self.answer_init_producer_ids(cx);
+    fn on_init_producer_id(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: InitProducerIdRequest) {
+        let mut response = InitProducerIdResponse::default();
+        if r.transactional_id.is_some() {
+            // Transactions come with the transaction coordinator; refuse rather than pretend.
+            response.error_code = error::INVALID_REQUEST;
+            response.producer_id = ProducerId(-1);
+            response.producer_epoch = -1;
+        } else if r.producer_id.0 >= 0 && r.producer_epoch >= 0 {
+            // KIP-360: an idempotent producer bumps its own epoch after a fatal sequence error.
+            response.producer_id = r.producer_id;
+            response.producer_epoch = if r.producer_epoch == i16::MAX { 0 } else { r.producer_epoch + 1 };
+        } else {
+            self.pending_init_producer.push_back((conn, seq, request));
+            return self.answer_init_producer_ids(cx);
+        }
+        let frame = codec::respond(&request, &response);
+        self.send(cx, conn, seq, frame);
     }
 
-    /// Answer InitProducerId requests from the durable producer-id block, extending it when spent.
+    /// Hand out fresh producer ids, in request order, from a block whose end is durable in
+    /// `meta/topics`; when the block is spent, extend it and wait for that write.
     fn answer_init_producer_ids(&mut self, cx: &mut Cx<BrokerMsg>) {
-        use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
-        let mut waiting = Vec::new();
-        for (conn, seq, mut request) in std::mem::take(&mut self.pending_init_producer) {
-            let RequestKind::InitProducerId(r) = std::mem::replace(&mut request.body, RequestKind::ApiVersions(Default::default())) else {
-                unreachable!("only InitProducerId requests are queued here");
-            };
-            let r: InitProducerIdRequest = r;
-            let mut response = InitProducerIdResponse::default();
-            if r.transactional_id.is_some() {
-                // Transactions come with the transaction coordinator; refuse rather than pretend.
-                response.error_code = error::INVALID_REQUEST;
-                response.producer_id = ProducerId(-1);
-                response.producer_epoch = -1;
-            } else if r.producer_id.0 >= 0 && r.producer_epoch >= 0 {
-                // KIP-360: an idempotent producer bumps its own epoch after a fatal sequence error.
-                response.producer_id = r.producer_id;
-                response.producer_epoch = if r.producer_epoch == i16::MAX { 0 } else { r.producer_epoch + 1 };
-            } else {
-                if self.next_producer_id >= self.producer_id_block_end {
-                    self.producer_id_block_end = self.next_producer_id + PRODUCER_ID_BLOCK;
-                    self.producer_block_version = self.meta_changed(cx);
-                }
-                if self.meta_durable_version < self.producer_block_version {
-                    request.body = RequestKind::InitProducerId(r);
-                    waiting.push((conn, seq, request));
-                    continue;
-                }
-                response.producer_id = ProducerId(self.next_producer_id);
-                response.producer_epoch = 0;
-                self.next_producer_id += 1;
+        while !self.pending_init_producer.is_empty() {
+            if self.next_producer_id >= self.producer_id_block_end {
+                self.producer_id_block_end = self.next_producer_id + PRODUCER_ID_BLOCK;
+                self.producer_block_version = self.meta_changed(cx);
             }
+            if self.meta_durable_version < self.producer_block_version {
+                return;
+            }
+            let (conn, seq, request) = self.pending_init_producer.pop_front().expect("not empty");
+            let response = InitProducerIdResponse::default().with_producer_id(ProducerId(self.next_producer_id)).with_producer_epoch(0);
+            self.next_producer_id += 1;
             let frame = codec::respond(&request, &response);
             self.send(cx, conn, seq, frame);
         }
-        self.pending_init_producer.extend(waiting);
     }
 
     fn on_housekeeping(&mut self, cx: &mut Cx<BrokerMsg>) {
