@@ -84,6 +84,7 @@ enum Ev {
     ClientDisconnected { client: usize, conn: u64 },
     ClientTimer { client: usize, id: TimerId, generation: u64 },
     Fault(Fault),
+    Restart(usize),
     Heal,
     Check,
 }
@@ -93,8 +94,6 @@ enum Ev {
 pub enum Fault {
     /// Power loss of a node.
     Crash(usize),
-    /// Start a node again.
-    Restart(usize),
     /// Stop processing on a node for `ms`.
     Pause(usize, u64),
     /// Reset a client's connections.
@@ -514,8 +513,8 @@ impl World {
                 if !alive {
                     return;
                 }
-                if self.deferred(node, Ev::NodeRequest { conn, frame: frame.clone() }) {
-                    return;
+                if let Some(until) = self.paused(node) {
+                    return self.at(until, Ev::NodeRequest { conn, frame });
                 }
                 if incarnation != self.nodes[node].incarnation || self.nodes[node].broker.is_none() {
                     return;
@@ -526,8 +525,11 @@ impl World {
             }
             Ev::NodeDisconnected { node, incarnation, conn } => {
                 self.trace.add(&[t, 2, conn]);
-                if self.deferred(node, Ev::NodeDisconnected { node, incarnation, conn }) || incarnation != self.nodes[node].incarnation {
+                if incarnation != self.nodes[node].incarnation {
                     return;
+                }
+                if let Some(until) = self.paused(node) {
+                    return self.at(until, Ev::NodeDisconnected { node, incarnation, conn });
                 }
                 self.node_step(node, |b, cx| b.on_message(cx, Addr { node: -1, actor: 0 }, BrokerMsg::Disconnected { conn: ConnId(conn) }));
             }
@@ -536,8 +538,8 @@ impl World {
                 if incarnation != self.nodes[node].incarnation || self.nodes[node].timers.get(&id) != Some(&generation) {
                     return;
                 }
-                if self.deferred(node, Ev::NodeTimer { node, incarnation, id, generation }) {
-                    return;
+                if let Some(until) = self.paused(node) {
+                    return self.at(until, Ev::NodeTimer { node, incarnation, id, generation });
                 }
                 self.nodes[node].timers.remove(&id);
                 self.node_step(node, |b, cx| b.on_timer(cx, id));
@@ -547,8 +549,7 @@ impl World {
                 if incarnation != self.nodes[node].incarnation {
                     return;
                 }
-                if self.nodes[node].paused_until_us > t {
-                    let until = self.nodes[node].paused_until_us;
+                if let Some(until) = self.paused(node) {
                     return self.at(until, Ev::NodeIo { node, incarnation, done });
                 }
                 self.node_step(node, |b, cx| b.on_io(cx, done));
@@ -558,8 +559,7 @@ impl World {
                 if incarnation != self.nodes[node].incarnation {
                     return;
                 }
-                if self.nodes[node].paused_until_us > t {
-                    let until = self.nodes[node].paused_until_us;
+                if let Some(until) = self.paused(node) {
                     return self.at(until, Ev::NodeFsync { node, incarnation, token, ticket });
                 }
                 let result = self.nodes[node].disk.complete_fsync(ticket, &mut self.rng);
@@ -600,9 +600,17 @@ impl World {
             }
             Ev::Fault(f) => {
                 self.trace.add(&[t, 9]);
-                // Restarts are recovery, not faults: they happen after the heal too.
-                if !self.healed || matches!(f, Fault::Restart(_)) {
+                if !self.healed {
                     self.apply_fault(f);
+                }
+            }
+            Ev::Restart(node) => {
+                // A supervisor bringing a downed node back: recovery, not a fault, so it happens
+                // after the heal too.
+                self.trace.add(&[t, 11, node as u64]);
+                if self.nodes[node].broker.is_none() {
+                    self.fault_log.push((self.now_us / 1000, format!("node {} restarts", node + 1)));
+                    self.start_node(node);
                 }
             }
             Ev::Heal => {
@@ -617,13 +625,10 @@ impl World {
     }
 
     /// Hold an event for a paused node until it resumes.
-    fn deferred(&mut self, node: usize, ev: Ev) -> bool {
+    /// When a paused node resumes, if it is paused now: its events wait until then.
+    fn paused(&self, node: usize) -> Option<u64> {
         let until = self.nodes[node].paused_until_us;
-        if until > self.now_us {
-            self.at(until, ev);
-            return true;
-        }
-        false
+        (until > self.now_us).then_some(until)
     }
 
     fn start_node(&mut self, i: usize) {
@@ -721,7 +726,7 @@ impl World {
                 self.node_down(i, false);
                 let delay = 200_000 + self.rng.below(1_000_000);
                 self.nodes[i].restart_pending = true;
-                self.after(delay, Ev::Fault(Fault::Restart(i)));
+                self.after(delay, Ev::Restart(i));
                 self.fault_log.push((self.now_us / 1000, format!("node {} broker exited on a fatal error", i + 1)));
             }
         }
@@ -934,13 +939,7 @@ impl World {
                 self.node_down(i, true);
                 self.nodes[i].restart_pending = true;
                 let delay = 100_000 + self.rng.below(3_000_000);
-                self.after(delay, Ev::Fault(Fault::Restart(i)));
-            }
-            Fault::Restart(i) => {
-                if self.nodes[i].broker.is_none() {
-                    self.fault_log.push((self.now_us / 1000, format!("node {} restarts", i + 1)));
-                    self.start_node(i);
-                }
+                self.after(delay, Ev::Restart(i));
             }
             Fault::Pause(i, ms) => {
                 if self.nodes[i].broker.is_some() && self.nodes[i].paused_until_us <= self.now_us {
