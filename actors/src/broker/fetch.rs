@@ -57,38 +57,6 @@ pub(crate) struct FetchPart {
     max_bytes: u64,
     error: i16,
     records: Option<Bytes>,
-    /// Reads of this partition that came back damaged and were retried.
-    read_attempts: u32,
-    /// The high watermark the read was bounded by.
-    read_bound: i64,
-}
-
-/// How often a damaged read is retried before the partition answers KAFKA_STORAGE_ERROR.
-const MAX_READ_ATTEMPTS: u32 = 3;
-
-/// Check what a read returned before a client sees it: whole CRC-valid batches, the first
-/// containing `fetch_offset`, contiguous, all below `bound`. A latent sector error or a
-/// misdirected read fails this and is retried (the base offset is outside Kafka's CRC, so the
-/// offsets are checked on their own).
-fn verify_read(records: &[u8], fetch_offset: i64, bound: i64) -> Result<(), String> {
-    let mut at = 0;
-    let mut expected: Option<i64> = None;
-    while at < records.len() {
-        let header = crate::log::batch::check_one(&records[at..]).map_err(|e| e.to_string())?;
-        match expected {
-            None if header.base_offset > fetch_offset || header.last_offset() < fetch_offset => {
-                return Err(format!("first batch {}..={} does not hold offset {fetch_offset}", header.base_offset, header.last_offset()))
-            }
-            Some(e) if header.base_offset != e => return Err(format!("batch at {} where {e} was expected", header.base_offset)),
-            _ => {}
-        }
-        if header.last_offset() >= bound {
-            return Err(format!("batch ends at {} beyond the bound {bound}", header.last_offset()));
-        }
-        expected = Some(header.next_offset());
-        at += header.total_len();
-    }
-    Ok(())
 }
 
 pub(crate) struct FetchState {
@@ -198,8 +166,6 @@ impl Broker {
                     current_leader_epoch,
                     max_bytes,
                     records: None,
-                    read_attempts: 0,
-                    read_bound: 0,
                 });
             }
         }
@@ -248,7 +214,6 @@ impl Broker {
         for slot in 0..state.parts.len() {
             let part = &mut state.parts[slot];
             part.records = None;
-            part.read_attempts = 0;
             if part.error != error::NONE && part.error != error::OFFSET_OUT_OF_RANGE {
                 continue;
             }
@@ -278,7 +243,6 @@ impl Broker {
             }
             let read_id = self.next_id + 1;
             self.next_id += 1;
-            part.read_bound = hw;
             // buggify: a tiny partition budget (KIP-74 still returns one whole batch).
             let budget = if crate::buggify!(cx) { 1 } else { part.max_bytes.max(1) };
             let (offset, max_bytes) = (part.fetch_offset, budget);
@@ -299,36 +263,15 @@ impl Broker {
         }
     }
 
-    pub(crate) fn on_read_done(&mut self, cx: &mut Cx<BrokerMsg>, read_id: u64, records: Bytes) {
+    /// A log read finished; `Err` if its bytes kept coming back damaged.
+    pub(crate) fn on_read_done(&mut self, cx: &mut Cx<BrokerMsg>, read_id: u64, records: Result<Bytes, String>) {
         let Some((id, slot)) = self.reads.remove(&read_id) else { return };
         let Some(state) = self.fetches.get_mut(&id) else { return };
         let part = &mut state.parts[slot];
-        if !records.is_empty() {
-            if let Err(why) = verify_read(&records, part.fetch_offset, part.read_bound) {
-                part.read_attempts += 1;
-                let topic = part.topic.clone().unwrap_or_default();
-                tracing::warn!(topic, partition = part.partition, attempt = part.read_attempts, "damaged read: {why}");
-                if part.read_attempts < MAX_READ_ATTEMPTS {
-                    let (index, offset, max_bytes, bound) = (part.partition as usize, part.fetch_offset, part.max_bytes.max(1), part.read_bound);
-                    let retry_id = self.next_id + 1;
-                    self.next_id += 1;
-                    let start = self.with_partition(cx, &topic, index, |p, io| p.log.read(io, retry_id, offset, max_bytes, bound));
-                    if let Some(ReadStart::Pending) = start {
-                        self.reads.insert(retry_id, (id, slot));
-                        return;
-                    }
-                }
-                let Some(state) = self.fetches.get_mut(&id) else { return };
-                state.parts[slot].error = error::KAFKA_STORAGE_ERROR;
-                state.outstanding -= 1;
-                if state.outstanding == 0 {
-                    self.finish_fetch(cx, id);
-                }
-                return;
-            }
+        match records {
+            Ok(records) => part.records = (!records.is_empty()).then_some(records),
+            Err(_) => part.error = error::KAFKA_STORAGE_ERROR,
         }
-        let Some(state) = self.fetches.get_mut(&id) else { return };
-        state.parts[slot].records = (!records.is_empty()).then_some(records);
         state.outstanding -= 1;
         if state.outstanding == 0 {
             self.finish_fetch(cx, id);

@@ -442,7 +442,8 @@ impl Broker {
                         self.on_high_watermark(cx, uid);
                     }
                 }
-                LogEvent::ReadDone { read_id, records } => self.on_read_done(cx, read_id, records),
+                LogEvent::ReadDone { read_id, records } => self.on_read_done(cx, read_id, Ok(records)),
+                LogEvent::ReadFailed { read_id, error } => self.on_read_done(cx, read_id, Err(error)),
                 LogEvent::TimestampFound { query_id, found } => self.on_timestamp_found(cx, query_id, found),
                 LogEvent::Failed { error } => {
                     tracing::error!(topic, index, "partition log failed: {error}");

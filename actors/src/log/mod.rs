@@ -86,6 +86,13 @@ pub enum LogEvent {
         /// Exclusive upper bound of the durable prefix.
         offset: i64,
     },
+    /// A read kept coming back damaged: the partition answers KAFKA_STORAGE_ERROR.
+    ReadFailed {
+        /// The id passed to [`PartitionLog::read`].
+        read_id: u64,
+        /// What was wrong with the bytes.
+        error: String,
+    },
     /// A read finished.
     ReadDone {
         /// The id passed to [`PartitionLog::read`].
@@ -166,7 +173,12 @@ struct ReadJob {
     upper_bound: i64,
     position: u64,
     len: u64,
+    /// Damaged reads of this job retried so far.
+    attempts: u32,
 }
+
+/// How often a read that comes back damaged is retried before the read fails.
+const READ_ATTEMPTS: u32 = 3;
 
 /// A timestamp search in progress over segment `segment_base`.
 #[derive(Clone, Copy, Debug)]
@@ -215,6 +227,9 @@ enum Walk {
     /// Read `len` bytes at `position` of the same segment and walk again; the batch there must
     /// have base offset `expected`.
     More { position: u64, len: u64, expected: i64 },
+    /// The bytes cannot be what was written (corrupt header, a base offset the index
+    /// contradicts, a CRC mismatch).
+    Damaged(String),
 }
 
 /// One partition's log. See the module documentation.
@@ -423,7 +438,10 @@ impl PartitionLog {
     /// is at or past the upper bound (or the log is not ready); `OutOfRange` if it is below the
     /// log start offset or above the log end offset; `Pending`: a [`LogEvent::ReadDone`] follows.
     /// The sparse offset index gives the start position; a second `Read` is issued when the
-    /// first did not hold the whole first batch.
+    /// first did not hold the whole first batch. What is returned is checked first: every header
+    /// continues densely from the offset the index names (the base offset is outside Kafka's CRC)
+    /// and every batch passes its CRC-32C; a damaged read (a latent sector error) is read again,
+    /// and after three tries [`LogEvent::ReadFailed`] follows instead.
     pub fn read(&mut self, io: &mut impl DiskIo, read_id: u64, offset: i64, max_bytes: u64, upper_bound: i64) -> ReadStart {
         if !self.is_ready() {
             return ReadStart::Empty;
@@ -440,7 +458,7 @@ impl PartitionLog {
         };
         let (expected, position) = segment.entry_for(offset);
         let len = (self.config.index_interval_bytes + max_bytes).max(BATCH_HEADER_LEN as u64).min(segment.size_bytes - position);
-        let job = ReadJob { read_id, segment_base: segment.base_offset, offset, expected, max_bytes, upper_bound, position, len };
+        let job = ReadJob { read_id, segment_base: segment.base_offset, offset, expected, max_bytes, upper_bound, position, len, attempts: 0 };
         self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
         ReadStart::Pending
     }
@@ -753,6 +771,16 @@ impl PartitionLog {
                 let job = ReadJob { position, len, expected, ..job };
                 self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
             }
+            // A latent sector error reads differently the next time: read the same bytes again.
+            Walk::Damaged(why) if job.attempts + 1 < READ_ATTEMPTS => {
+                tracing::warn!(dir = %self.dir, offset = job.offset, attempt = job.attempts + 1, "damaged read, reading again: {why}");
+                let job = ReadJob { attempts: job.attempts + 1, ..job };
+                self.issue_read(io, job.segment_base, job.position, job.len, Pending::Read(job));
+            }
+            Walk::Damaged(why) => {
+                tracing::error!(dir = %self.dir, offset = job.offset, "read damaged {READ_ATTEMPTS} times: {why}");
+                events.push(LogEvent::ReadFailed { read_id: job.read_id, error: why });
+            }
         }
     }
 
@@ -883,21 +911,12 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
         }
         let Some(header) = sane_header(rest, here, segment_size) else {
             if rest.len() >= BATCH_HEADER_LEN || here + BATCH_HEADER_LEN as u64 > segment_size || (data.len() as u64) < job.len {
-                tracing::warn!(offset = job.offset, segment = job.segment_base, position = here, "corrupt batch header in read");
-                return Walk::Done(Bytes::new());
+                return Walk::Damaged(format!("corrupt batch header at position {here} of segment {}", job.segment_base));
             }
             return Walk::More { position: here, len: job.len.min(segment_size - here), expected };
         };
         if header.base_offset != expected {
-            tracing::warn!(
-                offset = job.offset,
-                segment = job.segment_base,
-                position = here,
-                expected,
-                found = header.base_offset,
-                "batch at an unexpected offset in read"
-            );
-            return Walk::Done(Bytes::new());
+            return Walk::Damaged(format!("batch at position {here} claims offset {} where the index says {expected}", header.base_offset));
         }
         let total = header.total_len();
         if header.next_offset() <= job.offset {
@@ -916,11 +935,21 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
             let len = (total as u64).max(job.max_bytes).min(segment_size - here);
             return Walk::More { position: here, len, expected };
         }
+        if let Err(e) = batch::check_one(&rest[..total]) {
+            return Walk::Damaged(format!("batch at offset {}: {e}", header.base_offset));
+        }
         let mut end = at + total;
         let mut next_expected = header.next_offset();
         while let Some(next) = sane_header(&data[end..], job.position + end as u64, segment_size) {
             let next_end = end + next.total_len();
-            if next.base_offset != next_expected || next.base_offset >= job.upper_bound || next_end > data.len() || (next_end - at) as u64 > job.max_bytes {
+            // A batch that does not check out ends the answer here; a fetch starting at it
+            // meets it first and has it read again.
+            if next.base_offset != next_expected
+                || next.base_offset >= job.upper_bound
+                || next_end > data.len()
+                || (next_end - at) as u64 > job.max_bytes
+                || batch::check_one(&data[end..next_end]).is_err()
+            {
                 break;
             }
             next_expected = next.next_offset();
@@ -960,6 +989,23 @@ mod tests {
 
     fn durable_events(events: &[LogEvent]) -> Vec<i64> {
         events.iter().filter_map(|e| if let LogEvent::Durable { offset } = e { Some(*offset) } else { None }).collect()
+    }
+
+    /// Bytes that do not check out are never served: a batch whose payload no longer matches its
+    /// CRC, or whose base offset contradicts the index, makes the read fail after its retries.
+    #[test]
+    fn damaged_reads_fail_instead_of_serving_wrong_bytes() {
+        for (position, byte) in [(70u64, 0x5a_u8), (7, 0x13)] {
+            let mut disk = MemDisk::new();
+            let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+            log.append(&mut io, &batch(3, 10, 100), 0, None, 0);
+            disk.run(&mut io, &mut log);
+            // Damage the stored batch behind the log's back (payload, then base offset).
+            disk.apply(DiskOp::WriteAt { path: "t-0/00000000000000000000.log".into(), position, data: Bytes::from(vec![byte]) }).unwrap();
+            assert_eq!(log.read(&mut io, 9, 0, 1 << 20, 3), ReadStart::Pending);
+            let events = disk.run(&mut io, &mut log);
+            assert!(matches!(&events[..], [LogEvent::ReadFailed { read_id: 9, .. }]), "damage at {position}: {events:?}");
+        }
     }
 
     /// A fresh log recovers empty, assigns dense offsets, serves reads from the batch containing
