@@ -78,6 +78,7 @@ enum Ev {
     NodeRequest { conn: u64, frame: Bytes },
     NodeDisconnected { node: usize, incarnation: u64, conn: u64 },
     NodeTimer { node: usize, incarnation: u64, id: TimerId, generation: u64 },
+    NodeMessage { node: usize, incarnation: u64, msg: BrokerMsg },
     NodeIo { node: usize, incarnation: u64, done: IoDone },
     NodeFsync { node: usize, incarnation: u64, token: runnel_actors::core::IoToken, ticket: crate::disk::FsyncTicket },
     ClientResponse { conn: u64, frame: Bytes },
@@ -544,6 +545,17 @@ impl World {
                 self.nodes[node].timers.remove(&id);
                 self.node_step(node, |b, cx| b.on_timer(cx, id));
             }
+            Ev::NodeMessage { node, incarnation, msg } => {
+                self.trace.add(&[t, 12, node as u64]);
+                if incarnation != self.nodes[node].incarnation {
+                    return;
+                }
+                if let Some(until) = self.paused(node) {
+                    return self.at(until, Ev::NodeMessage { node, incarnation, msg });
+                }
+                let from = self.nodes[node].addr;
+                self.node_step(node, |b, cx| b.on_message(cx, from, msg));
+            }
             Ev::NodeIo { node, incarnation, done } => {
                 self.trace.add(&[t, 4, node as u64, done.token.0, done.result.is_ok() as u64]);
                 if incarnation != self.nodes[node].incarnation {
@@ -667,7 +679,15 @@ impl World {
     fn node_effect(&mut self, i: usize, e: Effect<BrokerMsg>) {
         let incarnation = self.nodes[i].incarnation;
         match e {
-            Effect::Send { .. } => {}
+            Effect::Send { to, msg } => {
+                // As in the tokio driver: an actor may message itself; routes between nodes
+                // arrive with the node transport.
+                if to == self.nodes[i].addr {
+                    self.after(0, Ev::NodeMessage { node: i, incarnation, msg });
+                } else {
+                    self.violation("driver", format!("node {} sent to {to:?}, which has no route", i + 1));
+                }
+            }
             Effect::Reply { conn, seq, frame } => {
                 let Some(c) = self.conns.get_mut(&conn.0) else { return };
                 if !c.alive {
