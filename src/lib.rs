@@ -12,3 +12,4 @@ pub mod config;
 pub mod driver;
 pub mod net;
 pub mod server;
+pub mod transport;
