@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod controller;
 pub mod core;
 pub mod log;
 pub mod partition;

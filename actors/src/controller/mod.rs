@@ -1,0 +1,3 @@
+//! The controller quorum: Raft over the `__cluster_metadata` log.
+
+pub mod raft;
