@@ -7,21 +7,41 @@
 //! durability and a later [`LogEvent::Durable`] reports it (group commit: at most one fsync in
 //! flight plus one queued behind it).
 //!
+//! Replication (Kafka's `UnifiedLog` follower side, KIP-101/KIP-279): the leader epoch cache
+//! ([`leader_epoch`]) records where each leader epoch starts and answers OffsetsForLeaderEpoch
+//! ([`PartitionLog::end_offset_for_epoch`]); [`PartitionLog::append_replicated`] stores a
+//! leader's batches as fetched; [`PartitionLog::truncate_to`] drops a divergent suffix and
+//! [`PartitionLog::truncate_fully_and_start_at`] restarts an empty log at a later offset.
+//!
 //! Layout of the log directory: `{base_offset:020}.log/.index/.timeindex` per segment (see
-//! [`segment`]) and `partition.checkpoint` (recovery point, log start offset and the caller's
-//! blob, see [`recovery::Checkpoint`]), replaced atomically through `partition.checkpoint.tmp`.
+//! [`segment`]) and `partition.checkpoint` (recovery point, log start offset, leader epoch cache
+//! and the caller's blob, see [`recovery::Checkpoint`]), replaced atomically through
+//! `partition.checkpoint.tmp`.
 //!
 //! Invariants: offsets are dense from `log_start_offset` to `log_end_offset`; segments are sorted,
 //! contiguous, and their files exist; `durable_offset <= log_end_offset`; `Durable` offsets never
-//! go backwards; every batch below `durable_offset` was fsynced (log and index files).
+//! go backwards except across a truncation below them (the durable offset is clamped to the new
+//! end); every batch below `durable_offset` was fsynced (log and index files); the epoch cache
+//! holds strictly growing epochs and start offsets, every start below the log end offset, and
+//! equals what walking the log's batches (and those below the log start) gives
+//! ([`leader_epoch::EpochCache::assign`]); no fsync starts while a truncation is not recorded by
+//! the checkpoint in place, so a durable truncation always comes with a checkpoint whose recovery
+//! point, epoch cache and blob are at or below it.
 //!
 //! Faults survived: a crash at any point (unsynced writes lost or torn) is repaired by
-//! [`recovery`] on the next [`PartitionLog::start`]; every batch reported `Durable` survives. A
+//! [`recovery`] on the next [`PartitionLog::start`]; every batch reported `Durable` survives
+//! unless truncated away since. A crash during or after a truncation leaves a dense log whose
+//! epoch cache describes it: the truncated log, or the old one (an unsynced truncation may be
+//! undone, as in Kafka). Appends after a truncation go to a new segment, so recovery drops new
+//! data that does not continue the old data densely; a later segment of the new history that
+//! survives a crash unsynced and happens to continue the old data is kept, and the follower's
+//! OffsetsForLeaderEpoch exchange truncates that divergence again, as in Kafka. A
 //! failed write or fsync takes the log offline ([`LogEvent::Failed`], `is_ready() == false`):
 //! after a failed fsync the page cache cannot be trusted (fsyncgate), so only a restart, which
 //! recovers from the disk, brings it back. A read racing a segment deletion answers empty.
 
 pub mod batch;
+pub mod leader_epoch;
 pub mod offset_index;
 pub mod recovery;
 pub mod retention;
@@ -29,8 +49,9 @@ pub mod segment;
 pub mod time_index;
 
 use crate::core::{DiskIo, DiskOp, IoDone, IoOutput, IoToken};
-use batch::{BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use batch::{BatchError, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use bytes::{Bytes, BytesMut};
+use leader_epoch::EpochCache;
 use recovery::{Checkpoint, Progress, Recovery, CHECKPOINT_FILE, SCAN_CHUNK_BYTES, TMP_SUFFIX};
 use segment::{Segment, SegmentFile};
 use std::collections::BTreeMap;
@@ -137,6 +158,49 @@ pub struct AppendInfo {
     pub headers: Vec<BatchHeader>,
 }
 
+/// Why [`PartitionLog::append_replicated`] refused a follower's batches. Nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaAppendError {
+    /// The log is not recovered, or offline.
+    #[error("log not ready")]
+    NotReady,
+    /// The records are not a sequence of whole, CRC-valid v2 batches (Kafka: CORRUPT_MESSAGE).
+    #[error("corrupt records: {0}")]
+    Corrupt(BatchError),
+    /// The first batch does not start at the log end offset (Kafka's
+    /// UnexpectedAppendOffsetException): the follower must fetch from `expected`.
+    #[error("records start at offset {found}, the log ends at {expected}")]
+    OffsetMismatch {
+        /// The log end offset: where the next batch must start.
+        expected: i64,
+        /// Base offset of the first batch.
+        found: i64,
+    },
+    /// A later batch does not start right after the previous one (Kafka:
+    /// OffsetsOutOfOrderException).
+    #[error("batch at offset {found} where {expected} was expected")]
+    NotContiguous {
+        /// The offset after the previous batch.
+        expected: i64,
+        /// Base offset of the batch.
+        found: i64,
+    },
+    /// A batch's offsets do not fit the log (a negative base offset or an overflow).
+    #[error("batch at offset {0} has invalid offsets")]
+    InvalidOffsets(i64),
+    /// A batch's partition leader epoch is below the latest epoch of the log (or of an earlier
+    /// batch): the follower must first truncate its divergent suffix (KIP-101).
+    #[error("batch at offset {offset} of epoch {epoch} below the latest epoch {latest}")]
+    EpochGoesBack {
+        /// Base offset of the batch.
+        offset: i64,
+        /// Its partition leader epoch.
+        epoch: i32,
+        /// The latest epoch before it.
+        latest: i32,
+    },
+}
+
 /// How [`PartitionLog::read`] started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadStart {
@@ -170,6 +234,7 @@ struct ReadJob {
     /// disagrees is damaged (the base offset is outside Kafka's CRC).
     expected: i64,
     max_bytes: u64,
+    /// Exclusive; lowered when the log is truncated below it while the read is in flight.
     upper_bound: i64,
     position: u64,
     len: u64,
@@ -188,6 +253,8 @@ struct TimestampJob {
     segment_base: i64,
     position: u64,
     len: u64,
+    /// The log was truncated while this search was in flight: start it again on completion.
+    stale: bool,
 }
 
 #[derive(Debug)]
@@ -260,6 +327,16 @@ pub struct PartitionLog {
     /// crash before that checkpoint must find them whole, or recovery would end the log below an
     /// offset already reported durable.
     doomed: Vec<Segment>,
+    /// The leader epoch cache (see [`leader_epoch`]).
+    epochs: EpochCache,
+    /// Truncations so far (`truncate_to`, `truncate_fully_and_start_at`).
+    truncations: u64,
+    /// `truncations` when the checkpoint write in flight captured the log's state.
+    checkpoint_in_flight_covers: u64,
+    /// `truncations` covered by the last checkpoint in place. While it is below `truncations`, no
+    /// fsync is issued: a truncation may only become durable once a checkpoint recording it (its
+    /// recovery point, epoch cache and blob) is in place.
+    checkpointed_truncations: u64,
 }
 
 impl PartitionLog {
@@ -281,6 +358,10 @@ impl PartitionLog {
             checkpoint_in_flight: false,
             checkpoint_queued: None,
             doomed: Vec::new(),
+            epochs: EpochCache::new(),
+            truncations: 0,
+            checkpoint_in_flight_covers: 0,
+            checkpointed_truncations: 0,
         }
     }
 
@@ -351,7 +432,8 @@ impl PartitionLog {
     /// `segment.bytes`, an index is full or `segment.ms` elapsed (`now_wall_ms`). Assigns
     /// consecutive offsets from the log end offset ([`batch::assign`] with `leader_epoch` and
     /// `append_time`), issues the `Append` and index writes, and returns at once: the records are
-    /// readable now and durable after a [`LogEvent::Durable`] covering them.
+    /// readable now and durable after a [`LogEvent::Durable`] covering them. A `leader_epoch`
+    /// above the latest cached one starts a new epoch cache entry at the first offset.
     ///
     /// Panics if the log is not ready (the caller checks [`PartitionLog::is_ready`]) or `records`
     /// is not a sequence of whole batches.
@@ -375,37 +457,92 @@ impl PartitionLog {
         }
         assert!(!lengths.is_empty(), "append of no batch to {}", self.dir);
         let first_offset = self.log_end_offset();
-        let last_offset = first_offset + record_count - 1;
-        if self.active().should_roll(&self.config, records.len() as u64, last_offset, now_wall_ms) {
+        let mut rest = BytesMut::from(records);
+        let mut assigned = BytesMut::with_capacity(records.len());
+        let mut headers = Vec::with_capacity(lengths.len());
+        let mut offset = first_offset;
+        for len in lengths {
+            let mut one = rest.split_to(len);
+            batch::assign(&mut one, offset, leader_epoch, append_time);
+            let header = BatchHeader::parse(&one).expect("assigned batch has a header");
+            offset = header.next_offset();
+            headers.push(header);
+            assigned.unsplit(one);
+        }
+        assert_eq!(offset, first_offset + record_count, "log {} assigned past the records' count", self.dir);
+        self.write_batches(io, assigned.freeze(), headers, now_wall_ms)
+    }
+
+    /// Follower append (Kafka's `appendAsFollower`): store `records`, batches fetched from the
+    /// leader with their offsets and partition leader epochs already assigned, byte for byte.
+    /// The first batch must start at the log end offset and every batch must follow the previous
+    /// one densely, each a whole CRC-valid v2 batch, with partition leader epochs that never go
+    /// below the log's latest epoch; otherwise nothing is written and the error says why. Rolls, index writes, the epoch cache (from the batches' partition leader epochs),
+    /// `Written` and, after a [`PartitionLog::flush`], `Durable` work as for
+    /// [`PartitionLog::append`].
+    pub fn append_replicated(&mut self, io: &mut impl DiskIo, records: &Bytes, now_wall_ms: i64) -> Result<AppendInfo, ReplicaAppendError> {
+        if !self.is_ready() {
+            return Err(ReplicaAppendError::NotReady);
+        }
+        let batches = batch::validate_batches(records).map_err(ReplicaAppendError::Corrupt)?;
+        let mut expected = self.log_end_offset();
+        let mut latest = self.epochs.latest_epoch();
+        for (i, (header, _)) in batches.iter().enumerate() {
+            if let Some(latest) = latest.filter(|&latest| header.partition_leader_epoch < latest) {
+                return Err(ReplicaAppendError::EpochGoesBack { offset: header.base_offset, epoch: header.partition_leader_epoch, latest });
+            }
+            if header.partition_leader_epoch >= 0 {
+                latest = Some(header.partition_leader_epoch);
+            }
+            if header.base_offset != expected {
+                return Err(if i == 0 {
+                    ReplicaAppendError::OffsetMismatch { expected, found: header.base_offset }
+                } else {
+                    ReplicaAppendError::NotContiguous { expected, found: header.base_offset }
+                });
+            }
+            expected = header.base_offset.checked_add(header.last_offset_delta as i64 + 1).ok_or(ReplicaAppendError::InvalidOffsets(header.base_offset))?;
+        }
+        let headers = batches.into_iter().map(|(header, _)| header).collect();
+        Ok(self.write_batches(io, records.clone(), headers, now_wall_ms))
+    }
+
+    /// Write whole batches (`headers` describe `data`, dense from the log end offset) at the log
+    /// end: roll if needed, account them in the active segment and the epoch cache, issue the
+    /// `Append` and the index writes.
+    fn write_batches(&mut self, io: &mut impl DiskIo, data: Bytes, headers: Vec<BatchHeader>, now_wall_ms: i64) -> AppendInfo {
+        let first_offset = headers.first().expect("at least one batch").base_offset;
+        let last_offset = headers.last().expect("at least one batch").last_offset();
+        assert_eq!(first_offset, self.log_end_offset(), "log {}: batches do not start at the log end", self.dir);
+        if self.active().should_roll(&self.config, data.len() as u64, last_offset, now_wall_ms) {
             self.roll(io);
         }
         let interval = self.config.index_interval_bytes;
         let active = self.segments.last_mut().expect("a ready log has an active segment");
         active.created_ms.get_or_insert(now_wall_ms);
-        let mut rest = BytesMut::from(records);
-        let mut assigned = BytesMut::new();
-        let mut headers = Vec::with_capacity(lengths.len());
         let (mut offset_writes, mut time_writes) = (IndexBuffer::default(), IndexBuffer::default());
         let (mut max_timestamp, mut offset_of_max_timestamp) = (-1, -1);
-        for len in lengths {
-            let mut one = rest.split_to(len);
-            batch::assign(&mut one, active.next_offset, leader_epoch, append_time);
-            let header = BatchHeader::parse(&one).expect("assigned batch has a header");
-            let offset_of_max = time_index::offset_of_max_timestamp(&one, &header);
+        let mut at = 0;
+        for header in &headers {
+            let bytes = &data[at..at + header.total_len()];
+            let offset_of_max = time_index::offset_of_max_timestamp(bytes, header);
             if header.max_timestamp > max_timestamp {
                 (max_timestamp, offset_of_max_timestamp) = (header.max_timestamp, offset_of_max);
             }
-            let writes = active.on_batch(&header, offset_of_max, interval);
+            let writes = active.on_batch(header, offset_of_max, interval);
             offset_writes.add(writes.offset_index);
             time_writes.add(writes.time_index);
-            headers.push(header);
-            assigned.unsplit(one);
+            at += header.total_len();
         }
-        assert_eq!(active.next_offset, last_offset + 1, "log {} assigned past the records' count", self.dir);
+        assert_eq!(at, data.len(), "log {}: batches do not cover the data", self.dir);
+        assert_eq!(active.next_offset, last_offset + 1, "log {}: batches not dense", self.dir);
         let base_offset = active.base_offset;
         active.unsynced.log = true;
         let log_path = active.path(&self.dir, SegmentFile::Log);
-        self.issue(io, DiskOp::Append { path: log_path, data: assigned.freeze() }, Pending::Appended(last_offset + 1));
+        for header in &headers {
+            self.epochs.assign(header.partition_leader_epoch, header.base_offset);
+        }
+        self.issue(io, DiskOp::Append { path: log_path, data }, Pending::Appended(last_offset + 1));
         self.write_index(io, base_offset, SegmentFile::OffsetIndex, offset_writes);
         self.write_index(io, base_offset, SegmentFile::TimeIndex, time_writes);
         AppendInfo { first_offset, last_offset, max_timestamp, offset_of_max_timestamp, headers }
@@ -424,12 +561,189 @@ impl PartitionLog {
         // The blob describes the log as it is now: its recovery point must be exactly this offset,
         // or recovery would replay too little (state for batches in between would be missing).
         let checkpoint = checkpoint.map(|blob| (blob, self.log_end_offset()));
-        if self.fsync_in_flight.is_some() {
+        if self.fsync_in_flight.is_some() || self.truncation_unrecorded() {
             let earlier = self.flush_requested.take().flatten();
             self.flush_requested = Some(checkpoint.or(earlier));
         } else {
             self.issue_fsync(io, checkpoint);
         }
+    }
+
+    /// The largest epoch in the leader epoch cache.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// The leader epoch cache, `(epoch, start offset)`, oldest first.
+    pub fn epoch_entries(&self) -> &[(i32, i64)] {
+        self.epochs.entries()
+    }
+
+    /// OffsetsForLeaderEpoch: `(epoch, end offset)` for `epoch` (see
+    /// [`EpochCache::end_offset_for`]): the latest epoch ends at the log end offset; an older one
+    /// where the next cached epoch starts, answered with the largest cached epoch `<=` it; an
+    /// epoch above the latest, [`leader_epoch::UNDEFINED_EPOCH`] or an empty cache give `(-1, -1)`;
+    /// an epoch below the first cached one gives `(epoch, start of the first)`, as Kafka does.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// Truncate the log so that it ends at `offset` (Kafka's `truncateTo`, a follower dropping a
+    /// divergent suffix) and return the new log end offset:
+    /// - `offset` at or above the log end offset: nothing happens (the log end is returned);
+    /// - `offset` inside a batch: the log ends at that batch's base offset (whole batches only);
+    ///   likewise inside a segment recovered from its index files without a scan (no batch
+    ///   marks, see [`segment`]): the log ends at that segment's base offset;
+    /// - a result below the log start offset empties the log at the log start offset
+    ///   ([`PartitionLog::truncate_fully_and_start_at`]).
+    ///
+    /// Segments wholly above are deleted, the one holding the point is cut (log file, offset and
+    /// time indexes) and sealed, and appends continue in a new segment at the new end, so data of
+    /// the new history never shares a file with data of the old one past the cut (after a crash
+    /// the cut holds, or the old data is back and new data not continuing it is dropped). A
+    /// truncation to the
+    /// first segment's base deletes it too: if no checkpoint recorded the log start offset yet,
+    /// a crash before the truncation's checkpoint may then recover an empty log at an older start. The epoch cache drops the
+    /// entries at or above the new end; the durable offset, the `Written` offsets, an fsync in
+    /// flight and the reads in flight are clamped to it (reads answer only what lies below it,
+    /// empty if nothing). A checkpoint blob describing a longer log is dropped (the next
+    /// [`LogEvent::Recovered`] then carries an empty blob and replays the whole log, unless the
+    /// caller flushes a new one). A checkpoint recording the truncation is written at once, and
+    /// no fsync starts before it is in place: a truncation becomes durable with the first flush
+    /// after it, and a crash before that may undo it (as in Kafka), leaving the old log whole.
+    ///
+    /// Panics if the log is not ready or `offset` is below the log start offset.
+    pub fn truncate_to(&mut self, io: &mut impl DiskIo, offset: i64) -> i64 {
+        assert!(self.is_ready(), "truncate of log {} in state {:?}", self.dir, self.state);
+        assert!(offset >= self.log_start_offset, "truncate of log {} to {offset} below its start {}", self.dir, self.log_start_offset);
+        if offset >= self.log_end_offset() {
+            return self.log_end_offset();
+        }
+        let index = self.segments.partition_point(|s| s.base_offset <= offset) - 1;
+        let segment = &self.segments[index];
+        let (target, cut_before) = match segment.batch_at_or_below(offset) {
+            Some((target, batch)) if batch > 0 => (target, Some(batch)),
+            _ => (segment.base_offset, None),
+        };
+        if target < self.log_start_offset {
+            let start = self.log_start_offset;
+            self.truncate_fully_and_start_at(io, start);
+            return start;
+        }
+        tracing::info!(dir = %self.dir, offset, target, "truncating log");
+        self.truncations += 1;
+        let keep = if cut_before.is_some() { index + 1 } else { index };
+        let removed: Vec<Segment> = self.segments.drain(keep..).collect();
+        // Highest first: a crash in between leaves a prefix of the log.
+        for segment in removed.iter().rev() {
+            for op in segment::delete_ops(&self.dir, segment.base_offset, segment.files_existing()) {
+                self.issue(io, op, Pending::Write);
+            }
+        }
+        match cut_before {
+            Some(batch) => {
+                let segment = self.segments.last_mut().expect("the cut segment");
+                let (log_len, offset_index_len, time_index_len) = segment.truncate_before_batch(batch);
+                segment.unsynced.log = true;
+                let mut ops = vec![DiskOp::Truncate { path: segment.path(&self.dir, SegmentFile::Log), len: log_len }];
+                if segment.index_files_exist.0 {
+                    segment.unsynced.offset_index = true;
+                    ops.push(DiskOp::Truncate { path: segment.path(&self.dir, SegmentFile::OffsetIndex), len: offset_index_len });
+                }
+                if segment.index_files_exist.1 {
+                    segment.unsynced.time_index = true;
+                    ops.push(DiskOp::Truncate { path: segment.path(&self.dir, SegmentFile::TimeIndex), len: time_index_len });
+                }
+                for op in ops {
+                    self.issue(io, op, Pending::Write);
+                }
+                self.roll(io);
+            }
+            None => self.open_segment(io, target),
+        }
+        self.clamp_to(target);
+        self.check_invariants();
+        self.write_checkpoint(io, Vec::new());
+        target
+    }
+
+    /// Delete the whole log and start it empty at `offset`, which becomes its log start and end
+    /// offset (Kafka's `truncateFullyAndStartAt`: a follower whose log ends below the leader's
+    /// log start offset). The epoch cache is cleared and the checkpoint blob dropped; as with
+    /// [`PartitionLog::truncate_to`], a checkpoint recording the new start is written at once and
+    /// no fsync starts before it is in place. A crash before that may bring back the old log's
+    /// start offset, with the old segments deleted (an empty or shorter old log).
+    pub fn truncate_fully_and_start_at(&mut self, io: &mut impl DiskIo, offset: i64) {
+        assert!(self.is_ready(), "truncate of log {} in state {:?}", self.dir, self.state);
+        assert!(offset >= 0, "log {} restarted at {offset}", self.dir);
+        tracing::info!(dir = %self.dir, offset, "truncating log fully");
+        self.truncations += 1;
+        // Segments waiting for a checkpoint before their deletion go now: the new segment may
+        // have one's name, and nothing below the new start must survive anyway.
+        let mut removed: Vec<Segment> = std::mem::take(&mut self.doomed);
+        removed.append(&mut self.segments);
+        for segment in removed.iter().rev() {
+            for op in segment::delete_ops(&self.dir, segment.base_offset, segment.files_existing()) {
+                self.issue(io, op, Pending::Write);
+            }
+        }
+        self.open_segment(io, offset);
+        self.log_start_offset = offset;
+        self.epochs.clear();
+        self.clamp_to(offset);
+        if let Some(in_flight) = &mut self.fsync_in_flight {
+            in_flight.checkpoint = None;
+        }
+        if let Some(requested) = &mut self.flush_requested {
+            *requested = None;
+        }
+        self.checkpoint_blob = Bytes::new();
+        self.checkpoint_offset = offset;
+        self.check_invariants();
+        self.write_checkpoint(io, Vec::new());
+    }
+
+    /// A new empty active segment at `base_offset` (its file created now).
+    fn open_segment(&mut self, io: &mut impl DiskIo, base_offset: i64) {
+        let mut segment = Segment::new(base_offset, &self.config);
+        segment.unsynced.log = true;
+        let path = segment.path(&self.dir, SegmentFile::Log);
+        self.segments.push(segment);
+        self.issue(io, DiskOp::Append { path, data: Bytes::new() }, Pending::Write);
+    }
+
+    /// After a truncation to `end`: clamp every offset that may lie beyond it.
+    fn clamp_to(&mut self, end: i64) {
+        self.epochs.truncate_from_end(end);
+        self.durable_offset = self.durable_offset.min(end);
+        if let Some(in_flight) = &mut self.fsync_in_flight {
+            in_flight.covers = in_flight.covers.min(end);
+            if in_flight.checkpoint.as_ref().is_some_and(|(_, at)| *at > end) {
+                in_flight.checkpoint = None;
+            }
+        }
+        if let Some(Some((_, at))) = &self.flush_requested {
+            if *at > end {
+                self.flush_requested = Some(None);
+            }
+        }
+        if self.checkpoint_offset > end {
+            self.checkpoint_blob = Bytes::new();
+            self.checkpoint_offset = self.log_start_offset.min(end);
+        }
+        for pending in self.pending.values_mut() {
+            match pending {
+                Pending::Appended(offset) => *offset = (*offset).min(end),
+                Pending::Read(job) => job.upper_bound = job.upper_bound.min(end),
+                Pending::Timestamp(job) => job.stale = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a truncation is not yet recorded by a checkpoint in place (fsyncs wait).
+    fn truncation_unrecorded(&self) -> bool {
+        self.checkpointed_truncations < self.truncations
     }
 
     /// Read whole batches starting with the batch containing `offset`, up to `max_bytes` (at least
@@ -558,8 +872,14 @@ impl PartitionLog {
                         self.durable_offset = recovered.recovery_point;
                         self.checkpoint_blob = recovered.checkpoint.clone();
                         self.checkpoint_offset = recovered.recovery_point;
+                        self.epochs = recovered.epochs;
                         self.state = State::Ready;
                         self.check_invariants();
+                        if recovered.stale_checkpoint {
+                            // Like a truncation: no fsync before the stale checkpoint is replaced.
+                            self.truncations += 1;
+                            self.write_checkpoint(io, Vec::new());
+                        }
                         events.push(LogEvent::Recovered { checkpoint: recovered.checkpoint, replay: recovered.replay });
                     }
                     Progress::Failed(error) => self.fail(error, &mut events),
@@ -597,6 +917,7 @@ impl PartitionLog {
             }
             (Pending::Checkpointed(deletions), Ok(_)) => {
                 self.checkpoint_in_flight = false;
+                self.checkpointed_truncations = self.checkpointed_truncations.max(self.checkpoint_in_flight_covers);
                 if !matches!(self.state, State::Deleted) {
                     for base_offset in deletions {
                         let Some(at) = self.doomed.iter().position(|s| s.base_offset == base_offset) else { continue };
@@ -607,6 +928,12 @@ impl PartitionLog {
                     }
                     if let Some(then) = self.checkpoint_queued.take() {
                         self.write_checkpoint(io, then);
+                    }
+                    // A flush held back until the truncations were recorded.
+                    if self.is_ready() && self.fsync_in_flight.is_none() && !self.truncation_unrecorded() {
+                        if let Some(checkpoint) = self.flush_requested.take() {
+                            self.issue_fsync(io, checkpoint);
+                        }
                     }
                 }
             }
@@ -735,8 +1062,10 @@ impl PartitionLog {
             self.checkpoint_offset = at;
             self.write_checkpoint(io, Vec::new());
         }
-        if let Some(checkpoint) = self.flush_requested.take() {
-            self.issue_fsync(io, checkpoint);
+        if !self.truncation_unrecorded() {
+            if let Some(checkpoint) = self.flush_requested.take() {
+                self.issue_fsync(io, checkpoint);
+            }
         }
     }
 
@@ -749,10 +1078,23 @@ impl PartitionLog {
             return;
         }
         self.checkpoint_in_flight = true;
+        self.checkpoint_in_flight_covers = self.truncations;
         // The recovery point is where the blob was taken (never above the durable offset): recovery
         // replays every batch after it.
         let recovery_point = self.checkpoint_offset.min(self.durable_offset);
-        let checkpoint = Checkpoint { recovery_point, log_start_offset: self.log_start_offset, blob: self.checkpoint_blob.clone() };
+        let recovery_point_crc = match self.segments.partition_point(|s| s.base_offset < recovery_point).checked_sub(1) {
+            Some(i) if recovery_point > self.log_start_offset => self.segments[i].crc_of_batch_ending_at(recovery_point).unwrap_or(0),
+            _ => 0,
+        };
+        let checkpoint = Checkpoint {
+            recovery_point,
+            recovery_point_crc,
+            log_start_offset: self.log_start_offset,
+            blob: self.checkpoint_blob.clone(),
+            // Only the epochs of durable batches: recovery trusts the checkpoint's entries below
+            // the segments it scans, and finds the others in the batches.
+            epochs: Some(self.epochs.entries().iter().copied().filter(|&(_, start)| start < self.durable_offset).collect()),
+        };
         let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
         let tmp = format!("{path}{TMP_SUFFIX}");
         self.issue(io, DiskOp::Delete { path: tmp.clone() }, Pending::Write);
@@ -762,6 +1104,8 @@ impl PartitionLog {
 
     fn on_read(&mut self, io: &mut impl DiskIo, job: ReadJob, data: Bytes, events: &mut Vec<LogEvent>) {
         let walk = match self.segment(job.segment_base) {
+            // Truncated below the offset meanwhile: nothing of what was read is in the log.
+            _ if job.offset >= job.upper_bound => Walk::Done(Bytes::new()),
             Some(segment) => walk_read(&job, segment.size_bytes, &data),
             None => Walk::Done(Bytes::new()), // deleted by retention or DeleteRecords meanwhile
         };
@@ -798,11 +1142,18 @@ impl PartitionLog {
         let indexed = segment.time_index.lookup_before(target).map_or(segment.base_offset, |e| segment.base_offset + e.relative_offset as i64);
         let position = segment.position_for(indexed.max(self.log_start_offset));
         let len = SCAN_CHUNK_BYTES.min(segment.size_bytes - position);
-        let job = TimestampJob { query_id, target, segment_base: segment.base_offset, position, len };
+        let job = TimestampJob { query_id, target, segment_base: segment.base_offset, position, len, stale: false };
         self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
     }
 
     fn on_timestamp_read(&mut self, io: &mut impl DiskIo, job: TimestampJob, data: Bytes, events: &mut Vec<LogEvent>) {
+        if job.stale {
+            // The log was truncated meanwhile: search the log as it is now.
+            return match self.next_segment_reaching(job.target, 0) {
+                Some(first) => self.start_timestamp_search(io, job.query_id, job.target, first),
+                None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None }),
+            };
+        }
         let Some(index) = self.segments.iter().position(|s| s.base_offset == job.segment_base) else {
             // Deleted meanwhile (retention, DeleteRecords): search again from the new log start.
             return match self.next_segment_reaching(job.target, 0) {
@@ -868,6 +1219,9 @@ impl PartitionLog {
             assert_eq!(pair[0].next_offset, pair[1].base_offset, "log {}: segments not contiguous", self.dir);
         }
         assert!(self.durable_offset <= self.log_end_offset(), "log {}: durable {} > end {}", self.dir, self.durable_offset, self.log_end_offset());
+        if let Some(&(epoch, start)) = self.epochs.entries().last() {
+            assert!(start < self.log_end_offset(), "log {}: epoch {epoch} starts at {start}, at or past the end {}", self.dir, self.log_end_offset());
+        }
     }
 }
 
@@ -1191,5 +1545,118 @@ mod tests {
         assert!(matches!(&events[..], [LogEvent::Written { .. }, LogEvent::Failed { .. }]), "{events:?}");
         assert!(!log.is_ready());
         assert_eq!(log.durable_offset(), 0);
+    }
+
+    /// A batch as a leader would send it: offsets and partition leader epoch assigned.
+    fn leader_batch(base_offset: i64, records: usize, epoch: i32) -> Bytes {
+        let mut b = BytesMut::from(&batch(records, 10, 100)[..]);
+        batch::assign(&mut b, base_offset, epoch, None);
+        b.freeze()
+    }
+
+    /// A follower append refuses records that do not start at the log end, leave a gap, fail
+    /// their CRC or are cut short, writing nothing; valid records are stored byte for byte and
+    /// feed the epoch cache.
+    #[test]
+    fn append_replicated_errors_and_bytes() {
+        let mut disk = MemDisk::new();
+        let mut log = PartitionLog::new("t-0", LogConfig::default());
+        let mut io = QueuedIo::default();
+        assert_eq!(log.append_replicated(&mut io, &leader_batch(0, 1, 1), 0), Err(ReplicaAppendError::NotReady));
+        log.start(&mut io);
+        disk.run(&mut io, &mut log);
+        let good = [leader_batch(0, 2, 1), leader_batch(2, 3, 4)].concat();
+        type Check = fn(&ReplicaAppendError) -> bool;
+        let cases: Vec<(Bytes, Check)> = vec![
+            (leader_batch(1, 2, 1), |e| *e == ReplicaAppendError::OffsetMismatch { expected: 0, found: 1 }),
+            ([leader_batch(0, 2, 1), leader_batch(3, 1, 1)].concat().into(), |e| *e == ReplicaAppendError::NotContiguous { expected: 2, found: 3 }),
+            (
+                Bytes::from({
+                    let mut b = good.clone();
+                    let n = b.len();
+                    b[n - 1] ^= 1;
+                    b
+                }),
+                |e| matches!(e, ReplicaAppendError::Corrupt(BatchError::Crc { .. })),
+            ),
+            (Bytes::copy_from_slice(&good[..good.len() - 1]), |e| matches!(e, ReplicaAppendError::Corrupt(BatchError::Truncated(_)))),
+            (Bytes::new(), |e| matches!(e, ReplicaAppendError::Corrupt(_))),
+            ([leader_batch(0, 2, 4), leader_batch(2, 1, 3)].concat().into(), |e| *e == ReplicaAppendError::EpochGoesBack { offset: 2, epoch: 3, latest: 4 }),
+        ];
+        for (records, expected) in cases {
+            let error = log.append_replicated(&mut io, &records, 0).unwrap_err();
+            assert!(expected(&error), "{error:?}");
+            assert!(io.queue.is_empty(), "a refused append issued {:?}", io.queue);
+            assert_eq!((log.log_end_offset(), log.latest_epoch()), (0, None));
+        }
+        let info = log.append_replicated(&mut io, &Bytes::from(good.clone()), 0).unwrap();
+        assert_eq!((info.first_offset, info.last_offset), (0, 4));
+        assert_eq!(log.epoch_entries(), &[(1, 0), (4, 2)]);
+        disk.run(&mut io, &mut log);
+        assert_eq!(disk.file("t-0/00000000000000000000.log"), Some(&good[..]), "stored as received");
+        let error = log.append_replicated(&mut io, &leader_batch(4, 1, 4), 0).unwrap_err();
+        assert_eq!(error, ReplicaAppendError::OffsetMismatch { expected: 5, found: 4 });
+    }
+
+    /// Truncating inside a batch ends the log at its base; the cut segment and the epoch cache
+    /// follow, a read in flight past the cut answers empty, the next flush waits for the
+    /// checkpoint recording the truncation, and a crash afterwards recovers exactly the cut log.
+    #[test]
+    fn truncate_inside_batch_then_crash() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { index_interval_bytes: 0, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config.clone());
+        log.append(&mut io, &batch(3, 10, 100), 2, None, 0); // 0..3
+        log.append(&mut io, &batch(3, 10, 100), 5, None, 0); // 3..6
+        log.append(&mut io, &batch(3, 10, 100), 7, None, 0); // 6..9
+        log.flush(&mut io, Some(Bytes::from_static(b"at 9")));
+        disk.run(&mut io, &mut log);
+        assert_eq!(log.epoch_entries(), &[(2, 0), (5, 3), (7, 6)]);
+        assert_eq!(log.end_offset_for_epoch(5), (5, 6));
+        assert_eq!(log.read(&mut io, 1, 6, 1 << 20, 9), ReadStart::Pending);
+        assert_eq!(log.truncate_to(&mut io, 4), 3, "inside the batch 3..6: cut at its base");
+        assert_eq!((log.log_end_offset(), log.durable_offset()), (3, 3));
+        assert_eq!(log.epoch_entries(), &[(2, 0)]);
+        assert_eq!(log.end_offset_for_epoch(2), (2, 3));
+        assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+        assert_eq!(log.segments().len(), 2, "cut segment sealed, new one at the cut");
+        assert_eq!((log.segments()[0].next_offset, log.segments()[1].base_offset), (3, 3));
+        log.flush(&mut io, None);
+        let ops: Vec<String> = io.queue.iter().map(|(_, op)| format!("{op:?}")).collect();
+        assert!(!ops.iter().any(|op| op.starts_with("Fsync") && op.contains(".log")), "fsync before the truncation is recorded: {ops:?}");
+        let events = disk.run(&mut io, &mut log);
+        assert!(events.iter().any(|e| matches!(e, LogEvent::ReadDone { read_id: 1, records } if records.is_empty())), "{events:?}");
+        assert_eq!(durable_events(&events), vec![3]);
+        log.append(&mut io, &leader_batch(0, 2, 9)[..], 9, None, 0); // 3..5 in epoch 9
+        assert_eq!(log.epoch_entries(), &[(2, 0), (9, 3)]);
+        log.flush(&mut io, None);
+        disk.run(&mut io, &mut log);
+        disk.crash(&mut Rng::new(5), true);
+        let (mut log, mut io, events) = open(&mut disk, config);
+        let [LogEvent::Recovered { checkpoint, .. }] = &events[..] else { panic!("{events:?}") };
+        assert!(checkpoint.is_empty(), "the blob at 9 described a longer log");
+        assert_eq!((log.log_end_offset(), log.epoch_entries()), (5, &[(2, 0), (9, 3)][..]));
+        let mut got = read(&mut disk, &mut io, &mut log, 0, 1 << 20, 5);
+        got.extend(read(&mut disk, &mut io, &mut log, 3, 1 << 20, 5));
+        assert_eq!(got.iter().map(|h| (h.base_offset, h.partition_leader_epoch)).collect::<Vec<_>>(), vec![(0, 2), (3, 9)]);
+    }
+
+    /// A follower behind the leader's log start restarts its log empty there.
+    #[test]
+    fn truncate_fully_and_start_at() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+        log.append(&mut io, &batch(3, 10, 100), 2, None, 0);
+        log.flush(&mut io, None);
+        disk.run(&mut io, &mut log);
+        log.truncate_fully_and_start_at(&mut io, 50);
+        assert_eq!((log.log_start_offset(), log.log_end_offset(), log.latest_epoch()), (50, 50, None));
+        log.append_replicated(&mut io, &leader_batch(50, 2, 6), 0).unwrap();
+        log.flush(&mut io, None);
+        disk.run(&mut io, &mut log);
+        disk.crash(&mut Rng::new(1), false);
+        let (log, _, _) = open(&mut disk, LogConfig::default());
+        assert_eq!((log.log_start_offset(), log.log_end_offset(), log.epoch_entries()), (50, 52, &[(6, 50)][..]));
+        assert!(disk.file("t-0/00000000000000000000.log").is_none());
     }
 }

@@ -85,6 +85,13 @@ impl OffsetIndex {
         Some((file_position, entry.encode()))
     }
 
+    /// Drop the entries for relative offsets `>= relative_offset` (the segment was truncated
+    /// there); returns the new file length.
+    pub fn truncate_from(&mut self, relative_offset: u32) -> u64 {
+        self.entries.retain(|e| e.relative_offset < relative_offset);
+        (self.entries.len() * OFFSET_INDEX_ENTRY_LEN) as u64
+    }
+
     /// The largest entry whose relative offset is `<= relative_offset`, or `(0, 0)` (the start of
     /// the segment) when there is none.
     pub fn lookup(&self, relative_offset: u32) -> OffsetIndexEntry {

@@ -4,18 +4,30 @@
 //! Steps, each a disk effect whose completion drives the next:
 //! 1. `List` the directory. Leftover `*.tmp` and `*.deleted` files, and index files without a
 //!    `.log`, are deleted.
-//! 2. `Read` the checkpoint: recovery point (everything below was fsynced), log start offset, and
-//!    the caller's blob. A checkpoint failing its crc32 is ignored (recovery point = log start).
-//!    Segments entirely below the log start offset are deleted.
+//! 2. `Read` the checkpoint: recovery point (everything below was fsynced), log start offset, the
+//!    leader epoch cache of the durable batches and the caller's blob. A checkpoint failing its
+//!    crc32 is ignored (recovery point = log start). Segments entirely below the log start offset
+//!    are deleted. A checkpoint in the old `RNC1` format (no epoch cache) makes the scan start at
+//!    the first segment.
 //! 3. Segments below the one holding the last batch before the recovery point: `Read` their
 //!    index files and validate them. The first one that fails validation moves the scan start back to it.
 //! 4. From the scan start on: `Read` each segment in 1 MiB chunks, `batch::check_one` every batch
 //!    (CRC-32C) and check that base offsets continue densely across batches and segments. At the
 //!    first torn, corrupt or non-contiguous batch the segment is `Truncate`d there and every later
 //!    segment deleted. Scanned segments get their indexes rebuilt and rewritten.
-//! 5. When every fix-up write has completed: report the segments, the log start offset, the
-//!    recovery point, the checkpoint blob and the headers of the batches at or after the recovery
-//!    point.
+//! 5. If the checkpoint's recovery point lies beyond the recovered log end, or the batch ending
+//!    there is not the one the checkpoint names (a truncation deleted or replaced data, then the
+//!    node crashed before the checkpoint recording it was in place, while data written after the
+//!    truncation survived unsynced), its blob describes records that are gone: it is dropped and every segment is scanned again from the
+//!    log start, so the caller rebuilds its state from the whole log; the log then replaces the
+//!    stale checkpoint before it fsyncs anything ([`Recovered::stale_checkpoint`]).
+//! 6. The leader epoch cache: the checkpoint's entries starting below the first scanned segment,
+//!    extended from every scanned batch header ([`EpochCache::assign`]), without the entries at or
+//!    beyond the recovered log end. When the log restarts empty at its start offset, the
+//!    checkpoint's entries below that offset.
+//! 7. When every fix-up write has completed: report the segments (those scanned with their batch
+//!    marks, the others without), the log start offset, the recovery point, the checkpoint blob,
+//!    the epoch cache and the headers of the batches at or after the recovery point.
 //!
 //! Faults survived: lost or torn unsynced writes anywhere (log, indexes, checkpoint tmp), a crash
 //! in the middle of a previous recovery (every step is idempotent, deletions go through an atomic
@@ -28,6 +40,7 @@
 //! next), non-empty except possibly the last, and their log files exist.
 
 use super::batch::{self, BatchError, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use super::leader_epoch::EpochCache;
 use super::offset_index::{OffsetIndex, OFFSET_INDEX_ENTRY_LEN};
 use super::segment::{self, Segment, SegmentFile, DELETED_SUFFIX};
 use super::time_index::{self, TimeIndex, TIME_INDEX_ENTRY_LEN};
@@ -43,8 +56,12 @@ pub const TMP_SUFFIX: &str = ".tmp";
 /// Size of the chunks a segment is scanned in.
 pub const SCAN_CHUNK_BYTES: u64 = 1 << 20;
 
-const CHECKPOINT_MAGIC: &[u8; 4] = b"RNC1";
+const CHECKPOINT_MAGIC_V1: &[u8; 4] = b"RNC1";
+const CHECKPOINT_MAGIC: &[u8; 4] = b"RNC2";
 const CHECKPOINT_FIXED_LEN: usize = 4 + 8 + 8 + 4 + 4;
+/// What `RNC2` adds to the fixed part: the recovery point's batch CRC and the epoch count.
+const CHECKPOINT_V2_LEN: usize = 4 + 4;
+const EPOCH_ENTRY_LEN: usize = 4 + 8;
 
 /// The checkpoint file's contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,16 +72,33 @@ pub struct Checkpoint {
     pub log_start_offset: i64,
     /// Opaque state of the caller, stored with the recovery point it is consistent with.
     pub blob: Bytes,
+    /// The leader epoch cache `(epoch, start offset)` of the durable batches when written;
+    /// `None` when read from an `RNC1` checkpoint, which had none.
+    pub epochs: Option<Vec<(i32, i64)>>,
+    /// [`segment::batch_identity`] of the batch ending at the recovery point, 0 if unknown:
+    /// recovery checks it, so a
+    /// checkpoint of another history (a truncation undone by a crash while data written after
+    /// it survived) is recognised as stale.
+    pub recovery_point_crc: u32,
 }
 
 impl Checkpoint {
-    /// Layout: magic `RNC1`, recovery point i64, log start offset i64, blob length u32, blob,
-    /// crc32 (crc32fast) of everything before it. Big-endian.
+    /// Layout: magic `RNC2`, recovery point i64, log start offset i64, recovery point batch CRC
+    /// u32, epoch entry count u32,
+    /// entries (epoch i32, start offset i64), blob length u32, blob, crc32 (crc32fast) of
+    /// everything before it. Big-endian. (`RNC1`, still read, had no entry count nor entries.)
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(CHECKPOINT_FIXED_LEN + self.blob.len());
+        let epochs = self.epochs.as_deref().unwrap_or_default();
+        let mut out = BytesMut::with_capacity(CHECKPOINT_FIXED_LEN + CHECKPOINT_V2_LEN + epochs.len() * EPOCH_ENTRY_LEN + self.blob.len());
         out.put_slice(CHECKPOINT_MAGIC);
         out.put_i64(self.recovery_point);
         out.put_i64(self.log_start_offset);
+        out.put_u32(self.recovery_point_crc);
+        out.put_u32(epochs.len() as u32);
+        for &(epoch, start) in epochs {
+            out.put_i32(epoch);
+            out.put_i64(start);
+        }
         out.put_u32(self.blob.len() as u32);
         out.put_slice(&self.blob);
         out.put_u32(crc32fast::hash(&out));
@@ -73,7 +107,8 @@ impl Checkpoint {
 
     /// Decode and verify a checkpoint; an error means it cannot be trusted.
     pub fn decode(data: &Bytes) -> Result<Checkpoint, String> {
-        if data.len() < CHECKPOINT_FIXED_LEN || &data[..4] != CHECKPOINT_MAGIC {
+        let v2 = data.len() >= 4 && &data[..4] == CHECKPOINT_MAGIC;
+        if data.len() < CHECKPOINT_FIXED_LEN + if v2 { CHECKPOINT_V2_LEN } else { 0 } || !(v2 || &data[..4] == CHECKPOINT_MAGIC_V1) {
             return Err(format!("checkpoint of {} bytes without header", data.len()));
         }
         let body = &data[..data.len() - 4];
@@ -87,11 +122,37 @@ impl Checkpoint {
             b.copy_from_slice(&body[at..at + 8]);
             i64::from_be_bytes(b)
         };
-        let blob_len = u32::from_be_bytes([body[20], body[21], body[22], body[23]]) as usize;
-        if body.len() != 24 + blob_len {
+        let u32_at = |at: usize| u32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]) as usize;
+        let mut at = 20;
+        let mut recovery_point_crc = 0;
+        let epochs = if v2 {
+            recovery_point_crc = u32_at(at) as u32;
+            at += 4;
+            // The count is never trusted for allocation: it must fit the bytes present.
+            let count = u32_at(at);
+            at += 4;
+            if count > (body.len() - at) / EPOCH_ENTRY_LEN {
+                return Err(format!("checkpoint of {} bytes claims {count} epoch entries", data.len()));
+            }
+            let entries = (0..count).map(|i| {
+                let e = at + i * EPOCH_ENTRY_LEN;
+                (i32::from_be_bytes([body[e], body[e + 1], body[e + 2], body[e + 3]]), i64_at(e + 4))
+            });
+            let entries = entries.collect();
+            at += count * EPOCH_ENTRY_LEN;
+            Some(entries)
+        } else {
+            None
+        };
+        if body.len() < at + 4 {
+            return Err(format!("checkpoint of {} bytes without blob length", data.len()));
+        }
+        let blob_len = u32_at(at);
+        at += 4;
+        if body.len() != at + blob_len {
             return Err(format!("checkpoint blob length {blob_len} in {} bytes", data.len()));
         }
-        Ok(Checkpoint { recovery_point: i64_at(4), log_start_offset: i64_at(12), blob: data.slice(24..24 + blob_len) })
+        Ok(Checkpoint { recovery_point: i64_at(4), log_start_offset: i64_at(12), blob: data.slice(at..at + blob_len), epochs, recovery_point_crc })
     }
 }
 
@@ -108,6 +169,11 @@ pub struct Recovered {
     pub checkpoint: Bytes,
     /// Headers of the recovered batches at or after the recovery point.
     pub replay: Vec<BatchHeader>,
+    /// The leader epoch cache of the recovered log.
+    pub epochs: EpochCache,
+    /// The checkpoint on disk describes a longer log (its blob was dropped): the log must
+    /// replace it before any fsync, or a later recovery would trust it again.
+    pub stale_checkpoint: bool,
 }
 
 /// Where recovery is after a completion.
@@ -177,6 +243,15 @@ pub struct Recovery {
     reread: (u64, u32),
     /// Set once every decision is taken; the result waits for the fix-up writes to complete.
     finished: bool,
+    /// The epoch cache being rebuilt: checkpoint entries below the scan, then scanned batches.
+    epochs: EpochCache,
+    /// The whole log was scanned again because the checkpoint pointed beyond its end.
+    rescanned: bool,
+    /// The checkpoint points beyond the recovered log end, or at a batch it does not know.
+    stale_checkpoint: bool,
+    /// Whether the scan met the batch ending at the checkpoint's recovery point with the CRC
+    /// the checkpoint recorded (`None`: not met).
+    recovery_point_batch: Option<bool>,
 }
 
 impl Recovery {
@@ -198,6 +273,10 @@ impl Recovery {
             replay: Vec::new(),
             reread: (u64::MAX, 0),
             finished: false,
+            epochs: EpochCache::new(),
+            rescanned: false,
+            stale_checkpoint: false,
+            recovery_point_batch: None,
         }
     }
 
@@ -317,6 +396,10 @@ impl Recovery {
         // starts exactly at the recovery point may have been rolled after that flush was issued,
         // so the previous segment's final time index entry may not be durable.
         self.scan_from = self.found.iter().rposition(|f| f.base_offset < self.recovery_point).unwrap_or(0);
+        if self.checkpoint.as_ref().is_none_or(|c| c.epochs.is_none()) {
+            // No epoch cache to start from: rebuild it from every batch.
+            self.scan_from = 0;
+        }
         for segment in 0..self.scan_from {
             for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
                 match self.found[segment].lens[kind as usize] {
@@ -352,7 +435,14 @@ impl Recovery {
         }
         self.segments.truncate(self.scan_from);
         self.loaded.clear();
+        self.start_epochs_below(self.found[self.scan_from].base_offset);
         self.begin_scan(io, self.scan_from);
+    }
+
+    /// Start the epoch cache with the checkpoint's entries below `offset` (the scan adds the rest).
+    fn start_epochs_below(&mut self, offset: i64) {
+        let entries = self.checkpoint.as_ref().and_then(|c| c.epochs.clone()).unwrap_or_default();
+        self.epochs = EpochCache::from_entries(entries.into_iter().filter(|&(_, start)| start < offset));
     }
 
     fn load_segment(&self, i: usize) -> Result<Segment, String> {
@@ -377,6 +467,7 @@ impl Recovery {
             segment.offset_of_max_timestamp = found.base_offset + last.relative_offset as i64;
         }
         segment.index_files_exist = (found.lens[1].is_some(), found.lens[2].is_some());
+        segment.batches = None; // not scanned: batch boundaries unknown
         Ok(segment)
     }
 
@@ -420,6 +511,10 @@ impl Recovery {
                     }
                     if header.base_offset >= self.recovery_point {
                         self.replay.push(header);
+                    }
+                    self.epochs.assign(header.partition_leader_epoch, header.base_offset);
+                    if let Some(c) = self.checkpoint.as_ref().filter(|c| c.recovery_point_crc != 0 && header.next_offset() == c.recovery_point) {
+                        self.recovery_point_batch = Some(segment::batch_identity(&header) == c.recovery_point_crc);
                     }
                     at += header.total_len();
                 }
@@ -518,6 +613,27 @@ impl Recovery {
     }
 
     fn finish(&mut self, io: &mut impl DiskIo) {
+        let scanned_end = self.segments.last().map_or(self.log_start_offset, |s| s.next_offset);
+        let beyond = self.checkpoint.as_ref().is_some_and(|c| c.recovery_point > scanned_end);
+        // The batch ending at the recovery point is another one than the checkpoint's, or none.
+        let other = self.recovery_point_batch != Some(true)
+            && self.checkpoint.as_ref().is_some_and(|c| c.recovery_point_crc != 0 && c.recovery_point > self.log_start_offset);
+        if (beyond || other) && !self.found.is_empty() && !self.rescanned {
+            // The checkpoint describes a longer log than what is left, or another history (an
+            // interrupted truncation): its blob is stale, so the caller must replay everything.
+            self.stale_checkpoint = true;
+            tracing::warn!(dir = %self.dir, scanned_end, "checkpoint beyond the log end; scanning the whole log");
+            self.rescanned = true;
+            if let Some(c) = &mut self.checkpoint {
+                c.blob = Bytes::new();
+            }
+            self.recovery_point = self.log_start_offset;
+            self.segments.clear();
+            self.replay.clear();
+            self.reread = (u64::MAX, 0);
+            self.start_epochs_below(self.found[0].base_offset);
+            return self.begin_scan(io, 0);
+        }
         let log_end = self.segments.last().map(|s| s.next_offset);
         if log_end.is_none_or(|end| end < self.log_start_offset) {
             if log_end.is_some() {
@@ -534,9 +650,16 @@ impl Recovery {
             segment.unsynced.log = true;
             self.segments.push(segment);
             self.replay.clear();
+            // Nothing scanned is kept: the epochs below the start are the checkpoint's.
+            self.start_epochs_below(self.log_start_offset);
         }
         let log_end = self.segments.last().map_or(self.log_start_offset, |s| s.next_offset);
         self.recovery_point = self.recovery_point.clamp(self.log_start_offset, log_end);
+        if let Some(c) = self.checkpoint.as_mut().filter(|c| c.recovery_point > log_end) {
+            c.blob = Bytes::new(); // it describes records that are gone
+            self.stale_checkpoint = true;
+        }
+        self.epochs.truncate_from_end(log_end);
         self.finished = true;
     }
 
@@ -547,6 +670,8 @@ impl Recovery {
             recovery_point: self.recovery_point,
             checkpoint: self.checkpoint.as_ref().map(|c| c.blob.clone()).unwrap_or_default(),
             replay: std::mem::take(&mut self.replay),
+            epochs: std::mem::take(&mut self.epochs),
+            stale_checkpoint: self.stale_checkpoint,
         }
     }
 }
@@ -571,7 +696,13 @@ mod tests {
     /// A checkpoint round-trips, and any flipped byte or cut is detected by its crc32.
     #[test]
     fn checkpoint_round_trip_and_crc() {
-        let checkpoint = Checkpoint { recovery_point: 1234, log_start_offset: 17, blob: Bytes::from_static(b"state") };
+        let checkpoint = Checkpoint {
+            recovery_point: 1234,
+            log_start_offset: 17,
+            blob: Bytes::from_static(b"state"),
+            epochs: Some(vec![(1, 0), (4, 100)]),
+            recovery_point_crc: 0xdead_beef,
+        };
         let bytes = checkpoint.encode();
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), checkpoint);
         for i in 0..bytes.len() {
@@ -582,5 +713,31 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Checkpoint::decode(&bytes.slice(..cut)).is_err(), "cut at {cut}");
         }
+    }
+
+    /// An `RNC1` checkpoint (before the epoch cache) is still read, without epochs; a hostile
+    /// epoch count is an error, not an allocation.
+    #[test]
+    fn old_checkpoint_format_and_hostile_count() {
+        let mut v1 = BytesMut::new();
+        v1.put_slice(b"RNC1");
+        v1.put_i64(50);
+        v1.put_i64(3);
+        v1.put_u32(2);
+        v1.put_slice(b"ab");
+        let crc = crc32fast::hash(&v1);
+        v1.put_u32(crc);
+        let decoded = Checkpoint::decode(&v1.freeze()).unwrap();
+        assert_eq!(decoded, Checkpoint { recovery_point: 50, log_start_offset: 3, blob: Bytes::from_static(b"ab"), epochs: None, recovery_point_crc: 0 });
+        let mut hostile = BytesMut::new();
+        hostile.put_slice(b"RNC2");
+        hostile.put_i64(0);
+        hostile.put_i64(0);
+        hostile.put_u32(0);
+        hostile.put_u32(u32::MAX);
+        hostile.put_u32(0);
+        let crc = crc32fast::hash(&hostile);
+        hostile.put_u32(crc);
+        assert!(Checkpoint::decode(&hostile.freeze()).is_err());
     }
 }

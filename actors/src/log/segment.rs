@@ -6,9 +6,14 @@
 //! Files are named after the base offset, zero-padded to 20 digits so a directory listing sorts
 //! them: `00000000000000000042.log`, `.index`, `.timeindex`.
 //!
+//! Besides the sparse indexes, a segment written or scanned since the log started keeps one
+//! [`BatchMark`] per batch (24 bytes each): where each batch starts and its max timestamp, so the
+//! log can truncate at any batch boundary without reading the file. A segment recovered from its
+//! index files without a scan has none (`batches == None`); a truncation inside it drops it whole.
+//!
 //! Invariants: batches are dense (`next_offset` of one is the `base_offset` of the next); the
-//! in-memory indexes describe exactly the bytes the log has issued to the file; `size_bytes` and
-//! `next_offset` count every batch issued, durable or not.
+//! in-memory indexes (and the batch marks, when kept) describe exactly the bytes the log has
+//! issued to the file; `size_bytes` and `next_offset` count every batch issued, durable or not.
 //!
 //! Faults survived: none on its own; [`super::recovery`] rebuilds segments after a crash.
 
@@ -98,6 +103,22 @@ pub struct Unsynced {
     pub time_index: bool,
 }
 
+/// One batch of a segment, as the log remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchMark {
+    /// Base offset minus the segment's base offset.
+    pub relative_offset: u32,
+    /// Byte position of the batch in the `.log` file.
+    pub position: u32,
+    /// The batch's max timestamp.
+    pub max_timestamp: i64,
+    /// Offset of the first record carrying it, minus the segment's base offset.
+    pub relative_offset_of_max: u32,
+    /// [`batch_identity`] of the batch (identifies the batch at a recovery point, see
+    /// [`super::recovery::Checkpoint::recovery_point_crc`]).
+    pub crc: u32,
+}
+
 /// One segment of a partition log.
 #[derive(Clone, Debug)]
 pub struct Segment {
@@ -124,6 +145,8 @@ pub struct Segment {
     pub unsynced: Unsynced,
     /// Whether the `.index` / `.timeindex` files exist (an fsync of a missing file would fail).
     pub index_files_exist: (bool, bool),
+    /// Every batch of the segment, when known (see the module documentation).
+    pub batches: Option<Vec<BatchMark>>,
 }
 
 impl Segment {
@@ -141,6 +164,7 @@ impl Segment {
             bytes_since_index_entry: 0,
             unsynced: Unsynced::default(),
             index_files_exist: (false, false),
+            batches: Some(Vec::new()),
         }
     }
 
@@ -181,13 +205,23 @@ impl Segment {
     pub fn on_batch(&mut self, header: &BatchHeader, offset_of_max_timestamp: i64, index_interval_bytes: u64) -> IndexWrites {
         assert_eq!(header.base_offset, self.next_offset, "batch at {} does not follow {}", header.base_offset, self.next_offset);
         let position = self.size_bytes;
+        let relative_offset = self.relative(header.base_offset);
+        let relative_offset_of_max = self.relative(offset_of_max_timestamp.clamp(header.base_offset, header.last_offset()));
+        if let Some(batches) = &mut self.batches {
+            batches.push(BatchMark {
+                relative_offset,
+                position: position as u32,
+                max_timestamp: header.max_timestamp,
+                relative_offset_of_max,
+                crc: batch_identity(header),
+            });
+        }
         if header.max_timestamp > self.max_timestamp {
             self.max_timestamp = header.max_timestamp;
             self.offset_of_max_timestamp = offset_of_max_timestamp;
         }
         let mut writes = IndexWrites::default();
         if self.bytes_since_index_entry > index_interval_bytes {
-            let relative_offset = self.relative(header.base_offset);
             writes.offset_index = self.offset_index.append(OffsetIndexEntry { relative_offset, position: position as u32 });
             writes.time_index = self.time_index_entry(false);
             self.bytes_since_index_entry = 0;
@@ -196,6 +230,46 @@ impl Segment {
         self.size_bytes += header.total_len() as u64;
         self.next_offset = header.next_offset();
         writes
+    }
+
+    /// The batch boundary at or below `offset` (inside this segment) the segment can be cut at:
+    /// `(offset of that batch, its index in the batch marks)`; `None` without batch marks.
+    pub fn batch_at_or_below(&self, offset: i64) -> Option<(i64, usize)> {
+        let batches = self.batches.as_ref()?;
+        let relative = self.relative(offset.clamp(self.base_offset, self.next_offset));
+        let at = batches.partition_point(|b| b.relative_offset <= relative).checked_sub(1)?;
+        Some((self.base_offset + batches[at].relative_offset as i64, at))
+    }
+
+    /// The CRC of the batch ending exactly at `offset`, if this segment holds it and knows it.
+    pub fn crc_of_batch_ending_at(&self, offset: i64) -> Option<u32> {
+        let batches = self.batches.as_ref()?;
+        let at = batches.partition_point(|b| self.base_offset + (b.relative_offset as i64) < offset).checked_sub(1)?;
+        let next = batches.get(at + 1).map_or(self.next_offset, |b| self.base_offset + b.relative_offset as i64);
+        (next == offset).then_some(batches[at].crc)
+    }
+
+    /// Cut the segment before its batch number `batch` (which must be above 0: a segment cut to
+    /// nothing is deleted instead): forget the later batches and index entries and recompute the
+    /// max timestamp. Returns the new lengths of the `.log`, `.index` and `.timeindex` files.
+    pub fn truncate_before_batch(&mut self, batch: usize) -> (u64, u64, u64) {
+        let batches = self.batches.as_mut().expect("truncating a segment with batch marks");
+        assert!(batch > 0 && batch < batches.len(), "cutting segment {} before batch {batch} of {}", self.base_offset, batches.len());
+        let cut = batches[batch];
+        batches.truncate(batch);
+        (self.max_timestamp, self.offset_of_max_timestamp) = (-1, -1);
+        for mark in batches.iter() {
+            if mark.max_timestamp > self.max_timestamp {
+                self.max_timestamp = mark.max_timestamp;
+                self.offset_of_max_timestamp = self.base_offset + mark.relative_offset_of_max as i64;
+            }
+        }
+        self.next_offset = self.base_offset + cut.relative_offset as i64;
+        self.size_bytes = cut.position as u64;
+        self.bytes_since_index_entry = 0;
+        let offset_index_len = self.offset_index.truncate_from(cut.relative_offset);
+        let time_index_len = self.time_index.truncate_from(cut.relative_offset);
+        (self.size_bytes, offset_index_len, time_index_len)
     }
 
     /// The final time index entry written when the segment stops being active (Kafka's
@@ -233,6 +307,12 @@ impl Segment {
         let offset = offset.clamp(self.base_offset, self.base_offset + u32::MAX as i64);
         self.offset_index.lookup(self.relative(offset)).position as u64
     }
+}
+
+/// A batch's CRC-32C mixed with its partition leader epoch (which the CRC does not cover): what
+/// tells two histories' batches at the same offsets apart.
+pub fn batch_identity(header: &BatchHeader) -> u32 {
+    header.crc ^ (header.partition_leader_epoch as u32).wrapping_mul(0x9e37_79b9)
 }
 
 fn max_entries(config: &LogConfig, entry_len: usize) -> usize {

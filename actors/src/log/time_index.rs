@@ -97,6 +97,14 @@ impl TimeIndex {
         Some((file_position, entry.encode()))
     }
 
+    /// Drop the entries pointing at relative offsets `>= relative_offset` (the segment was
+    /// truncated there; the remaining entries still hold for the batches left); returns the new
+    /// file length.
+    pub fn truncate_from(&mut self, relative_offset: u32) -> u64 {
+        self.entries.retain(|e| e.relative_offset < relative_offset);
+        (self.entries.len() * TIME_INDEX_ENTRY_LEN) as u64
+    }
+
     /// The largest entry whose timestamp is `< timestamp`: every batch before the one containing
     /// its offset has only smaller timestamps. `None`: search from the segment start.
     pub fn lookup_before(&self, timestamp: i64) -> Option<TimeIndexEntry> {
