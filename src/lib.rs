@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dev_cluster;
 pub mod driver;
 pub mod net;
 pub mod server;

@@ -35,6 +35,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Start a local N-node cluster (combined broker+controller nodes) for trying things out.
+    DevCluster {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where configs and data go.
+        #[arg(long, default_value = "./runnel-dev-cluster")]
+        dir: PathBuf,
+        /// Kafka port of node 1 (node i listens on port + i - 1).
+        #[arg(long, default_value_t = 9092)]
+        kafka_port: u16,
+        /// Node-to-node port of node 1.
+        #[arg(long, default_value_t = 19092)]
+        peer_port: u16,
+    },
     /// Create, list, describe, alter and delete topics (like kafka-topics.sh).
     Topic {
         #[command(subcommand)]
@@ -248,6 +263,7 @@ fn main() -> anyhow::Result<()> {
                 let text = std::fs::read_to_string(&config).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
                 runnel::server::run(ServerConfig::parse(&text)?).await
             }
+            Command::DevCluster { nodes, dir, kafka_port, peer_port } => runnel::dev_cluster::run(nodes, dir, kafka_port, peer_port).await,
             Command::Topic { action, bootstrap_server: b } => match action {
                 TopicAction::Create { name, partitions, replication_factor, configs } => {
                     runnel::cli::topic_create(&b, &name, partitions, replication_factor, &configs).await

@@ -66,6 +66,31 @@ pub struct Appended {
     pub log_append_time_ms: i64,
 }
 
+/// This broker's part in a partition, as the controller decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not (yet) a replica: serves nothing.
+    None,
+    /// The leader: takes produces, serves consumers and followers.
+    Leader,
+    /// A follower of `leader` (-1: leaderless for now).
+    Follower {
+        /// The leader broker.
+        leader: i32,
+    },
+}
+
+/// What the leader knows of one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerState {
+    /// The follower's log end (its next fetch offset).
+    pub log_end_offset: i64,
+    /// Below this, the follower's log is fsynced.
+    pub durable_offset: i64,
+    /// Last time the follower had fetched up to the leader's log end.
+    pub last_caught_up_ms: u64,
+}
+
 /// A replica of one partition.
 pub struct Partition {
     /// Topic name.
@@ -91,6 +116,27 @@ pub struct Partition {
     /// Allowed distance of a CreateTime timestamp after now (`message.timestamp.after.max.ms`).
     pub timestamp_after_max_ms: i64,
     producers: BTreeMap<i64, ProducerEntry>,
+    /// Leader, follower or neither.
+    pub role: Role,
+    /// This broker.
+    pub me: i32,
+    /// Assigned replicas.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas, as committed by the controller.
+    pub isr: Vec<i32>,
+    /// The partition epoch of `isr`.
+    pub partition_epoch: i32,
+    /// An ISR change sent to the controller and not yet answered.
+    pub pending_isr: Option<Vec<i32>>,
+    /// Leader only: the followers' positions.
+    pub followers: BTreeMap<i32, FollowerState>,
+    /// Follower only: the leader's high watermark as last heard.
+    pub leader_high_watermark: i64,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: usize,
+    /// Recovered and not yet given a role: the high watermark recovery computed is only this
+    /// replica's view.
+    fresh: bool,
     /// Offset below which every record's write completed (it survives a process crash).
     pub written_offset: i64,
     ready: bool,
@@ -115,6 +161,16 @@ impl Partition {
             timestamp_before_max_ms: i64::MAX,
             timestamp_after_max_ms: i64::MAX,
             producers: BTreeMap::new(),
+            role: Role::None,
+            me: -1,
+            replicas: Vec::new(),
+            isr: Vec::new(),
+            partition_epoch: -1,
+            pending_isr: None,
+            followers: BTreeMap::new(),
+            leader_high_watermark: 0,
+            min_insync_replicas: 1,
+            fresh: false,
             written_offset: 0,
             ready: false,
             unflushed_messages: 0,
@@ -148,6 +204,7 @@ impl Partition {
             FlushPolicy::PageCache { .. } => self.log.log_end_offset(),
         };
         self.ready = true;
+        self.fresh = true;
         assert!(self.high_watermark <= self.log.log_end_offset());
         if self.high_watermark < self.log.log_end_offset() {
             self.flush(io, now_ms);
@@ -158,25 +215,153 @@ impl Partition {
     /// moved (the page-cache policy exposes records once written).
     pub fn on_written(&mut self, offset: i64) -> bool {
         self.written_offset = self.written_offset.max(offset);
-        if matches!(self.flush_policy, FlushPolicy::PageCache { .. }) && self.written_offset > self.high_watermark {
-            self.high_watermark = self.written_offset.min(self.log.log_end_offset());
+        self.update_high_watermark()
+    }
+
+    /// The log made everything below `offset` durable. Returns true if the high watermark moved.
+    pub fn on_durable(&mut self, _offset: i64) -> bool {
+        self.update_high_watermark()
+    }
+
+    /// What this replica itself can vouch for: durable (fsync policy) or written (page cache).
+    pub fn local_committable(&self) -> i64 {
+        let leo = self.log.log_end_offset();
+        match self.flush_policy {
+            FlushPolicy::Fsync => self.log.durable_offset().min(leo),
+            FlushPolicy::PageCache { .. } => self.written_offset.min(leo),
+        }
+    }
+
+    /// The ISR the high watermark must wait for: the committed one plus members being added.
+    pub fn maximal_isr(&self) -> Vec<i32> {
+        let mut isr = self.isr.clone();
+        if let Some(p) = &self.pending_isr {
+            for r in p {
+                if !isr.contains(r) {
+                    isr.push(*r);
+                }
+            }
+        }
+        isr
+    }
+
+    /// Recompute the high watermark: a leader's is the minimum over the (maximal) ISR of what
+    /// each member has made durable (or written, under the page-cache policy); a follower's is
+    /// the leader's, bounded by its own. It never moves backwards. Returns true if it moved.
+    pub fn update_high_watermark(&mut self) -> bool {
+        let mut target = self.local_committable();
+        match self.role {
+            Role::Leader => {
+                for r in self.maximal_isr() {
+                    if r == self.me {
+                        continue;
+                    }
+                    let acked = match (self.followers.get(&r), self.flush_policy) {
+                        (Some(f), FlushPolicy::Fsync) => f.durable_offset,
+                        (Some(f), FlushPolicy::PageCache { .. }) => f.log_end_offset,
+                        (None, _) => -1,
+                    };
+                    target = target.min(acked);
+                }
+                if crate::planted!("hw-before-isr-ack") {
+                    target = self.local_committable();
+                }
+            }
+            Role::Follower { .. } => target = target.min(self.leader_high_watermark),
+            Role::None => {}
+        }
+        if target > self.high_watermark {
+            self.high_watermark = target;
             return true;
         }
         false
     }
 
-    /// The log made everything below `offset` durable. Returns true if the high watermark moved.
-    pub fn on_durable(&mut self, offset: i64) -> bool {
-        if self.flush_policy == FlushPolicy::Fsync && offset > self.high_watermark {
-            self.high_watermark = offset.min(self.log.log_end_offset());
-            return true;
+    /// Take on a role decided by the controller. Returns true if leadership or the leader epoch
+    /// changed (produces waiting on the old term must fail).
+    pub fn set_role(&mut self, role: Role, leader_epoch: i32, replicas: Vec<i32>, isr: Vec<i32>, partition_epoch: i32, now_ms: u64) -> bool {
+        let changed = role != self.role || leader_epoch != self.leader_epoch;
+        if self.fresh && role != Role::None {
+            self.fresh = false;
+            if replicas.len() > 1 {
+                // What this replica has durable may never have been committed by its ISR: start
+                // from nothing and learn the high watermark from the leader or the followers.
+                self.high_watermark = self.log.log_start_offset();
+            }
         }
-        false
+        if changed {
+            self.followers.clear();
+            self.pending_isr = None;
+            if role == Role::Leader {
+                // Every follower gets a full lag window from the moment this replica leads.
+                for r in &replicas {
+                    if *r != self.me {
+                        self.followers.insert(*r, FollowerState { log_end_offset: -1, durable_offset: -1, last_caught_up_ms: now_ms });
+                    }
+                }
+            }
+        }
+        self.role = role;
+        self.leader_epoch = leader_epoch;
+        self.replicas = replicas;
+        if partition_epoch >= self.partition_epoch || changed {
+            if self.pending_isr.as_ref() == Some(&isr) || partition_epoch > self.partition_epoch {
+                self.pending_isr = None;
+            }
+            self.isr = isr;
+            self.partition_epoch = partition_epoch;
+        }
+        changed
+    }
+
+    /// Append batches replicated from the leader (offsets and epochs already assigned).
+    pub fn append_replicated(&mut self, io: &mut impl DiskIo, records: &Bytes, now_ms: u64, wall_clock_ms: i64) -> Result<(), String> {
+        let info = self.log.append_replicated(io, records, wall_clock_ms).map_err(|e| format!("{e:?}"))?;
+        for header in &info.headers {
+            self.remember(header);
+        }
+        self.unflushed_messages += info.last_offset - info.first_offset + 1;
+        match self.flush_policy {
+            FlushPolicy::Fsync => self.flush(io, now_ms),
+            FlushPolicy::PageCache { messages, .. } => {
+                if self.unflushed_messages >= messages {
+                    self.flush(io, now_ms);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cut the log to `offset` (a follower diverging from its new leader). Producer state
+    /// forgets the batches that were cut.
+    pub fn truncate_to(&mut self, io: &mut impl DiskIo, offset: i64) {
+        if crate::planted!("skip-truncation") || !self.log.is_ready() {
+            return;
+        }
+        let offset = offset.max(self.log.log_start_offset()).min(self.log.log_end_offset());
+        self.log.truncate_to(io, offset);
+        let end = self.log.log_end_offset();
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|b| b.last_offset < end);
+        }
+        self.written_offset = self.written_offset.min(end);
+        self.high_watermark = self.high_watermark.min(end);
+    }
+
+    /// Restart an empty log at `offset` (a follower behind the leader's log start).
+    pub fn restart_at(&mut self, io: &mut impl DiskIo, offset: i64) {
+        if !self.log.is_ready() {
+            return;
+        }
+        self.log.truncate_fully_and_start_at(io, offset);
+        self.producers.clear();
+        self.written_offset = offset;
+        self.high_watermark = offset;
     }
 
     /// Validate and append a produce request's records. Errors are Kafka error codes.
     pub fn append(&mut self, io: &mut impl DiskIo, records: &Bytes, now_ms: u64, wall_clock_ms: i64) -> Result<Appended, i16> {
-        if !self.ready {
+        if !self.ready || self.role != Role::Leader {
             return Err(error::NOT_LEADER_OR_FOLLOWER);
         }
         let batches = match batch::validate_batches(records) {

@@ -8,15 +8,24 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 use runnel_actors::broker::codec::SUPPORTED_APIS;
 use runnel_actors::broker::config::BrokerConfig;
 use runnel_actors::broker::{Broker, BrokerMsg};
+use runnel_actors::controller::{Controller, ControllerConfig};
 use runnel_actors::core::mem_disk::MemDisk;
-use runnel_actors::core::{Actor, Addr, ConnId, Cx, Effect, IoDone, Rng};
+use runnel_actors::core::{Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
 use runnel_actors::log::batch::build_batch;
+use runnel_actors::partition::Role;
+use std::collections::{BTreeMap, VecDeque};
 
-/// A broker, its context and its disk, with effects executed synchronously.
+/// A one-node cluster — broker (actor 0) and controller (actor 1) — on an in-memory disk,
+/// with effects executed synchronously and timers fired in virtual time.
 struct Harness {
     broker: Broker,
+    controller: Controller,
     cx: Cx<BrokerMsg>,
+    ccx: Cx<BrokerMsg>,
     disk: MemDisk,
+    now: u64,
+    timers: BTreeMap<(u32, TimerId), u64>,
+    mail: VecDeque<(u32, Addr, BrokerMsg)>,
     replies: Vec<(u64, Option<Bytes>)>,
     closed: bool,
     seq: u64,
@@ -24,33 +33,95 @@ struct Harness {
 
 impl Harness {
     fn start(disk: MemDisk) -> Harness {
-        let me = Addr { node: 1, actor: 0 };
-        let mut h = Harness { broker: Broker::new(BrokerConfig::default()), cx: Cx::new(me, 1), disk, replies: Vec::new(), closed: false, seq: 0 };
-        h.cx.set_time(1, 1_700_000_000_000);
+        let mut h = Harness {
+            broker: Broker::new(BrokerConfig::default()),
+            controller: Controller::new(ControllerConfig::default()),
+            cx: Cx::new(Addr { node: 1, actor: 0 }, 1),
+            ccx: Cx::new(Addr { node: 1, actor: 1 }, 2),
+            disk,
+            now: 1,
+            timers: BTreeMap::new(),
+            mail: VecDeque::new(),
+            replies: Vec::new(),
+            closed: false,
+            seq: 0,
+        };
+        h.set_time();
+        h.controller.on_start(&mut h.ccx);
         h.broker.on_start(&mut h.cx);
-        h.pump();
-        assert!(h.broker.is_ready(), "broker did not finish recovery");
+        h.run_until(|h| h.broker.is_ready() && h.broker.partition_views().iter().all(|v| v.role == Role::Leader) && h.broker_caught_up());
         h
     }
 
+    fn broker_caught_up(&self) -> bool {
+        self.controller.is_active() && self.broker.is_serving()
+    }
+
+    fn set_time(&mut self) {
+        let wall = 1_700_000_000_000 + self.now as i64;
+        self.cx.set_time(self.now, wall);
+        self.ccx.set_time(self.now, wall);
+    }
+
+    /// Execute effects until nothing is left to do right now.
     fn pump(&mut self) {
         loop {
-            let effects = self.cx.take_effects();
-            if effects.is_empty() {
+            let mut effects: Vec<(u32, Effect<BrokerMsg>)> = self.cx.take_effects().into_iter().map(|e| (0, e)).collect();
+            effects.extend(self.ccx.take_effects().into_iter().map(|e| (1, e)));
+            if effects.is_empty() && self.mail.is_empty() {
                 return;
             }
-            for effect in effects {
+            for (actor, effect) in effects {
                 match effect {
                     Effect::Disk { token, op } => {
                         let result = self.disk.apply(op);
-                        self.broker.on_io(&mut self.cx, IoDone { token, result });
+                        let done = IoDone { token, result };
+                        if actor == 0 {
+                            self.broker.on_io(&mut self.cx, done);
+                        } else {
+                            self.controller.on_io(&mut self.ccx, done);
+                        }
                     }
                     Effect::Reply { seq, frame, .. } => self.replies.push((seq, frame)),
                     Effect::Close { .. } => self.closed = true,
-                    Effect::Send { .. } | Effect::SetTimer { .. } | Effect::CancelTimer { .. } | Effect::Stop => {}
+                    Effect::Send { to, msg } => self.mail.push_back((to.actor, Addr { node: 1, actor }, msg)),
+                    Effect::SetTimer { id, after_ms } => {
+                        self.timers.insert((actor, id), self.now + after_ms);
+                    }
+                    Effect::CancelTimer { id } => {
+                        self.timers.remove(&(actor, id));
+                    }
+                    Effect::Stop => panic!("actor {actor} stopped"),
+                }
+            }
+            if let Some((to, from, msg)) = self.mail.pop_front() {
+                if to == 0 {
+                    self.broker.on_message(&mut self.cx, from, msg);
+                } else {
+                    self.controller.on_message(&mut self.ccx, from, msg);
                 }
             }
         }
+    }
+
+    /// Pump and fire timers (advancing virtual time) until `done` holds.
+    fn run_until(&mut self, done: impl Fn(&Harness) -> bool) {
+        for _ in 0..100_000 {
+            self.pump();
+            if done(self) {
+                return;
+            }
+            let Some((&(actor, id), &due)) = self.timers.iter().min_by_key(|(_, due)| **due) else { panic!("stuck: no timers") };
+            self.timers.remove(&(actor, id));
+            self.now = self.now.max(due);
+            self.set_time();
+            if actor == 0 {
+                self.broker.on_timer(&mut self.cx, id);
+            } else {
+                self.controller.on_timer(&mut self.ccx, id);
+            }
+        }
+        panic!("condition not reached in virtual time {} ms", self.now);
     }
 
     /// Send one request and return its decoded response, panicking if the broker closed.
@@ -67,7 +138,7 @@ impl Harness {
         self.seq += 1;
         self.replies.clear();
         self.broker.on_message(&mut self.cx, Addr { node: -1, actor: 0 }, BrokerMsg::Request { conn: ConnId(1), seq: self.seq, frame: buf.freeze() });
-        self.pump();
+        self.run_until(|h| h.closed || !h.replies.is_empty());
         assert!(!self.closed, "api {} v{version} closed the connection", R::KEY);
         let (_, frame) = self.replies.pop().unwrap_or_else(|| panic!("api {} v{version}: no answer", R::KEY));
         let mut frame = frame.expect("a response frame");
@@ -231,7 +302,58 @@ fn every_supported_version_answers() {
                     );
                     assert_eq!(r.responses[0].error_code, 0);
                 }
-                ApiKey::DescribeCluster => assert_eq!(h.call(&DescribeClusterRequest::default(), v).brokers.len(), 1),
+                ApiKey::DescribeCluster => {
+                    let r = h.call(&DescribeClusterRequest::default(), v);
+                    assert_eq!(r.brokers.len(), 1);
+                    assert_eq!(r.controller_id.0, 1, "the active controller is node 1");
+                }
+                ApiKey::ElectLeaders => {
+                    // The only replica already leads: a preferred election is not needed.
+                    let r = h.call(
+                        &ElectLeadersRequest::default().with_election_type(0).with_topic_partitions(Some(vec![
+                            elect_leaders_request::TopicPartitions::default().with_topic(name("t")).with_partitions(vec![0]),
+                        ])),
+                        v,
+                    );
+                    assert_eq!(r.replica_election_results[0].partition_result[0].error_code, 84, "ELECTION_NOT_NEEDED v{v}");
+                }
+                ApiKey::AlterPartitionReassignments => {
+                    // Cancelling when nothing is in progress: NO_REASSIGNMENT_IN_PROGRESS.
+                    let r = h.call(
+                        &AlterPartitionReassignmentsRequest::default().with_topics(vec![alter_partition_reassignments_request::ReassignableTopic::default()
+                            .with_name(name("t"))
+                            .with_partitions(vec![alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_partition_index(0)
+                                .with_replicas(None)])]),
+                        v,
+                    );
+                    assert_eq!(r.responses[0].partitions[0].error_code, 85);
+                    // Reassigning to the replica it already has completes at once.
+                    let r = h.call(
+                        &AlterPartitionReassignmentsRequest::default().with_topics(vec![alter_partition_reassignments_request::ReassignableTopic::default()
+                            .with_name(name("t"))
+                            .with_partitions(vec![alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_partition_index(0)
+                                .with_replicas(Some(vec![BrokerId(1)]))])]),
+                        v,
+                    );
+                    assert_eq!(r.responses[0].partitions[0].error_code, 0);
+                    // A replica that does not exist is refused.
+                    let r = h.call(
+                        &AlterPartitionReassignmentsRequest::default().with_topics(vec![alter_partition_reassignments_request::ReassignableTopic::default()
+                            .with_name(name("t"))
+                            .with_partitions(vec![alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_partition_index(0)
+                                .with_replicas(Some(vec![BrokerId(7)]))])]),
+                        v,
+                    );
+                    assert_eq!(r.responses[0].partitions[0].error_code, 39, "INVALID_REPLICA_ASSIGNMENT");
+                }
+                ApiKey::ListPartitionReassignments => {
+                    let r = h.call(&ListPartitionReassignmentsRequest::default().with_topics(None), v);
+                    assert_eq!(r.error_code, 0);
+                    assert!(r.topics.is_empty(), "nothing is being reassigned");
+                }
                 other => panic!("no test for advertised api {other:?}"),
             }
         }

@@ -67,6 +67,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         nodes: 1,
         producers: 0,
         consumers: 0,
+        replication_factor: 1,
         partitions: 1,
         send_interval_ms: 1000,
         faults_until_ms: 0,

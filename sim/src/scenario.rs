@@ -16,6 +16,8 @@ pub struct Scenario {
     pub consumers: usize,
     /// Partitions of the workload topic.
     pub partitions: i32,
+    /// Replication factor of the workload topic.
+    pub replication_factor: i16,
     /// Milliseconds between sends of one producer.
     pub send_interval_ms: u64,
     /// Faults are injected until this virtual time; then everything heals and sends stop.
@@ -35,6 +37,7 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 2,
         consumers: 2,
         partitions: 3,
+        replication_factor: 1,
         send_interval_ms: 40,
         faults_until_ms: 40_000,
         deadline_ms: 60_000,
@@ -47,6 +50,7 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 2,
         consumers: 1,
         partitions: 2,
+        replication_factor: 1,
         send_interval_ms: 10,
         faults_until_ms: 40_000,
         deadline_ms: 60_000,
@@ -59,10 +63,37 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 6,
         consumers: 4,
         partitions: 6,
+        replication_factor: 1,
         send_interval_ms: 60,
         faults_until_ms: 40_000,
         deadline_ms: 60_000,
         broker_settings: &[],
+    },
+    Scenario {
+        name: "cluster-3",
+        description: "three combined broker+controller nodes, RF=3 and min.insync.replicas=2, 2 idempotent acks=all producers, 2 consumers, 3 partitions",
+        nodes: 3,
+        producers: 2,
+        consumers: 2,
+        partitions: 3,
+        replication_factor: 3,
+        send_interval_ms: 40,
+        faults_until_ms: 40_000,
+        deadline_ms: 70_000,
+        broker_settings: &[("min.insync.replicas", "2")],
+    },
+    Scenario {
+        name: "cluster-5",
+        description: "five nodes (three of them controller voters), RF=3, min.insync.replicas=2, 3 producers, 2 consumers, 5 partitions",
+        nodes: 5,
+        producers: 3,
+        consumers: 2,
+        partitions: 5,
+        replication_factor: 3,
+        send_interval_ms: 50,
+        faults_until_ms: 40_000,
+        deadline_ms: 70_000,
+        broker_settings: &[("min.insync.replicas", "2")],
     },
 ];
 

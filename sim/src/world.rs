@@ -17,6 +17,8 @@ use runnel_actors::broker::{Broker, BrokerMsg};
 use runnel_actors::client::consumer::{Consumer, ConsumerConfig};
 use runnel_actors::client::producer::{Producer, ProducerConfig};
 use runnel_actors::client::{ClientEvent, ClientMsg};
+use runnel_actors::controller::rpc::{BROKER_ACTOR, CONTROLLER_ACTOR};
+use runnel_actors::controller::{Controller, ControllerConfig};
 use runnel_actors::core::{Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -77,12 +79,12 @@ impl Trace {
 enum Ev {
     NodeRequest { conn: u64, frame: Bytes },
     NodeDisconnected { node: usize, incarnation: u64, conn: u64 },
-    NodeTimer { node: usize, incarnation: u64, id: TimerId, generation: u64 },
-    NodeMessage { node: usize, incarnation: u64, msg: BrokerMsg },
-    NodeIo { node: usize, incarnation: u64, done: IoDone },
-    NodeFsync { node: usize, incarnation: u64, token: runnel_actors::core::IoToken, ticket: crate::disk::FsyncTicket },
+    NodeTimer { node: usize, incarnation: u64, actor: u32, id: TimerId, generation: u64 },
+    NodeMessage { node: usize, incarnation: u64, actor: u32, from: Addr, msg: BrokerMsg },
+    NodeIo { node: usize, incarnation: u64, actor: u32, done: IoDone },
+    NodeFsync { node: usize, incarnation: u64, actor: u32, token: runnel_actors::core::IoToken, ticket: crate::disk::FsyncTicket },
     ClientResponse { conn: u64, frame: Bytes },
-    ClientDisconnected { client: usize, conn: u64 },
+    ClientDisconnected { client: usize, node: usize, conn: u64 },
     ClientTimer { client: usize, id: TimerId, generation: u64 },
     Fault(Fault),
     Restart(usize),
@@ -111,12 +113,15 @@ pub enum Fault {
 
 struct Node {
     config: BrokerConfig,
+    controller_config: Option<ControllerConfig>,
     addr: Addr,
     broker: Option<Broker>,
+    controller: Option<Controller>,
     cx: Cx<BrokerMsg>,
+    ccx: Cx<BrokerMsg>,
     disk: SimDisk,
     incarnation: u64,
-    timers: BTreeMap<TimerId, u64>,
+    timers: BTreeMap<(u32, TimerId), u64>,
     timer_generation: u64,
     paused_until_us: u64,
     disk_busy_us: u64,
@@ -125,6 +130,8 @@ struct Node {
     drift_ppm: i64,
     was_ready: bool,
     restart_pending: bool,
+    /// Metadata history offsets up to this were compared against `committed_meta`.
+    meta_checked: u64,
 }
 
 enum ClientActor {
@@ -138,7 +145,8 @@ struct Client {
     cx: Cx<ClientMsg>,
     timers: BTreeMap<TimerId, u64>,
     timer_generation: u64,
-    conn: Option<u64>,
+    /// Open connection to each node.
+    conns: BTreeMap<usize, u64>,
 }
 
 struct Conn {
@@ -202,6 +210,12 @@ pub struct World {
     produce_latencies: Vec<(u64, u64)>,
     healed: bool,
     completed: bool,
+    /// (partition, leader epoch) -> the node that led it.
+    epoch_leaders: BTreeMap<(i32, i32), i32>,
+    /// Raft term -> its leader.
+    term_leaders: BTreeMap<u64, i32>,
+    /// Committed metadata batches by offset (a digest), as first seen on any voter.
+    committed_meta: BTreeMap<u64, u64>,
 }
 
 fn node_addr(i: usize) -> Addr {
@@ -213,8 +227,18 @@ impl World {
     pub fn new(seed: u64, scenario: &Scenario, plan: FaultPlan) -> World {
         let mut rng = Rng::new(seed);
         let mut nodes = Vec::new();
+        let voters: Vec<i32> = (1..=scenario.nodes.min(3) as i32).collect();
         for i in 0..scenario.nodes {
-            let mut config = BrokerConfig { node_id: i as i32 + 1, num_partitions: scenario.partitions, ..Default::default() };
+            let mut config = BrokerConfig {
+                node_id: i as i32 + 1,
+                num_partitions: scenario.partitions,
+                default_replication_factor: scenario.replication_factor,
+                voters: voters.clone(),
+                replica_lag_time_max_ms: 5_000,
+                ..Default::default()
+            };
+            let controller_config =
+                voters.contains(&(i as i32 + 1)).then(|| ControllerConfig { node_id: i as i32 + 1, voters: voters.clone(), ..Default::default() });
             for (k, v) in scenario.broker_settings {
                 if let Some((tk, tv)) = broker_key_to_topic(k, v) {
                     config.topic_defaults.insert(tk.to_string(), tv);
@@ -223,9 +247,12 @@ impl World {
             let drift_ppm = if plan.has("clock-drift") { rng.below(2_001) as i64 - 1_000 } else { 0 };
             nodes.push(Node {
                 config,
+                controller_config,
                 addr: node_addr(i),
                 broker: None,
+                controller: None,
                 cx: Cx::new(node_addr(i), rng.next_u64()),
+                ccx: Cx::new(Addr { node: i as i32 + 1, actor: CONTROLLER_ACTOR }, rng.next_u64()),
                 disk: SimDisk::new(plan.disk()),
                 incarnation: 0,
                 timers: BTreeMap::new(),
@@ -237,14 +264,15 @@ impl World {
                 drift_ppm,
                 was_ready: false,
                 restart_pending: false,
+                meta_checked: 0,
             });
         }
         let mut clients = Vec::new();
-        let broker = node_addr(0);
+        let bootstrap: Vec<Addr> = (0..scenario.nodes).map(node_addr).collect();
         for p in 0..scenario.producers {
             let config = ProducerConfig {
                 process: p as u64,
-                broker,
+                bootstrap: bootstrap.clone(),
                 topic: TOPIC.into(),
                 send_interval_ms: scenario.send_interval_ms,
                 stop_at_ms: scenario.faults_until_ms,
@@ -254,19 +282,19 @@ impl World {
                 cx: Cx::new(Addr { node: 1000 + p as i32, actor: 0 }, rng.next_u64()),
                 timers: BTreeMap::new(),
                 timer_generation: 0,
-                conn: None,
+                conns: BTreeMap::new(),
             });
         }
         for c in 0..scenario.consumers {
             let process = (scenario.producers + c) as u64;
             // Like a real consumer, wait for some bytes rather than waking on every record.
-            let config = ConsumerConfig { process, broker, topic: TOPIC.into(), max_wait_ms: 250, min_bytes: 512 };
+            let config = ConsumerConfig { process, bootstrap: bootstrap.clone(), topic: TOPIC.into(), max_wait_ms: 250, min_bytes: 512 };
             clients.push(Client {
                 actor: ClientActor::Consumer(Consumer::new(config)),
                 cx: Cx::new(Addr { node: 2000 + c as i32, actor: 0 }, rng.next_u64()),
                 timers: BTreeMap::new(),
                 timer_generation: 0,
-                conn: None,
+                conns: BTreeMap::new(),
             });
         }
         let net = Network::new(plan.net());
@@ -293,6 +321,9 @@ impl World {
             produce_latencies: Vec::new(),
             healed: false,
             completed: false,
+            epoch_leaders: BTreeMap::new(),
+            term_leaders: BTreeMap::new(),
+            committed_meta: BTreeMap::new(),
         };
         world.schedule_faults();
         world.at(scenario.faults_until_ms * 1000, Ev::Heal);
@@ -304,12 +335,18 @@ impl World {
         let mut world = World::new(seed, scenario, plan);
         let cx = Cx::new(Addr { node: 3000, actor: 0 }, world.rng.next_u64());
         let script = crate::conformance::Scripted::new(node_addr(0), frames);
-        world.clients.push(Client { actor: ClientActor::Scripted(script), cx, timers: BTreeMap::new(), timer_generation: 0, conn: None });
+        world.clients.push(Client { actor: ClientActor::Scripted(script), cx, timers: BTreeMap::new(), timer_generation: 0, conns: BTreeMap::new() });
         let index = world.clients.len() - 1;
         let mut world = world.run_keep();
         match std::mem::replace(
             &mut world.clients[index].actor,
-            ClientActor::Consumer(Consumer::new(ConsumerConfig { process: 0, broker: node_addr(0), topic: String::new(), max_wait_ms: 0, min_bytes: 0 })),
+            ClientActor::Consumer(Consumer::new(ConsumerConfig {
+                process: 0,
+                bootstrap: vec![node_addr(0)],
+                topic: String::new(),
+                max_wait_ms: 0,
+                min_bytes: 0,
+            })),
         ) {
             ClientActor::Scripted(s) => s.responses,
             _ => unreachable!("the scripted client is where it was put"),
@@ -365,7 +402,13 @@ impl World {
             }
             "conn-reset" => self.at(t, Ev::Fault(Fault::ResetClient(client))),
             "partition" | "partition-one-way" => {
-                let (a, b) = (Endpoint::Client(client), Endpoint::Node(node));
+                // With several nodes, half the partitions cut a node off from another node.
+                let other = (node + 1 + self.rng.below(n.max(2) as u64 - 1) as usize) % n;
+                let (a, b) = if n > 1 && self.rng.below(2) == 0 {
+                    (Endpoint::Node(other), Endpoint::Node(node))
+                } else {
+                    (Endpoint::Client(client), Endpoint::Node(node))
+                };
                 let heal = (t + 200_000 + self.rng.below(5_000_000)).min(end_us);
                 let both = kind == "partition";
                 let (from, to) = if self.rng.below(2) == 0 { (a, b) } else { (b, a) };
@@ -456,10 +499,16 @@ impl World {
                     None => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),
                     Some(b) => eprintln!("node {}: ready {} partitions {:?}", i + 1, b.is_ready(), b.partition_views()),
                 }
+                if let Some(c) = &n.controller {
+                    eprintln!("  controller: active {} raft {:?} image {:?}", c.is_active(), c.raft_view(), c.image());
+                }
                 for (path, bytes) in n.disk.snapshot() {
                     eprintln!("  {path}: {} bytes", bytes.len());
                 }
             }
+        }
+        if self.completed && self.nodes.len() > 1 {
+            self.check_replicas_identical();
         }
         if !self.completed {
             let missing = self.missing_reads();
@@ -522,7 +571,7 @@ impl World {
                 }
                 self.conns.get_mut(&conn).expect("conn").next_request_seq += 1;
                 let from = Addr { node: -1, actor: 0 };
-                self.node_step(node, |b, cx| b.on_message(cx, from, BrokerMsg::Request { conn: ConnId(conn), seq, frame }));
+                self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Request { conn: ConnId(conn), seq, frame }));
             }
             Ev::NodeDisconnected { node, incarnation, conn } => {
                 self.trace.add(&[t, 2, conn]);
@@ -532,50 +581,49 @@ impl World {
                 if let Some(until) = self.paused(node) {
                     return self.at(until, Ev::NodeDisconnected { node, incarnation, conn });
                 }
-                self.node_step(node, |b, cx| b.on_message(cx, Addr { node: -1, actor: 0 }, BrokerMsg::Disconnected { conn: ConnId(conn) }));
+                self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, Addr { node: -1, actor: 0 }, BrokerMsg::Disconnected { conn: ConnId(conn) }));
             }
-            Ev::NodeTimer { node, incarnation, id, generation } => {
-                self.trace.add(&[t, 3, node as u64, id.0]);
-                if incarnation != self.nodes[node].incarnation || self.nodes[node].timers.get(&id) != Some(&generation) {
+            Ev::NodeTimer { node, incarnation, actor, id, generation } => {
+                self.trace.add(&[t, 3, node as u64, actor as u64, id.0]);
+                if incarnation != self.nodes[node].incarnation || self.nodes[node].timers.get(&(actor, id)) != Some(&generation) {
                     return;
                 }
                 if let Some(until) = self.paused(node) {
-                    return self.at(until, Ev::NodeTimer { node, incarnation, id, generation });
+                    return self.at(until, Ev::NodeTimer { node, incarnation, actor, id, generation });
                 }
-                self.nodes[node].timers.remove(&id);
-                self.node_step(node, |b, cx| b.on_timer(cx, id));
+                self.nodes[node].timers.remove(&(actor, id));
+                self.node_step(node, actor, |b, cx| b.on_timer(cx, id));
             }
-            Ev::NodeMessage { node, incarnation, msg } => {
-                self.trace.add(&[t, 12, node as u64]);
+            Ev::NodeMessage { node, incarnation, actor, from, msg } => {
+                self.trace.add(&[t, 12, node as u64, actor as u64, from.node as u64]);
                 if incarnation != self.nodes[node].incarnation {
                     return;
                 }
                 if let Some(until) = self.paused(node) {
-                    return self.at(until, Ev::NodeMessage { node, incarnation, msg });
+                    return self.at(until, Ev::NodeMessage { node, incarnation, actor, from, msg });
                 }
-                let from = self.nodes[node].addr;
-                self.node_step(node, |b, cx| b.on_message(cx, from, msg));
+                self.node_step(node, actor, |b, cx| b.on_message(cx, from, msg));
             }
-            Ev::NodeIo { node, incarnation, done } => {
-                self.trace.add(&[t, 4, node as u64, done.token.0, done.result.is_ok() as u64]);
+            Ev::NodeIo { node, incarnation, actor, done } => {
+                self.trace.add(&[t, 4, node as u64, actor as u64, done.token.0, done.result.is_ok() as u64]);
                 if incarnation != self.nodes[node].incarnation {
                     return;
                 }
                 if let Some(until) = self.paused(node) {
-                    return self.at(until, Ev::NodeIo { node, incarnation, done });
+                    return self.at(until, Ev::NodeIo { node, incarnation, actor, done });
                 }
-                self.node_step(node, |b, cx| b.on_io(cx, done));
+                self.node_step(node, actor, |b, cx| b.on_io(cx, done));
             }
-            Ev::NodeFsync { node, incarnation, token, ticket } => {
-                self.trace.add(&[t, 5, node as u64, token.0]);
+            Ev::NodeFsync { node, incarnation, actor, token, ticket } => {
+                self.trace.add(&[t, 5, node as u64, actor as u64, token.0]);
                 if incarnation != self.nodes[node].incarnation {
                     return;
                 }
                 if let Some(until) = self.paused(node) {
-                    return self.at(until, Ev::NodeFsync { node, incarnation, token, ticket });
+                    return self.at(until, Ev::NodeFsync { node, incarnation, actor, token, ticket });
                 }
                 let result = self.nodes[node].disk.complete_fsync(ticket, &mut self.rng);
-                self.node_step(node, |b, cx| b.on_io(cx, IoDone { token, result }));
+                self.node_step(node, actor, |b, cx| b.on_io(cx, IoDone { token, result }));
             }
             Ev::ClientResponse { conn, frame } => {
                 self.trace.add(&[t, 6, conn, frame.len() as u64]);
@@ -584,19 +632,19 @@ impl World {
                 if !c.alive {
                     return;
                 }
-                let client = c.client;
-                self.client_step(client, |a, cx| client_message(a, cx, ClientMsg::Response(frame)));
+                let (client, node) = (c.client, c.node);
+                self.client_step(client, |a, cx| client_message(a, cx, node_addr(node), ClientMsg::Response(frame)));
             }
-            Ev::ClientDisconnected { client, conn } => {
+            Ev::ClientDisconnected { client, node, conn } => {
                 self.trace.add(&[t, 7, conn]);
                 // Until this notice arrives the client keeps writing into the dead connection
                 // (those requests vanish, as on a reset socket); then it learns, forgets what was
                 // in flight and reconnects.
-                if self.clients[client].conn != Some(conn) {
+                if self.clients[client].conns.get(&node) != Some(&conn) {
                     return;
                 }
-                self.clients[client].conn = None;
-                self.client_step(client, |a, cx| client_message(a, cx, ClientMsg::Disconnected));
+                self.clients[client].conns.remove(&node);
+                self.client_step(client, |a, cx| client_message(a, cx, node_addr(node), ClientMsg::Disconnected));
             }
             Ev::ClientTimer { client, id, generation } => {
                 self.trace.add(&[t, 8, client as u64, id.0]);
@@ -630,6 +678,9 @@ impl World {
                 self.heal();
             }
             Ev::Check => {
+                if self.nodes.len() > 1 {
+                    self.check_isr();
+                }
                 self.check_completion();
                 self.after(500_000, Ev::Check);
             }
@@ -646,11 +697,17 @@ impl World {
     fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.broker = Some(Broker::new(n.config.clone()));
+        n.controller = n.controller_config.clone().map(Controller::new);
         n.cx = Cx::new(n.addr, self.rng.next_u64());
+        n.ccx = Cx::new(Addr { node: n.addr.node, actor: CONTROLLER_ACTOR }, self.rng.next_u64());
         n.timers.clear();
         n.was_ready = false;
         n.restart_pending = false;
-        self.node_step(i, |b, cx| b.on_start(cx));
+        n.meta_checked = 0;
+        if self.nodes[i].controller.is_some() {
+            self.node_step(i, CONTROLLER_ACTOR, |c, cx| c.on_start(cx));
+        }
+        self.node_step(i, BROKER_ACTOR, |b, cx| b.on_start(cx));
     }
 
     fn node_clock(&self, i: usize) -> (u64, i64) {
@@ -660,15 +717,24 @@ impl World {
         (local_ms, EPOCH_MS + local_ms as i64 + n.wall_offset_ms)
     }
 
-    fn node_step(&mut self, i: usize, f: impl FnOnce(&mut Broker, &mut Cx<BrokerMsg>)) {
+    fn node_step(&mut self, i: usize, actor: u32, f: impl FnOnce(&mut dyn Actor<Msg = BrokerMsg>, &mut Cx<BrokerMsg>)) {
         let (now_ms, wall) = self.node_clock(i);
         let n = &mut self.nodes[i];
-        let Some(broker) = n.broker.as_mut() else { return };
-        n.cx.set_time(now_ms, wall);
-        f(broker, &mut n.cx);
-        let effects = n.cx.take_effects();
+        let (a, cx): (&mut dyn Actor<Msg = BrokerMsg>, &mut Cx<BrokerMsg>) = match actor {
+            BROKER_ACTOR => match n.broker.as_mut() {
+                Some(b) => (b, &mut n.cx),
+                None => return,
+            },
+            _ => match n.controller.as_mut() {
+                Some(c) => (c, &mut n.ccx),
+                None => return,
+            },
+        };
+        cx.set_time(now_ms, wall);
+        f(a, cx);
+        let effects = cx.take_effects();
         for e in effects {
-            self.node_effect(i, e);
+            self.node_effect(i, actor, e);
             if self.nodes[i].broker.is_none() {
                 break;
             }
@@ -676,16 +742,42 @@ impl World {
         self.check_node(i);
     }
 
-    fn node_effect(&mut self, i: usize, e: Effect<BrokerMsg>) {
+    fn node_effect(&mut self, i: usize, actor: u32, e: Effect<BrokerMsg>) {
         let incarnation = self.nodes[i].incarnation;
+        let me = Addr { node: i as i32 + 1, actor };
         match e {
             Effect::Send { to, msg } => {
-                // As in the tokio driver: an actor may message itself; routes between nodes
-                // arrive with the node transport.
-                if to == self.nodes[i].addr {
-                    self.after(0, Ev::NodeMessage { node: i, incarnation, msg });
+                let j = (to.node - 1) as usize;
+                if to.node == me.node {
+                    // Between actors of one node: in order, at once.
+                    self.after(0, Ev::NodeMessage { node: i, incarnation, actor: to.actor, from: me, msg });
+                } else if to.node < 1 || j >= self.nodes.len() {
+                    self.violation("driver", format!("node {} sent to {to:?}, which does not exist", i + 1));
                 } else {
-                    self.violation("driver", format!("node {} sent to {to:?}, which has no route", i + 1));
+                    // Between nodes: a datagram, lost while the link is clogged, and subject to
+                    // loss, duplication and reordering.
+                    if self.net.is_clogged(Endpoint::Node(i), Endpoint::Node(j)) {
+                        return;
+                    }
+                    let (copies, extra) = self.net.datagram_fate(&mut self.rng);
+                    if copies == 0 {
+                        *self.faults_fired.entry("net-loss".into()).or_default() += 1;
+                    }
+                    if copies == 2 {
+                        *self.faults_fired.entry("net-duplicate".into()).or_default() += 1;
+                    }
+                    if extra > 0 {
+                        *self.faults_fired.entry("net-reorder".into()).or_default() += 1;
+                    }
+                    let target = self.nodes[j].incarnation;
+                    if std::env::var_os("RUNNEL_SIM_PEER_DEBUG").is_some() {
+                        let d = format!("{msg:?}");
+                        eprintln!("[{} ms] {} -> {} {}", self.now_us / 1000, me.node, to.node, &d[..d.len().min(160)]);
+                    }
+                    for c in 0..copies {
+                        let latency = self.net.latency_us(&mut self.rng) + extra + c as u64 * 100;
+                        self.after(latency, Ev::NodeMessage { node: j, incarnation: target, actor: to.actor, from: me, msg: msg.clone() });
+                    }
                 }
             }
             Effect::Reply { conn, seq, frame } => {
@@ -715,11 +807,11 @@ impl World {
                 let n = &mut self.nodes[i];
                 n.timer_generation += 1;
                 let generation = n.timer_generation;
-                n.timers.insert(id, generation);
-                self.after(after_ms * 1000, Ev::NodeTimer { node: i, incarnation, id, generation });
+                n.timers.insert((actor, id), generation);
+                self.after(after_ms * 1000, Ev::NodeTimer { node: i, incarnation, actor, id, generation });
             }
             Effect::CancelTimer { id } => {
-                self.nodes[i].timers.remove(&id);
+                self.nodes[i].timers.remove(&(actor, id));
             }
             Effect::Disk { token, op } => {
                 self.trace.add(&[self.now_us, 20, token.0]);
@@ -730,18 +822,18 @@ impl World {
                     Issued::Done(result) => {
                         n.disk_busy_us = n.disk_busy_us.max(self.now_us) + latency;
                         let when = n.disk_busy_us;
-                        self.at(when, Ev::NodeIo { node: i, incarnation, done: IoDone { token, result } });
+                        self.at(when, Ev::NodeIo { node: i, incarnation, actor, done: IoDone { token, result } });
                     }
                     Issued::Fsync(ticket) => {
                         // Like the real driver: an fsync starts after every earlier operation.
                         n.fsync_busy_us = n.fsync_busy_us.max(n.disk_busy_us).max(self.now_us) + latency;
                         let when = n.fsync_busy_us;
-                        self.at(when, Ev::NodeFsync { node: i, incarnation, token, ticket });
+                        self.at(when, Ev::NodeFsync { node: i, incarnation, actor, token, ticket });
                     }
                 }
             }
             Effect::Stop => {
-                // The broker exits on a fatal error (fsync EIO, ENOSPC): the process dies, the
+                // An actor exits on a fatal error (fsync EIO, ENOSPC): the process dies, the
                 // page cache survives; a supervisor restarts it.
                 self.node_down(i, false);
                 let delay = 200_000 + self.rng.below(1_000_000);
@@ -754,6 +846,21 @@ impl World {
 
     /// Invariants on the broker's state, checked after every step.
     fn check_node(&mut self, i: usize) {
+        self.check_quorum(i);
+        let Some(b) = self.nodes[i].broker.as_ref() else { return };
+        let mut leaders = Vec::new();
+        for v in b.partition_views() {
+            if v.role == runnel_actors::partition::Role::Leader {
+                leaders.push((v.index, v.leader_epoch));
+            }
+        }
+        for key in leaders {
+            let node = i as i32 + 1;
+            let prev = *self.epoch_leaders.entry(key).or_insert(node);
+            if prev != node {
+                self.violation("one-leader-per-epoch", format!("partition {} epoch {}: led by node {prev} and node {node}", key.0, key.1));
+            }
+        }
         let Some(b) = self.nodes[i].broker.as_ref() else { return };
         if !b.is_ready() {
             return;
@@ -776,7 +883,7 @@ impl World {
                     format!("{}-{}: high watermark {} above the durable offset {}", v.topic, v.index, v.high_watermark, v.durable_offset),
                 ));
             }
-            if first_ready && v.ready {
+            if first_ready && v.ready && self.scenario.replication_factor == 1 {
                 if let Some(acked) = self.acked.get(&(v.index as u64)) {
                     if v.log_end_offset <= *acked {
                         found.push((
@@ -790,6 +897,118 @@ impl World {
         self.nodes[i].was_ready = true;
         for (checker, what) in found {
             self.violation(checker, what);
+        }
+    }
+
+    /// The metadata quorum: one Raft leader per term, committed entries never change.
+    fn check_quorum(&mut self, i: usize) {
+        let Some(c) = self.nodes[i].controller.as_ref() else { return };
+        let node = i as i32 + 1;
+        let mut found = Vec::new();
+        if let Some((term, Some(leader), _)) = c.raft_view() {
+            if leader == node && c.is_active() {
+                let prev = *self.term_leaders.entry(term).or_insert(node);
+                if prev != node {
+                    found.push(("one-controller-per-term", format!("term {term}: active controllers {prev} and {node}")));
+                }
+            }
+        }
+        if let Err(e) = c.image().check() {
+            found.push(("metadata-image", format!("node {node}: {e}")));
+        }
+        let checked = self.nodes[i].meta_checked;
+        let fresh: Vec<(u64, u64)> = c
+            .history()
+            .rev()
+            .take_while(|(o, _)| *o > checked)
+            .map(|(o, r)| {
+                let mut t = Trace::new();
+                t.bytes(&bincode::serialize(r).expect("records serialise"));
+                (*o, t.hash())
+            })
+            .collect();
+        if let Some((newest, _)) = fresh.first() {
+            self.nodes[i].meta_checked = *newest;
+        }
+        for (o, h) in fresh {
+            let prev = *self.committed_meta.entry(o).or_insert(h);
+            if prev != h {
+                found.push(("metadata-log", format!("committed metadata entry {o} differs on node {node}")));
+            }
+        }
+        for (checker, what) in found {
+            self.violation(checker, what);
+        }
+    }
+
+    /// Every ISR member holds at least what the leader exposes (checked every 500 ms).
+    fn check_isr(&mut self) {
+        let mut found = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(b) = n.broker.as_ref().filter(|b| b.is_ready()) else { continue };
+            for v in b.partition_views().into_iter().filter(|v| v.role == runnel_actors::partition::Role::Leader && v.ready) {
+                for m in v.isr.iter().filter(|m| **m != i as i32 + 1) {
+                    let Some(other) = self.nodes.get((*m - 1) as usize).and_then(|o| o.broker.as_ref()).filter(|o| o.is_ready()) else { continue };
+                    if let Some(f) =
+                        other.partition_views().into_iter().find(|f| f.index == v.index && f.ready && f.role != runnel_actors::partition::Role::None)
+                    {
+                        if f.log_end_offset < v.high_watermark {
+                            found.push(format!(
+                                "partition {}: leader {} exposes up to {} but ISR member {m} ends at {}",
+                                v.index,
+                                i + 1,
+                                v.high_watermark,
+                                f.log_end_offset
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for what in found {
+            self.violation("high-watermark-within-isr", what);
+        }
+    }
+
+    /// After the workload completes: every replica's log is a byte-identical prefix of the
+    /// others'.
+    fn check_replicas_identical(&mut self) {
+        let mut found = Vec::new();
+        for p in 0..self.scenario.partitions {
+            let dir = format!("{TOPIC}-{p}/");
+            let mut logs: Vec<(usize, Vec<u8>)> = Vec::new();
+            // Only replicas that caught up with the leader's log end are compared.
+            let leader_end = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.broker.as_ref())
+                .flat_map(|b| b.partition_views())
+                .find(|v| v.index == p && v.role == runnel_actors::partition::Role::Leader)
+                .map(|v| v.log_end_offset);
+            for (i, n) in self.nodes.iter().enumerate() {
+                let Some(b) = n.broker.as_ref().filter(|b| b.is_ready()) else { continue };
+                if !b.partition_views().iter().any(|v| v.index == p && v.role != runnel_actors::partition::Role::None && Some(v.log_end_offset) == leader_end) {
+                    continue;
+                }
+                let mut bytes = Vec::new();
+                let mut files: Vec<(String, Vec<u8>)> =
+                    n.disk.snapshot().into_iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).collect();
+                files.sort_by(|a, b| a.0.cmp(&b.0));
+                for (_, f) in files {
+                    bytes.extend_from_slice(&f);
+                }
+                logs.push((i, bytes));
+            }
+            for w in logs.windows(2) {
+                let len = w[0].1.len().min(w[1].1.len());
+                if w[0].1[..len] != w[1].1[..len] {
+                    let at = (0..len).find(|k| w[0].1[*k] != w[1].1[*k]).unwrap_or(len);
+                    found.push(format!("partition {p}: logs of nodes {} and {} differ at byte {at}", w[0].0 + 1, w[1].0 + 1));
+                }
+            }
+        }
+        for what in found {
+            self.violation("replicas-identical", what);
         }
     }
 
@@ -855,8 +1074,8 @@ impl World {
     }
 
     fn client_conn(&mut self, client: usize, node: usize) -> u64 {
-        if let Some(c) = self.clients[client].conn {
-            return c;
+        if let Some(c) = self.clients[client].conns.get(&node) {
+            return *c;
         }
         let id = self.next_conn;
         self.next_conn += 1;
@@ -877,7 +1096,7 @@ impl World {
                 held_to_client: VecDeque::new(),
             },
         );
-        self.clients[client].conn = Some(id);
+        self.clients[client].conns.insert(node, id);
         if self.nodes[node].broker.is_none() {
             // Connection refused: the client learns at once.
             self.reset_conn(id, true, false);
@@ -922,11 +1141,11 @@ impl World {
         let (client, node, incarnation) = (c.client, c.node, c.node_incarnation);
         let delay = self.net.latency_us(&mut self.rng);
         if tell_client {
-            self.after(delay, Ev::ClientDisconnected { client, conn });
+            self.after(delay, Ev::ClientDisconnected { client, node, conn });
         } else {
             // Closed by the broker: the client sees the close after the replies sent before it.
             let at = self.conns[&conn].to_client_at_us.max(self.now_us) + delay;
-            self.at(at, Ev::ClientDisconnected { client, conn });
+            self.at(at, Ev::ClientDisconnected { client, node, conn });
         }
         if tell_node {
             self.after(delay, Ev::NodeDisconnected { node, incarnation, conn });
@@ -968,11 +1187,10 @@ impl World {
                 }
             }
             Fault::ResetClient(c) => {
-                if let Some(conn) = self.clients[c].conn {
-                    if self.conns.contains_key(&conn) {
-                        self.fired("conn-reset", format!("client {c} connection reset"));
-                        self.reset_conn(conn, true, true);
-                    }
+                let conns: Vec<u64> = self.clients[c].conns.values().copied().filter(|id| self.conns.contains_key(id)).collect();
+                if let Some(conn) = conns.first() {
+                    self.fired("conn-reset", format!("client {c} connection reset"));
+                    self.reset_conn(*conn, true, true);
                 }
             }
             Fault::Clog(from, to) => {
@@ -1065,7 +1283,7 @@ impl World {
                 }
             }
         }
-        if self.nodes.iter().any(|n| n.broker.as_ref().is_none_or(|b| !b.is_ready())) {
+        if self.nodes.iter().any(|n| n.broker.as_ref().is_none_or(|b| !b.is_serving())) {
             parts.push("a node is not up".into());
         }
         parts.join("; ")
@@ -1081,8 +1299,7 @@ impl World {
     }
 }
 
-fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, msg: ClientMsg) {
-    let from = Addr { node: -1, actor: 0 };
+fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
     match a {
         ClientActor::Producer(p) => p.on_message(cx, from, msg),
         ClientActor::Scripted(s) => s.on_message(cx, from, msg),

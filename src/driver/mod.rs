@@ -51,8 +51,19 @@ impl<M> ActorHandle<M> {
     }
 }
 
-/// Start `actor` at `me` with its disk rooted at `data_dir`; replies go through `connections`.
-pub fn spawn_actor<A>(mut actor: A, me: Addr, data_dir: PathBuf, connections: Arc<Connections>, seed: u64) -> std::io::Result<ActorHandle<A::Msg>>
+/// Where an actor's messages to other actors go: `route(from, to, msg)`.
+pub type Route<M> = Arc<dyn Fn(Addr, Addr, M) + Send + Sync>;
+
+/// Start `actor` at `me` with its disk rooted at `data_dir`; replies go through `connections`,
+/// messages to other actors through `route`.
+pub fn spawn_actor<A>(
+    mut actor: A,
+    me: Addr,
+    data_dir: PathBuf,
+    connections: Arc<Connections>,
+    seed: u64,
+    route: Option<Route<A::Msg>>,
+) -> std::io::Result<ActorHandle<A::Msg>>
 where
     A: Actor + Send + 'static,
     A::Msg: Send + 'static,
@@ -82,10 +93,10 @@ where
             for effect in effects.drain(..) {
                 match effect {
                     Effect::Send { to, msg } => {
-                        // Only self-sends exist so far; routing between actors arrives with the
-                        // node transport.
                         if to == me {
                             let _ = timer_tx.send(Input::Message { from: me, msg });
+                        } else if let Some(route) = &route {
+                            route(me, to, msg);
                         } else {
                             tracing::warn!(?to, "no route to actor");
                         }

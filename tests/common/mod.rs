@@ -49,6 +49,8 @@ pub struct TestBroker {
     /// Owns the data directory when the broker made it itself.
     data_dir_guard: Option<tempfile::TempDir>,
     log_path: PathBuf,
+    /// `runnel server --config FILE` instead of `standalone` (cluster nodes).
+    config_file: Option<PathBuf>,
 }
 
 impl TestBroker {
@@ -77,7 +79,7 @@ impl TestBroker {
     fn spawn(binary: PathBuf, data_dir: PathBuf, port: u16) -> TestBroker {
         static SERIAL: AtomicUsize = AtomicUsize::new(0);
         let log_path = log_directory().join(format!("runnel-{}-{}-{port}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
-        let mut broker = TestBroker { child: None, binary, port, data_dir, data_dir_guard: None, log_path };
+        let mut broker = TestBroker { child: None, binary, port, data_dir, data_dir_guard: None, log_path, config_file: None };
         broker.launch(true);
         broker
     }
@@ -118,12 +120,12 @@ impl TestBroker {
             let mut log = OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open broker log");
             writeln!(log, "==== test harness: starting {} on port {} over {}", self.binary.display(), self.port, self.data_dir.display())
                 .expect("write broker log");
-            let mut child = Command::new(&self.binary)
-                .arg("standalone")
-                .arg("--data-dir")
-                .arg(&self.data_dir)
-                .arg("--listen")
-                .arg(self.bootstrap())
+            let mut command = Command::new(&self.binary);
+            match &self.config_file {
+                Some(f) => command.arg("server").arg("--config").arg(f),
+                None => command.arg("standalone").arg("--data-dir").arg(&self.data_dir).arg("--listen").arg(self.bootstrap()),
+            };
+            let mut child = command
                 .env("NO_COLOR", "1") // plain text in the log file
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
@@ -322,5 +324,92 @@ impl TestBroker {
     #[allow(dead_code)]
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// A cluster of `runnel server` processes on 127.0.0.1: combined broker+controller nodes,
+/// every one a voter, each with its own data directory under one temporary root.
+pub struct TestCluster {
+    /// The nodes; node `i + 1` is `nodes[i]`.
+    pub nodes: Vec<TestBroker>,
+    _root: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Start `n` nodes with the extra `server.properties` lines `extra`, and wait until every
+    /// node serves clients (a quorum elected a controller and every broker is unfenced).
+    pub fn start(n: usize, extra: &str) -> TestCluster {
+        let root = tempfile::Builder::new().prefix("runnel-cluster-").tempdir().expect("create cluster dir");
+        let kafka: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peer: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let voters: Vec<String> = (0..n).map(|i| format!("{}@127.0.0.1:{}", i + 1, peer[i])).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let data = root.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&data).expect("node dir");
+            let config = root.path().join(format!("node-{}.properties", i + 1));
+            let text = format!(
+                "node.id={}\nprocess.roles=broker,controller\nlisteners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}\ncontroller.listener.names=CONTROLLER\ncontroller.quorum.voters={}\nlog.dirs={}\n{extra}\n",
+                i + 1,
+                kafka[i],
+                peer[i],
+                voters.join(","),
+                data.display()
+            );
+            std::fs::write(&config, text).expect("write config");
+            static SERIAL: AtomicUsize = AtomicUsize::new(0);
+            let log_path = log_directory().join(format!("runnel-cluster-{}-{}-node{}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed), i + 1));
+            nodes.push(TestBroker {
+                child: None,
+                binary: runnel_binary(),
+                port: kafka[i],
+                data_dir: data,
+                data_dir_guard: None,
+                log_path,
+                config_file: Some(config),
+            });
+        }
+        for node in &mut nodes {
+            node.spawn_only();
+        }
+        let deadline = Instant::now() + START_DEADLINE;
+        for node in &mut nodes {
+            node.wait_ready(deadline);
+        }
+        TestCluster { nodes, _root: root }
+    }
+
+    /// Every node's address, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| n.bootstrap()).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl TestBroker {
+    /// Start the process without waiting for it to serve.
+    fn spawn_only(&mut self) {
+        let mut log = OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open broker log");
+        writeln!(log, "==== test harness: starting node on port {}", self.port).expect("write broker log");
+        let mut command = Command::new(&self.binary);
+        command.arg("server").arg("--config").arg(self.config_file.as_ref().expect("a cluster node"));
+        let child = command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// Wait until a started process serves clients.
+    fn wait_ready(&mut self, deadline: Instant) {
+        let port = self.port;
+        let child = self.child.as_mut().expect("started");
+        match wait_until_serving(child, port, deadline) {
+            Ok(()) => {}
+            Err(Exit(status)) => panic!("node exited during startup ({status}); log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
+            Err(Timeout) => panic!("node on port {port} did not serve within {START_DEADLINE:?}; log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
+        }
     }
 }

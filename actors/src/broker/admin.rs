@@ -7,6 +7,7 @@
 use super::config::{self, ConfigSource, TOPIC_CONFIGS};
 use super::{codec, error, Broker, BrokerMsg};
 use crate::broker::codec::Request;
+use crate::controller::rpc::AdminOp;
 use crate::core::{ConnId, Cx};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
@@ -36,100 +37,191 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-impl Broker {
-    fn new_topic_id(&mut self, cx: &mut Cx<BrokerMsg>) -> Uuid {
-        loop {
-            let id = Uuid::from_u64_pair(cx.rng().next_u64(), cx.rng().next_u64());
-            if !id.is_nil() && !self.topic_names.contains_key(&id) {
-                return id;
+/// An admin response being filled in by controller answers.
+pub(crate) enum AdminResponse {
+    CreateTopics(CreateTopicsResponse),
+    DeleteTopics(DeleteTopicsResponse),
+    CreatePartitions(CreatePartitionsResponse),
+    AlterConfigs(AlterConfigsResponse),
+    IncrementalAlterConfigs(IncrementalAlterConfigsResponse),
+    ElectLeaders(ElectLeadersResponse),
+    AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
+}
+
+impl AdminResponse {
+    /// Record an error for the item at `slot` (flattened over topics and partitions).
+    pub(crate) fn set_error(&mut self, slot: usize, code: i16, message: Option<String>) {
+        let message = message.map(s);
+        match self {
+            AdminResponse::CreateTopics(r) => {
+                if let Some(t) = r.topics.get_mut(slot) {
+                    t.error_code = code;
+                    t.error_message = message;
+                    t.num_partitions = -1;
+                    t.replication_factor = -1;
+                    t.configs = None;
+                }
+            }
+            AdminResponse::DeleteTopics(r) => {
+                if let Some(t) = r.responses.get_mut(slot) {
+                    t.error_code = code;
+                    t.error_message = message;
+                }
+            }
+            AdminResponse::CreatePartitions(r) => {
+                if let Some(t) = r.results.get_mut(slot) {
+                    t.error_code = code;
+                    t.error_message = message;
+                }
+            }
+            AdminResponse::AlterConfigs(r) => {
+                if let Some(t) = r.responses.get_mut(slot) {
+                    t.error_code = code;
+                    t.error_message = message;
+                }
+            }
+            AdminResponse::IncrementalAlterConfigs(r) => {
+                if let Some(t) = r.responses.get_mut(slot) {
+                    t.error_code = code;
+                    t.error_message = message;
+                }
+            }
+            AdminResponse::ElectLeaders(r) => {
+                if let Some(p) = r.replica_election_results.iter_mut().flat_map(|t| t.partition_result.iter_mut()).nth(slot) {
+                    p.error_code = code;
+                    p.error_message = message;
+                }
+            }
+            AdminResponse::AlterPartitionReassignments(r) => {
+                if let Some(p) = r.responses.iter_mut().flat_map(|t| t.partitions.iter_mut()).nth(slot) {
+                    p.error_code = code;
+                    p.error_message = message;
+                }
             }
         }
     }
 
-    /// Create a topic now; returns the metadata version that makes it durable.
-    fn create_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, partitions: i32, configs: BTreeMap<String, String>) -> u64 {
-        let id = self.new_topic_id(cx);
-        let version = self.meta_version + 1;
-        self.add_topic(cx, name, id, partitions, configs, version);
-        let v = self.meta_changed(cx);
-        assert_eq!(v, version, "metadata version moved during topic creation");
-        tracing::info!(topic = name, partitions, "created topic");
-        v
+    /// Fill in the id of a topic created at `slot`.
+    pub(crate) fn set_created_id(&mut self, slot: usize, id: Option<Uuid>) {
+        if let (AdminResponse::CreateTopics(r), Some(id)) = (self, id) {
+            if let Some(t) = r.topics.get_mut(slot).filter(|t| t.error_code == error::NONE) {
+                t.topic_id = id;
+            }
+        }
+    }
+
+    pub(crate) fn encode(&self, request: &Request) -> Result<bytes::Bytes, String> {
+        match self {
+            AdminResponse::CreateTopics(r) => codec::respond(request, r),
+            AdminResponse::DeleteTopics(r) => codec::respond(request, r),
+            AdminResponse::CreatePartitions(r) => codec::respond(request, r),
+            AdminResponse::AlterConfigs(r) => codec::respond(request, r),
+            AdminResponse::IncrementalAlterConfigs(r) => codec::respond(request, r),
+            AdminResponse::ElectLeaders(r) => codec::respond(request, r),
+            AdminResponse::AlterPartitionReassignments(r) => codec::respond(request, r),
+        }
+    }
+}
+
+impl Broker {
+    fn topic_by_id(&self, id: Uuid) -> Option<String> {
+        self.cluster.image.topics.iter().find(|(_, t)| Uuid::from_u128(t.id) == id).map(|(n, _)| n.clone())
     }
 
     pub(crate) fn on_metadata(&mut self, cx: &mut Cx<BrokerMsg>, request: &Request, r: MetadataRequest) -> MetadataResponse {
+        let image = &self.cluster.image;
+        let brokers: Vec<MetadataResponseBroker> = image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| {
+                MetadataResponseBroker::default().with_node_id(b.id.into()).with_host(s(b.host.clone())).with_port(b.port).with_rack(b.rack.clone().map(s))
+            })
+            .collect();
         let mut response = MetadataResponse::default()
             .with_cluster_id(Some(s(self.config.cluster_id.clone())))
             .with_controller_id(self.config.node_id.into())
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(self.config.node_id.into())
-                .with_host(s(self.config.advertised_host.clone()))
-                .with_port(self.config.advertised_port)
-                .with_rack(self.config.rack.clone().map(s))]);
+            .with_brokers(brokers);
         let requested: Option<Vec<(Option<String>, Uuid)>> = match r.topics {
             None => None,
             Some(t) if t.is_empty() && request.version == 0 => None,
             Some(t) => Some(t.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()),
         };
         let names: Vec<(Option<String>, Uuid)> = match requested {
-            None => self.topics.keys().map(|n| (Some(n.clone()), Uuid::nil())).collect(),
+            None => image.topics.keys().map(|n| (Some(n.clone()), Uuid::nil())).collect(),
             Some(list) => list,
         };
         let allow_create = (request.version < 4 || r.allow_auto_topic_creation) && self.config.auto_create_topics;
+        let mut create = Vec::new();
         for (name, id) in names {
-            let name = name.or_else(|| self.topic_names.get(&id).cloned());
+            let name = name.or_else(|| self.topic_by_id(id));
             let Some(name) = name else {
                 response.topics.push(MetadataResponseTopic::default().with_error_code(error::UNKNOWN_TOPIC_ID).with_topic_id(id));
                 continue;
             };
             let mut topic = MetadataResponseTopic::default().with_name(Some(TopicName(s(name.clone()))));
-            if !self.topics.contains_key(&name) {
+            let Some(t) = self.cluster.image.topics.get(&name) else {
                 topic.error_code = if !valid_topic_name(&name) {
                     error::INVALID_TOPIC_EXCEPTION
                 } else if allow_create {
-                    let partitions = self.config.num_partitions;
-                    self.create_topic(cx, &name, partitions, BTreeMap::new());
+                    create.push(name.clone());
                     error::LEADER_NOT_AVAILABLE
                 } else {
                     error::UNKNOWN_TOPIC_OR_PARTITION
                 };
                 response.topics.push(topic);
                 continue;
-            }
-            let t = &self.topics[&name];
-            topic.topic_id = t.id;
-            let durable = self.topic_durable(t);
-            for p in &t.partitions {
-                let ready = durable && p.is_ready();
-                let node = self.config.node_id;
+            };
+            topic.topic_id = Uuid::from_u128(t.id);
+            for (i, p) in t.partitions.iter().enumerate() {
+                let offline: Vec<BrokerId> = p.replicas.iter().filter(|r| !self.cluster.image.is_active(**r)).map(|r| (*r).into()).collect();
                 topic.partitions.push(
                     MetadataResponsePartition::default()
-                        .with_error_code(if ready { error::NONE } else { error::LEADER_NOT_AVAILABLE })
-                        .with_partition_index(p.index)
-                        .with_leader_id(if ready { node } else { -1 }.into())
+                        .with_error_code(if p.leader < 0 { error::LEADER_NOT_AVAILABLE } else { error::NONE })
+                        .with_partition_index(i as i32)
+                        .with_leader_id(p.leader.into())
                         .with_leader_epoch(p.leader_epoch)
-                        .with_replica_nodes(vec![node.into()])
-                        .with_isr_nodes(vec![node.into()]),
+                        .with_replica_nodes(p.replicas.iter().map(|r| (*r).into()).collect())
+                        .with_isr_nodes(p.isr.iter().map(|r| (*r).into()).collect())
+                        .with_offline_replicas(offline),
                 );
             }
             response.topics.push(topic);
+        }
+        for name in create {
+            let op = AdminOp::CreateTopic {
+                name,
+                partitions: self.config.num_partitions,
+                replication_factor: self.config.default_replication_factor,
+                assignments: Vec::new(),
+                configs: BTreeMap::new(),
+                validate_only: false,
+            };
+            self.admin_forget(cx, op);
         }
         response
     }
 
     pub(crate) fn on_describe_cluster(&self) -> DescribeClusterResponse {
-        DescribeClusterResponse::default().with_cluster_id(s(self.config.cluster_id.clone())).with_controller_id(self.config.node_id.into()).with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(self.config.node_id.into())
-                .with_host(s(self.config.advertised_host.clone()))
-                .with_port(self.config.advertised_port)
-                .with_rack(self.config.rack.clone().map(s)),
-        ])
+        let brokers = self
+            .cluster
+            .image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| {
+                DescribeClusterBroker::default().with_broker_id(b.id.into()).with_host(s(b.host.clone())).with_port(b.port).with_rack(b.rack.clone().map(s))
+            })
+            .collect();
+        // The active controller as this broker last reached it (combined nodes are brokers too).
+        let controller = self.cluster.controller.unwrap_or(-1);
+        DescribeClusterResponse::default().with_cluster_id(s(self.config.cluster_id.clone())).with_controller_id(controller.into()).with_brokers(brokers)
     }
 
-    pub(crate) fn on_create_topics(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, r: CreateTopicsRequest) {
+    pub(crate) fn on_create_topics(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: CreateTopicsRequest) {
         let mut response = CreateTopicsResponse::default();
-        let mut version = 0;
+        let mut ops = Vec::new();
+        let mut created = Vec::new();
         for t in r.topics {
             let name = t.name.0.to_string();
             let mut result = CreatableTopicResult::default().with_name(t.name.clone()).with_num_partitions(-1).with_replication_factor(-1);
@@ -149,24 +241,20 @@ impl Broker {
                     error::INVALID_TOPIC_EXCEPTION,
                     format!("Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"),
                 ))
-            } else if self.topics.contains_key(&name) {
+            } else if self.cluster.image.topics.contains_key(&name) {
                 Some((error::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")))
             } else if !t.assignments.is_empty() && (t.num_partitions != -1 || t.replication_factor != -1) {
                 Some((
                     error::INVALID_REQUEST,
                     "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into(),
                 ))
-            } else if !t.assignments.is_empty() && t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != self.config.node_id) {
-                Some((
-                    error::INVALID_REPLICA_ASSIGNMENT,
-                    format!("Replica assignments must name broker {} exactly once: this cluster has one broker", self.config.node_id),
-                ))
             } else if t.assignments.is_empty() && partitions < 1 {
                 Some((error::INVALID_PARTITIONS, "Number of partitions must be larger than 0.".into()))
             } else if t.assignments.is_empty() && rf < 1 {
                 Some((error::INVALID_REPLICATION_FACTOR, "Replication factor must be larger than 0.".into()))
-            } else if t.assignments.is_empty() && rf > 1 {
-                Some((error::INVALID_REPLICATION_FACTOR, format!("Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only 1 broker(s) are registered.")))
+            } else if t.assignments.is_empty() && rf as usize > self.cluster.image.brokers.values().filter(|b| !b.fenced).count() {
+                let n = self.cluster.image.brokers.values().filter(|b| !b.fenced).count();
+                Some((error::INVALID_REPLICATION_FACTOR, format!("Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {n} broker(s) are registered.")))
             } else {
                 bad_config.map(|e| (error::INVALID_CONFIG, e))
             };
@@ -177,8 +265,10 @@ impl Broker {
                 continue;
             }
             let partitions = if t.assignments.is_empty() { partitions } else { t.assignments.len() as i32 };
+            let assignments: Vec<Vec<i32>> = t.assignments.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
+            let rf = if assignments.is_empty() { rf } else { assignments[0].len() as i16 };
             result.num_partitions = partitions;
-            result.replication_factor = 1;
+            result.replication_factor = rf;
             let mut described = Vec::new();
             for (k, _, _) in TOPIC_CONFIGS {
                 let (v, source) = config::resolve(k, &configs, &self.dynamic_broker, &self.config);
@@ -187,78 +277,66 @@ impl Broker {
             if request.version >= 5 {
                 result.configs = Some(described);
             }
+            let slot = response.topics.len();
+            ops.push((
+                slot,
+                AdminOp::CreateTopic { name: name.clone(), partitions, replication_factor: rf, assignments, configs, validate_only: r.validate_only },
+            ));
             if !r.validate_only {
-                version = self.create_topic(cx, &name, partitions, configs);
-                result.topic_id = self.topics[&name].id;
+                created.push((slot, name));
             }
             response.topics.push(result);
         }
-        let frame = codec::respond(request, &response);
-        self.reply_encoded_when_durable(cx, version, conn, seq, frame);
+        self.submit_admin(cx, conn, seq, request, AdminResponse::CreateTopics(response), ops, created);
     }
 
-    fn reply_encoded_when_durable(&mut self, cx: &mut Cx<BrokerMsg>, version: u64, conn: ConnId, seq: u64, frame: Result<bytes::Bytes, String>) {
-        match frame {
-            Ok(f) => self.reply_when_durable(cx, version, conn, seq, Some(f)),
-            Err(e) => self.send(cx, conn, seq, Err(e)),
-        }
-    }
-
-    pub(crate) fn on_delete_topics(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, r: DeleteTopicsRequest) {
+    pub(crate) fn on_delete_topics(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: DeleteTopicsRequest) {
         let mut response = DeleteTopicsResponse::default();
         let mut targets: Vec<(Option<String>, Uuid)> = r.topic_names.into_iter().map(|n| (Some(n.0.to_string()), Uuid::nil())).collect();
         targets.extend(r.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)));
-        let mut version = 0;
+        let mut ops = Vec::new();
         for (name, id) in targets {
-            let resolved = name.clone().or_else(|| self.topic_names.get(&id).cloned());
+            let resolved = name.clone().or_else(|| self.topic_by_id(id));
             let mut result = DeletableTopicResult::default().with_name(name.clone().map(|n| TopicName(s(n)))).with_topic_id(id);
-            match resolved.filter(|n| self.topics.contains_key(n)) {
+            match resolved.filter(|n| self.cluster.image.topics.contains_key(n)) {
                 None => result.error_code = if name.is_none() { error::UNKNOWN_TOPIC_ID } else { error::UNKNOWN_TOPIC_OR_PARTITION },
                 Some(n) => {
-                    result.topic_id = self.topics[&n].id;
+                    result.topic_id = Uuid::from_u128(self.cluster.image.topics[&n].id);
                     result.name = Some(TopicName(s(n.clone())));
-                    self.remove_topic(cx, &n);
-                    version = self.meta_changed(cx);
-                    tracing::info!(topic = n, "deleted topic");
+                    ops.push((response.responses.len(), AdminOp::DeleteTopic { name: n }));
                 }
             }
             response.responses.push(result);
         }
-        let frame = codec::respond(request, &response);
-        self.reply_encoded_when_durable(cx, version, conn, seq, frame);
+        self.submit_admin(cx, conn, seq, request, AdminResponse::DeleteTopics(response), ops, Vec::new());
     }
 
-    pub(crate) fn on_create_partitions(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, r: CreatePartitionsRequest) {
+    pub(crate) fn on_create_partitions(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: CreatePartitionsRequest) {
         let mut response = CreatePartitionsResponse::default();
-        let mut version = 0;
+        let mut ops = Vec::new();
         for t in r.topics {
             let name = t.name.0.to_string();
             let mut result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-            let current = self.topics.get(&name).map(|t| t.partitions.len() as i32);
+            let current = self.cluster.image.topics.get(&name).map(|t| t.partitions.len() as i32);
             match current {
                 None => result.error_code = error::UNKNOWN_TOPIC_OR_PARTITION,
                 Some(c) if t.count <= c => {
                     result.error_code = error::INVALID_PARTITIONS;
                     result.error_message = Some(s(format!("Topic currently has {c} partitions, which is higher than the requested {}.", t.count)));
                 }
-                Some(c)
-                    if t.assignments
-                        .as_ref()
-                        .is_some_and(|a| a.len() as i32 != t.count - c || a.iter().any(|x| x.broker_ids.iter().any(|b| b.0 != self.config.node_id))) =>
-                {
+                Some(c) if t.assignments.as_ref().is_some_and(|a| a.len() as i32 != t.count - c) => {
                     result.error_code = error::INVALID_REPLICA_ASSIGNMENT;
-                    result.error_message = Some(s("Replica assignments must name only this broker, one per new partition"));
+                    result.error_message = Some(s("There must be one replica assignment per new partition"));
                 }
-                Some(_) if r.validate_only => {}
-                Some(_) => {
-                    self.grow_topic(cx, &name, t.count);
-                    version = self.meta_changed(cx);
+                Some(_) if t.assignments.is_some() => {
+                    result.error_code = error::INVALID_REPLICA_ASSIGNMENT;
+                    result.error_message = Some(s("Manual replica assignments for new partitions are not supported: the controller places them"));
                 }
+                Some(_) => ops.push((response.results.len(), AdminOp::CreatePartitions { name, count: t.count, validate_only: r.validate_only })),
             }
             response.results.push(result);
         }
-        let frame = codec::respond(request, &response);
-        self.reply_encoded_when_durable(cx, version, conn, seq, frame);
+        self.submit_admin(cx, conn, seq, request, AdminResponse::CreatePartitions(response), ops, Vec::new());
     }
 
     pub(crate) fn on_describe_configs(&mut self, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
@@ -322,7 +400,7 @@ impl Broker {
         changes: Vec<(String, Option<String>)>,
         replace: bool,
         validate_only: bool,
-    ) -> Result<bool, (i16, String)> {
+    ) -> Result<Option<AdminOp>, (i16, String)> {
         match resource_type {
             RESOURCE_TOPIC => {
                 let Some(t) = self.topics.get(resource_name) else {
@@ -340,11 +418,7 @@ impl Broker {
                         }
                     }
                 }
-                if !validate_only {
-                    self.topics.get_mut(resource_name).expect("checked").configs = configs;
-                    self.reconfigure_topic(resource_name);
-                }
-                Ok(!validate_only)
+                Ok((!validate_only).then(|| AdminOp::TopicConfig { name: resource_name.to_string(), configs }))
             }
             RESOURCE_BROKER => {
                 if !resource_name.is_empty() && resource_name != self.config.node_id.to_string() {
@@ -366,29 +440,22 @@ impl Broker {
                         }
                     }
                 }
-                if !validate_only {
-                    self.dynamic_broker = dynamic;
-                    let names: Vec<String> = self.topics.keys().cloned().collect();
-                    for n in names {
-                        self.reconfigure_topic(&n);
-                    }
-                }
-                Ok(!validate_only)
+                Ok((!validate_only).then_some(AdminOp::BrokerConfig { configs: dynamic }))
             }
             other => Err((error::INVALID_REQUEST, format!("Unsupported resource type {other}"))),
         }
     }
 
-    pub(crate) fn on_alter_configs(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, r: AlterConfigsRequest) {
+    pub(crate) fn on_alter_configs(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: AlterConfigsRequest) {
         let mut response = AlterConfigsResponse::default();
-        let mut changed = false;
+        let mut ops = Vec::new();
         for res in r.resources {
             let changes = res.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
             let mut out = alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
             match self.alter_resource(res.resource_type, res.resource_name.as_str(), changes, true, r.validate_only) {
-                Ok(c) => changed |= c,
+                Ok(op) => ops.extend(op.map(|op| (response.responses.len(), op))),
                 Err((code, message)) => {
                     out.error_code = code;
                     out.error_message = Some(s(message));
@@ -396,9 +463,7 @@ impl Broker {
             }
             response.responses.push(out);
         }
-        let version = if changed { self.meta_changed(cx) } else { 0 };
-        let frame = codec::respond(request, &response);
-        self.reply_encoded_when_durable(cx, version, conn, seq, frame);
+        self.submit_admin(cx, conn, seq, request, AdminResponse::AlterConfigs(response), ops, Vec::new());
     }
 
     pub(crate) fn on_incremental_alter_configs(
@@ -406,11 +471,11 @@ impl Broker {
         cx: &mut Cx<BrokerMsg>,
         conn: ConnId,
         seq: u64,
-        request: &Request,
+        request: Box<Request>,
         r: IncrementalAlterConfigsRequest,
     ) {
         let mut response = IncrementalAlterConfigsResponse::default();
-        let mut changed = false;
+        let mut ops = Vec::new();
         for res in r.resources {
             let mut out = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(res.resource_type)
@@ -430,7 +495,7 @@ impl Broker {
                 None => self.alter_resource(res.resource_type, res.resource_name.as_str(), changes, false, r.validate_only),
             };
             match result {
-                Ok(c) => changed |= c,
+                Ok(op) => ops.extend(op.map(|op| (response.responses.len(), op))),
                 Err((code, message)) => {
                     out.error_code = code;
                     out.error_message = Some(s(message));
@@ -438,12 +503,107 @@ impl Broker {
             }
             response.responses.push(out);
         }
-        let version = if changed { self.meta_changed(cx) } else { 0 };
-        let frame = codec::respond(request, &response);
-        self.reply_encoded_when_durable(cx, version, conn, seq, frame);
+        self.submit_admin(cx, conn, seq, request, AdminResponse::IncrementalAlterConfigs(response), ops, Vec::new());
     }
 }
 
 fn config_entry(name: &str, value: String, source: ConfigSource) -> DescribeConfigsResourceResult {
     DescribeConfigsResourceResult::default().with_name(s(name)).with_value(Some(s(value))).with_config_source(source as i8)
+}
+
+impl Broker {
+    /// ElectLeaders: preferred (0) or unclean (1) elections, decided by the controller.
+    pub(crate) fn on_elect_leaders(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: ElectLeadersRequest) {
+        use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+        let preferred = r.election_type == 0;
+        let wanted: Vec<(String, Vec<i32>)> = match r.topic_partitions {
+            Some(list) => list.into_iter().map(|t| (t.topic.0.to_string(), t.partitions)).collect(),
+            // Null: every partition (preferred elections only where they are needed).
+            None => self.cluster.image.topics.iter().map(|(n, t)| (n.clone(), (0..t.partitions.len() as i32).collect())).collect(),
+        };
+        let mut response = ElectLeadersResponse::default();
+        let mut ops = Vec::new();
+        let mut slot = 0;
+        for (topic, partitions) in wanted {
+            let mut tr = ReplicaElectionResult::default().with_topic(TopicName(s(topic.clone())));
+            for index in partitions {
+                let mut pr = PartitionResult::default().with_partition_id(index);
+                match self.cluster.image.partition(&topic, index) {
+                    None => {
+                        pr.error_code = error::UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.error_message = Some(s("The partition does not exist."));
+                    }
+                    Some(_) if r.election_type > 1 => pr.error_code = error::INVALID_REQUEST,
+                    Some(_) => ops.push((slot, AdminOp::ElectLeader { topic: topic.clone(), index, preferred })),
+                }
+                tr.partition_result.push(pr);
+                slot += 1;
+            }
+            response.replica_election_results.push(tr);
+        }
+        self.submit_admin(cx, conn, seq, request, AdminResponse::ElectLeaders(response), ops, Vec::new());
+    }
+
+    /// AlterPartitionReassignments: start or cancel (null replicas) reassignments.
+    pub(crate) fn on_alter_reassignments(
+        &mut self,
+        cx: &mut Cx<BrokerMsg>,
+        conn: ConnId,
+        seq: u64,
+        request: Box<Request>,
+        r: AlterPartitionReassignmentsRequest,
+    ) {
+        use kafka_protocol::messages::alter_partition_reassignments_response::{ReassignablePartitionResponse, ReassignableTopicResponse};
+        let mut response = AlterPartitionReassignmentsResponse::default();
+        let mut ops = Vec::new();
+        let mut slot = 0;
+        for t in r.topics {
+            let topic = t.name.0.to_string();
+            let mut tr = ReassignableTopicResponse::default().with_name(t.name.clone());
+            for p in t.partitions {
+                let mut pr = ReassignablePartitionResponse::default().with_partition_index(p.partition_index);
+                match self.cluster.image.partition(&topic, p.partition_index) {
+                    None => {
+                        pr.error_code = error::UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.error_message = Some(s("The partition does not exist."));
+                    }
+                    Some(_) => {
+                        let replicas = p.replicas.map(|r| r.into_iter().map(|b| b.0).collect());
+                        ops.push((slot, AdminOp::Reassign { topic: topic.clone(), index: p.partition_index, replicas }));
+                    }
+                }
+                tr.partitions.push(pr);
+                slot += 1;
+            }
+            response.responses.push(tr);
+        }
+        self.submit_admin(cx, conn, seq, request, AdminResponse::AlterPartitionReassignments(response), ops, Vec::new());
+    }
+
+    /// ListPartitionReassignments, from the metadata image.
+    pub(crate) fn on_list_reassignments(&self, r: ListPartitionReassignmentsRequest) -> ListPartitionReassignmentsResponse {
+        use kafka_protocol::messages::list_partition_reassignments_response::{OngoingPartitionReassignment, OngoingTopicReassignment};
+        let mut response = ListPartitionReassignmentsResponse::default();
+        let filter: Option<BTreeMap<String, Vec<i32>>> = r.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+        for (name, t) in &self.cluster.image.topics {
+            let mut tr = OngoingTopicReassignment::default().with_name(TopicName(s(name.clone())));
+            for (i, p) in t.partitions.iter().enumerate() {
+                let wanted = filter.as_ref().is_none_or(|f| f.get(name).is_some_and(|ps| ps.contains(&(i as i32))));
+                if !wanted || (p.adding.is_empty() && p.removing.is_empty()) {
+                    continue;
+                }
+                tr.partitions.push(
+                    OngoingPartitionReassignment::default()
+                        .with_partition_index(i as i32)
+                        .with_replicas(p.replicas.iter().map(|r| (*r).into()).collect())
+                        .with_adding_replicas(p.adding.iter().map(|r| (*r).into()).collect())
+                        .with_removing_replicas(p.removing.iter().map(|r| (*r).into()).collect()),
+                );
+            }
+            if !tr.partitions.is_empty() {
+                response.topics.push(tr);
+            }
+        }
+        response
+    }
 }

@@ -27,6 +27,16 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `controller.quorum.voters` ids (the standalone default: this node alone).
+    pub voters: Vec<i32>,
+    /// This node's node-to-node address, registered with the controller.
+    pub peer_address: String,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: u64,
+    /// `replica.fetch.wait.max.ms`.
+    pub replica_fetch_wait_max_ms: u64,
     /// Broker-level defaults of topic configs, keyed by the *topic* config name
     /// (e.g. `log.retention.ms` is stored as `retention.ms`).
     pub topic_defaults: BTreeMap<String, String>,
@@ -44,6 +54,11 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             auto_create_topics: true,
             retention_check_interval_ms: 300_000,
+            voters: vec![1],
+            peer_address: String::new(),
+            heartbeat_interval_ms: 200,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
             topic_defaults: BTreeMap::new(),
         }
     }
@@ -134,6 +149,8 @@ pub struct TopicSettings {
     pub timestamp_before_max_ms: i64,
     /// `message.timestamp.after.max.ms`.
     pub timestamp_after_max_ms: i64,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: usize,
 }
 
 /// Where a config value came from (Kafka's DescribeConfigs `config_source`).
@@ -191,6 +208,7 @@ pub fn topic_settings(topic: &BTreeMap<String, String>, dynamic: &BTreeMap<Strin
         max_message_bytes: long("max.message.bytes").clamp(0, i32::MAX as i64) as usize,
         timestamp_before_max_ms: long("message.timestamp.before.max.ms"),
         timestamp_after_max_ms: long("message.timestamp.after.max.ms"),
+        min_insync_replicas: long("min.insync.replicas").clamp(1, 1 << 16) as usize,
     }
 }
 

@@ -62,3 +62,25 @@ pub const UNKNOWN_TOPIC_ID: i16 = 100;
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 /// An incremental fetch's epoch is not the one the session expects.
 pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
+/// Fewer in-sync replicas than `min.insync.replicas` (before the append).
+pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+/// The ISR shrank below `min.insync.replicas` after the append.
+pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+/// This node is not the active controller.
+pub const NOT_CONTROLLER: i16 = 41;
+/// The broker epoch in a broker's request is stale.
+pub const STALE_BROKER_EPOCH: i16 = 77;
+/// Preferred leader is not available for election.
+pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
+/// The partition is already led by the requested leader.
+pub const ELECTION_NOT_NEEDED: i16 = 84;
+/// No reassignment in progress.
+pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
+/// Eligible leaders are not available for the election.
+pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
+/// The partition epoch in an AlterPartition is stale.
+pub const INVALID_UPDATE_VERSION: i16 = 96;
+/// A proposed ISR member is not eligible (fenced or not a replica).
+pub const INELIGIBLE_REPLICA: i16 = 107;
+/// A topic is being deleted or the request was superseded.
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;

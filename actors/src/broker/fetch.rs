@@ -339,6 +339,16 @@ impl Broker {
                 .with_high_watermark(-1)
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1);
+            let now_ready = part.topic.as_ref().map(|t| self.ready_partition(t, part.partition).map(|_| ()));
+            let mut part = part;
+            if let Some(Err(code)) = now_ready {
+                // Leadership moved while the read was in flight: what was read may be truncated.
+                if part.error == error::NONE {
+                    part.error = code;
+                    data.error_code = code;
+                }
+                part.records = None;
+            }
             if let Some(p) = part.topic.as_ref().and_then(|t| self.ready_partition(t, part.partition).ok()) {
                 data.high_watermark = p.high_watermark;
                 data.last_stable_offset = p.high_watermark;

@@ -12,6 +12,7 @@
 //! Disk completions are routed by token: every operation a partition's log issues goes through
 //! a [`Tracked`] wrapper that records which partition owns the token.
 
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -50,10 +51,16 @@ pub struct PartitionView<'a> {
     pub log_end_offset: i64,
     /// Everything below is fsynced.
     pub durable_offset: i64,
+    /// Leader, follower or neither.
+    pub role: crate::partition::Role,
+    /// Leader epoch this replica knows.
+    pub leader_epoch: i32,
+    /// In-sync replicas this replica knows.
+    pub isr: &'a [i32],
 }
 
-/// Messages the broker actor receives.
-#[derive(Debug)]
+/// Messages the broker (and controller) actors receive.
+#[derive(Clone, Debug)]
 pub enum BrokerMsg {
     /// A request frame (size prefix removed) from a client connection; `seq` orders responses.
     Request {
@@ -69,13 +76,15 @@ pub enum BrokerMsg {
         /// Connection.
         conn: ConnId,
     },
+    /// A message from another node (or between the broker and controller of one node).
+    Peer(crate::controller::rpc::PeerMsg),
+    /// The process was asked to stop: shut down in a controlled way (from the driver).
+    Shutdown,
 }
 
 /// The timer that drives periodic work (flush.ms, retention, produce timeouts).
 const HOUSEKEEPING: TimerId = TimerId(0);
 const HOUSEKEEPING_INTERVAL_MS: u64 = 100;
-/// Producer ids are handed out in blocks whose end is persisted before use.
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// A topic on this node.
 pub(crate) struct Topic {
@@ -135,7 +144,6 @@ pub struct Broker {
     meta_waiters: Vec<MetaWaiter>,
     producer_id_block_end: i64,
     next_producer_id: i64,
-    producer_block_version: u64,
     /// Requests for a fresh producer id waiting for the id block to be durable.
     pending_init_producer: VecDeque<(ConnId, u64, Box<Request>)>,
     // request state
@@ -147,6 +155,7 @@ pub struct Broker {
     pub(crate) list_offsets: BTreeMap<u64, offsets::ListOffsetsState>,
     pub(crate) timestamp_queries: BTreeMap<u64, (u64, usize, usize)>,
     last_retention_ms: u64,
+    pub(crate) cluster: cluster::Cluster,
 }
 
 /// Issues disk operations for one partition and records the owner of each token.
@@ -185,7 +194,6 @@ impl Broker {
             meta_waiters: Vec::new(),
             producer_id_block_end: 0,
             next_producer_id: 0,
-            producer_block_version: 0,
             pending_init_producer: VecDeque::new(),
             produces: BTreeMap::new(),
             fetches: BTreeMap::new(),
@@ -195,6 +203,7 @@ impl Broker {
             list_offsets: BTreeMap::new(),
             timestamp_queries: BTreeMap::new(),
             last_retention_ms: 0,
+            cluster: cluster::Cluster::new(),
         }
     }
 
@@ -216,6 +225,9 @@ impl Broker {
                     high_watermark: p.high_watermark,
                     log_end_offset: p.log.log_end_offset(),
                     durable_offset: p.log.durable_offset(),
+                    role: p.role,
+                    leader_epoch: p.leader_epoch,
+                    isr: &p.isr,
                 });
             }
         }
@@ -225,6 +237,15 @@ impl Broker {
     /// Whether startup recovery has finished.
     pub fn is_ready(&self) -> bool {
         self.phase == Phase::Ready
+    }
+
+    pub(crate) fn phase_is_not_ready(&self) -> bool {
+        self.phase != Phase::Ready
+    }
+
+    /// Whether the broker is registered, unfenced and has applied the controller's metadata.
+    pub fn is_serving(&self) -> bool {
+        self.phase == Phase::Ready && self.cluster.epoch >= 0 && !self.cluster.fenced && self.cluster.caught_up()
     }
 
     pub(crate) fn fresh_id(&mut self) -> u64 {
@@ -259,7 +280,7 @@ impl Broker {
     pub(crate) fn ready_partition(&self, topic: &str, index: i32) -> Result<&Partition, i16> {
         let t = self.topics.get(topic).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)?;
         let p = usize::try_from(index).ok().and_then(|i| t.partitions.get(i)).ok_or(error::UNKNOWN_TOPIC_OR_PARTITION)?;
-        if !self.topic_durable(t) || !p.is_ready() {
+        if !self.topic_durable(t) || !p.is_ready() || p.role != crate::partition::Role::Leader {
             return Err(error::NOT_LEADER_OR_FOLLOWER);
         }
         Ok(p)
@@ -283,6 +304,7 @@ impl Broker {
             let uid = self.next_uid;
             self.next_uid += 1;
             let mut p = Partition::new(name, index, uid, format!("{name}-{index}"), settings.log.clone());
+            p.me = self.config.node_id;
             apply_settings(&mut p, &settings);
             let mut io = Tracked { cx, routes: &mut self.routes, uid };
             p.start(&mut io);
@@ -329,7 +351,7 @@ impl Broker {
     }
 
     fn snapshot_meta(&self) -> NodeMeta {
-        let mut m = NodeMeta { producer_id_block_end: self.producer_id_block_end, dynamic_broker: self.dynamic_broker.clone(), ..Default::default() };
+        let mut m = NodeMeta { producer_id_block_end: 0, dynamic_broker: self.dynamic_broker.clone(), ..Default::default() };
         for (name, t) in &self.topics {
             m.topics.insert(name.clone(), meta::TopicMeta { id: t.id, partitions: t.partitions.len() as i32, configs: t.configs.clone() });
         }
@@ -354,7 +376,6 @@ impl Broker {
         for w in ready {
             cx.reply(w.conn, w.seq, w.frame);
         }
-        self.answer_init_producer_ids(cx);
         self.maybe_write_meta(cx);
     }
 
@@ -383,9 +404,7 @@ impl Broker {
             (Route::StartupListRoot, IoOutput::List(entries)) => {
                 let m = std::mem::take(&mut self.meta_loaded);
                 self.dynamic_broker = m.dynamic_broker.clone();
-                self.producer_id_block_end = m.producer_id_block_end;
-                self.next_producer_id = m.producer_id_block_end;
-                for e in entries.iter().filter(|e| e.is_dir && e.name != "meta") {
+                for e in entries.iter().filter(|e| e.is_dir && e.name != "meta" && e.name != crate::controller::store::DIR) {
                     let known = e
                         .name
                         .rsplit_once('-')
@@ -410,7 +429,17 @@ impl Broker {
             return;
         }
         self.phase = Phase::Ready;
-        tracing::info!(node = self.config.node_id, topics = self.topics.len(), "broker ready");
+        tracing::info!(node = self.config.node_id, topics = self.topics.len(), "broker recovered its logs");
+        self.maybe_start_serving(cx);
+    }
+
+    /// The first time the broker is registered, unfenced and caught up: answer what waited.
+    pub(crate) fn maybe_start_serving(&mut self, cx: &mut Cx<BrokerMsg>) {
+        if self.cluster.started_serving || !self.is_serving() {
+            return;
+        }
+        self.cluster.started_serving = true;
+        tracing::info!(node = self.config.node_id, epoch = self.cluster.epoch, "broker serving clients");
         while let Some((conn, seq, frame)) = self.queued.pop_front() {
             self.on_frame(cx, conn, seq, frame);
         }
@@ -427,6 +456,7 @@ impl Broker {
                         tracing::debug!(topic, index, log_end_offset = p.log.log_end_offset(), "partition recovered");
                     });
                     self.check_recovered(cx);
+                    self.on_partition_ready(cx);
                 }
                 LogEvent::Written { offset } => {
                     let moved = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)).is_some_and(|p| p.on_written(offset));
@@ -435,15 +465,28 @@ impl Broker {
                     } else {
                         self.complete_produces(cx, Some(uid));
                     }
+                    // New data for followers.
+                    self.wake_serving(cx, uid);
                 }
                 LogEvent::Durable { offset } => {
                     let moved = self.topics.get_mut(&topic).and_then(|t| t.partitions.get_mut(index)).is_some_and(|p| p.on_durable(offset));
                     if moved {
                         self.on_high_watermark(cx, uid);
                     }
+                    self.follower_progress(cx, uid);
                 }
-                LogEvent::ReadDone { read_id, records } => self.on_read_done(cx, read_id, Ok(records)),
-                LogEvent::ReadFailed { read_id, error } => self.on_read_done(cx, read_id, Err(error)),
+                LogEvent::ReadDone { read_id, records } => {
+                    let r = Ok(records);
+                    if !self.on_serving_read(cx, read_id, &r) {
+                        self.on_read_done(cx, read_id, r);
+                    }
+                }
+                LogEvent::ReadFailed { read_id, error } => {
+                    let r = Err(error);
+                    if !self.on_serving_read(cx, read_id, &r) {
+                        self.on_read_done(cx, read_id, r);
+                    }
+                }
                 LogEvent::TimestampFound { query_id, found } => self.on_timestamp_found(cx, query_id, found),
                 LogEvent::Failed { error } => {
                     tracing::error!(topic, index, "partition log failed: {error}");
@@ -457,10 +500,13 @@ impl Broker {
     pub(crate) fn on_high_watermark(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
         self.complete_produces(cx, Some(uid));
         self.wake_fetches(cx, uid);
+        self.wake_serving(cx, uid);
     }
 
     fn on_frame(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, frame: Bytes) {
-        if self.phase != Phase::Ready {
+        // Like Kafka's broker, serve clients only once registered, unfenced and caught up with
+        // the metadata log; until then requests wait.
+        if self.phase != Phase::Ready || !self.cluster.started_serving {
             self.queued.push_back((conn, seq, frame));
             return;
         }
@@ -485,13 +531,16 @@ impl Broker {
             RequestKind::Fetch(r) => return self.on_fetch(cx, conn, seq, request, r),
             RequestKind::ListOffsets(r) => return self.on_list_offsets(cx, conn, seq, request, r),
             RequestKind::OffsetForLeaderEpoch(r) => codec::respond(&request, &self.on_offset_for_leader_epoch(r)),
-            RequestKind::CreateTopics(r) => return self.on_create_topics(cx, conn, seq, &request, r),
-            RequestKind::DeleteTopics(r) => return self.on_delete_topics(cx, conn, seq, &request, r),
-            RequestKind::CreatePartitions(r) => return self.on_create_partitions(cx, conn, seq, &request, r),
+            RequestKind::CreateTopics(r) => return self.on_create_topics(cx, conn, seq, request, r),
+            RequestKind::DeleteTopics(r) => return self.on_delete_topics(cx, conn, seq, request, r),
+            RequestKind::CreatePartitions(r) => return self.on_create_partitions(cx, conn, seq, request, r),
             RequestKind::DeleteRecords(r) => codec::respond(&request, &self.on_delete_records(cx, r)),
             RequestKind::DescribeConfigs(r) => codec::respond(&request, &self.on_describe_configs(r)),
-            RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, &request, r),
-            RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, &request, r),
+            RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, request, r),
+            RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, request, r),
+            RequestKind::ElectLeaders(r) => return self.on_elect_leaders(cx, conn, seq, request, r),
+            RequestKind::AlterPartitionReassignments(r) => return self.on_alter_reassignments(cx, conn, seq, request, r),
+            RequestKind::ListPartitionReassignments(r) => codec::respond(&request, &self.on_list_reassignments(r)),
             RequestKind::InitProducerId(r) => return self.on_init_producer_id(cx, conn, seq, request, r),
             other => Err(format!("no handler for {other:?}")),
         };
@@ -528,16 +577,12 @@ impl Broker {
         self.send(cx, conn, seq, frame);
     }
 
-    /// Hand out fresh producer ids, in request order, from a block whose end is durable in
-    /// `meta/topics`; when the block is spent, extend it and wait for that write.
-    fn answer_init_producer_ids(&mut self, cx: &mut Cx<BrokerMsg>) {
+    /// Hand out fresh producer ids, in request order, from a block the controller allocated;
+    /// when the block is spent, ask for the next one.
+    pub(crate) fn answer_init_producer_ids(&mut self, cx: &mut Cx<BrokerMsg>) {
         while !self.pending_init_producer.is_empty() {
             if self.next_producer_id >= self.producer_id_block_end {
-                self.producer_id_block_end = self.next_producer_id + PRODUCER_ID_BLOCK;
-                self.producer_block_version = self.meta_changed(cx);
-            }
-            if self.meta_durable_version < self.producer_block_version {
-                return;
+                return self.request_producer_ids(cx);
             }
             let (conn, seq, request) = self.pending_init_producer.pop_front().expect("not empty");
             let response = InitProducerIdResponse::default().with_producer_id(ProducerId(self.next_producer_id)).with_producer_epoch(0);
@@ -571,6 +616,9 @@ impl Broker {
             });
         }
         self.expire_produces(cx);
+        if self.phase == Phase::Ready {
+            self.cluster_tick(cx);
+        }
         cx.set_timer(HOUSEKEEPING, HOUSEKEEPING_INTERVAL_MS);
     }
 }
@@ -582,6 +630,7 @@ fn apply_settings(p: &mut Partition, s: &config::TopicSettings) {
     p.max_message_bytes = s.max_message_bytes;
     p.timestamp_before_max_ms = s.timestamp_before_max_ms;
     p.timestamp_after_max_ms = s.timestamp_after_max_ms;
+    p.min_insync_replicas = s.min_insync_replicas;
 }
 
 impl Actor for Broker {
@@ -589,6 +638,7 @@ impl Actor for Broker {
 
     fn on_start(&mut self, cx: &mut Cx<BrokerMsg>) {
         self.phase = Phase::Loading;
+        self.cluster_start(cx);
         self.disk(cx, DiskOp::List { path: "meta".into() }, Route::StartupListMeta);
         cx.set_timer(HOUSEKEEPING, HOUSEKEEPING_INTERVAL_MS);
     }
@@ -597,12 +647,20 @@ impl Actor for Broker {
         match msg {
             BrokerMsg::Request { conn, seq, frame } => self.on_frame(cx, conn, seq, frame),
             BrokerMsg::Disconnected { conn } => self.on_disconnected(conn),
+            BrokerMsg::Peer(m) => {
+                if self.phase == Phase::Ready {
+                    self.on_peer(cx, _from, m);
+                }
+            }
+            BrokerMsg::Shutdown => self.begin_shutdown(cx),
         }
     }
 
     fn on_timer(&mut self, cx: &mut Cx<BrokerMsg>, timer: TimerId) {
         if timer == HOUSEKEEPING {
             self.on_housekeeping(cx);
+        } else if timer.0 >= cluster::REPLICA_TIMER_BASE {
+            self.on_serving_deadline(cx, timer.0 - cluster::REPLICA_TIMER_BASE);
         } else {
             self.on_fetch_deadline(cx, timer.0);
         }

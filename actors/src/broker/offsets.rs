@@ -113,11 +113,18 @@ impl Broker {
                     Ok(p) if q.current_leader_epoch >= 0 && q.current_leader_epoch != p.leader_epoch => {
                         e.error_code = if q.current_leader_epoch < p.leader_epoch { error::FENCED_LEADER_EPOCH } else { error::UNKNOWN_LEADER_EPOCH };
                     }
-                    Ok(p) if q.leader_epoch <= p.leader_epoch => {
-                        e.leader_epoch = p.leader_epoch;
-                        e.end_offset = p.log.log_end_offset();
+                    Ok(p) => {
+                        // KIP-101/KIP-279: the end offset of the largest epoch <= the one asked.
+                        let (epoch, end) = if q.leader_epoch > p.leader_epoch {
+                            (-1, -1)
+                        } else if p.log.latest_epoch().is_none_or(|l| l <= q.leader_epoch) {
+                            (p.leader_epoch, p.log.log_end_offset())
+                        } else {
+                            p.log.end_offset_for_epoch(q.leader_epoch)
+                        };
+                        e.leader_epoch = epoch;
+                        e.end_offset = end;
                     }
-                    Ok(_) => {}
                 }
                 tr.partitions.push(e);
             }

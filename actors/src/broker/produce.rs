@@ -47,6 +47,7 @@ impl Broker {
                     match (self.ready_partition(&name, pd.index), pd.records.as_ref()) {
                         (Err(e), _) => Err(e),
                         (Ok(_), None) => Err(error::CORRUPT_MESSAGE),
+                        (Ok(p), Some(_)) if acks == -1 && p.isr.len() < p.min_insync_replicas => Err(error::NOT_ENOUGH_REPLICAS),
                         (Ok(p), Some(records)) => {
                             let uid = p.uid;
                             let records = records.clone();
@@ -91,10 +92,17 @@ impl Broker {
                 continue;
             }
             let (topics, locations) = (&self.topics, &self.locations);
-            p.waiting.retain(|(u, last_offset, _, _, committed)| {
+            let response = &mut p.response;
+            p.waiting.retain(|(u, last_offset, t, s, committed)| {
                 let partition = locations.get(u).and_then(|(t, i)| topics.get(t)?.partitions.get(*i));
                 match partition {
-                    Some(q) if *committed => q.high_watermark <= *last_offset,
+                    Some(q) if *committed => {
+                        let waiting = q.high_watermark <= *last_offset;
+                        if !waiting && q.isr.len() < q.min_insync_replicas {
+                            response.responses[*t].partition_responses[*s].error_code = error::NOT_ENOUGH_REPLICAS_AFTER_APPEND;
+                        }
+                        waiting
+                    }
                     Some(q) => q.written_offset <= *last_offset,
                     None => false,
                 }
@@ -108,6 +116,24 @@ impl Broker {
             let frame = codec::respond(&p.request, &p.response);
             self.send(cx, p.conn, p.seq, frame);
         }
+    }
+
+    /// Fail the parts of pending produces that wait on `uid` with `code` (leadership moved:
+    /// the offsets they were given may be truncated away).
+    pub(crate) fn fail_waiting_produces(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64, code: i16) {
+        for p in self.produces.values_mut() {
+            let response = &mut p.response;
+            p.waiting.retain(|(u, _, t, s, _)| {
+                if *u == uid {
+                    response.responses[*t].partition_responses[*s].error_code = code;
+                    response.responses[*t].partition_responses[*s].base_offset = -1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.complete_produces(cx, None);
     }
 
     /// Fail produces whose timeout passed (the disk stalled): REQUEST_TIMED_OUT for the

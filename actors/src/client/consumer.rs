@@ -20,7 +20,7 @@ pub struct ConsumerConfig {
     /// History process id.
     pub process: u64,
     /// The broker.
-    pub broker: Addr,
+    pub bootstrap: Vec<Addr>,
     /// Topic.
     pub topic: String,
     /// Fetch `max_wait_ms`.
@@ -36,6 +36,13 @@ pub struct Consumer {
     topic_id: uuid::Uuid,
     /// Next offset to read, per partition.
     positions: BTreeMap<i32, i64>,
+    leaders: BTreeMap<i32, i32>,
+    /// Leader epochs from metadata, sent with fetches (KIP-320) so a stale leader refuses.
+    epochs: BTreeMap<i32, i32>,
+    boot: usize,
+    /// The node of the fetch in flight.
+    polling_node: Option<i32>,
+    next_leader: usize,
     polling: bool,
     setup_pending: bool,
     events: Vec<ClientEvent>,
@@ -51,6 +58,11 @@ impl Consumer {
             wire: Wire::default(),
             topic_id: uuid::Uuid::nil(),
             positions: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            boot: 0,
+            polling_node: None,
+            next_leader: 0,
             polling: false,
             setup_pending: false,
             events: Vec::new(),
@@ -68,18 +80,27 @@ impl Consumer {
     }
 
     fn next(&mut self, cx: &mut Cx<ClientMsg>) {
-        if self.positions.is_empty() {
+        if self.positions.is_empty() || self.leaders.len() < self.positions.len() {
             if !self.setup_pending {
                 self.setup_pending = true;
-                let frame = self.wire.encode(&topic_metadata_request(&self.config.topic), 12);
-                cx.send(self.config.broker, ClientMsg::Request(frame));
+                let to = self.config.bootstrap[self.boot % self.config.bootstrap.len()];
+                let frame = self.wire.encode_for(to.node, &topic_metadata_request(&self.config.topic), 12);
+                cx.send(to, ClientMsg::Request(frame));
             }
             return;
         }
         if self.polling {
             return;
         }
+        // One fetch at a time (a poll), to each leader in turn, for the partitions it leads.
+        let mut nodes: Vec<i32> = self.leaders.values().copied().collect();
+        nodes.sort();
+        nodes.dedup();
+        let node = nodes[self.next_leader % nodes.len()];
+        self.next_leader += 1;
+        let mine: BTreeMap<i32, i64> = self.positions.iter().filter(|(p, _)| self.leaders.get(p) == Some(&node)).map(|(p, o)| (*p, *o)).collect();
         self.polling = true;
+        self.polling_node = Some(node);
         self.events.push(ClientEvent::InvokePoll { time_ms: cx.now_ms(), process: self.config.process });
         let r = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -88,19 +109,18 @@ impl Consumer {
             .with_max_bytes(1 << 20)
             .with_session_epoch(-1)
             .with_topics(vec![fetch_request::FetchTopic::default().with_topic(self.topic()).with_topic_id(self.topic_id).with_partitions(
-                self.positions
-                    .iter()
+                mine.iter()
                     .map(|(p, o)| {
                         fetch_request::FetchPartition::default()
                             .with_partition(*p)
                             .with_fetch_offset(*o)
                             .with_partition_max_bytes(64 << 10)
-                            .with_current_leader_epoch(-1)
+                            .with_current_leader_epoch(self.epochs.get(p).copied().unwrap_or(-1))
                     })
                     .collect(),
             )]);
-        let frame = self.wire.encode(&r, 12);
-        cx.send(self.config.broker, ClientMsg::Request(frame));
+        let frame = self.wire.encode_for(node, &r, 12);
+        cx.send(Addr { node, actor: 0 }, ClientMsg::Request(frame));
     }
 
     fn violation(&mut self, cx: &mut Cx<ClientMsg>, what: String) {
@@ -114,6 +134,15 @@ impl Consumer {
             for p in t.partitions {
                 match p.error_code {
                     error::NONE => {}
+                    error::OFFSET_OUT_OF_RANGE if self.config.bootstrap.len() > 1 => {
+                        // In a cluster a deposed leader that has not heard yet (a zombie) may be
+                        // behind: ask for metadata again. Records that really vanished show up in
+                        // the history check as lost or skipped.
+                        self.leaders.clear();
+                        self.boot += 1;
+                        retry = true;
+                        continue;
+                    }
                     error::OFFSET_OUT_OF_RANGE => {
                         // Without retention nothing is ever deleted: a position past the log end
                         // means this consumer read records that are gone.
@@ -123,6 +152,9 @@ impl Consumer {
                         continue;
                     }
                     _ => {
+                        // Leadership moved (or the partition is not ready here): ask again.
+                        self.leaders.clear();
+                        self.boot += 1;
                         retry = true;
                         continue;
                     }
@@ -178,7 +210,7 @@ impl Actor for Consumer {
         self.next(cx);
     }
 
-    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => {
                 let (key, version, body) = match self.wire.match_response(frame) {
@@ -192,11 +224,17 @@ impl Actor for Consumer {
                             Ok(m) => {
                                 if let Some(t) = ready_topic(&m) {
                                     self.topic_id = t.topic_id;
-                                    let keys: Vec<u64> = t.partitions.iter().map(|p| p.partition_index as u64).collect();
-                                    for k in &keys {
-                                        self.positions.insert(*k as i32, 0);
+                                    if self.positions.is_empty() {
+                                        let keys: Vec<u64> = t.partitions.iter().map(|p| p.partition_index as u64).collect();
+                                        for k in &keys {
+                                            self.positions.insert(*k as i32, 0);
+                                        }
+                                        self.events.push(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
                                     }
-                                    self.events.push(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
+                                    self.leaders = t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0)).collect();
+                                    self.epochs = t.partitions.iter().map(|p| (p.partition_index, p.leader_epoch)).collect();
+                                } else {
+                                    self.boot += 1;
                                 }
                             }
                             Err(e) => self.violation(cx, format!("bad metadata response: {e}")),
@@ -211,9 +249,11 @@ impl Actor for Consumer {
                 }
             }
             ClientMsg::Disconnected => {
-                self.wire.disconnected();
+                self.wire.disconnected_from(from.node);
                 self.setup_pending = false;
-                if self.polling {
+                self.leaders.clear();
+                self.boot += 1;
+                if self.polling && self.polling_node == Some(from.node) {
                     self.polling = false;
                     self.events.push(ClientEvent::CompletePoll { time_ms: cx.now_ms(), process: self.config.process, reads: BTreeMap::new(), ok: false });
                 }

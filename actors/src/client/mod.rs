@@ -98,13 +98,18 @@ pub enum ClientEvent {
 #[derive(Debug, Default)]
 pub struct Wire {
     next_correlation_id: i32,
-    /// Outstanding requests: correlation id -> (api key, version).
-    pub in_flight: BTreeMap<i32, (i16, i16)>,
+    /// Outstanding requests: correlation id -> (api key, version, node it went to).
+    pub in_flight: BTreeMap<i32, (i16, i16, i32)>,
 }
 
 impl Wire {
-    /// Encode `request` at `version`, remembering it as in flight.
+    /// Encode `request` at `version`, remembering it as in flight (to an unnamed node).
     pub fn encode<R: Request>(&mut self, request: &R, version: i16) -> Bytes {
+        self.encode_for(-1, request, version)
+    }
+
+    /// Encode `request` at `version` for `node`, remembering it as in flight.
+    pub fn encode_for<R: Request>(&mut self, node: i32, request: &R, version: i16) -> Bytes {
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1).max(1);
         let correlation_id = self.next_correlation_id;
         let mut buf = BytesMut::new();
@@ -116,7 +121,7 @@ impl Wire {
             .encode(&mut buf, R::header_version(version))
             .expect("request header encodes");
         request.encode(&mut buf, version).expect("request encodes");
-        self.in_flight.insert(correlation_id, (R::KEY, version));
+        self.in_flight.insert(correlation_id, (R::KEY, version, node));
         buf.freeze()
     }
 
@@ -126,7 +131,7 @@ impl Wire {
             return Err(format!("response frame of {} bytes", frame.len()));
         }
         let correlation_id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-        let (key, version) = self.in_flight.remove(&correlation_id).ok_or_else(|| format!("response to unknown correlation id {correlation_id}"))?;
+        let (key, version, _) = self.in_flight.remove(&correlation_id).ok_or_else(|| format!("response to unknown correlation id {correlation_id}"))?;
         let api = kafka_protocol::messages::ApiKey::try_from(key).map_err(|_| "bad api key".to_string())?;
         ResponseHeader::decode(&mut frame, api.response_header_version(version)).map_err(|e| e.to_string())?;
         Ok((key, version, frame))
@@ -136,6 +141,24 @@ impl Wire {
     pub fn disconnected(&mut self) {
         self.in_flight.clear();
     }
+
+    /// Forget what was in flight to `node` (its connection broke).
+    pub fn disconnected_from(&mut self, node: i32) {
+        self.in_flight.retain(|_, (_, _, n)| *n != node);
+    }
+
+    /// Whether a request with `key` is in flight to `node`.
+    pub fn pending_to(&self, node: i32, key: i16) -> bool {
+        self.in_flight.values().any(|(k, _, n)| *n == node && *k == key)
+    }
+}
+
+/// Partition leaders from a Metadata response for one topic: (partition count, leader by
+/// partition for those with one).
+pub fn leaders(m: &MetadataResponse) -> Option<(i32, BTreeMap<i32, i32>)> {
+    let t = m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty())?;
+    let leaders = t.partitions.iter().filter(|p| p.error_code == 0 && p.leader_id.0 >= 0).map(|p| (p.partition_index, p.leader_id.0)).collect();
+    Some((t.partitions.len() as i32, leaders))
 }
 
 /// A Metadata request for `topic` that lets the broker auto-create it.

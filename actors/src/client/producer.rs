@@ -1,8 +1,12 @@
 //! The workload's idempotent producer: one record per Produce request, acks=all, at most one
 //! batch in flight per partition, retried with the same sequence number until it is answered —
 //! the behaviour that makes duplicates impossible if the broker's sequence checks are right.
+//!
+//! It follows leadership like a real client: Metadata tells it each partition's leader; a
+//! produce goes to that node; NOT_LEADER_OR_FOLLOWER and friends, or a broken connection, make
+//! it refresh metadata (from the bootstrap nodes, in turn) and resend.
 
-use super::{decode, ready_topic, record_bytes, topic_metadata_request, ClientEvent, ClientMsg, Wire};
+use super::{decode, leaders, ready_topic, record_bytes, topic_metadata_request, ClientEvent, ClientMsg, Wire};
 use crate::broker::error;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use crate::log::batch::build_batch;
@@ -18,8 +22,8 @@ const RETRY_TIMER: TimerId = TimerId(2);
 pub struct ProducerConfig {
     /// History process id; values are `process * 1_000_000_000 + n`.
     pub process: u64,
-    /// The broker to talk to.
-    pub broker: Addr,
+    /// The nodes to ask for metadata, in turn.
+    pub bootstrap: Vec<Addr>,
     /// Topic.
     pub topic: String,
     /// Milliseconds between sends.
@@ -33,6 +37,9 @@ struct InFlight {
     value: u64,
     sequence: i32,
     sent: bool,
+    /// Sent at least once: it may be in the log under the current producer id.
+    ever_sent: bool,
+    node: i32,
 }
 
 /// See the module documentation.
@@ -40,6 +47,9 @@ pub struct Producer {
     config: ProducerConfig,
     wire: Wire,
     partitions: i32,
+    leaders: BTreeMap<i32, i32>,
+    boot: usize,
+    setup_node: i32,
     producer_id: i64,
     producer_epoch: i16,
     next_sequence: BTreeMap<i32, i32>,
@@ -57,6 +67,9 @@ impl Producer {
             config,
             wire: Wire::default(),
             partitions: 0,
+            leaders: BTreeMap::new(),
+            boot: 0,
+            setup_node: -1,
             producer_id: -1,
             producer_epoch: -1,
             next_sequence: BTreeMap::new(),
@@ -81,31 +94,46 @@ impl Producer {
         TopicName(StrBytes::from_string(self.config.topic.clone()))
     }
 
+    fn bootstrap(&self) -> Addr {
+        self.config.bootstrap[self.boot % self.config.bootstrap.len()]
+    }
+
     fn setup(&mut self, cx: &mut Cx<ClientMsg>) {
         if self.setup_pending {
             return;
         }
         self.setup_pending = true;
-        let frame = if self.partitions == 0 {
-            self.wire.encode(&topic_metadata_request(&self.config.topic), 9)
+        let to = self.bootstrap();
+        self.setup_node = to.node;
+        let frame = if self.partitions == 0 || self.leaders.len() < self.partitions as usize {
+            self.wire.encode_for(to.node, &topic_metadata_request(&self.config.topic), 9)
         } else {
             let r = InitProducerIdRequest::default()
                 .with_transactional_id(None)
                 .with_transaction_timeout_ms(60_000)
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1);
-            self.wire.encode(&r, 4)
+            self.wire.encode_for(to.node, &r, 4)
         };
-        cx.send(self.config.broker, ClientMsg::Request(frame));
+        cx.send(to, ClientMsg::Request(frame));
     }
 
     fn ready(&self) -> bool {
-        self.partitions > 0 && self.producer_id >= 0
+        self.partitions > 0 && self.producer_id >= 0 && self.leaders.len() == self.partitions as usize
+    }
+
+    /// Forget leadership (a leader error or a broken connection): metadata is fetched again.
+    fn refresh(&mut self) {
+        self.leaders.clear();
+        self.boot += 1;
     }
 
     fn send_one(&mut self, cx: &mut Cx<ClientMsg>, partition: i32) {
+        let Some(leader) = self.leaders.get(&partition).copied() else { return self.setup(cx) };
         let Some(f) = self.in_flight.get_mut(&partition) else { return };
         f.sent = true;
+        f.ever_sent = true;
+        f.node = leader;
         let value = f.value;
         let bytes = record_bytes(value);
         let key = partition.to_string().into_bytes();
@@ -113,8 +141,8 @@ impl Producer {
         let r = ProduceRequest::default().with_acks(-1).with_timeout_ms(5_000).with_topic_data(vec![produce_request::TopicProduceData::default()
             .with_name(self.topic())
             .with_partition_data(vec![produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch))])]);
-        let frame = self.wire.encode(&r, 9);
-        cx.send(self.config.broker, ClientMsg::Request(frame));
+        let frame = self.wire.encode_for(leader, &r, 9);
+        cx.send(Addr { node: leader, actor: 0 }, ClientMsg::Request(frame));
     }
 
     fn on_send_timer(&mut self, cx: &mut Cx<ClientMsg>) {
@@ -137,7 +165,7 @@ impl Producer {
         let value = self.config.process * 1_000_000_000 + self.sent_values;
         let sequence = *self.next_sequence.entry(partition).or_insert(0);
         self.events.push(ClientEvent::InvokeSend { time_ms: now, process: self.config.process, key: partition as u64, value });
-        self.in_flight.insert(partition, InFlight { value, sequence, sent: false });
+        self.in_flight.insert(partition, InFlight { value, sequence, sent: false, ever_sent: false, node: -1 });
         self.send_one(cx, partition);
     }
 
@@ -170,8 +198,12 @@ impl Producer {
                 self.setup_pending = false;
                 match decode::<MetadataResponse>(body, version) {
                     Ok(m) => {
-                        if let Some(t) = ready_topic(&m) {
-                            self.partitions = t.partitions.len() as i32;
+                        if let Some((count, leaders)) = leaders(&m) {
+                            self.partitions = count;
+                            self.leaders = leaders;
+                        }
+                        if ready_topic(&m).is_none() {
+                            self.boot += 1;
                         }
                     }
                     Err(e) => self.violation(cx, format!("bad metadata response: {e}")),
@@ -184,7 +216,13 @@ impl Producer {
                     Ok(r) if r.error_code == 0 => {
                         (self.producer_id, self.producer_epoch) = (r.producer_id.0, r.producer_epoch);
                         self.next_sequence.clear();
-                        // A new producer id restarts sequences: batches waiting go out as new.
+                        // A new producer id restarts sequences. A batch already sent under the old
+                        // id may be in the log: its outcome is unknown, and sending it again under
+                        // the new id could write it twice. Batches never sent go out as new.
+                        let unknown: Vec<i32> = self.in_flight.iter().filter(|(_, f)| f.ever_sent).map(|(p, _)| *p).collect();
+                        for p in unknown {
+                            self.complete(cx, p, Err("unknown: the producer id was reset".into()));
+                        }
                         for (p, f) in self.in_flight.iter_mut() {
                             f.sequence = 0;
                             self.next_sequence.insert(*p, 0);
@@ -214,9 +252,20 @@ impl Producer {
                                 self.violation(cx, format!("broker refused a valid batch with error {}", p.error_code));
                                 self.complete(cx, p.index, Err(format!("error {}", p.error_code)));
                             }
-                            _ => {
+                            code => {
                                 if let Some(f) = self.in_flight.get_mut(&p.index) {
                                     f.sent = false;
+                                }
+                                if matches!(
+                                    code,
+                                    error::NOT_LEADER_OR_FOLLOWER
+                                        | error::LEADER_NOT_AVAILABLE
+                                        | error::UNKNOWN_TOPIC_OR_PARTITION
+                                        | error::FENCED_LEADER_EPOCH
+                                        | error::UNKNOWN_LEADER_EPOCH
+                                        | error::REQUEST_TIMED_OUT
+                                ) {
+                                    self.refresh();
                                 }
                                 cx.set_timer(RETRY_TIMER, 100);
                             }
@@ -241,15 +290,18 @@ impl Actor for Producer {
         self.setup(cx);
     }
 
-    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => self.on_response(cx, frame),
             ClientMsg::Disconnected => {
-                self.wire.disconnected();
-                self.setup_pending = false;
-                for f in self.in_flight.values_mut() {
+                self.wire.disconnected_from(from.node);
+                if self.setup_node == from.node {
+                    self.setup_pending = false;
+                }
+                for f in self.in_flight.values_mut().filter(|f| f.node == from.node) {
                     f.sent = false;
                 }
+                self.refresh();
                 cx.set_timer(RETRY_TIMER, 100);
             }
             ClientMsg::Request(_) => {}

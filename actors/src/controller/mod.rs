@@ -1,3 +1,785 @@
-//! The controller quorum: Raft over the `__cluster_metadata` log.
+//! The controller: a voter of the metadata quorum (Raft over `__cluster_metadata`) and, while it
+//! is the Raft leader, the active controller that decides every metadata change.
+//!
+//! Every voter applies committed entries (each a batch of [`image::MetadataRecord`]s) to its
+//! [`image::MetadataImage`]. The active controller additionally keeps a *pending* image — the
+//! committed one plus its proposals not yet committed — and makes every decision against it, so
+//! two proposals in flight never contradict each other. It becomes active only once its own
+//! term's first entry is applied (everything earlier leaders committed is then in its image).
+//!
+//! What it decides: broker registration (a broker starts fenced, is unfenced once its metadata
+//! has caught up with its registration, is fenced when heartbeats stop for
+//! `broker.session.timeout.ms`), partition leaders and ISRs (a fenced or shutting-down broker is
+//! removed from every ISR it is not the last member of and loses its leaderships; a partition
+//! whose only ISR member is gone has no leader until that member returns, unless unclean leader
+//! election is enabled), ISR changes asked by leaders (AlterPartition, fenced by broker epoch,
+//! leader epoch and partition epoch), topics, partitions, configs, producer-id blocks, preferred
+//! and unclean elections, and reassignments.
+//!
+//! Answers to brokers are sent only once the records they report are committed; a voter that
+//! loses leadership answers every waiting request NOT_CONTROLLER and brokers retry elsewhere.
 
+pub mod image;
 pub mod raft;
+pub mod rpc;
+pub mod store;
+
+use crate::broker::error;
+use crate::broker::BrokerMsg;
+use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
+use image::{place_replicas, BrokerInfo, MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
+use raft::{Raft, RaftConfig};
+use rpc::{AdminOp, ControllerRequest, ControllerResponse, PeerMsg, CONTROLLER_ACTOR};
+use std::collections::{BTreeMap, VecDeque};
+use store::{RaftStore, StoreEvent};
+
+const TICK: TimerId = TimerId(1);
+const TICK_MS: u64 = 25;
+/// Committed record batches kept in memory for brokers that fetch metadata; older ones are
+/// served as a snapshot of the image.
+const HISTORY: usize = 20_000;
+/// How long a metadata fetch waits for new records.
+const FETCH_WAIT_MS: u64 = 500;
+/// Producer ids per AllocateProducerIds.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Static controller settings.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// This node.
+    pub node_id: i32,
+    /// `controller.quorum.voters` ids.
+    pub voters: Vec<i32>,
+    /// `controller.quorum.election.timeout.ms`: the minimum; elections wait a random time in
+    /// [t, 2t).
+    pub election_timeout_ms: u64,
+    /// Raft heartbeat interval.
+    pub raft_heartbeat_ms: u64,
+    /// `broker.session.timeout.ms`.
+    pub broker_session_timeout_ms: u64,
+    /// `unclean.leader.election.enable` default.
+    pub unclean_leader_election: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node_id: 1,
+            voters: vec![1],
+            election_timeout_ms: 500,
+            raft_heartbeat_ms: 100,
+            broker_session_timeout_ms: 1500,
+            unclean_leader_election: false,
+        }
+    }
+}
+
+/// What to answer once a proposal commits.
+#[derive(Debug)]
+enum Reply {
+    Registered(i64),
+    AlterPartition(String, i32),
+    ProducerIds(i64),
+    Admin,
+    Nothing,
+}
+
+struct Waiter {
+    term: u64,
+    to: Addr,
+    id: u64,
+    reply: Reply,
+}
+
+struct ParkedFetch {
+    to: Addr,
+    id: u64,
+    from: u64,
+    deadline_ms: u64,
+}
+
+/// The controller actor. See the module documentation.
+pub struct Controller {
+    config: ControllerConfig,
+    store: RaftStore,
+    raft: Option<Raft>,
+    /// Committed state.
+    image: MetadataImage,
+    /// Committed state plus this leader's proposals in flight.
+    pending: MetadataImage,
+    history: VecDeque<(u64, Vec<MetadataRecord>)>,
+    trimmed_through: u64,
+    persisting: Option<Vec<(i32, raft::RaftMsg)>>,
+    was_leader: bool,
+    term_start: u64,
+    active: bool,
+    waiters: BTreeMap<u64, Waiter>,
+    parked: Vec<ParkedFetch>,
+    heartbeats: BTreeMap<i32, u64>,
+    failed: bool,
+}
+
+impl Controller {
+    /// A voter with the given settings.
+    pub fn new(config: ControllerConfig) -> Self {
+        Controller {
+            config,
+            store: RaftStore::new(),
+            raft: None,
+            image: MetadataImage::default(),
+            pending: MetadataImage::default(),
+            history: VecDeque::new(),
+            trimmed_through: 0,
+            persisting: None,
+            was_leader: false,
+            term_start: 0,
+            active: false,
+            waiters: BTreeMap::new(),
+            parked: Vec::new(),
+            heartbeats: BTreeMap::new(),
+            failed: false,
+        }
+    }
+
+    /// The committed metadata image.
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+
+    /// Whether this voter is the active controller.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Raft term and leader as this voter sees them.
+    pub fn raft_view(&self) -> Option<(u64, Option<i32>, u64)> {
+        self.raft.as_ref().map(|r| (r.term(), r.leader(), r.commit_index()))
+    }
+
+    /// The committed record batches this voter still holds, oldest first.
+    pub fn history(&self) -> impl DoubleEndedIterator<Item = &(u64, Vec<MetadataRecord>)> {
+        self.history.iter()
+    }
+
+    fn peer(node: i32) -> Addr {
+        Addr { node, actor: CONTROLLER_ACTOR }
+    }
+
+    fn fail(&mut self, cx: &mut Cx<BrokerMsg>, why: &str) {
+        tracing::error!(node = self.config.node_id, "controller failed: {why}");
+        self.failed = true;
+        cx.stop();
+    }
+
+    /// Take Raft's output: apply what committed, persist what must be durable, then send.
+    fn drive(&mut self, cx: &mut Cx<BrokerMsg>) {
+        loop {
+            if self.persisting.is_some() || self.failed {
+                return;
+            }
+            let Some(raft) = self.raft.as_mut() else { return };
+            let mut ready = raft.take_ready();
+            let committed = std::mem::take(&mut ready.committed);
+            for entry in committed {
+                self.apply_entry(cx, entry);
+            }
+            self.leadership_changed(cx);
+            let needs_disk = ready.hard_state.is_some() || ready.truncate_after.is_some() || !ready.entries.is_empty();
+            if needs_disk {
+                self.store.persist(cx, &ready);
+                self.persisting = Some(ready.messages);
+                return;
+            }
+            let idle = ready.messages.is_empty();
+            for (to, msg) in ready.messages {
+                cx.send(Self::peer(to), BrokerMsg::Peer(PeerMsg::Raft(msg)));
+            }
+            if idle {
+                return;
+            }
+        }
+    }
+
+    fn apply_entry(&mut self, cx: &mut Cx<BrokerMsg>, entry: raft::Entry) {
+        let records: Vec<MetadataRecord> = if entry.data.is_empty() {
+            Vec::new()
+        } else {
+            match bincode::deserialize(&entry.data) {
+                Ok(r) => r,
+                Err(e) => return self.fail(cx, &format!("undecodable metadata entry {}: {e}", entry.index)),
+            }
+        };
+        for r in &records {
+            tracing::trace!(node = self.config.node_id, index = entry.index, term = entry.term, ?r, "apply");
+            self.image.apply(entry.index, r);
+        }
+        self.image.offset = entry.index;
+        if !records.is_empty() {
+            self.history.push_back((entry.index, records));
+            if self.history.len() > HISTORY {
+                if let Some((o, _)) = self.history.pop_front() {
+                    self.trimmed_through = o;
+                }
+            }
+        }
+        if let Some(w) = self.waiters.remove(&entry.index) {
+            let response =
+                if w.term == entry.term { self.reply_for(w.reply, entry.index) } else { Some(ControllerResponse::NotController { leader: self.leader() }) };
+            if let Some(response) = response {
+                cx.send(w.to, BrokerMsg::Peer(PeerMsg::FromController { id: w.id, response }));
+            }
+        }
+        self.answer_parked(cx, false);
+    }
+
+    fn reply_for(&self, reply: Reply, offset: u64) -> Option<ControllerResponse> {
+        Some(match reply {
+            Reply::Registered(epoch) => ControllerResponse::Registered { epoch },
+            Reply::AlterPartition(topic, index) => {
+                ControllerResponse::AlterPartition { error: error::NONE, info: self.image.partition(&topic, index).cloned() }
+            }
+            Reply::ProducerIds(start) => ControllerResponse::ProducerIds { start, len: PRODUCER_ID_BLOCK },
+            Reply::Admin => ControllerResponse::Admin { error: error::NONE, message: None, offset },
+            Reply::Nothing => return None,
+        })
+    }
+
+    fn leader(&self) -> Option<i32> {
+        self.raft.as_ref().and_then(|r| r.leader())
+    }
+
+    fn leadership_changed(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let Some(raft) = self.raft.as_ref() else { return };
+        let is_leader = raft.is_leader();
+        if is_leader && !self.was_leader {
+            self.term_start = raft.last_index();
+            self.active = false;
+            tracing::info!(node = self.config.node_id, term = raft.term(), "elected metadata quorum leader");
+        }
+        if !is_leader && self.was_leader {
+            self.active = false;
+            let leader = raft.leader();
+            for (_, w) in std::mem::take(&mut self.waiters) {
+                cx.send(w.to, BrokerMsg::Peer(PeerMsg::FromController { id: w.id, response: ControllerResponse::NotController { leader } }));
+            }
+            self.answer_parked(cx, true);
+        }
+        self.was_leader = is_leader;
+        if is_leader && !self.active && self.image.offset >= self.term_start {
+            self.active = true;
+            self.pending = self.image.clone();
+            let now = cx.now_ms();
+            // Every broker gets a full session from the moment this controller takes over.
+            self.heartbeats = self.pending.brokers.keys().map(|id| (*id, now)).collect();
+            tracing::info!(node = self.config.node_id, offset = self.image.offset, "active controller");
+        }
+    }
+
+    /// Propose `records` (built knowing the index they will land at); apply them to the
+    /// pending image; answer `reply` to `to` once committed.
+    fn propose(&mut self, to: Addr, id: u64, reply: Reply, build: impl FnOnce(u64) -> Vec<MetadataRecord>) -> Result<u64, ()> {
+        let raft = self.raft.as_mut().ok_or(())?;
+        let index = raft.last_index() + 1;
+        let records = build(index);
+        let data = bincode::serialize(&records).expect("records serialise");
+        let got = raft.propose(data).map_err(|_| ())?;
+        debug_assert_eq!(got, index, "a proposal lands right after the last entry");
+        for r in &records {
+            self.pending.apply(got, r);
+        }
+        let term = raft.term();
+        self.waiters.insert(got, Waiter { term, to, id, reply });
+        Ok(got)
+    }
+
+    fn answer(cx: &mut Cx<BrokerMsg>, to: Addr, id: u64, response: ControllerResponse) {
+        cx.send(to, BrokerMsg::Peer(PeerMsg::FromController { id, response }));
+    }
+
+    fn answer_parked(&mut self, cx: &mut Cx<BrokerMsg>, all: bool) {
+        let now = cx.now_ms();
+        let newest = self.history.back().map(|(o, _)| *o).unwrap_or(0);
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.parked) {
+            if all || !self.active {
+                Self::answer(cx, p.to, p.id, ControllerResponse::NotController { leader: self.leader() });
+            } else if newest > p.from || now >= p.deadline_ms {
+                let response = self.metadata_since(p.from);
+                Self::answer(cx, p.to, p.id, response);
+            } else {
+                keep.push(p);
+            }
+        }
+        self.parked = keep;
+    }
+
+    fn metadata_since(&self, from: u64) -> ControllerResponse {
+        if from < self.trimmed_through {
+            // The records after `from` are no longer held: start the broker from the image.
+            return ControllerResponse::Metadata { snapshot: Some(Box::new(self.image.clone())), records: Vec::new(), last: self.image.offset };
+        }
+        let records: Vec<(u64, Vec<MetadataRecord>)> = self.history.iter().filter(|(o, _)| *o > from).take(500).cloned().collect();
+        ControllerResponse::Metadata { snapshot: None, records, last: self.image.offset }
+    }
+
+    fn on_request(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, id: u64, request: ControllerRequest) {
+        if !self.active {
+            return Self::answer(cx, from, id, ControllerResponse::NotController { leader: self.leader() });
+        }
+        let now = cx.now_ms();
+        match request {
+            ControllerRequest::Register { broker, incarnation, host, port, peer, rack } => {
+                if let Some(b) = self.image.brokers.get(&broker).filter(|b| b.incarnation == incarnation) {
+                    return Self::answer(cx, from, id, ControllerResponse::Registered { epoch: b.epoch });
+                }
+                if self.pending.brokers.get(&broker).is_some_and(|b| b.incarnation == incarnation) {
+                    // The registration is in flight; the broker retries and gets the committed answer.
+                    return;
+                }
+                self.heartbeats.insert(broker, now);
+                let moves = self.fence_changes(broker);
+                let proposed = self.propose(from, id, Reply::Registered(0), |index| {
+                    let info = BrokerInfo { id: broker, epoch: index as i64, incarnation, host, port, peer, rack, fenced: true, shutting_down: false };
+                    let mut records = vec![MetadataRecord::RegisterBroker(info)];
+                    records.extend(moves);
+                    records
+                });
+                // The broker epoch is the index the registration lands at.
+                if let Some(w) = proposed.ok().and_then(|index| self.waiters.get_mut(&index).map(|w| (index, w))) {
+                    w.1.reply = Reply::Registered(w.0 as i64);
+                }
+            }
+            ControllerRequest::Heartbeat { broker, epoch, metadata_offset, shutdown } => {
+                let Some(b) = self.pending.brokers.get(&broker).cloned() else {
+                    return Self::answer(cx, from, id, ControllerResponse::Heartbeat { fenced: true, shutdown_ready: false, stale: true });
+                };
+                if b.epoch != epoch {
+                    return Self::answer(cx, from, id, ControllerResponse::Heartbeat { fenced: true, shutdown_ready: false, stale: true });
+                }
+                self.heartbeats.insert(broker, now);
+                if shutdown && !b.shutting_down {
+                    let moves = self.fence_changes(broker);
+                    let _ = self.propose(from, 0, Reply::Nothing, |_| {
+                        let mut r = vec![MetadataRecord::ShutdownBroker { id: broker, epoch }];
+                        r.extend(moves);
+                        r
+                    });
+                } else if !shutdown && b.fenced && metadata_offset >= epoch as u64 {
+                    let mut records = vec![MetadataRecord::FenceBroker { id: broker, epoch, fenced: false }];
+                    let mut after = self.pending.clone();
+                    after.apply(0, &records[0]);
+                    records.extend(Self::unfence_changes(&after, broker));
+                    let _ = self.propose(from, 0, Reply::Nothing, |_| records);
+                }
+                let b = &self.pending.brokers[&broker];
+                let leads = self.pending.topics.values().any(|t| t.partitions.iter().any(|p| p.leader == broker));
+                Self::answer(
+                    cx,
+                    from,
+                    id,
+                    ControllerResponse::Heartbeat { fenced: b.fenced, shutdown_ready: shutdown && b.shutting_down && !leads, stale: false },
+                );
+            }
+            ControllerRequest::FetchMetadata { from: offset } => {
+                let response = self.metadata_since(offset);
+                match &response {
+                    ControllerResponse::Metadata { snapshot: None, records, .. } if records.is_empty() => {
+                        self.parked.push(ParkedFetch { to: from, id, from: offset, deadline_ms: now + FETCH_WAIT_MS });
+                    }
+                    _ => Self::answer(cx, from, id, response),
+                }
+            }
+            ControllerRequest::AlterPartition { broker, epoch, topic, index, leader_epoch, partition_epoch, isr } => {
+                let reject = |cx: &mut Cx<BrokerMsg>, code: i16| Self::answer(cx, from, id, ControllerResponse::AlterPartition { error: code, info: None });
+                if self.pending.brokers.get(&broker).is_none_or(|b| b.epoch != epoch) {
+                    return reject(cx, error::STALE_BROKER_EPOCH);
+                }
+                let Some(p) = self.pending.partition(&topic, index).cloned() else { return reject(cx, error::UNKNOWN_TOPIC_OR_PARTITION) };
+                if p.leader != broker {
+                    return reject(cx, error::NOT_LEADER_OR_FOLLOWER);
+                }
+                if leader_epoch != p.leader_epoch {
+                    return reject(cx, error::FENCED_LEADER_EPOCH);
+                }
+                if partition_epoch != p.partition_epoch {
+                    return reject(cx, error::INVALID_UPDATE_VERSION);
+                }
+                let eligible = |r: &i32| p.replicas.contains(r) && (p.isr.contains(r) || self.pending.is_active(*r));
+                if !isr.contains(&broker) || !isr.iter().all(eligible) {
+                    return reject(cx, error::INELIGIBLE_REPLICA);
+                }
+                let mut info = p.clone();
+                info.isr = isr;
+                info.partition_epoch += 1;
+                let mut records = vec![MetadataRecord::ChangePartition { topic: topic.clone(), index, info: info.clone() }];
+                if let Some(done) = Self::finish_reassignment(&info) {
+                    records = vec![MetadataRecord::ChangePartition { topic: topic.clone(), index, info: done }];
+                }
+                let _ = self.propose(from, id, Reply::AlterPartition(topic, index), |_| records);
+            }
+            ControllerRequest::AllocateProducerIds { broker: _ } => {
+                let start = self.pending.next_producer_id.max(1);
+                let _ = self.propose(from, id, Reply::ProducerIds(start), |_| vec![MetadataRecord::ProducerIds { next: start + PRODUCER_ID_BLOCK }]);
+            }
+            ControllerRequest::Admin(op) => self.on_admin(cx, from, id, op),
+        }
+        self.drive(cx);
+    }
+
+    fn admin_error(cx: &mut Cx<BrokerMsg>, to: Addr, id: u64, code: i16, message: impl Into<String>) {
+        Self::answer(cx, to, id, ControllerResponse::Admin { error: code, message: Some(message.into()), offset: 0 });
+    }
+
+    fn on_admin(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, id: u64, op: AdminOp) {
+        match op {
+            AdminOp::CreateTopic { name, partitions, replication_factor, assignments, configs, validate_only } => {
+                if self.pending.topics.contains_key(&name) {
+                    return Self::admin_error(cx, from, id, error::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists."));
+                }
+                let placed = if assignments.is_empty() {
+                    let start = cx.rng().below(1 << 16) as usize;
+                    match place_replicas(&self.pending, partitions, replication_factor.max(1) as usize, 0, start) {
+                        Ok(p) => p,
+                        Err(m) => return Self::admin_error(cx, from, id, error::INVALID_REPLICATION_FACTOR, m),
+                    }
+                } else {
+                    for a in &assignments {
+                        let mut d = a.clone();
+                        d.sort();
+                        d.dedup();
+                        if a.is_empty() || d.len() != a.len() || a.len() != assignments[0].len() || !a.iter().all(|b| self.pending.brokers.contains_key(b)) {
+                            return Self::admin_error(cx, from, id, error::INVALID_REPLICA_ASSIGNMENT, format!("Invalid replica assignment {a:?}."));
+                        }
+                    }
+                    assignments
+                };
+                if validate_only {
+                    return Self::answer(cx, from, id, ControllerResponse::Admin { error: error::NONE, message: None, offset: 0 });
+                }
+                let topic_id = ((cx.rng().next_u64() as u128) << 64 | cx.rng().next_u64() as u128) & !(0xf000u128 << 64) | (0x4000u128 << 64);
+                let parts: Vec<PartitionInfo> = placed.into_iter().map(|r| self.initial_partition(r)).collect();
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::CreateTopic { name, id: topic_id, partitions: parts, configs }]);
+            }
+            AdminOp::DeleteTopic { name } => {
+                if !self.pending.topics.contains_key(&name) {
+                    return Self::admin_error(cx, from, id, error::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+                }
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::DeleteTopic { name }]);
+            }
+            AdminOp::CreatePartitions { name, count, validate_only } => {
+                let Some(t) = self.pending.topics.get(&name) else {
+                    return Self::admin_error(cx, from, id, error::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+                };
+                let current = t.partitions.len() as i32;
+                if count <= current {
+                    return Self::admin_error(
+                        cx,
+                        from,
+                        id,
+                        error::INVALID_PARTITIONS,
+                        format!("Topic currently has {current} partitions, which is higher than the requested {count}."),
+                    );
+                }
+                let rf = t.partitions.first().map(|p| p.replicas.len()).unwrap_or(1);
+                let start = cx.rng().below(1 << 16) as usize;
+                let placed = match place_replicas(&self.pending, count - current, rf, current, start) {
+                    Ok(p) => p,
+                    Err(m) => return Self::admin_error(cx, from, id, error::INVALID_REPLICATION_FACTOR, m),
+                };
+                if validate_only {
+                    return Self::answer(cx, from, id, ControllerResponse::Admin { error: error::NONE, message: None, offset: 0 });
+                }
+                let parts: Vec<PartitionInfo> = placed.into_iter().map(|r| self.initial_partition(r)).collect();
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::AddPartitions { name, partitions: parts }]);
+            }
+            AdminOp::TopicConfig { name, configs } => {
+                if !self.pending.topics.contains_key(&name) {
+                    return Self::admin_error(cx, from, id, error::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+                }
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::TopicConfig { name, configs }]);
+            }
+            AdminOp::BrokerConfig { configs } => {
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::BrokerConfig { configs }]);
+            }
+            AdminOp::ElectLeader { topic, index, preferred } => {
+                let Some(p) = self.pending.partition(&topic, index).cloned() else {
+                    return Self::admin_error(cx, from, id, error::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+                };
+                let mut info = p.clone();
+                if preferred {
+                    let want = p.replicas[0];
+                    if p.leader == want {
+                        return Self::admin_error(cx, from, id, error::ELECTION_NOT_NEEDED, "Leader election not needed for topic partition.");
+                    }
+                    if !p.isr.contains(&want) || !self.pending.is_active(want) {
+                        return Self::admin_error(
+                            cx,
+                            from,
+                            id,
+                            error::PREFERRED_LEADER_NOT_AVAILABLE,
+                            format!("Failed to elect leader for partition {topic}-{index} under strategy PreferredReplicaPartitionLeaderElectionStrategy"),
+                        );
+                    }
+                    info.leader = want;
+                } else {
+                    if p.leader != NO_LEADER {
+                        return Self::admin_error(cx, from, id, error::ELECTION_NOT_NEEDED, "Leader election not needed for topic partition.");
+                    }
+                    let Some(r) = p.replicas.iter().copied().find(|r| self.pending.is_active(*r)) else {
+                        return Self::admin_error(cx, from, id, error::ELIGIBLE_LEADERS_NOT_AVAILABLE, "No eligible replica is alive.");
+                    };
+                    info.leader = r;
+                    info.isr = vec![r];
+                }
+                info.leader_epoch += 1;
+                info.partition_epoch += 1;
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::ChangePartition { topic, index, info }]);
+            }
+            AdminOp::Reassign { topic, index, replicas } => {
+                let Some(p) = self.pending.partition(&topic, index).cloned() else {
+                    return Self::admin_error(cx, from, id, error::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+                };
+                let mut info = p.clone();
+                match replicas {
+                    None => {
+                        if p.adding.is_empty() && p.removing.is_empty() {
+                            return Self::admin_error(cx, from, id, error::NO_REASSIGNMENT_IN_PROGRESS, "No reassignment in progress.");
+                        }
+                        // Cancel: drop the replicas being added, keep the ones being removed.
+                        info.replicas.retain(|r| !p.adding.contains(r));
+                        info.isr.retain(|r| !p.adding.contains(r));
+                        info.adding.clear();
+                        info.removing.clear();
+                        if !info.isr.contains(&info.leader) {
+                            info.leader = info.isr.first().copied().unwrap_or(NO_LEADER);
+                            info.leader_epoch += 1;
+                        }
+                        if info.isr.is_empty() {
+                            info.isr = vec![p.replicas[0]];
+                        }
+                    }
+                    Some(target) => {
+                        let mut d = target.clone();
+                        d.sort();
+                        d.dedup();
+                        if target.is_empty() || d.len() != target.len() || !target.iter().all(|b| self.pending.brokers.contains_key(b)) {
+                            return Self::admin_error(cx, from, id, error::INVALID_REPLICA_ASSIGNMENT, format!("Invalid replica assignment {target:?}."));
+                        }
+                        let current: Vec<i32> = p.replicas.iter().copied().filter(|r| !p.adding.contains(r)).collect();
+                        info.adding = target.iter().copied().filter(|r| !current.contains(r)).collect();
+                        info.removing = current.iter().copied().filter(|r| !target.contains(r)).collect();
+                        let mut all = target.clone();
+                        all.extend(current.iter().copied().filter(|r| !target.contains(r)));
+                        info.replicas = all;
+                        info.isr.retain(|r| info.replicas.contains(r));
+                    }
+                }
+                info.partition_epoch += 1;
+                let info = Self::finish_reassignment(&info).unwrap_or(info);
+                let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::ChangePartition { topic, index, info }]);
+            }
+        }
+    }
+
+    fn initial_partition(&self, replicas: Vec<i32>) -> PartitionInfo {
+        let mut p = PartitionInfo::new(replicas);
+        p.isr.retain(|r| self.pending.is_active(*r));
+        if p.isr.is_empty() {
+            p.isr = vec![p.replicas[0]];
+        }
+        p.leader = p.replicas.iter().copied().find(|r| p.isr.contains(r) && self.pending.is_active(*r)).unwrap_or(NO_LEADER);
+        p
+    }
+
+    /// A reassignment completes once every added replica is in the ISR: the removed replicas
+    /// leave the replica set and the ISR, and leadership moves if the leader was removed.
+    fn finish_reassignment(p: &PartitionInfo) -> Option<PartitionInfo> {
+        if p.adding.is_empty() && p.removing.is_empty() {
+            return None;
+        }
+        if !p.adding.iter().all(|r| p.isr.contains(r)) {
+            return None;
+        }
+        let mut n = p.clone();
+        n.replicas.retain(|r| !p.removing.contains(r));
+        n.isr.retain(|r| !p.removing.contains(r));
+        n.adding.clear();
+        n.removing.clear();
+        if n.isr.is_empty() {
+            return None;
+        }
+        if !n.isr.contains(&n.leader) {
+            n.leader = n.isr[0];
+            n.leader_epoch += 1;
+        }
+        Some(n)
+    }
+
+    /// The partition changes that take `broker` out of service: out of every ISR it is not the
+    /// last member of, and out of every leadership (to another live ISR member, or none).
+    fn fence_changes(&self, broker: i32) -> Vec<MetadataRecord> {
+        let mut out = Vec::new();
+        for (name, t) in &self.pending.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if !p.isr.contains(&broker) && p.leader != broker {
+                    continue;
+                }
+                let mut n = p.clone();
+                if n.isr.len() > 1 {
+                    n.isr.retain(|r| *r != broker);
+                }
+                if n.leader == broker {
+                    n.leader = n.replicas.iter().copied().find(|r| *r != broker && n.isr.contains(r) && self.pending.is_active(*r)).unwrap_or(NO_LEADER);
+                    n.leader_epoch += 1;
+                }
+                if n != *p {
+                    n.partition_epoch += 1;
+                    out.push(MetadataRecord::ChangePartition { topic: name.clone(), index: i as i32, info: n });
+                }
+            }
+        }
+        out
+    }
+
+    /// Leaderless partitions whose ISR holds `broker` get it as leader.
+    fn unfence_changes(image: &MetadataImage, broker: i32) -> Vec<MetadataRecord> {
+        let mut out = Vec::new();
+        for (name, t) in &image.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.leader == NO_LEADER && p.isr.contains(&broker) {
+                    let mut n = p.clone();
+                    n.leader = broker;
+                    n.leader_epoch += 1;
+                    n.partition_epoch += 1;
+                    out.push(MetadataRecord::ChangePartition { topic: name.clone(), index: i as i32, info: n });
+                }
+            }
+        }
+        out
+    }
+
+    fn unclean_allowed(&self, topic: &str) -> bool {
+        let key = "unclean.leader.election.enable";
+        let v = self.pending.topics.get(topic).and_then(|t| t.configs.get(key)).or_else(|| self.pending.dynamic_broker.get(key));
+        v.map(|v| v == "true").unwrap_or(self.config.unclean_leader_election)
+    }
+
+    fn on_tick(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let now = cx.now_ms();
+        if let Some(raft) = self.raft.as_mut() {
+            raft.tick(now);
+        }
+        if self.active {
+            let me = Addr { node: self.config.node_id, actor: CONTROLLER_ACTOR };
+            let expired: Vec<(i32, i64)> = self
+                .pending
+                .brokers
+                .values()
+                .filter(|b| !b.fenced && now.saturating_sub(*self.heartbeats.get(&b.id).unwrap_or(&now)) > self.config.broker_session_timeout_ms)
+                .map(|b| (b.id, b.epoch))
+                .collect();
+            for (broker, epoch) in expired {
+                tracing::info!(broker, "fencing broker: no heartbeat within broker.session.timeout.ms");
+                let fence = MetadataRecord::FenceBroker { id: broker, epoch, fenced: true };
+                let mut after = self.pending.clone();
+                after.apply(0, &fence);
+                let saved = std::mem::replace(&mut self.pending, after);
+                let moves = self.fence_changes(broker);
+                self.pending = saved;
+                let _ = self.propose(me, 0, Reply::Nothing, |_| {
+                    let mut r = vec![fence];
+                    r.extend(moves);
+                    r
+                });
+            }
+            // Unclean elections where enabled: a leaderless partition whose ISR is all gone.
+            let mut unclean = Vec::new();
+            for (name, t) in &self.pending.topics {
+                for (i, p) in t.partitions.iter().enumerate() {
+                    if p.leader == NO_LEADER && !p.isr.iter().any(|r| self.pending.is_active(*r)) && self.unclean_allowed(name) {
+                        if let Some(r) = p.replicas.iter().copied().find(|r| self.pending.is_active(*r)) {
+                            let mut n = p.clone();
+                            n.leader = r;
+                            n.isr = vec![r];
+                            n.leader_epoch += 1;
+                            n.partition_epoch += 1;
+                            unclean.push(MetadataRecord::ChangePartition { topic: name.clone(), index: i as i32, info: n });
+                        }
+                    }
+                }
+            }
+            if !unclean.is_empty() {
+                tracing::warn!(count = unclean.len(), "unclean leader election");
+                let _ = self.propose(me, 0, Reply::Nothing, |_| unclean);
+            }
+        }
+        self.answer_parked(cx, false);
+        self.drive(cx);
+        cx.set_timer(TICK, TICK_MS);
+    }
+}
+
+impl Actor for Controller {
+    type Msg = BrokerMsg;
+
+    fn on_start(&mut self, cx: &mut Cx<BrokerMsg>) {
+        self.store.start(cx);
+    }
+
+    fn on_message(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, msg: BrokerMsg) {
+        let BrokerMsg::Peer(msg) = msg else { return };
+        if self.raft.is_none() {
+            // Still loading: Raft peers and brokers retry.
+            return;
+        }
+        match msg {
+            PeerMsg::Raft(m) => {
+                let now = cx.now_ms();
+                if let Some(raft) = self.raft.as_mut() {
+                    raft.step(now, from.node, m);
+                }
+                self.drive(cx);
+            }
+            PeerMsg::ToController { id, request } => self.on_request(cx, from, id, request),
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<BrokerMsg>, timer: TimerId) {
+        if timer == TICK {
+            self.on_tick(cx);
+        }
+    }
+
+    fn on_io(&mut self, cx: &mut Cx<BrokerMsg>, done: IoDone) {
+        match self.store.on_io(cx, done) {
+            StoreEvent::Pending => {}
+            StoreEvent::Failed(why) => self.fail(cx, &why),
+            StoreEvent::Loaded { hard_state, entries } => {
+                let c = &self.config;
+                let config = RaftConfig {
+                    me: c.node_id,
+                    voters: c.voters.clone(),
+                    election_timeout_min_ms: c.election_timeout_ms,
+                    election_timeout_max_ms: c.election_timeout_ms * 2,
+                    heartbeat_interval_ms: c.raft_heartbeat_ms,
+                    max_entries_per_append: 256,
+                };
+                tracing::info!(node = c.node_id, term = hard_state.term, entries = entries.len(), "metadata log loaded");
+                let seed = cx.rng().next_u64();
+                self.raft = Some(Raft::new(config, hard_state, None, entries, cx.now_ms(), seed));
+                cx.set_timer(TICK, TICK_MS);
+                self.drive(cx);
+            }
+            StoreEvent::Persisted { last_index } => {
+                if let Some(raft) = self.raft.as_mut() {
+                    raft.on_persisted(last_index);
+                }
+                for (to, msg) in self.persisting.take().unwrap_or_default() {
+                    cx.send(Self::peer(to), BrokerMsg::Peer(PeerMsg::Raft(msg)));
+                }
+                self.drive(cx);
+            }
+        }
+    }
+}

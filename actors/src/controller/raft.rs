@@ -391,7 +391,9 @@ impl Raft {
             }
             let leader = matches!(msg, RaftMsg::Append { .. } | RaftMsg::InstallSnapshot { .. }).then_some(from);
             self.become_follower(term, leader);
-        } else if term < self.hard.term {
+        } else if term < self.hard.term
+            && !(crate::planted!("stale-controller-epoch-accepted") && matches!(msg, RaftMsg::Append { .. }) && self.role != Role::Leader)
+        {
             // Teach a stale leader or candidate the current term; ignore stale answers.
             match msg {
                 RaftMsg::Append { .. } | RaftMsg::InstallSnapshot { .. } => {

@@ -18,6 +18,10 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
     ("offset-index-off-by-one", "an offset-index lookup starts the read one index entry too far"),
     ("fetch-above-high-watermark", "Fetch returns records at or above the high watermark"),
     ("idempotent-accepts-duplicate", "a retried idempotent batch is appended again instead of being recognised"),
+    ("hw-before-isr-ack", "a partition leader advances the high watermark before the ISR followers have the records"),
+    ("skip-truncation", "a follower keeps its divergent log suffix when a new leader tells it to truncate"),
+    ("stale-controller-epoch-accepted", "a voter accepts log entries from a leader of an older Raft term"),
+    ("isr-shrink-not-persisted", "a leader shrinks its ISR locally without committing the change through the controller"),
 ];
 
 thread_local! {

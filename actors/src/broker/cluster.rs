@@ -1,0 +1,909 @@
+//! The broker as a member of the cluster: registration, heartbeats and fencing, following the
+//! metadata log, forwarding admin operations to the active controller, and replication —
+//! fetching from partition leaders as a follower, serving followers and managing the ISR as a
+//! leader.
+//!
+//! Controller RPCs go to the voter believed to lead the quorum; a NOT_CONTROLLER answer names the
+//! leader or makes the broker try the next voter. Every RPC has a timeout after which it is
+//! forgotten and retried by the housekeeping tick, so a lost message only costs time.
+//!
+//! Replication (Kafka's KIP-101/KIP-279/KIP-320 rules): a follower sends one [`ReplicaFetch`]
+//! per leader with, per partition, its log end, its durable offset, the epoch of its last batch
+//! and the leader epoch it believes current. The leader answers FENCED_LEADER_EPOCH /
+//! UNKNOWN_LEADER_EPOCH on an epoch mismatch, a diverging (epoch, end offset) when the follower's
+//! log does not match its own — the follower truncates and asks again — and otherwise the
+//! batches after the fetch offset. The leader's high watermark is the minimum durable offset over
+//! the ISR; a follower that has not caught up for `replica.lag.time.max.ms` is shrunk out of the
+//! ISR, one that has caught up is added back, both through AlterPartition.
+
+use super::admin::AdminResponse;
+use super::{error, Broker, BrokerMsg};
+use crate::broker::codec::Request;
+use crate::controller::image::{MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
+use crate::controller::rpc::{
+    AdminOp, ControllerRequest, ControllerResponse, PeerMsg, ReplicaFetch, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchResponse,
+    BROKER_ACTOR, CONTROLLER_ACTOR,
+};
+use crate::core::{Addr, ConnId, Cx, TimerId};
+use crate::log::ReadStart;
+use crate::partition::{FollowerState, Role};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+/// How long a controller RPC may stay unanswered.
+const RPC_TIMEOUT_MS: u64 = 1_500;
+/// How long a replica fetch may stay unanswered before it is sent again.
+const REPLICA_FETCH_TIMEOUT_MS: u64 = 2_000;
+/// Bytes per partition in one replica fetch.
+const REPLICA_FETCH_PARTITION_BYTES: u64 = 1 << 20;
+/// Timer ids at and above this are replica-fetch deadlines (below: client fetch deadlines).
+pub(crate) const REPLICA_TIMER_BASE: u64 = 1 << 62;
+
+#[derive(Clone, Debug)]
+enum Rpc {
+    Register,
+    Heartbeat,
+    FetchMetadata,
+    AlterPartition(String, i32),
+    ProducerIds,
+    Admin(u64, usize),
+    Forget,
+}
+
+/// A response waiting for controller answers and for the metadata they produce.
+pub(crate) struct AdminBatch {
+    conn: ConnId,
+    seq: u64,
+    request: Box<Request>,
+    response: AdminResponse,
+    outstanding: usize,
+    /// The highest metadata offset the controller reported for these operations.
+    min_offset: u64,
+    /// Names of created topics whose ids go into the response.
+    created: Vec<(usize, String)>,
+}
+
+/// Leader side: a follower's fetch being served.
+struct ServingFetch {
+    from: Addr,
+    id: u64,
+    parts: Vec<(ReplicaFetchPartition, ReplicaFetchPartitionResponse)>,
+    outstanding: usize,
+    deadline_ms: u64,
+    parked: bool,
+}
+
+/// The broker's cluster state.
+pub(crate) struct Cluster {
+    pub(crate) image: MetadataImage,
+    /// The controller's committed offset as of the last metadata answer.
+    controller_offset: u64,
+    pub(crate) epoch: i64,
+    incarnation: u64,
+    pub(crate) controller: Option<i32>,
+    rotate: usize,
+    next_rpc: u64,
+    rpcs: BTreeMap<u64, (Rpc, u64, i32)>,
+    last_heartbeat_ms: u64,
+    pub(crate) fenced: bool,
+    pub(crate) admin: BTreeMap<u64, AdminBatch>,
+    /// Follower side: the fetch in flight to each leader (id, sent at).
+    fetching: BTreeMap<i32, (u64, u64)>,
+    /// Leader side.
+    serving: BTreeMap<u64, ServingFetch>,
+    serving_reads: BTreeMap<u64, (u64, usize)>,
+    serving_watch: BTreeMap<u64, BTreeSet<u64>>,
+    pid_requested: bool,
+    /// Shut down gracefully: leadership moved away.
+    pub(crate) shutdown_requested: bool,
+    pub(crate) shutdown_ready: bool,
+    /// Became serving once (clients are answered from then on).
+    pub(crate) started_serving: bool,
+    /// Admin batches answered by the controller, waiting for their metadata offset.
+    admin_waiting: Vec<(u64, u64)>,
+}
+
+impl Cluster {
+    pub(crate) fn new() -> Self {
+        Cluster {
+            image: MetadataImage::default(),
+            controller_offset: 0,
+            epoch: -1,
+            incarnation: 0,
+            controller: None,
+            rotate: 0,
+            next_rpc: 1,
+            rpcs: BTreeMap::new(),
+            last_heartbeat_ms: 0,
+            fenced: true,
+            admin: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            serving: BTreeMap::new(),
+            serving_reads: BTreeMap::new(),
+            serving_watch: BTreeMap::new(),
+            pid_requested: false,
+            shutdown_requested: false,
+            shutdown_ready: false,
+            started_serving: false,
+            admin_waiting: Vec::new(),
+        }
+    }
+
+    /// Whether the broker has applied everything the controller had committed when it last
+    /// answered.
+    pub(crate) fn caught_up(&self) -> bool {
+        self.image.offset >= self.controller_offset && self.controller_offset > 0
+    }
+}
+
+impl Broker {
+    fn controller_addr(&self) -> Addr {
+        let voters = &self.config.voters;
+        let node = self.cluster.controller.unwrap_or_else(|| voters[self.cluster.rotate % voters.len()]);
+        Addr { node, actor: CONTROLLER_ACTOR }
+    }
+
+    fn rpc(&mut self, cx: &mut Cx<BrokerMsg>, kind: Rpc, request: ControllerRequest) -> u64 {
+        let id = self.cluster.next_rpc;
+        self.cluster.next_rpc += 1;
+        let to = self.controller_addr();
+        self.cluster.rpcs.insert(id, (kind, cx.now_ms(), to.node));
+        cx.send(to, BrokerMsg::Peer(PeerMsg::ToController { id, request }));
+        id
+    }
+
+    fn rpc_in_flight(&self, f: impl Fn(&Rpc) -> bool) -> bool {
+        self.cluster.rpcs.values().any(|(k, _, _)| f(k))
+    }
+
+    /// Start: a fresh incarnation, so the controller can tell a restart from a retry.
+    pub(crate) fn cluster_start(&mut self, cx: &mut Cx<BrokerMsg>) {
+        self.cluster = Cluster::new();
+        self.cluster.incarnation = cx.rng().next_u64();
+    }
+
+    /// Begin a controlled shutdown: heartbeats ask the controller to move leadership away; the
+    /// broker stops once it leads nothing.
+    pub(crate) fn begin_shutdown(&mut self, cx: &mut Cx<BrokerMsg>) {
+        if self.cluster.epoch < 0 || self.phase_is_not_ready() {
+            return cx.stop();
+        }
+        self.cluster.shutdown_requested = true;
+        self.cluster.last_heartbeat_ms = 0;
+        self.cluster_tick(cx);
+    }
+
+    /// Periodic cluster work (from housekeeping).
+    pub(crate) fn cluster_tick(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let now = cx.now_ms();
+        // Forget RPCs that went unanswered; try another voter.
+        let expired: Vec<u64> = self
+            .cluster
+            .rpcs
+            .iter()
+            .filter(|(_, (k, at, _))| now.saturating_sub(*at) > if matches!(k, Rpc::FetchMetadata) { RPC_TIMEOUT_MS + 1000 } else { RPC_TIMEOUT_MS })
+            .map(|(id, _)| *id)
+            .collect();
+        if !expired.is_empty() {
+            self.cluster.controller = None;
+            self.cluster.rotate += 1;
+        }
+        for id in expired {
+            let (kind, _, _) = self.cluster.rpcs.remove(&id).expect("listed");
+            self.rpc_failed(cx, kind, error::REQUEST_TIMED_OUT, "The controller did not answer in time.");
+        }
+        if self.cluster.epoch < 0 {
+            if !self.rpc_in_flight(|k| matches!(k, Rpc::Register)) {
+                let c = &self.config;
+                let request = ControllerRequest::Register {
+                    broker: c.node_id,
+                    incarnation: self.cluster.incarnation,
+                    host: c.advertised_host.clone(),
+                    port: c.advertised_port,
+                    peer: c.peer_address.clone(),
+                    rack: c.rack.clone(),
+                };
+                self.rpc(cx, Rpc::Register, request);
+            }
+        } else if now >= self.cluster.last_heartbeat_ms + self.config.heartbeat_interval_ms && !self.rpc_in_flight(|k| matches!(k, Rpc::Heartbeat)) {
+            self.cluster.last_heartbeat_ms = now;
+            let request = ControllerRequest::Heartbeat {
+                broker: self.config.node_id,
+                epoch: self.cluster.epoch,
+                metadata_offset: self.cluster.image.offset,
+                shutdown: self.cluster.shutdown_requested,
+            };
+            self.rpc(cx, Rpc::Heartbeat, request);
+        }
+        if !self.rpc_in_flight(|k| matches!(k, Rpc::FetchMetadata)) {
+            let from = self.cluster.image.offset;
+            self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+        }
+        self.replica_fetch_all(cx, false);
+        self.maintain_isr(cx);
+        self.expire_serving(cx);
+    }
+
+    fn rpc_failed(&mut self, cx: &mut Cx<BrokerMsg>, kind: Rpc, code: i16, message: &str) {
+        match kind {
+            Rpc::Admin(batch, slot) => self.admin_result(cx, batch, slot, code, Some(message.to_string()), 0),
+            Rpc::AlterPartition(topic, index) => {
+                if let Some(p) = self.partition_mut(&topic, index) {
+                    p.pending_isr = None;
+                }
+            }
+            Rpc::ProducerIds => self.cluster.pid_requested = false,
+            _ => {}
+        }
+    }
+
+    pub(crate) fn partition_mut(&mut self, topic: &str, index: i32) -> Option<&mut crate::partition::Partition> {
+        self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(usize::try_from(index).ok()?))
+    }
+
+    /// A message from another node or from this node's controller.
+    pub(crate) fn on_peer(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, msg: PeerMsg) {
+        match msg {
+            PeerMsg::FromController { id, response } => self.on_controller_response(cx, id, response),
+            PeerMsg::ReplicaFetch(f) => self.on_replica_fetch(cx, from, f),
+            PeerMsg::ReplicaFetchResponse(r) => self.on_replica_fetch_response(cx, from, r),
+            PeerMsg::Raft(_) | PeerMsg::ToController { .. } => {}
+        }
+    }
+
+    fn on_controller_response(&mut self, cx: &mut Cx<BrokerMsg>, id: u64, response: ControllerResponse) {
+        self.on_controller_response_inner(cx, id, response);
+        self.maybe_start_serving(cx);
+    }
+
+    fn on_controller_response_inner(&mut self, cx: &mut Cx<BrokerMsg>, id: u64, response: ControllerResponse) {
+        let Some((kind, _, node)) = self.cluster.rpcs.remove(&id) else { return };
+        if !matches!(response, ControllerResponse::NotController { .. }) {
+            self.cluster.controller = Some(node);
+        }
+        if let ControllerResponse::NotController { leader } = response {
+            match leader {
+                Some(l) if Some(l) != self.cluster.controller => self.cluster.controller = Some(l),
+                _ => {
+                    self.cluster.controller = None;
+                    self.cluster.rotate += 1;
+                }
+            }
+            return self.rpc_failed(cx, kind, error::NOT_CONTROLLER, "This is not the correct controller for this cluster.");
+        }
+        match (kind, response) {
+            (Rpc::Register, ControllerResponse::Registered { epoch }) => {
+                tracing::info!(node = self.config.node_id, epoch, "registered with the controller");
+                self.cluster.epoch = epoch;
+                self.cluster.last_heartbeat_ms = 0;
+                self.reconcile(cx);
+            }
+            (Rpc::Heartbeat, ControllerResponse::Heartbeat { fenced, shutdown_ready, stale }) => {
+                if stale {
+                    tracing::info!(node = self.config.node_id, "broker epoch is stale: registering again");
+                    self.cluster.epoch = -1;
+                    self.cluster.incarnation = cx.rng().next_u64();
+                    return;
+                }
+                if self.cluster.fenced != fenced {
+                    tracing::info!(node = self.config.node_id, fenced, "fencing state changed");
+                }
+                self.cluster.fenced = fenced;
+                self.cluster.shutdown_ready = shutdown_ready;
+                if self.cluster.shutdown_requested && shutdown_ready {
+                    tracing::info!(node = self.config.node_id, "controlled shutdown: leadership moved away, stopping");
+                    cx.stop();
+                }
+            }
+            (Rpc::FetchMetadata, ControllerResponse::Metadata { snapshot, records, last }) => {
+                self.cluster.controller_offset = last;
+                let complete = records.len() < 500;
+                self.apply_metadata(cx, snapshot.map(|b| *b), records, complete.then_some(last));
+                if !self.cluster.caught_up() {
+                    let from = self.cluster.image.offset;
+                    self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+                }
+            }
+            (Rpc::AlterPartition(topic, index), ControllerResponse::AlterPartition { error: code, info }) => {
+                let now = cx.now_ms();
+                let me = self.config.node_id;
+                let Some(p) = self.partition_mut(&topic, index) else { return };
+                p.pending_isr = None;
+                if code != error::NONE {
+                    tracing::debug!(topic, index, code, "AlterPartition refused");
+                }
+                if let Some(info) = info {
+                    let role = role_of(&info, me);
+                    p.set_role(role, info.leader_epoch, info.replicas, info.isr, info.partition_epoch, now);
+                    let uid = p.uid;
+                    if p.update_high_watermark() {
+                        self.on_high_watermark(cx, uid);
+                    }
+                    self.complete_produces(cx, Some(uid));
+                }
+            }
+            (Rpc::ProducerIds, ControllerResponse::ProducerIds { start, len }) => {
+                self.cluster.pid_requested = false;
+                self.next_producer_id = start;
+                self.producer_id_block_end = start + len;
+                self.answer_init_producer_ids(cx);
+            }
+            (Rpc::Admin(batch, slot), ControllerResponse::Admin { error: code, message, offset }) => self.admin_result(cx, batch, slot, code, message, offset),
+            (Rpc::Forget, _) => {}
+            (kind, response) => tracing::warn!(?kind, ?response, "unexpected controller answer"),
+        }
+    }
+
+    /// Apply committed metadata and bring local partitions in line with it.
+    fn apply_metadata(&mut self, cx: &mut Cx<BrokerMsg>, snapshot: Option<MetadataImage>, records: Vec<(u64, Vec<MetadataRecord>)>, through: Option<u64>) {
+        if let Some(s) = snapshot {
+            self.cluster.image = s;
+        }
+        for (offset, batch) in records {
+            if offset <= self.cluster.image.offset {
+                continue;
+            }
+            for r in &batch {
+                self.cluster.image.apply(offset, r);
+            }
+        }
+        if let Some(last) = through {
+            // Everything up to `last` was sent: the entries after the last record held none.
+            self.cluster.image.offset = self.cluster.image.offset.max(last);
+        }
+        self.reconcile(cx);
+    }
+
+    /// Make local topics, partitions, configs and roles match the image.
+    pub(crate) fn reconcile(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let image = std::mem::take(&mut self.cluster.image);
+        let mut meta_dirty = false;
+        if image.dynamic_broker != self.dynamic_broker {
+            self.dynamic_broker = image.dynamic_broker.clone();
+            let names: Vec<String> = self.topics.keys().cloned().collect();
+            for n in names {
+                self.reconfigure_topic(&n);
+            }
+            meta_dirty = true;
+        }
+        // Deletions only once caught up: a partial history may not have created them yet.
+        if self.cluster.image_caught_up(&image) {
+            let gone: Vec<String> =
+                self.topics.iter().filter(|(n, t)| image.topics.get(*n).is_none_or(|i| Uuid::from_u128(i.id) != t.id)).map(|(n, _)| n.clone()).collect();
+            for n in gone {
+                tracing::info!(topic = n, "deleting topic");
+                self.remove_topic(cx, &n);
+                meta_dirty = true;
+            }
+        }
+        let now = cx.now_ms();
+        let me = self.config.node_id;
+        // Until this incarnation's registration is applied, the image describes the previous
+        // incarnation's roles (leading an epoch whose unsynced tail this one may have lost):
+        // take no role before then.
+        let registered = self.cluster.epoch >= 0 && image.offset >= self.cluster.epoch as u64;
+        for (name, t) in &image.topics {
+            let id = Uuid::from_u128(t.id);
+            match self.topics.get(name) {
+                Some(local) if local.id != id => continue,
+                Some(_) => {}
+                None => {
+                    let version = self.meta_version + 1;
+                    self.add_topic(cx, name, id, t.partitions.len() as i32, t.configs.clone(), version);
+                    meta_dirty = true;
+                }
+            }
+            if self.topics[name].partitions.len() < t.partitions.len() {
+                self.grow_topic(cx, name, t.partitions.len() as i32);
+                meta_dirty = true;
+            }
+            if self.topics[name].configs != t.configs {
+                self.topics.get_mut(name).expect("present").configs = t.configs.clone();
+                self.reconfigure_topic(name);
+                meta_dirty = true;
+            }
+            for (i, info) in t.partitions.iter().enumerate() {
+                let Some(p) = self.topics.get_mut(name).and_then(|x| x.partitions.get_mut(i)) else { continue };
+                if !p.is_ready() {
+                    continue;
+                }
+                let role = if registered { role_of(info, me) } else { Role::None };
+                let changed = p.set_role(role, info.leader_epoch, info.replicas.clone(), info.isr.clone(), info.partition_epoch, now);
+                let uid = p.uid;
+                if changed {
+                    tracing::debug!(node = me, topic = name, partition = i, ?role, epoch = info.leader_epoch, isr = ?info.isr, "partition role");
+                    self.fail_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
+                    self.wake_fetches(cx, uid);
+                    self.wake_serving(cx, uid);
+                }
+                let p = &mut self.topics.get_mut(name).expect("present").partitions[i];
+                if p.update_high_watermark() {
+                    self.on_high_watermark(cx, uid);
+                } else {
+                    self.complete_produces(cx, Some(uid));
+                }
+            }
+        }
+        self.cluster.image = image;
+        if meta_dirty {
+            self.meta_changed(cx);
+        }
+        let offset = self.cluster.image.offset;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cluster.admin_waiting).into_iter().partition(|(_, o)| *o <= offset);
+        self.cluster.admin_waiting = waiting;
+        for (batch, _) in done {
+            self.finish_admin(cx, batch);
+        }
+        self.replica_fetch_all(cx, false);
+    }
+
+    /// Partitions recovered after the image arrived get their roles now.
+    pub(crate) fn on_partition_ready(&mut self, cx: &mut Cx<BrokerMsg>) {
+        if self.cluster.image.offset > 0 {
+            self.reconcile(cx);
+        }
+    }
+
+    // ---- admin forwarding ----
+
+    /// Send `ops` (each with the response slot it fills) to the controller; answer once all are
+    /// answered and their metadata applied. With no ops, answer at once.
+    pub(crate) fn submit_admin(
+        &mut self,
+        cx: &mut Cx<BrokerMsg>,
+        conn: ConnId,
+        seq: u64,
+        request: Box<Request>,
+        response: AdminResponse,
+        ops: Vec<(usize, AdminOp)>,
+        created: Vec<(usize, String)>,
+    ) {
+        let batch = self.fresh_id();
+        let n = ops.len();
+        self.cluster.admin.insert(batch, AdminBatch { conn, seq, request, response, outstanding: n, min_offset: 0, created });
+        for (slot, op) in ops {
+            self.rpc(cx, Rpc::Admin(batch, slot), ControllerRequest::Admin(op));
+        }
+        if n == 0 {
+            self.finish_admin(cx, batch);
+        }
+    }
+
+    /// Fire-and-forget admin (auto topic creation).
+    pub(crate) fn admin_forget(&mut self, cx: &mut Cx<BrokerMsg>, op: AdminOp) {
+        self.rpc(cx, Rpc::Forget, ControllerRequest::Admin(op));
+    }
+
+    fn admin_result(&mut self, cx: &mut Cx<BrokerMsg>, batch: u64, slot: usize, code: i16, message: Option<String>, offset: u64) {
+        let Some(b) = self.cluster.admin.get_mut(&batch) else { return };
+        if code != error::NONE {
+            b.response.set_error(slot, code, message);
+        }
+        b.min_offset = b.min_offset.max(offset);
+        b.outstanding -= 1;
+        if b.outstanding == 0 {
+            // Answer once the metadata the operations produced is applied here, so the client's
+            // next request sees it.
+            let wait = b.min_offset;
+            if self.cluster.image.offset >= wait {
+                self.finish_admin(cx, batch);
+            } else {
+                self.cluster.admin_waiting.push((batch, wait));
+                if !self.rpc_in_flight(|k| matches!(k, Rpc::FetchMetadata)) {
+                    let from = self.cluster.image.offset;
+                    self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+                }
+            }
+        }
+    }
+
+    fn finish_admin(&mut self, cx: &mut Cx<BrokerMsg>, batch: u64) {
+        let Some(mut b) = self.cluster.admin.remove(&batch) else { return };
+        for (slot, name) in &b.created {
+            let id = self.cluster.image.topics.get(name).map(|t| Uuid::from_u128(t.id));
+            b.response.set_created_id(*slot, id);
+        }
+        let frame = b.response.encode(&b.request);
+        let version = self.meta_version;
+        match frame {
+            Ok(f) => self.reply_when_durable(cx, version, b.conn, b.seq, Some(f)),
+            Err(e) => self.send(cx, b.conn, b.seq, Err(e)),
+        }
+    }
+
+    /// Ask the controller for a block of producer ids (once at a time).
+    pub(crate) fn request_producer_ids(&mut self, cx: &mut Cx<BrokerMsg>) {
+        if self.cluster.pid_requested {
+            return;
+        }
+        self.cluster.pid_requested = true;
+        let broker = self.config.node_id;
+        self.rpc(cx, Rpc::ProducerIds, ControllerRequest::AllocateProducerIds { broker });
+    }
+
+    // ---- follower side ----
+
+    /// Send a fetch to every leader this broker follows (when none is in flight, or `force`).
+    pub(crate) fn replica_fetch_all(&mut self, cx: &mut Cx<BrokerMsg>, force: bool) {
+        if self.cluster.epoch < 0 {
+            return;
+        }
+        let mut by_leader: BTreeMap<i32, Vec<ReplicaFetchPartition>> = BTreeMap::new();
+        for (name, t) in &self.topics {
+            for p in &t.partitions {
+                let Role::Follower { leader } = p.role else { continue };
+                if leader == NO_LEADER || !p.is_ready() {
+                    continue;
+                }
+                by_leader.entry(leader).or_default().push(ReplicaFetchPartition {
+                    topic: name.clone(),
+                    index: p.index,
+                    leader_epoch: p.leader_epoch,
+                    fetch_offset: p.log.log_end_offset(),
+                    durable_offset: p.local_committable(),
+                    last_fetched_epoch: p.log.latest_epoch().unwrap_or(-1),
+                });
+            }
+        }
+        let now = cx.now_ms();
+        self.cluster.fetching.retain(|l, _| by_leader.contains_key(l));
+        for (leader, partitions) in by_leader {
+            if let Some((_, at)) = self.cluster.fetching.get(&leader) {
+                if !force && now.saturating_sub(*at) < REPLICA_FETCH_TIMEOUT_MS {
+                    continue;
+                }
+            }
+            let id = self.fresh_id();
+            self.cluster.fetching.insert(leader, (id, now));
+            let f = ReplicaFetch { id, broker: self.config.node_id, broker_epoch: self.cluster.epoch, partitions };
+            cx.send(Addr { node: leader, actor: BROKER_ACTOR }, BrokerMsg::Peer(PeerMsg::ReplicaFetch(f)));
+        }
+    }
+
+    fn on_replica_fetch_response(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, r: ReplicaFetchResponse) {
+        if self.cluster.fetching.get(&from.node).map(|(id, _)| *id) != Some(r.id) {
+            return;
+        }
+        self.cluster.fetching.remove(&from.node);
+        let now = cx.now_ms();
+        let wall = cx.wall_clock_ms();
+        // Errors (stale epochs, a leader that moved) back off until the next tick, as Kafka's
+        // replica.fetch.backoff.ms does; progress fetches again at once.
+        let progress = r.partitions.iter().any(|p| p.error == error::NONE);
+        for part in r.partitions {
+            let (topic, index) = (part.topic.clone(), part.index);
+            let Some(p) = self.partition_mut(&topic, index) else { continue };
+            if !p.is_ready() || p.role != (Role::Follower { leader: from.node }) {
+                continue;
+            }
+            if part.error != error::NONE {
+                continue;
+            }
+            let uid = p.uid;
+            if part.out_of_range {
+                let start = part.log_start_offset;
+                self.with_partition(cx, &topic, index as usize, |p, io| p.restart_at(io, start));
+                continue;
+            }
+            if let Some((epoch, end)) = part.diverging {
+                self.with_partition(cx, &topic, index as usize, |p, io| {
+                    let (mine_epoch, mine_end) = p.log.end_offset_for_epoch(epoch);
+                    let mut cut = if end < 0 { p.log.log_start_offset() } else { end };
+                    if mine_epoch >= 0 && mine_end >= 0 {
+                        cut = cut.min(mine_end);
+                    }
+                    tracing::debug!(
+                        node = p.me,
+                        topic,
+                        index,
+                        epoch,
+                        end,
+                        cut,
+                        leo = p.log.log_end_offset(),
+                        hw = p.high_watermark,
+                        "follower truncates to the leader's log"
+                    );
+                    p.truncate_to(io, cut);
+                });
+                continue;
+            }
+            p.leader_high_watermark = part.high_watermark;
+            if !part.records.is_empty() {
+                let records = part.records.clone();
+                let result = self.with_partition(cx, &topic, index as usize, |p, io| {
+                    if batch_base_offset(&records) != Some(p.log.log_end_offset()) {
+                        return Ok(());
+                    }
+                    p.append_replicated(io, &records, now, wall)
+                });
+                if let Some(Err(e)) = result {
+                    tracing::warn!(topic, index, "replicated batches refused: {e}");
+                }
+            }
+            if let Some(p) = self.partition_mut(&topic, index) {
+                if p.update_high_watermark() {
+                    self.on_high_watermark(cx, uid);
+                }
+            }
+        }
+        if progress {
+            self.replica_fetch_all(cx, false);
+        }
+    }
+
+    /// A follower partition made more durable: tell its leader at once (acks=all waits on it).
+    pub(crate) fn follower_progress(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
+        let Some((topic, index)) = self.locations.get(&uid).cloned() else { return };
+        let Some(p) = self.topics.get(&topic).and_then(|t| t.partitions.get(index)) else { return };
+        if let Role::Follower { leader } = p.role {
+            if leader != NO_LEADER {
+                // Supersede the fetch in flight: the leader answers the newest one.
+                self.cluster.fetching.remove(&leader);
+                self.replica_fetch_all(cx, false);
+            }
+        }
+    }
+
+    // ---- leader side ----
+
+    fn on_replica_fetch(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, f: ReplicaFetch) {
+        let now = cx.now_ms();
+        // A newer fetch from the same follower supersedes a parked one.
+        let old: Vec<u64> = self.cluster.serving.iter().filter(|(_, s)| s.from == from).map(|(id, _)| *id).collect();
+        for id in old {
+            self.cluster.serving.remove(&id);
+        }
+        let mut parts = Vec::new();
+        for q in f.partitions {
+            let mut resp = ReplicaFetchPartitionResponse {
+                topic: q.topic.clone(),
+                index: q.index,
+                error: error::NONE,
+                high_watermark: -1,
+                log_start_offset: -1,
+                diverging: None,
+                out_of_range: false,
+                records: Bytes::new(),
+            };
+            let follower = f.broker;
+            match self.partition_mut(&q.topic, q.index) {
+                None => resp.error = error::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(p) if !p.is_ready() || p.role != Role::Leader => resp.error = error::NOT_LEADER_OR_FOLLOWER,
+                Some(p) if q.leader_epoch < p.leader_epoch => resp.error = error::FENCED_LEADER_EPOCH,
+                Some(p) if q.leader_epoch > p.leader_epoch => resp.error = error::UNKNOWN_LEADER_EPOCH,
+                Some(p) if !p.replicas.contains(&follower) => resp.error = error::NOT_LEADER_OR_FOLLOWER,
+                Some(p) => {
+                    resp.log_start_offset = p.log.log_start_offset();
+                    let leo = p.log.log_end_offset();
+                    let diverging = if q.last_fetched_epoch >= 0 {
+                        let (e, end) = p.log.end_offset_for_epoch(q.last_fetched_epoch);
+                        (e != q.last_fetched_epoch || end < q.fetch_offset).then_some((e, end))
+                    } else {
+                        None
+                    };
+                    if let Some(d) = diverging {
+                        resp.diverging = Some(d);
+                    } else if q.fetch_offset < p.log.log_start_offset() {
+                        resp.out_of_range = true;
+                    } else if q.fetch_offset > leo {
+                        // Ahead of the leader without a diverging epoch: cut to the leader's end.
+                        resp.diverging = Some((p.log.latest_epoch().unwrap_or(-1), leo));
+                    } else {
+                        let fs = p.followers.entry(follower).or_insert(FollowerState { log_end_offset: -1, durable_offset: -1, last_caught_up_ms: now });
+                        fs.log_end_offset = q.fetch_offset;
+                        fs.durable_offset = q.durable_offset.min(q.fetch_offset);
+                        if q.fetch_offset >= leo {
+                            fs.last_caught_up_ms = now;
+                        }
+                        let uid = p.uid;
+                        let expand =
+                            !p.isr.contains(&follower) && p.pending_isr.is_none() && q.fetch_offset >= p.high_watermark && q.fetch_offset >= epoch_start(p);
+                        if p.update_high_watermark() {
+                            self.on_high_watermark(cx, uid);
+                        }
+                        if expand {
+                            self.propose_isr(cx, &q.topic, q.index, Some(follower), None);
+                        }
+                    }
+                    if let Some(p) = self.partition_mut(&q.topic, q.index) {
+                        resp.high_watermark = p.high_watermark;
+                    }
+                }
+            }
+            parts.push((q, resp));
+        }
+        let id = self.fresh_id();
+        let state = ServingFetch { from, id: f.id, parts, outstanding: 0, deadline_ms: now + self.config.replica_fetch_wait_max_ms, parked: false };
+        self.cluster.serving.insert(id, state);
+        self.evaluate_serving(cx, id);
+    }
+
+    fn evaluate_serving(&mut self, cx: &mut Cx<BrokerMsg>, id: u64) {
+        let Some(mut state) = self.cluster.serving.remove(&id) else { return };
+        state.parked = false;
+        for slot in 0..state.parts.len() {
+            let (q, resp) = &mut state.parts[slot];
+            if resp.error != error::NONE || resp.diverging.is_some() || resp.out_of_range || !resp.records.is_empty() {
+                continue;
+            }
+            let Ok(p) = self.ready_partition(&q.topic, q.index) else { continue };
+            let leo = p.log.log_end_offset();
+            resp.high_watermark = p.high_watermark;
+            if q.fetch_offset >= leo {
+                continue;
+            }
+            let read_id = self.fresh_id();
+            let offset = q.fetch_offset;
+            let topic = q.topic.clone();
+            let index = q.index as usize;
+            match self.with_partition(cx, &topic, index, |p, io| p.log.read(io, read_id, offset, REPLICA_FETCH_PARTITION_BYTES, leo)) {
+                Some(ReadStart::Pending) => {
+                    self.cluster.serving_reads.insert(read_id, (id, slot));
+                    state.outstanding += 1;
+                }
+                Some(ReadStart::OutOfRange) => state.parts[slot].1.out_of_range = true,
+                _ => {}
+            }
+        }
+        let waiting = state.outstanding > 0;
+        self.cluster.serving.insert(id, state);
+        if !waiting {
+            self.finish_serving(cx, id);
+        }
+    }
+
+    /// A log read for a replica fetch finished. Returns false if the read was not one.
+    pub(crate) fn on_serving_read(&mut self, cx: &mut Cx<BrokerMsg>, read_id: u64, records: &Result<Bytes, String>) -> bool {
+        let Some((id, slot)) = self.cluster.serving_reads.remove(&read_id) else { return false };
+        let Some(state) = self.cluster.serving.get_mut(&id) else { return true };
+        match records {
+            Ok(r) => state.parts[slot].1.records = r.clone(),
+            Err(_) => state.parts[slot].1.error = error::KAFKA_STORAGE_ERROR,
+        }
+        state.outstanding -= 1;
+        if state.outstanding == 0 {
+            self.finish_serving(cx, id);
+        }
+        true
+    }
+
+    fn finish_serving(&mut self, cx: &mut Cx<BrokerMsg>, id: u64) {
+        let now = cx.now_ms();
+        let Some(state) = self.cluster.serving.get_mut(&id) else { return };
+        let has_data = state.parts.iter().any(|(_, r)| !r.records.is_empty() || r.error != error::NONE || r.diverging.is_some() || r.out_of_range);
+        if has_data || now >= state.deadline_ms || state.parts.is_empty() {
+            let state = self.cluster.serving.remove(&id).expect("present");
+            cx.cancel_timer(TimerId(REPLICA_TIMER_BASE + id));
+            let response = ReplicaFetchResponse { id: state.id, partitions: state.parts.into_iter().map(|(_, r)| r).collect() };
+            cx.send(state.from, BrokerMsg::Peer(PeerMsg::ReplicaFetchResponse(response)));
+            return;
+        }
+        state.parked = true;
+        let delay = state.deadline_ms.saturating_sub(now);
+        let uids: Vec<u64> =
+            state.parts.iter().filter_map(|(q, _)| self.topics.get(&q.topic).and_then(|t| t.partitions.get(q.index as usize)).map(|p| p.uid)).collect();
+        for uid in uids {
+            self.cluster.serving_watch.entry(uid).or_default().insert(id);
+        }
+        cx.set_timer(TimerId(REPLICA_TIMER_BASE + id), delay);
+    }
+
+    /// New data or a new high watermark on `uid`: answer parked replica fetches watching it.
+    pub(crate) fn wake_serving(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
+        let Some(ids) = self.cluster.serving_watch.remove(&uid) else { return };
+        for id in ids {
+            if self.cluster.serving.get(&id).is_some_and(|s| s.parked) {
+                self.evaluate_serving(cx, id);
+            }
+        }
+    }
+
+    pub(crate) fn on_serving_deadline(&mut self, cx: &mut Cx<BrokerMsg>, id: u64) {
+        if let Some(s) = self.cluster.serving.get_mut(&id) {
+            s.deadline_ms = 0;
+            if s.parked {
+                self.evaluate_serving(cx, id);
+            }
+        }
+    }
+
+    fn expire_serving(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let now = cx.now_ms();
+        let due: Vec<u64> = self.cluster.serving.iter().filter(|(_, s)| s.parked && now >= s.deadline_ms).map(|(id, _)| *id).collect();
+        for id in due {
+            self.evaluate_serving(cx, id);
+        }
+    }
+
+    /// Shrink followers that fell behind out of the ISR.
+    fn maintain_isr(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let now = cx.now_ms();
+        let lag = self.config.replica_lag_time_max_ms;
+        let mut shrink = Vec::new();
+        for (name, t) in &self.topics {
+            for p in &t.partitions {
+                if p.role != Role::Leader || p.pending_isr.is_some() {
+                    continue;
+                }
+                let out: Vec<i32> = p
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|r| {
+                        *r != p.me
+                            && p.followers.get(r).is_none_or(|f| now.saturating_sub(f.last_caught_up_ms) > lag && f.log_end_offset < p.log.log_end_offset())
+                    })
+                    .collect();
+                if !out.is_empty() {
+                    shrink.push((name.clone(), p.index, out));
+                }
+            }
+        }
+        for (name, index, out) in shrink {
+            tracing::info!(node = self.config.node_id, topic = name, index, ?out, "shrinking ISR: followers lagging beyond replica.lag.time.max.ms");
+            self.propose_isr(cx, &name, index, None, Some(out));
+        }
+    }
+
+    fn propose_isr(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32, add: Option<i32>, remove: Option<Vec<i32>>) {
+        let epoch = self.cluster.epoch;
+        let broker = self.config.node_id;
+        let Some(p) = self.partition_mut(topic, index) else { return };
+        let mut isr = p.isr.clone();
+        if let Some(a) = add {
+            isr.push(a);
+        }
+        if let Some(r) = remove {
+            if crate::planted!("isr-shrink-not-persisted") {
+                // The shrink is applied locally only, never committed by the controller.
+                p.isr.retain(|x| !r.contains(x));
+                return;
+            }
+            isr.retain(|x| !r.contains(x));
+        }
+        p.pending_isr = Some(isr.clone());
+        let request = ControllerRequest::AlterPartition {
+            broker,
+            epoch,
+            topic: topic.to_string(),
+            index,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        };
+        self.rpc(cx, Rpc::AlterPartition(topic.to_string(), index), request);
+    }
+
+    /// Fail acks=all produces waiting on `uid` (leadership moved).
+    pub(crate) fn fail_produces(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64, code: i16) {
+        self.fail_waiting_produces(cx, uid, code);
+    }
+}
+
+/// This broker's role in `info`.
+pub(crate) fn role_of(info: &PartitionInfo, me: i32) -> Role {
+    if info.leader == me {
+        Role::Leader
+    } else if info.replicas.contains(&me) {
+        Role::Follower { leader: info.leader }
+    } else {
+        Role::None
+    }
+}
+
+/// The start offset of the leader's current epoch (a follower joins the ISR only past it).
+fn epoch_start(p: &crate::partition::Partition) -> i64 {
+    p.log.epoch_entries().iter().rev().find(|(e, _)| *e == p.leader_epoch).map(|(_, s)| *s).unwrap_or(0)
+}
+
+/// The base offset of the first batch in `records`.
+fn batch_base_offset(records: &Bytes) -> Option<i64> {
+    (records.len() >= 8).then(|| i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")))
+}
+
+impl Cluster {
+    fn image_caught_up(&self, image: &MetadataImage) -> bool {
+        image.offset >= self.controller_offset && self.controller_offset > 0
+    }
+}

@@ -1,0 +1,296 @@
+//! Messages between nodes: Raft between voters, broker ↔ controller RPCs, and replication
+//! between brokers. They cross the simulated network as values and the real one as bincode
+//! frames checked with crc32fast (`src/transport.rs`).
+//!
+//! Every request that expects an answer carries an id the asker chose; answers echo it. A lost
+//! message is retried by the asker's timer, so each handler is idempotent or fenced by epochs.
+
+use super::image::{MetadataImage, MetadataRecord, PartitionInfo};
+use super::raft::RaftMsg;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The actor index of the broker on every node.
+pub const BROKER_ACTOR: u32 = 0;
+/// The actor index of the controller on a voter.
+pub const CONTROLLER_ACTOR: u32 = 1;
+
+/// A message from another node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Raft between voters.
+    Raft(RaftMsg),
+    /// A broker asks the controller.
+    ToController {
+        /// Chosen by the broker, echoed in the answer.
+        id: u64,
+        /// The request.
+        request: ControllerRequest,
+    },
+    /// The controller answers a broker.
+    FromController {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        response: ControllerResponse,
+    },
+    /// A follower fetches from the partition leader.
+    ReplicaFetch(ReplicaFetch),
+    /// The leader answers a follower.
+    ReplicaFetchResponse(ReplicaFetchResponse),
+}
+
+/// Administrative operations brokers forward to the controller.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// CreateTopics (one topic).
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Partitions.
+        partitions: i32,
+        /// Replication factor.
+        replication_factor: i16,
+        /// Manual assignment (replicas per partition), if given.
+        assignments: Vec<Vec<i32>>,
+        /// Config overrides.
+        configs: BTreeMap<String, String>,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// DeleteTopics (one topic).
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// CreatePartitions (one topic).
+    CreatePartitions {
+        /// Topic.
+        name: String,
+        /// New total.
+        count: i32,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// Replace a topic's overrides.
+    TopicConfig {
+        /// Topic.
+        name: String,
+        /// New overrides.
+        configs: BTreeMap<String, String>,
+    },
+    /// Replace the dynamic broker defaults.
+    BrokerConfig {
+        /// New defaults.
+        configs: BTreeMap<String, String>,
+    },
+    /// ElectLeaders for one partition (preferred = true, unclean = false).
+    ElectLeader {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        index: i32,
+        /// Preferred (true) or unclean (false) election.
+        preferred: bool,
+    },
+    /// AlterPartitionReassignments for one partition (`None` cancels).
+    Reassign {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        index: i32,
+        /// Target replicas.
+        replicas: Option<Vec<i32>>,
+    },
+}
+
+/// A broker's request to the controller.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    /// BrokerRegistration.
+    Register {
+        /// Broker.
+        broker: i32,
+        /// Differs on every process start (a restarted broker re-registers).
+        incarnation: u64,
+        /// Kafka listener host.
+        host: String,
+        /// Kafka listener port.
+        port: i32,
+        /// Node-to-node address.
+        peer: String,
+        /// `broker.rack`.
+        rack: Option<String>,
+    },
+    /// BrokerHeartbeat.
+    Heartbeat {
+        /// Broker.
+        broker: i32,
+        /// Its epoch.
+        epoch: i64,
+        /// Metadata applied so far.
+        metadata_offset: u64,
+        /// Asks for controlled shutdown.
+        shutdown: bool,
+    },
+    /// Fetch committed metadata records after `from` (long poll).
+    FetchMetadata {
+        /// Last applied offset.
+        from: u64,
+    },
+    /// AlterPartition (ISR change) from a partition leader.
+    AlterPartition {
+        /// Leader broker.
+        broker: i32,
+        /// Its epoch.
+        epoch: i64,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        index: i32,
+        /// The leader epoch the change is based on.
+        leader_epoch: i32,
+        /// The partition epoch the change is based on.
+        partition_epoch: i32,
+        /// Proposed ISR.
+        isr: Vec<i32>,
+    },
+    /// AllocateProducerIds.
+    AllocateProducerIds {
+        /// Broker.
+        broker: i32,
+    },
+    /// An admin operation.
+    Admin(AdminOp),
+}
+
+/// The controller's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    /// This node is not the active controller; try `leader` if known.
+    NotController {
+        /// The known leader.
+        leader: Option<i32>,
+    },
+    /// Registration committed.
+    Registered {
+        /// The broker epoch.
+        epoch: i64,
+    },
+    /// Heartbeat answer.
+    Heartbeat {
+        /// The broker is fenced.
+        fenced: bool,
+        /// Controlled shutdown may proceed (leads nothing).
+        shutdown_ready: bool,
+        /// The epoch is stale: register again.
+        stale: bool,
+    },
+    /// Metadata since the asked offset: a snapshot if the log before it was compacted away, then
+    /// records with their offsets.
+    Metadata {
+        /// Full image to start from.
+        snapshot: Option<Box<MetadataImage>>,
+        /// Committed records after the snapshot/offset, in order.
+        records: Vec<(u64, Vec<MetadataRecord>)>,
+        /// The controller's committed offset: the broker has caught up once it applied this.
+        last: u64,
+    },
+    /// AlterPartition answer: an error code or the new state.
+    AlterPartition {
+        /// Kafka error code.
+        error: i16,
+        /// The committed state, when accepted.
+        info: Option<PartitionInfo>,
+    },
+    /// A producer-id block.
+    ProducerIds {
+        /// First id.
+        start: i64,
+        /// Ids in the block.
+        len: i64,
+    },
+    /// Admin result.
+    Admin {
+        /// Kafka error code.
+        error: i16,
+        /// Error message.
+        message: Option<String>,
+        /// The offset of the committed change (0 if nothing changed).
+        offset: u64,
+    },
+}
+
+/// A follower's fetch (Kafka's replica Fetch with KIP-320 epochs).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaFetch {
+    /// Id chosen by the follower.
+    pub id: u64,
+    /// Follower broker.
+    pub broker: i32,
+    /// Its broker epoch.
+    pub broker_epoch: i64,
+    /// Partitions fetched.
+    pub partitions: Vec<ReplicaFetchPartition>,
+}
+
+/// One partition of a replica fetch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaFetchPartition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub index: i32,
+    /// Leader epoch the follower believes current.
+    pub leader_epoch: i32,
+    /// Next offset wanted (the follower's log end).
+    pub fetch_offset: i64,
+    /// Offset below which the follower's log is fsynced.
+    pub durable_offset: i64,
+    /// Epoch of the last batch the follower has (-1 if none).
+    pub last_fetched_epoch: i32,
+}
+
+/// The leader's answer to a replica fetch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaFetchResponse {
+    /// The fetch's id.
+    pub id: u64,
+    /// Per partition.
+    pub partitions: Vec<ReplicaFetchPartitionResponse>,
+}
+
+/// One partition's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaFetchPartitionResponse {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub index: i32,
+    /// Kafka error code (FENCED_LEADER_EPOCH, NOT_LEADER_OR_FOLLOWER, ...).
+    pub error: i16,
+    /// Leader's high watermark.
+    pub high_watermark: i64,
+    /// Leader's log start.
+    pub log_start_offset: i64,
+    /// Set when the follower's log diverges: truncate to at most this end offset of this epoch.
+    pub diverging: Option<(i32, i64)>,
+    /// The follower is below the log start: restart the log at `log_start_offset`.
+    pub out_of_range: bool,
+    /// Record batches from `fetch_offset`.
+    #[serde(with = "serde_bytes_compat")]
+    pub records: bytes::Bytes,
+}
+
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        let v: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        Ok(bytes::Bytes::from(v))
+    }
+}
