@@ -90,6 +90,8 @@ pub(crate) struct Cluster {
     pub(crate) admin: BTreeMap<u64, AdminBatch>,
     /// Follower side: the fetch in flight to each leader (id, sent at).
     fetching: BTreeMap<i32, (u64, u64)>,
+    /// Leader side: the newest (broker epoch, fetch id) seen from each follower.
+    fetch_seen: BTreeMap<i32, (i64, u64)>,
     /// Leader side.
     serving: BTreeMap<u64, ServingFetch>,
     serving_reads: BTreeMap<u64, (u64, usize)>,
@@ -119,6 +121,7 @@ impl Cluster {
             fenced: true,
             admin: BTreeMap::new(),
             fetching: BTreeMap::new(),
+            fetch_seen: BTreeMap::new(),
             serving: BTreeMap::new(),
             serving_reads: BTreeMap::new(),
             serving_watch: BTreeMap::new(),
@@ -228,10 +231,11 @@ impl Broker {
     fn rpc_failed(&mut self, cx: &mut Cx<BrokerMsg>, kind: Rpc, code: i16, message: &str) {
         match kind {
             Rpc::Admin(batch, slot) => self.admin_result(cx, batch, slot, code, Some(message.to_string()), 0),
-            Rpc::AlterPartition(topic, index) => {
-                if let Some(p) = self.partition_mut(&topic, index) {
-                    p.pending_isr = None;
-                }
+            Rpc::AlterPartition(_, _) => {
+                // Unanswered (lost, timed out, or a controller that lost leadership): the change
+                // may or may not have committed. Keep the maximal ISR — the high watermark keeps
+                // waiting for members being added — and send the same change again; metadata
+                // with a newer partition epoch settles it.
             }
             Rpc::ProducerIds => self.cluster.pid_requested = false,
             _ => {}
@@ -309,9 +313,14 @@ impl Broker {
                 let now = cx.now_ms();
                 let me = self.config.node_id;
                 let Some(p) = self.partition_mut(&topic, index) else { return };
-                p.pending_isr = None;
                 if code != error::NONE {
                     tracing::debug!(topic, index, code, "AlterPartition refused");
+                    // A refused member never joined; any other refusal means the partition moved
+                    // on (or this change already committed): the maximal ISR stays until the
+                    // metadata with the newer partition epoch arrives.
+                    if code == error::INELIGIBLE_REPLICA {
+                        p.pending_isr = None;
+                    }
                 }
                 if let Some(info) = info {
                     let role = role_of(&info, me);
@@ -649,6 +658,14 @@ impl Broker {
 
     fn on_replica_fetch(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, f: ReplicaFetch) {
         let now = cx.now_ms();
+        // A fetch carries the follower's position as of when it was sent: a late or duplicated
+        // one would move the leader's view of the follower backwards (or forwards over a
+        // truncation). Only fetches newer than the newest seen from that follower count.
+        let key = (f.broker_epoch, f.id);
+        if self.cluster.fetch_seen.get(&f.broker).is_some_and(|seen| *seen >= key) {
+            return;
+        }
+        self.cluster.fetch_seen.insert(f.broker, key);
         // A newer fetch from the same follower supersedes a parked one.
         let old: Vec<u64> = self.cluster.serving.iter().filter(|(_, s)| s.from == from).map(|(id, _)| *id).collect();
         for id in old {
@@ -820,6 +837,20 @@ impl Broker {
     fn maintain_isr(&mut self, cx: &mut Cx<BrokerMsg>) {
         let now = cx.now_ms();
         let lag = self.config.replica_lag_time_max_ms;
+        // Resend ISR changes whose answer never came.
+        let mut resend = Vec::new();
+        for (name, t) in &self.topics {
+            for p in &t.partitions {
+                if p.role == Role::Leader && p.pending_isr.is_some() {
+                    resend.push((name.clone(), p.index));
+                }
+            }
+        }
+        for (name, index) in resend {
+            if !self.rpc_in_flight(|k| matches!(k, Rpc::AlterPartition(t, i) if *t == name && *i == index)) {
+                self.resend_isr(cx, &name, index);
+            }
+        }
         let mut shrink = Vec::new();
         for (name, t) in &self.topics {
             for p in &t.partitions {
@@ -844,6 +875,23 @@ impl Broker {
             tracing::info!(node = self.config.node_id, topic = name, index, ?out, "shrinking ISR: followers lagging beyond replica.lag.time.max.ms");
             self.propose_isr(cx, &name, index, None, Some(out));
         }
+    }
+
+    fn resend_isr(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32) {
+        let epoch = self.cluster.epoch;
+        let broker = self.config.node_id;
+        let Some(p) = self.partition_mut(topic, index) else { return };
+        let Some(isr) = p.pending_isr.clone() else { return };
+        let request = ControllerRequest::AlterPartition {
+            broker,
+            epoch,
+            topic: topic.to_string(),
+            index,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        };
+        self.rpc(cx, Rpc::AlterPartition(topic.to_string(), index), request);
     }
 
     fn propose_isr(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32, add: Option<i32>, remove: Option<Vec<i32>>) {

@@ -82,6 +82,7 @@ pub struct RaftStore {
     failed: bool,
     state_fsync: Option<IoToken>,
     rereads: u32,
+    last_cut: Option<usize>,
 }
 
 impl Default for RaftStore {
@@ -105,6 +106,7 @@ impl RaftStore {
             failed: false,
             state_fsync: None,
             rereads: 0,
+            last_cut: None,
         }
     }
 
@@ -259,27 +261,32 @@ impl RaftStore {
             entries.push(e);
             pos += len;
         }
-        if pos < log.len() && self.rereads < 3 {
+        if pos < log.len() && self.last_cut != Some(pos) && self.rereads < 10 {
             // A damaged read (a latent sector error) must not cut fsynced entries: read again,
-            // and cut only a tail that is damaged every time.
+            // and cut only a tail that two reads in a row find damaged at the same place.
             self.rereads += 1;
+            self.last_cut = Some(pos);
             tracing::warn!(kept = pos, found = log.len(), "metadata log damaged at the tail; reading it again");
             self.positions.clear();
             self.start(io);
             return StoreEvent::Pending;
         }
         self.log_len = pos as u64;
+        if log.is_empty() {
+            self.phase = Phase::Ready;
+            return StoreEvent::Loaded { hard_state, entries };
+        }
         self.loaded = Some((hard_state, entries));
+        self.outstanding = 1;
         if pos < log.len() {
             tracing::warn!(kept = pos, found = log.len(), "cutting the torn tail of the metadata log");
             io.disk(DiskOp::Truncate { path: LOG.into(), len: pos as u64 });
-            io.disk(DiskOp::Fsync { path: LOG.into() });
             self.outstanding = 2;
-            self.phase = Phase::Repairing;
-            return StoreEvent::Pending;
         }
-        self.phase = Phase::Ready;
-        let (hard_state, entries) = self.loaded.take().expect("just set");
-        StoreEvent::Loaded { hard_state, entries }
+        // What was read may have come from the page cache of a process that died before its
+        // fsync: make it durable before Raft treats it as acknowledged.
+        io.disk(DiskOp::Fsync { path: LOG.into() });
+        self.phase = Phase::Repairing;
+        StoreEvent::Pending
     }
 }

@@ -1,0 +1,210 @@
+//! Replication benchmark: a 3-node runnel cluster on 127.0.0.1 (separate processes, the node
+//! transport between them), a topic with replication factor 3 and `min.insync.replicas=2`,
+//! librdkafka producing with acks=all.
+//!
+//! Phases:
+//! 1. unbounded 1 KiB produce: throughput (MB/s, records/s) and latency;
+//! 2. paced 1 KiB produce at `CLUSTER_BENCH_MBPS` (default 50) MB/s: p50/p99/p99.9 latency from
+//!    send to delivery report;
+//! 3. failover, `CLUSTER_BENCH_FAILOVERS` times (default 3): a paced producer on partition 0, the
+//!    partition's leader killed with SIGKILL; the time from the kill to the first acknowledged
+//!    record of partition 0 (the killed node is restarted before the next round).
+//!
+//! Run: `cargo bench --bench cluster` (it builds and starts the release binary).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::TestCluster;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Delivery reports: (partition, latency in µs, delivered at) and errors.
+#[derive(Default)]
+struct Reports {
+    start: Mutex<Option<Instant>>,
+    acks: Mutex<Vec<(i32, u64, Instant)>>,
+    errors: AtomicU64,
+}
+
+struct Ctx(Arc<Reports>);
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    /// Send time in µs since the start.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: usize) {
+        let now = Instant::now();
+        let start = self.0.start.lock().expect("lock").expect("started");
+        let now_us = (now - start).as_micros() as u64;
+        match result {
+            Ok(m) => {
+                use rdkafka::message::Message;
+                self.0.acks.lock().expect("lock").push((m.partition(), now_us.saturating_sub(sent_us as u64), now));
+            }
+            Err(_) => {
+                self.0.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .set("compression.type", "none")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151")
+        .set("message.timeout.ms", "120000")
+        .set("retry.backoff.ms", "20")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create_with_context(Ctx(reports))
+        .expect("producer")
+}
+
+fn percentiles(mut v: Vec<u64>) -> [f64; 3] {
+    v.sort_unstable();
+    let at = |q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    [at(0.5), at(0.99), at(0.999)]
+}
+
+/// Produce `records` records of `size` bytes round-robin over `partitions` (or only to
+/// `partition`), at `rate` records/s if given; returns (seconds, latencies in µs, errors).
+fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions: i32, rate: Option<u64>) -> (f64, Vec<u64>, u64) {
+    let reports = Arc::new(Reports::default());
+    let p = producer(bootstrap, reports.clone());
+    let payload = vec![b'x'; size];
+    let start = Instant::now();
+    *reports.start.lock().expect("lock") = Some(start);
+    for i in 0..records {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let sent_us = start.elapsed().as_micros() as usize;
+        let mut record = BaseRecord::with_opaque_to(topic, sent_us).payload(&payload).partition((i % partitions as usize) as i32);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+    let seconds = start.elapsed().as_secs_f64();
+    let lat = reports.acks.lock().expect("lock").iter().map(|(_, l, _)| *l).collect();
+    (seconds, lat, reports.errors.load(Ordering::Relaxed))
+}
+
+fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "bench").create().expect("consumer");
+    loop {
+        if let Ok(m) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(p) = m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == partition)) {
+                if p.leader() > 0 {
+                    return p.leader();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn main() {
+    let mbps: f64 = std::env::var("CLUSTER_BENCH_MBPS").ok().and_then(|v| v.parse().ok()).unwrap_or(50.0);
+    let failovers: usize = std::env::var("CLUSTER_BENCH_FAILOVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mut cluster = TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3");
+    let bootstrap = cluster.bootstrap();
+    eprintln!("cluster up: {bootstrap}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let topics = [NewTopic::new("rf3", 3, TopicReplication::Fixed(3)), NewTopic::new("rf3-failover", 3, TopicReplication::Fixed(3))];
+    let created = rt.block_on(admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))).expect("create");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+
+    println!(
+        "\n{:<34} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "phase", "records", "seconds", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "errors"
+    );
+    let row = |name: &str, records: usize, (secs, lat, errors): (f64, Vec<u64>, u64)| {
+        let [p50, p99, p999] = percentiles(lat);
+        println!(
+            "{:<34} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+            name,
+            records,
+            secs,
+            records as f64 / secs,
+            records as f64 * 1024.0 / secs / 1e6,
+            p50,
+            p99,
+            p999,
+            errors
+        );
+    };
+    let n = 200_000;
+    row("RF=3 acks=all 1 KiB, unbounded", n, produce(&bootstrap, "rf3", n, 1024, 3, None));
+    let rate = (mbps * 1e6 / 1024.0) as u64;
+    let n = (rate * 8) as usize;
+    row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, produce(&bootstrap, "rf3", n, 1024, 3, Some(rate)));
+
+    // Failover.
+    let mut times = Vec::new();
+    for round in 0..failovers {
+        let reports = Arc::new(Reports::default());
+        let p = Arc::new(producer(&bootstrap, reports.clone()));
+        let start = Instant::now();
+        *reports.start.lock().expect("lock") = Some(start);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let payload = vec![b'y'; 100];
+                while !stop.load(Ordering::Relaxed) {
+                    let sent_us = start.elapsed().as_micros() as usize;
+                    let _ = p.send(BaseRecord::with_opaque_to("rf3-failover", sent_us).payload(&payload).partition(0));
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let leader = leader_of(&bootstrap, "rf3-failover", 0);
+        let killed = Instant::now();
+        cluster.nodes[(leader - 1) as usize].kill();
+        let deadline = killed + Duration::from_secs(60);
+        let took = loop {
+            let first = reports.acks.lock().expect("lock").iter().find(|(part, _, at)| *part == 0 && *at > killed).map(|(_, _, at)| *at);
+            if let Some(at) = first {
+                break at - killed;
+            }
+            assert!(Instant::now() < deadline, "no produce succeeded within 60 s of the leader kill");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        stop.store(true, Ordering::Relaxed);
+        sender.join().expect("sender");
+        p.flush(Duration::from_secs(60)).expect("flush");
+        println!("failover {round}: leader node {leader} killed -> first acknowledged produce on its partition after {} ms", took.as_millis());
+        times.push(took.as_millis());
+        cluster.nodes[(leader - 1) as usize].restart();
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    times.sort_unstable();
+    if !times.is_empty() {
+        println!("failover: min {} ms, median {} ms, max {} ms", times[0], times[times.len() / 2], times[times.len() - 1]);
+    }
+}
