@@ -95,7 +95,7 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
             }
         }
         let sent_us = start.elapsed().as_micros() as usize;
-        let mut record = BaseRecord::with_opaque_to(topic, sent_us).payload(&payload).partition((i % partitions as usize) as i32);
+        let mut record: BaseRecord<'_, [u8], Vec<u8>, usize> = BaseRecord::with_opaque_to(topic, sent_us).payload(&payload).partition((i % partitions as usize) as i32);
         loop {
             match p.send(record) {
                 Ok(()) => break,
@@ -177,7 +177,7 @@ fn main() {
                 let payload = vec![b'y'; 100];
                 while !stop.load(Ordering::Relaxed) {
                     let sent_us = start.elapsed().as_micros() as usize;
-                    let _ = p.send(BaseRecord::with_opaque_to("rf3-failover", sent_us).payload(&payload).partition(0));
+                    let _ = p.send(BaseRecord::<[u8], Vec<u8>, usize>::with_opaque_to("rf3-failover", sent_us).payload(&payload).partition(0));
                     std::thread::sleep(Duration::from_micros(500));
                 }
             })

@@ -252,9 +252,6 @@ impl Broker {
                 Some((error::INVALID_PARTITIONS, "Number of partitions must be larger than 0.".into()))
             } else if t.assignments.is_empty() && rf < 1 {
                 Some((error::INVALID_REPLICATION_FACTOR, "Replication factor must be larger than 0.".into()))
-            } else if t.assignments.is_empty() && rf as usize > self.cluster.image.brokers.values().filter(|b| !b.fenced).count() {
-                let n = self.cluster.image.brokers.values().filter(|b| !b.fenced).count();
-                Some((error::INVALID_REPLICATION_FACTOR, format!("Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {n} broker(s) are registered.")))
             } else {
                 bad_config.map(|e| (error::INVALID_CONFIG, e))
             };

@@ -458,6 +458,7 @@ impl Broker {
 
     /// Send `ops` (each with the response slot it fills) to the controller; answer once all are
     /// answered and their metadata applied. With no ops, answer at once.
+    #[allow(clippy::too_many_arguments)] // the pieces of one pending response
     pub(crate) fn submit_admin(
         &mut self,
         cx: &mut Cx<BrokerMsg>,

@@ -255,7 +255,10 @@ impl MetadataImage {
 pub fn place_replicas(image: &MetadataImage, count: i32, rf: usize, first: i32, start: usize) -> Result<Vec<Vec<i32>>, String> {
     let active: Vec<&BrokerInfo> = image.brokers.values().filter(|b| !b.fenced && !b.shutting_down).collect();
     if rf == 0 || rf > active.len() {
-        return Err(format!("Replication factor: {rf} larger than available brokers: {}.", active.len()));
+        return Err(format!(
+            "Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {} broker(s) are registered.",
+            active.len()
+        ));
     }
     // Group by rack, then interleave racks: r1b1, r2b1, r3b1, r1b2, ...
     let mut racks: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
