@@ -95,7 +95,8 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
             }
         }
         let sent_us = start.elapsed().as_micros() as usize;
-        let mut record: BaseRecord<'_, [u8], Vec<u8>, usize> = BaseRecord::with_opaque_to(topic, sent_us).payload(&payload).partition((i % partitions as usize) as i32);
+        let mut record: BaseRecord<'_, [u8], Vec<u8>, usize> =
+            BaseRecord::with_opaque_to(topic, sent_us).payload(&payload).partition((i % partitions as usize) as i32);
         loop {
             match p.send(record) {
                 Ok(()) => break,

@@ -245,7 +245,11 @@ impl Broker {
 
     /// Whether the broker is registered, unfenced and has applied the controller's metadata.
     pub fn is_serving(&self) -> bool {
-        self.phase == Phase::Ready && self.cluster.epoch >= 0 && !self.cluster.fenced && self.cluster.caught_up()
+        let me = self.cluster.image.brokers.get(&self.config.node_id);
+        // Unfenced in the applied metadata, not just in the controller's answer: clients learn
+        // the broker list from this image.
+        let listed = me.is_some_and(|b| b.epoch == self.cluster.epoch && !b.fenced);
+        self.phase == Phase::Ready && self.cluster.epoch >= 0 && !self.cluster.fenced && listed && self.cluster.caught_up()
     }
 
     pub(crate) fn fresh_id(&mut self) -> u64 {

@@ -275,19 +275,34 @@ pub fn place_replicas(image: &MetadataImage, count: i32, rf: usize, first: i32, 
         }
     }
     let n = order.len();
+    let rack_of = |id: i32| image.brokers.get(&id).and_then(|b| b.rack.clone()).unwrap_or_default();
+    let racks_total = racks.len();
     let mut out = Vec::new();
     for p in 0..count {
         let base = (start + (first + p) as usize) % n;
-        // Replicas after the first are shifted by a per-round offset so followers spread too.
-        let shift = 1 + ((first + p) as usize / n) % (n - 1).max(1);
+        // Followers walk the interleaved order after the leader (shifted per round, so
+        // followers spread too), taking a broker on a rack not used yet while racks remain.
+        let shift = ((first + p) as usize / n) % n.max(1);
         let mut replicas = vec![order[base]];
-        let mut k = 0;
-        while replicas.len() < rf {
+        let mut used = vec![rack_of(order[base])];
+        let mut k = 1;
+        while replicas.len() < rf && k < 2 * n + 1 {
             let candidate = order[(base + shift + k) % n];
-            if !replicas.contains(&candidate) {
+            let fresh_rack = !used.contains(&rack_of(candidate)) || used.len() >= racks_total;
+            if !replicas.contains(&candidate) && fresh_rack {
                 replicas.push(candidate);
+                used.push(rack_of(candidate));
             }
             k += 1;
+        }
+        // Fewer racks than replicas: fill with any brokers not chosen yet.
+        for id in &order {
+            if replicas.len() >= rf {
+                break;
+            }
+            if !replicas.contains(id) {
+                replicas.push(*id);
+            }
         }
         out.push(replicas);
     }
