@@ -977,17 +977,22 @@ impl World {
         for p in 0..self.scenario.partitions {
             let dir = format!("{TOPIC}-{p}/");
             let mut logs: Vec<(usize, Vec<u8>)> = Vec::new();
-            // Only replicas that caught up with the leader's log end are compared.
-            let leader_end = self
+            // Only in-sync replicas (as the leader sees them) that caught up with the leader's
+            // log end are compared: a replica outside the ISR may still hold a suffix it will
+            // truncate on its next fetch.
+            let leader = self
                 .nodes
                 .iter()
                 .filter_map(|n| n.broker.as_ref())
                 .flat_map(|b| b.partition_views())
                 .find(|v| v.index == p && v.role == runnel_actors::partition::Role::Leader)
-                .map(|v| v.log_end_offset);
+                .map(|v| (v.log_end_offset, v.isr.to_vec()));
+            let Some((leader_end, isr)) = leader else { continue };
             for (i, n) in self.nodes.iter().enumerate() {
                 let Some(b) = n.broker.as_ref().filter(|b| b.is_ready()) else { continue };
-                if !b.partition_views().iter().any(|v| v.index == p && v.role != runnel_actors::partition::Role::None && Some(v.log_end_offset) == leader_end) {
+                let caught_up =
+                    b.partition_views().iter().any(|v| v.index == p && v.role != runnel_actors::partition::Role::None && v.log_end_offset == leader_end);
+                if !isr.contains(&(i as i32 + 1)) || !caught_up {
                     continue;
                 }
                 let mut bytes = Vec::new();

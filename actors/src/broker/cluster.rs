@@ -599,7 +599,9 @@ impl Broker {
             if let Some((epoch, end)) = part.diverging {
                 self.with_partition(cx, &topic, index as usize, |p, io| {
                     let (mine_epoch, mine_end) = p.log.end_offset_for_epoch(epoch);
-                    let mut cut = if end < 0 { p.log.log_start_offset() } else { end };
+                    // An undefined answer (the leader knows no such epoch): fall back to the
+                    // high watermark, as Kafka's followers do — what is below it is committed.
+                    let mut cut = if end < 0 { p.high_watermark } else { end };
                     if mine_epoch >= 0 && mine_end >= 0 {
                         cut = cut.min(mine_end);
                     }
