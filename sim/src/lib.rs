@@ -85,7 +85,28 @@ pub fn run(config: &RunConfig) -> Result<RunResult, String> {
         Some(list) => FaultPlan::from_list(list)?,
     };
     let description = plan.describe();
-    let mut outcome = World::new(config.seed, config.scenario, plan).run();
+    // An actor's own assertion failing (a broken invariant it checks itself) is a finding like
+    // any other, reported with the seed that replays it, not a crash of the whole swarm.
+    let world = World::new(config.seed, config.scenario, plan);
+    let mut outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run())) {
+        Ok(o) => o,
+        Err(panic) => {
+            let what =
+                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into());
+            runnel_actors::core::bugs::set_buggify(false);
+            Outcome {
+                trace_hash: 0,
+                events: 0,
+                sim_time_ms: 0,
+                violations: vec![Violation { time_ms: 0, checker: "panic".into(), what }],
+                faults_fired: Default::default(),
+                history: Vec::new(),
+                fault_log: Vec::new(),
+                produce_latencies: Vec::new(),
+                completed: false,
+            }
+        }
+    };
     activate_bugs(&[])?;
     let history = check::history(&outcome.history);
     let report = runnel_checker::check(&history, &runnel_checker::Options::default());

@@ -880,6 +880,7 @@ impl Broker {
         }
     }
 
+    /// Send the partition's pending ISR change to the controller (again).
     fn resend_isr(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32) {
         let epoch = self.cluster.epoch;
         let broker = self.config.node_id;
@@ -898,8 +899,6 @@ impl Broker {
     }
 
     fn propose_isr(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32, add: Option<i32>, remove: Option<Vec<i32>>) {
-        let epoch = self.cluster.epoch;
-        let broker = self.config.node_id;
         let Some(p) = self.partition_mut(topic, index) else { return };
         let mut isr = p.isr.clone();
         if let Some(a) = add {
@@ -913,17 +912,8 @@ impl Broker {
             }
             isr.retain(|x| !r.contains(x));
         }
-        p.pending_isr = Some(isr.clone());
-        let request = ControllerRequest::AlterPartition {
-            broker,
-            epoch,
-            topic: topic.to_string(),
-            index,
-            leader_epoch: p.leader_epoch,
-            partition_epoch: p.partition_epoch,
-            isr,
-        };
-        self.rpc(cx, Rpc::AlterPartition(topic.to_string(), index), request);
+        p.pending_isr = Some(isr);
+        self.resend_isr(cx, topic, index);
     }
 
     /// Fail acks=all produces waiting on `uid` (leadership moved).
