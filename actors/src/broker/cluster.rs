@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 /// How long a controller RPC may stay unanswered.
-const RPC_TIMEOUT_MS: u64 = 1_500;
+const RPC_TIMEOUT_MS: u64 = 800;
 /// How long a replica fetch may stay unanswered before it is sent again.
 const REPLICA_FETCH_TIMEOUT_MS: u64 = 2_000;
 /// Bytes per partition in one replica fetch.
@@ -143,7 +143,10 @@ impl Cluster {
 impl Broker {
     fn controller_addr(&self) -> Addr {
         let voters = &self.config.voters;
-        let node = self.cluster.controller.unwrap_or_else(|| voters[self.cluster.rotate % voters.len()]);
+        // Without a known controller, start the search at this node's own voter (on a combined
+        // node it answers at once, naming the leader Raft knows), then go round the others.
+        let own = voters.iter().position(|v| *v == self.config.node_id).unwrap_or(0);
+        let node = self.cluster.controller.unwrap_or_else(|| voters[(own + self.cluster.rotate) % voters.len()]);
         Addr { node, actor: CONTROLLER_ACTOR }
     }
 
@@ -190,7 +193,7 @@ impl Broker {
             .collect();
         if !expired.is_empty() {
             self.cluster.controller = None;
-            self.cluster.rotate += 1;
+            self.cluster.rotate = 0;
         }
         for id in expired {
             let (kind, _, _) = self.cluster.rpcs.remove(&id).expect("listed");
