@@ -61,3 +61,25 @@ pub async fn run(nodes: usize, dir: PathBuf, kafka_port: u16, peer_port: u16) ->
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+
+    /// What dev-cluster writes is a valid three-voter configuration for each node.
+    #[test]
+    fn node_properties_parse_into_a_cluster() {
+        for id in 1..=3 {
+            let c = ServerConfig::parse(&node_properties(id, 3, Path::new("/tmp/dc"), 9092, 19092)).unwrap();
+            assert_eq!(c.broker.node_id, id as i32);
+            assert_eq!(c.listener.port(), 9092 + id as u16 - 1);
+            assert_eq!(c.peer_listener.map(|a| a.port()), Some(19092 + id as u16 - 1));
+            assert_eq!(c.controller.voters, vec![1, 2, 3]);
+            assert_eq!(c.peers.len(), 2, "the other two voters are peers");
+            assert!(c.controller_role);
+            assert_eq!(c.broker.default_replication_factor, 3);
+            assert_eq!(c.broker.topic_defaults.get("min.insync.replicas").map(String::as_str), Some("2"));
+        }
+    }
+}

@@ -28,6 +28,8 @@ struct Harness {
     mail: VecDeque<(u32, Addr, BrokerMsg)>,
     replies: Vec<(u64, Option<Bytes>)>,
     closed: bool,
+    /// The broker stopped itself (controlled shutdown).
+    broker_stopped: bool,
     seq: u64,
 }
 
@@ -44,6 +46,7 @@ impl Harness {
             mail: VecDeque::new(),
             replies: Vec::new(),
             closed: false,
+            broker_stopped: false,
             seq: 0,
         };
         h.set_time();
@@ -91,7 +94,8 @@ impl Harness {
                     Effect::CancelTimer { id } => {
                         self.timers.remove(&(actor, id));
                     }
-                    Effect::Stop => panic!("actor {actor} stopped"),
+                    Effect::Stop if actor == 0 => self.broker_stopped = true,
+                    Effect::Stop => panic!("the controller stopped"),
                 }
             }
             if let Some((to, from, msg)) = self.mail.pop_front() {
@@ -434,4 +438,20 @@ fn fetch_sessions_are_incremental() {
     let closed = session_fetch(&mut h, id, session, -1, &[(0, 0)]);
     assert_eq!((closed.error_code, closed.session_id), (0, 0));
     assert_eq!(session_fetch(&mut h, id, session, 3, &[]).error_code, 70, "closed session is gone");
+}
+
+/// Controlled shutdown (what SIGTERM starts in the real driver): the broker asks the controller
+/// through its heartbeat to move leadership away and stops only once it leads nothing; the
+/// committed metadata shows it shutting down and its partition without a leader.
+#[test]
+fn controlled_shutdown_moves_leadership_then_stops() {
+    let mut h = Harness::start(MemDisk::new());
+    create(&mut h, "c");
+    assert_eq!(h.call(&produce_request("c", b"v"), 9).responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(h.controller.image().partition("c", 0).map(|p| p.leader), Some(1));
+    h.broker.on_message(&mut h.cx, Addr { node: 1, actor: 0 }, BrokerMsg::Shutdown);
+    h.run_until(|h| h.broker_stopped);
+    let image = h.controller.image();
+    assert!(image.brokers[&1].shutting_down, "the shutdown is committed");
+    assert_eq!(image.partition("c", 0).map(|p| p.leader), Some(-1), "leadership moved away before the stop");
 }

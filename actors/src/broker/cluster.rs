@@ -136,7 +136,7 @@ impl Cluster {
     /// Whether the broker has applied everything the controller had committed when it last
     /// answered.
     pub(crate) fn caught_up(&self) -> bool {
-        self.image.offset >= self.controller_offset && self.controller_offset > 0
+        self.image_caught_up(&self.image)
     }
 }
 
@@ -425,7 +425,7 @@ impl Broker {
                 let uid = p.uid;
                 if changed {
                     tracing::debug!(node = me, topic = name, partition = i, ?role, epoch = info.leader_epoch, isr = ?info.isr, "partition role");
-                    self.fail_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
+                    self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
                     self.wake_fetches(cx, uid);
                     self.wake_serving(cx, uid);
                 }
@@ -918,11 +918,6 @@ impl Broker {
         p.pending_isr = Some(isr);
         self.resend_isr(cx, topic, index);
     }
-
-    /// Fail acks=all produces waiting on `uid` (leadership moved).
-    pub(crate) fn fail_produces(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64, code: i16) {
-        self.fail_waiting_produces(cx, uid, code);
-    }
 }
 
 /// This broker's role in `info`.
@@ -947,6 +942,8 @@ fn batch_base_offset(records: &Bytes) -> Option<i64> {
 }
 
 impl Cluster {
+    /// Whether `image` (the cluster's own, possibly taken out while reconciling) has everything
+    /// the controller had committed at its last answer.
     fn image_caught_up(&self, image: &MetadataImage) -> bool {
         image.offset >= self.controller_offset && self.controller_offset > 0
     }

@@ -82,5 +82,3 @@ pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
 pub const INVALID_UPDATE_VERSION: i16 = 96;
 /// A proposed ISR member is not eligible (fenced or not a replica).
 pub const INELIGIBLE_REPLICA: i16 = 107;
-/// A topic is being deleted or the request was superseded.
-pub const UNKNOWN_SERVER_ERROR: i16 = -1;

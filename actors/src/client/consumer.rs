@@ -19,7 +19,7 @@ const RETRY_TIMER: TimerId = TimerId(1);
 pub struct ConsumerConfig {
     /// History process id.
     pub process: u64,
-    /// The broker.
+    /// The nodes to ask for metadata, in turn.
     pub bootstrap: Vec<Addr>,
     /// Topic.
     pub topic: String,

@@ -683,10 +683,11 @@ impl Raft {
         self.send(peer, msg);
     }
 
-    fn on_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, entries: Vec<Entry>, leader_commit: u64) {
+    /// A message from the leader of the current term: follow it. False on a leader (two
+    /// leaders in one term cannot happen; never let a peer overwrite a leader's log).
+    fn heard_from_leader(&mut self, from: NodeId) -> bool {
         if self.role == Role::Leader {
-            // Two leaders in one term cannot happen; never let a peer overwrite a leader's log.
-            return;
+            return false;
         }
         if self.role != Role::Follower || self.leader != Some(from) {
             let term = self.hard.term;
@@ -694,6 +695,13 @@ impl Raft {
         }
         self.leader_contact_ms = Some(self.now);
         self.reset_election_timer();
+        true
+    }
+
+    fn on_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, entries: Vec<Entry>, leader_commit: u64) {
+        if !self.heard_from_leader(from) {
+            return;
+        }
         let term = self.hard.term;
         let matched = prev_index + entries.len() as u64;
         let (mut prev_index, mut prev_term, mut entries) = (prev_index, prev_term, entries);
@@ -802,15 +810,9 @@ impl Raft {
     }
 
     fn on_install_snapshot(&mut self, from: NodeId, snap: Snapshot) {
-        if self.role == Role::Leader {
+        if !self.heard_from_leader(from) {
             return;
         }
-        if self.role != Role::Follower || self.leader != Some(from) {
-            let term = self.hard.term;
-            self.become_follower(term, Some(from));
-        }
-        self.leader_contact_ms = Some(self.now);
-        self.reset_election_timer();
         let term = self.hard.term;
         if snap.last_index <= self.commit {
             // Already have it: everything through our commit index matches the leader.

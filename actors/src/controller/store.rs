@@ -116,11 +116,6 @@ impl RaftStore {
         io.disk(DiskOp::List { path: DIR.into() });
     }
 
-    /// Whether a `persist` is still in flight.
-    pub fn busy(&self) -> bool {
-        self.outstanding > 0
-    }
-
     /// Persist what `ready` asks for: the hard state, a truncation and new entries. Completes
     /// with [`StoreEvent::Persisted`].
     pub fn persist(&mut self, io: &mut impl DiskIo, ready: &Ready) {
