@@ -109,7 +109,13 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
     }
     p.flush(Duration::from_secs(120)).expect("flush");
     let seconds = start.elapsed().as_secs_f64();
-    let lat = reports.acks.lock().expect("lock").iter().map(|(_, l, _)| *l).collect();
+    let acks = reports.acks.lock().expect("lock");
+    if let Ok(path) = std::env::var("CLUSTER_BENCH_DUMP") {
+        // One line per acknowledged record: partition, delivered at (ms since start), latency (ms).
+        let lines: Vec<String> = acks.iter().map(|(part, l, at)| format!("{part} {:.3} {:.3}", (*at - start).as_secs_f64() * 1e3, *l as f64 / 1e3)).collect();
+        std::fs::write(path, lines.join("\n")).expect("write latency dump");
+    }
+    let lat = acks.iter().map(|(_, l, _)| *l).collect();
     (seconds, lat, reports.errors.load(Ordering::Relaxed))
 }
 
@@ -158,10 +164,13 @@ fn main() {
             errors
         );
     };
-    let n = 200_000;
-    row("RF=3 acks=all 1 KiB, unbounded", n, produce(&bootstrap, "rf3", n, 1024, 3, None));
+    let n: usize = std::env::var("CLUSTER_BENCH_UNBOUNDED").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    if n > 0 {
+        row("RF=3 acks=all 1 KiB, unbounded", n, produce(&bootstrap, "rf3", n, 1024, 3, None));
+    }
     let rate = (mbps * 1e6 / 1024.0) as u64;
-    let n = (rate * 8) as usize;
+    let seconds: u64 = std::env::var("CLUSTER_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let n = (rate * seconds) as usize;
     row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, produce(&bootstrap, "rf3", n, 1024, 3, Some(rate)));
 
     // Failover.

@@ -39,6 +39,12 @@ fn print_run(r: &RunResult, wall_s: f64) {
     let fired: Vec<String> = o.faults_fired.iter().map(|(k, n)| format!("{k}x{n}")).collect();
     println!("faults fired: {}", if fired.is_empty() { "none".into() } else { fired.join(", ") });
     println!("history: {} ops; workload {}", r.history_ops, if o.completed { "completed" } else { "did NOT complete" });
+    if !o.produce_latencies.is_empty() {
+        let mut l: Vec<u64> = o.produce_latencies.iter().map(|x| x.1).collect();
+        l.sort_unstable();
+        let at = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
+        println!("produce latency (acks=all, simulated ms): p50 {} · p99 {} · max {}", at(0.5), at(0.99), l[l.len() - 1]);
+    }
     if o.violations.is_empty() {
         println!("violations: none");
     } else {
