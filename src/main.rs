@@ -220,6 +220,16 @@ enum TopicAction {
     },
 }
 
+/// Log timestamps in simulated time, so a seed's log lines up with its history and faults.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let us = runnel_sim::world::sim_now_us();
+        write!(w, "[{}.{:03} ms]", us / 1000, us % 1000)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Sim { action } = cli.command {
@@ -227,6 +237,8 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")))
             .with_writer(std::io::stderr)
+            .with_timer(SimTime)
+            .with_ansi(false)
             .init();
         let ok = match action {
             SimAction::Run { seed, what, check_determinism, report } => {

@@ -27,8 +27,19 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
 const TOPIC: &str = "sim";
 
+thread_local! {
+    /// The simulated time of the event this thread's world is handling (for log timestamps).
+    static SIM_NOW_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The simulated time, in µs, of the event the current thread's simulation is handling.
+pub fn sim_now_us() -> u64 {
+    SIM_NOW_US.with(|t| t.get())
+}
+
 /// A problem found during a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
+
 pub struct Violation {
     /// Virtual ms when it was found.
     pub time_ms: u64,
@@ -485,6 +496,7 @@ impl World {
                 break;
             }
             self.now_us = time;
+            SIM_NOW_US.with(|t| t.set(time));
             let ev = self.pending.remove(&seq).expect("queued event");
             self.handle(ev);
         }
@@ -494,6 +506,11 @@ impl World {
             *self.faults_fired.entry("buggify".into()).or_default() += buggified;
         }
         if !self.completed && std::env::var_os("RUNNEL_SIM_DEBUG").is_some() {
+            for (i, c) in self.clients.iter().enumerate() {
+                if let ClientActor::Producer(p) = &c.actor {
+                    eprintln!("producer client {i}: {}", p.debug_state());
+                }
+            }
             for (i, n) in self.nodes.iter().enumerate() {
                 match &n.broker {
                     None => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),

@@ -226,6 +226,10 @@ impl Broker {
             let from = self.cluster.image.offset;
             self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
         }
+        // InitProducerIds waiting on a block whose request failed or went unanswered: ask again.
+        if !self.pending_init_producer.is_empty() {
+            self.answer_init_producer_ids(cx);
+        }
         self.replica_fetch_all(cx, false);
         self.maintain_isr(cx);
         self.expire_serving(cx);
@@ -720,8 +724,12 @@ impl Broker {
                             fs.last_caught_up_ms = now;
                         }
                         let uid = p.uid;
-                        let expand =
-                            !p.isr.contains(&follower) && p.pending_isr.is_none() && q.fetch_offset >= p.high_watermark && q.fetch_offset >= epoch_start(p);
+                        // Joining the ISR promises everything below the high watermark is as
+                        // safe on the follower as the high watermark requires: durable under the
+                        // fsync policy (a follower whose unsynced tail is lost must not be a
+                        // member the high watermark already passed).
+                        let vouched = p.follower_committable(follower);
+                        let expand = !p.isr.contains(&follower) && p.pending_isr.is_none() && vouched >= p.high_watermark && vouched >= epoch_start(p);
                         if p.update_high_watermark() {
                             self.on_high_watermark(cx, uid);
                         }
