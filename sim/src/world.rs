@@ -1179,6 +1179,8 @@ impl World {
         let n = &mut self.nodes[i];
         n.incarnation += 1;
         n.broker = None;
+        // The whole process is gone: its controller must not answer what is sent meanwhile.
+        n.controller = None;
         n.timers.clear();
         n.paused_until_us = 0;
         if power_loss {
