@@ -757,13 +757,18 @@ impl Broker {
                             fs.last_caught_up_ms = now;
                         }
                         let uid = p.uid;
+                        // The high watermark first: a follower joins against the one it will be
+                        // held to. Judged against an older one, a follower exactly at it could
+                        // be proposed after this recomputation had moved past it (cluster-split
+                        // seed 944).
+                        let moved = p.update_high_watermark();
                         // Joining the ISR promises everything below the high watermark is as
                         // safe on the follower as the high watermark requires: durable under the
                         // fsync policy (a follower whose unsynced tail is lost must not be a
                         // member the high watermark already passed).
                         let vouched = p.follower_committable(follower);
                         let expand = !p.isr.contains(&follower) && p.pending_isr.is_none() && vouched >= p.high_watermark && vouched >= epoch_start(p);
-                        if p.update_high_watermark() {
+                        if moved {
                             self.on_high_watermark(cx, uid);
                         }
                         if expand {
