@@ -11,7 +11,7 @@ fn seeds() -> u64 {
 }
 
 /// Scenarios the fixed swarm gates on: all of them.
-const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "cluster-3", "cluster-5"];
+const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "cluster-3", "cluster-5", "cluster-split"];
 
 /// Several hundred seeds over the gated scenarios, each with its own fault mix, find no violation.
 #[test]
