@@ -1110,7 +1110,14 @@ impl World {
                 let len = w[0].1.len().min(w[1].1.len());
                 if w[0].1[..len] != w[1].1[..len] {
                     let at = (0..len).find(|k| w[0].1[*k] != w[1].1[*k]).unwrap_or(len);
-                    found.push(format!("partition {p}: logs of nodes {} and {} differ at byte {at}", w[0].0 + 1, w[1].0 + 1));
+                    let around = |b: &[u8]| b[at.saturating_sub(12)..(at + 8).min(b.len())].to_vec();
+                    found.push(format!(
+                        "partition {p}: logs of nodes {} and {} differ at byte {at} ({:?} vs {:?})",
+                        w[0].0 + 1,
+                        w[1].0 + 1,
+                        around(&w[0].1),
+                        around(&w[1].1)
+                    ));
                 }
             }
         }

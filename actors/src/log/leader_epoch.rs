@@ -66,6 +66,13 @@ impl EpochCache {
         true
     }
 
+    /// The epoch the batch at `offset` must carry: that of the last entry starting at or below
+    /// it (`None` below the first entry or in an empty cache).
+    pub fn epoch_at(&self, offset: i64) -> Option<i32> {
+        let n = self.entries.partition_point(|&(_, start)| start <= offset);
+        n.checked_sub(1).map(|i| self.entries[i].0)
+    }
+
     /// The log was truncated to `end_offset`: drop the entries starting at or above it.
     pub fn truncate_from_end(&mut self, end_offset: i64) {
         self.entries.retain(|&(_, start)| start < end_offset);
@@ -152,6 +159,15 @@ mod tests {
     }
 
     /// A cache read back from a checkpoint keeps only entries that follow the invariants.
+    #[test]
+    fn epoch_at_follows_entry_starts() {
+        let cache = EpochCache::from_entries([(1, 0), (3, 5), (4, 9)]);
+        let got: Vec<Option<i32>> = [0, 4, 5, 8, 9, 100].iter().map(|o| cache.epoch_at(*o)).collect();
+        assert_eq!(got, vec![Some(1), Some(1), Some(3), Some(3), Some(4), Some(4)]);
+        assert_eq!(EpochCache::from_entries([(2, 10)]).epoch_at(3), None, "below the first entry");
+        assert_eq!(EpochCache::new().epoch_at(0), None);
+    }
+
     #[test]
     fn from_entries_filters_garbage() {
         let cache = EpochCache::from_entries([(1, 0), (1, 4), (0, 8), (3, 2), (2, 9), (5, 9), (6, 7), (-2, 12)]);

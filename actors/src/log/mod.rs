@@ -488,6 +488,13 @@ impl PartitionLog {
         let mut expected = self.log_end_offset();
         let mut latest = self.epochs.latest_epoch();
         for (i, (header, _)) in batches.iter().enumerate() {
+            if header.partition_leader_epoch < -1 {
+                // Not a leader epoch at all: a field the CRC does not cover was damaged.
+                return Err(ReplicaAppendError::Corrupt(BatchError::Invalid(format!(
+                    "batch at offset {} carries leader epoch {}",
+                    header.base_offset, header.partition_leader_epoch
+                ))));
+            }
             if let Some(latest) = latest.filter(|&latest| header.partition_leader_epoch < latest) {
                 return Err(ReplicaAppendError::EpochGoesBack { offset: header.base_offset, epoch: header.partition_leader_epoch, latest });
             }
@@ -1106,7 +1113,7 @@ impl PartitionLog {
         let walk = match self.segment(job.segment_base) {
             // Truncated below the offset meanwhile: nothing of what was read is in the log.
             _ if job.offset >= job.upper_bound => Walk::Done(Bytes::new()),
-            Some(segment) => walk_read(&job, segment.size_bytes, &data),
+            Some(segment) => walk_read(&job, segment.size_bytes, &data, &self.epochs),
             None => Walk::Done(Bytes::new()), // deleted by retention or DeleteRecords meanwhile
         };
         match walk {
@@ -1253,7 +1260,13 @@ fn sane_header(rest: &[u8], position: u64, segment_size: u64) -> Option<BatchHea
 /// Walk the bytes of a read (starting at `job.position`) to the batch containing `job.offset`,
 /// and take whole batches from there within `job.max_bytes` (at least one) and below
 /// `job.upper_bound`, or say what to read next.
-fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
+/// Whether a batch's partition leader epoch — a field its CRC does not cover — is the one the
+/// epoch cache says the batch at its offset was written in (`-1`, no epoch, is not checked).
+fn epoch_checks_out(header: &BatchHeader, epochs: &EpochCache) -> bool {
+    header.partition_leader_epoch == -1 || epochs.epoch_at(header.base_offset).is_none_or(|e| e == header.partition_leader_epoch)
+}
+
+fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes, epochs: &EpochCache) -> Walk {
     let mut at = 0usize;
     let mut expected = job.expected;
     loop {
@@ -1292,6 +1305,18 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
         if let Err(e) = batch::check_one(&rest[..total]) {
             return Walk::Damaged(format!("batch at offset {}: {e}", header.base_offset));
         }
+        if !epoch_checks_out(&header, epochs) {
+            // A latent read error reads differently the next time: read again. A mismatch that
+            // persists is what the disk holds (the cache itself may be the damaged party): it
+            // is served as it is, as a CRC-less field always was.
+            if job.attempts + 1 < READ_ATTEMPTS {
+                return Walk::Damaged(format!(
+                    "batch at offset {} carries leader epoch {}, not its epoch's",
+                    header.base_offset, header.partition_leader_epoch
+                ));
+            }
+            tracing::warn!(offset = header.base_offset, epoch = header.partition_leader_epoch, cache = ?epochs.entries(), "batch leader epoch disagrees with the epoch cache on every read");
+        }
         let mut end = at + total;
         let mut next_expected = header.next_offset();
         while let Some(next) = sane_header(&data[end..], job.position + end as u64, segment_size) {
@@ -1303,6 +1328,7 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes) -> Walk {
                 || next_end > data.len()
                 || (next_end - at) as u64 > job.max_bytes
                 || batch::check_one(&data[end..next_end]).is_err()
+                || !epoch_checks_out(&next, epochs)
             {
                 break;
             }
@@ -1360,6 +1386,63 @@ mod tests {
             let events = disk.run(&mut io, &mut log);
             assert!(matches!(&events[..], [LogEvent::ReadFailed { read_id: 9, .. }]), "damage at {position}: {events:?}");
         }
+    }
+
+    /// A batch's leader epoch is outside its CRC: a read that returns it damaged (a latent
+    /// sector error, gone on the next read) is read again and the right bytes are served; an
+    /// epoch that disagrees with the cache on every read is served as the disk holds it.
+    #[test]
+    fn a_misread_leader_epoch_is_read_again() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+        log.append(&mut io, &batch(3, 10, 100), 0, None, 0);
+        disk.run(&mut io, &mut log);
+        assert_eq!(log.read(&mut io, 9, 0, 1 << 20, 3), ReadStart::Pending);
+        // Execute the read by hand and flip the epoch's top byte in what it returns.
+        let (token, op) = io.queue.remove(0);
+        let Ok(IoOutput::Read(data)) = disk.apply(op) else { panic!("read failed") };
+        let mut damaged = data.to_vec();
+        damaged[12] ^= 0x80;
+        let mut events = log.on_io(&mut io, IoDone { token, result: Ok(IoOutput::Read(Bytes::from(damaged))) });
+        events.extend(disk.run(&mut io, &mut log));
+        let [LogEvent::ReadDone { read_id: 9, records }] = &events[..] else { panic!("{events:?}") };
+        assert_eq!(batch::validate_batches(records).expect("valid")[0].0.partition_leader_epoch, 0, "the re-read is served");
+        // Damage at rest: every read disagrees with the cache; the read still completes.
+        disk.apply(DiskOp::WriteAt { path: "t-0/00000000000000000000.log".into(), position: 15, data: Bytes::from(vec![7]) }).unwrap();
+        let got = read(&mut disk, &mut io, &mut log, 0, 1 << 20, 3);
+        assert_eq!(got[0].partition_leader_epoch, 7);
+    }
+
+    /// Recovery rebuilds the epoch cache from the batches it scans; a scan read that returns a
+    /// batch's epoch damaged (outside the CRC) must not start a bogus epoch in the cache.
+    #[test]
+    fn recovery_reads_a_new_epoch_twice() {
+        let mut disk = MemDisk::new();
+        let (mut log, mut io, _) = open(&mut disk, LogConfig::default());
+        let first = batch(3, 10, 100);
+        log.append(&mut io, &first, 0, None, 0);
+        log.append(&mut io, &batch(2, 10, 100), 3, None, 0);
+        disk.run(&mut io, &mut log);
+        // No checkpoint: recovery scans the segment. Damage the second batch's epoch (3 -> 0x83)
+        // in the first scan read only.
+        let mut log = PartitionLog::new("t-0", LogConfig::default());
+        let mut io = QueuedIo::default();
+        log.start(&mut io);
+        let mut flipped = false;
+        while !io.queue.is_empty() {
+            let (token, op) = io.queue.remove(0);
+            let scan = matches!(&op, DiskOp::Read { path, position: 0, .. } if path.ends_with(".log"));
+            let mut result = disk.apply(op);
+            if let (false, true, Ok(IoOutput::Read(data))) = (flipped, scan, &result) {
+                let mut damaged = data.to_vec();
+                damaged[first.len() + 15] ^= 0x80;
+                result = Ok(IoOutput::Read(Bytes::from(damaged)));
+                flipped = true;
+            }
+            log.on_io(&mut io, IoDone { token, result });
+        }
+        assert!(flipped && log.is_ready());
+        assert_eq!(log.epoch_entries(), &[(0, 0), (3, 3)]);
     }
 
     /// A fresh log recovers empty, assigns dense offsets, serves reads from the batch containing

@@ -241,6 +241,10 @@ pub struct Recovery {
     replay: Vec<BatchHeader>,
     /// Position of the last damaged-looking batch and how often it was re-read.
     reread: (u64, u32),
+    /// A batch that would start a new leader epoch, `(segment index, position, epoch)`, read once
+    /// and being read again: the epoch field is outside the CRC, and a misread one would poison
+    /// the epoch cache. With how many re-reads so far.
+    epoch_confirm: (Option<(usize, u64, i32)>, u32),
     /// Set once every decision is taken; the result waits for the fix-up writes to complete.
     finished: bool,
     /// The epoch cache being rebuilt: checkpoint entries below the scan, then scanned batches.
@@ -272,6 +276,7 @@ impl Recovery {
             scan: None,
             replay: Vec::new(),
             reread: (u64::MAX, 0),
+            epoch_confirm: (None, 0),
             finished: false,
             epochs: EpochCache::new(),
             rescanned: false,
@@ -503,6 +508,20 @@ impl Recovery {
             let in_file = file_len - here;
             match batch::check_one_with(rest, !crate::planted!("recovery-skips-crc")) {
                 Ok(header) if header.base_offset == scan.segment.next_offset => {
+                    let epoch = header.partition_leader_epoch;
+                    if epoch >= 0 && self.epochs.latest_epoch().is_none_or(|latest| epoch > latest) {
+                        // A new epoch starts here only if a second read says so too.
+                        const EPOCH_REREADS: u32 = 4;
+                        let claim = Some((scan.index, here, epoch));
+                        let (confirming, rereads) = self.epoch_confirm;
+                        if confirming != claim && rereads < EPOCH_REREADS {
+                            let same_batch = confirming.is_some_and(|(i, p, _)| (i, p) == (scan.index, here));
+                            self.epoch_confirm = (claim, if same_batch { rereads + 1 } else { 1 });
+                            self.scan = Some(scan);
+                            return self.scan_read(io, here, 0);
+                        }
+                        self.epoch_confirm = (None, 0);
+                    }
                     let bytes = &rest[..header.total_len()];
                     let offset_of_max = time_index::offset_of_max_timestamp(bytes, &header);
                     scan.segment.on_batch(&header, offset_of_max, self.config.index_interval_bytes);
