@@ -453,12 +453,16 @@ impl RaftStore {
         index >= self.first_index && self.terms.get((index - self.first_index) as usize) == Some(&term)
     }
 
-    /// Cut the log after `index` (no-op if it ends there or before).
+    /// Cut the log after `index` (no-op if it holds nothing after it).
     fn cut_after(&mut self, index: u64, ops: &mut Vec<DiskOp>) {
-        if index >= self.last_index() {
+        let keep = (index + 1).saturating_sub(self.first_index) as usize;
+        if keep >= self.positions.len() {
             return;
         }
-        let keep = (index + 1).saturating_sub(self.first_index) as usize;
+        if index + 1 < self.first_index {
+            // Below the log's start: entries a checkpoint covers, which are committed.
+            self.error = Some(format!("truncation after {index} reaches below the log's first entry {}", self.first_index));
+        }
         let pos = self.positions[keep];
         self.positions.truncate(keep);
         self.terms.truncate(keep);
@@ -597,7 +601,12 @@ impl RaftStore {
         let snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.last_index);
         let mut repair = Vec::new();
         if recovered.empty_log {
-            tracing::warn!(checkpoint = snapshot_index, "the metadata log does not continue the newest checkpoint; emptying it");
+            tracing::warn!(
+                checkpoint = snapshot_index,
+                log_first = entries.first().map(|e| e.index),
+                log_last = entries.last().map(|e| e.index),
+                "the metadata log does not continue the newest checkpoint; emptying it"
+            );
             self.first_index = snapshot_index + 1;
             self.log_len = 0;
             repair.push(DiskOp::Truncate { path: LOG.into(), len: 0 });
@@ -916,6 +925,15 @@ mod tests {
                 start: |store, io| {
                     let l = leaders();
                     let ready = Ready { snapshot: Some(snapshot_of(&l, 25)), truncate_after: Some(25), entries: l[25..27].to_vec(), ..Ready::default() };
+                    assert!(store.persist(io, &ready));
+                },
+                outcomes: vec![before.clone(), after[..25].to_vec(), after[..27].to_vec()],
+            },
+            Job {
+                name: "install a snapshot after truncating a conflicting suffix below it",
+                start: |store, io| {
+                    let l = leaders();
+                    let ready = Ready { snapshot: Some(snapshot_of(&l, 25)), truncate_after: Some(22), entries: l[25..27].to_vec(), ..Ready::default() };
                     assert!(store.persist(io, &ready));
                 },
                 outcomes: vec![before.clone(), after[..25].to_vec(), after[..27].to_vec()],
