@@ -95,6 +95,19 @@ pub const SCENARIOS: &[Scenario] = &[
         deadline_ms: 70_000,
         broker_settings: &[("min.insync.replicas", "2")],
     },
+    Scenario {
+        name: "cluster-3-snapshots",
+        description: "cluster-3 with a metadata snapshot every 256 bytes of committed records: checkpoints, log compaction and InstallSnapshot under crashes, partitions and disk faults",
+        nodes: 3,
+        producers: 2,
+        consumers: 2,
+        partitions: 3,
+        replication_factor: 3,
+        send_interval_ms: 40,
+        faults_until_ms: 40_000,
+        deadline_ms: 70_000,
+        broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.record.bytes.between.snapshots", "256")],
+    },
 ];
 
 /// Look a scenario up by name.
