@@ -1,6 +1,26 @@
 //! `server.properties`: Kafka's broker keys mapped onto runnel's configuration. Unknown keys are
-//! warned about, never silently accepted; keys runnel reads but does not act on yet (the quorum
-//! keys of a single node) are reported as such.
+//! warned about, never silently accepted.
+//!
+//! # Process roles and listeners
+//! `process.roles` is `broker,controller` (a combined node, the default), `controller` (a
+//! controller-only node: a quorum voter that serves no clients and never appears in Metadata) or
+//! `broker` (a broker-only node, which finds the controllers through `controller.quorum.voters`).
+//! Node ids are unique across controllers and brokers, so a controller's id is in the voters and
+//! a broker-only node's is not.
+//!
+//! Every node of a cluster listens on one *node-to-node* address, where runnel's own framed
+//! protocol (`src/transport.rs`) carries Raft, broker ↔ controller RPCs and replication:
+//! - on a voter (combined or controller-only) it is the controller listener, the entry of
+//!   `listeners` named in `controller.listener.names` (default `CONTROLLER`), whose address the
+//!   other nodes know from `controller.quorum.voters`;
+//! - on a broker-only node it is the listener named by `inter.broker.listener.name` (e.g.
+//!   `REPLICATION://127.0.0.1:9094`). It speaks runnel's node protocol, not Kafka's, so it is a
+//!   listener of its own, never the one clients use. The broker registers its address (the
+//!   `advertised.listeners` entry of that name if there is one) with the controller, and every
+//!   other node learns it from the metadata.
+//!
+//! The Kafka client listener is the first other entry of `listeners`; a controller-only node has
+//! none.
 
 use anyhow::{bail, Context};
 use runnel_actors::broker::config::{broker_key_to_topic, validate_topic_config, BrokerConfig};
@@ -9,24 +29,65 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Which actors a node runs (`process.roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessRoles {
+    /// Runs the broker: serves clients, hosts partitions.
+    pub broker: bool,
+    /// Runs a controller: a voter of the metadata quorum.
+    pub controller: bool,
+}
+
+impl ProcessRoles {
+    /// `broker,controller`.
+    pub const COMBINED: ProcessRoles = ProcessRoles { broker: true, controller: true };
+
+    fn parse(value: &str) -> anyhow::Result<ProcessRoles> {
+        let mut roles = ProcessRoles { broker: false, controller: false };
+        for role in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "broker" => roles.broker = true,
+                "controller" => roles.controller = true,
+                other => bail!("process.roles={value}: unknown role {other:?}; the roles are broker and controller"),
+            }
+        }
+        if !roles.broker && !roles.controller {
+            bail!("process.roles is empty; use broker, controller or broker,controller");
+        }
+        Ok(roles)
+    }
+}
+
+impl std::fmt::Display for ProcessRoles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.broker, self.controller) {
+            (true, true) => write!(f, "broker,controller"),
+            (true, false) => write!(f, "broker"),
+            _ => write!(f, "controller"),
+        }
+    }
+}
+
 /// Everything needed to run one node.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The broker actor's configuration.
+    /// The broker actor's configuration (also holds `node.id` on a controller-only node).
     pub broker: BrokerConfig,
-    /// Address the Kafka listener binds.
-    pub listener: SocketAddr,
+    /// Address the Kafka listener binds; `None` on a controller-only node.
+    pub listener: Option<SocketAddr>,
     /// `log.dirs`: the data directory.
     pub data_dir: PathBuf,
     /// `socket.request.max.bytes`.
     pub max_request_bytes: usize,
-    /// `process.roles` contains `controller`: this node is a voter of the metadata quorum.
-    pub controller_role: bool,
+    /// `process.roles`.
+    pub roles: ProcessRoles,
     /// The controller's settings.
     pub controller: ControllerConfig,
-    /// The other nodes' node-to-node addresses (from `controller.quorum.voters`).
+    /// The other quorum voters' node-to-node addresses (from `controller.quorum.voters`). The
+    /// node-to-node addresses of broker-only nodes are learned from the metadata at run time.
     pub peers: BTreeMap<i32, String>,
-    /// Where this node listens for other nodes (the `CONTROLLER` listener).
+    /// Where this node listens for other nodes: the controller listener on a voter, the
+    /// `inter.broker.listener.name` listener on a broker-only node. `None`: a single node.
     pub peer_listener: Option<SocketAddr>,
 }
 
@@ -34,10 +95,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             broker: BrokerConfig::default(),
-            listener: "127.0.0.1:9092".parse().expect("literal address"),
+            listener: Some("127.0.0.1:9092".parse().expect("literal address")),
             data_dir: PathBuf::from("./runnel-data"),
             max_request_bytes: 100 * 1024 * 1024,
-            controller_role: true,
+            roles: ProcessRoles::COMBINED,
             controller: ControllerConfig::default(),
             peers: BTreeMap::new(),
             peer_listener: None,
@@ -45,22 +106,17 @@ impl Default for ServerConfig {
     }
 }
 
-fn parse_listener(value: &str) -> anyhow::Result<SocketAddr> {
-    let first = value.split(',').next().unwrap_or("").trim();
-    parse_addr(first)
-}
-
-/// `NAME://host:port` entries of a listener list, by name.
-fn named_listeners(value: &str) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let name = l.split_once("://").map(|(n, _)| n.to_string()).unwrap_or_else(|| "PLAINTEXT".into());
-            Ok((name, parse_addr(l)?))
-        })
-        .collect()
+/// `NAME://host:port` entries of a listener list, in order; a bare `host:port` is `PLAINTEXT`.
+fn named_listeners(key: &str, value: &str) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    let mut out: Vec<(String, SocketAddr)> = Vec::new();
+    for l in value.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        let name = l.split_once("://").map(|(n, _)| n.to_string()).unwrap_or_else(|| "PLAINTEXT".into());
+        if out.iter().any(|(n, _)| *n == name) {
+            bail!("{key}: listener name {name} appears twice");
+        }
+        out.push((name, parse_addr(l)?));
+    }
+    Ok(out)
 }
 
 fn parse_addr(first: &str) -> anyhow::Result<SocketAddr> {
@@ -70,13 +126,97 @@ fn parse_addr(first: &str) -> anyhow::Result<SocketAddr> {
     addr.parse().with_context(|| format!("listener {first:?} is not host:port"))
 }
 
+/// The listeners and keys that decide where a node listens, as read from the file.
+struct ListenerKeys {
+    listeners: Option<Vec<(String, SocketAddr)>>,
+    advertised: Option<Vec<(String, SocketAddr)>>,
+    controller_names: Vec<String>,
+    inter_broker: Option<String>,
+}
+
+/// Where a node listens, once its roles are known.
+struct Listening {
+    kafka: Option<SocketAddr>,
+    node: Option<(String, SocketAddr)>,
+}
+
+impl ListenerKeys {
+    fn is_controller(&self, name: &str) -> bool {
+        self.controller_names.iter().any(|n| n == name)
+    }
+
+    /// Choose the Kafka listener and the node-to-node listener for `roles` (see the module
+    /// documentation), with an error a user can act on for every inconsistent combination.
+    fn resolve(&self, roles: ProcessRoles) -> anyhow::Result<Listening> {
+        // Without `listeners`, a broker listens on Kafka's default address; a controller has none.
+        let default = if roles.broker { vec![("PLAINTEXT".to_string(), ServerConfig::default().listener.expect("a default listener"))] } else { Vec::new() };
+        let list = self.listeners.as_ref().unwrap_or(&default);
+        let controller = list.iter().find(|(n, _)| self.is_controller(n)).cloned();
+        let names = self.controller_names.join(",");
+        match (roles.broker, roles.controller) {
+            (false, true) => {
+                if let Some((name, addr)) = list.iter().find(|(n, _)| !self.is_controller(n)) {
+                    bail!(
+                        "process.roles=controller: listener {name}://{addr} is not named in controller.listener.names ({names}); a controller-only node serves no clients, so listeners holds only its controller listener"
+                    );
+                }
+                if self.inter_broker.is_some() {
+                    tracing::warn!("inter.broker.listener.name is ignored on a controller-only node");
+                }
+                let node = controller.ok_or_else(|| {
+                    anyhow::anyhow!("process.roles=controller needs a controller listener in listeners, e.g. listeners=CONTROLLER://127.0.0.1:9093")
+                })?;
+                Ok(Listening { kafka: None, node: Some(node) })
+            }
+            (true, false) => {
+                if let Some((name, addr)) = &controller {
+                    bail!("process.roles=broker: listener {name}://{addr} is a controller listener (controller.listener.names={names}), but a broker-only node runs no controller; remove it from listeners");
+                }
+                let Some(inter) = &self.inter_broker else {
+                    bail!(
+                        "process.roles=broker needs a listener for node-to-node traffic (replication and controller requests): add one to listeners, e.g. REPLICATION://127.0.0.1:9094, and set inter.broker.listener.name=REPLICATION"
+                    );
+                };
+                let node = list
+                    .iter()
+                    .find(|(n, _)| n == inter)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("inter.broker.listener.name={inter} names no entry of listeners"))?;
+                let kafka = list.iter().find(|(n, _)| n != inter).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "inter.broker.listener.name={inter} is the only listener: runnel's brokers replicate over their own node-to-node protocol, not Kafka's, so that listener cannot also serve clients; add a client listener such as PLAINTEXT://127.0.0.1:9092 and give node-to-node traffic a listener of its own"
+                    )
+                })?;
+                Ok(Listening { kafka: Some(kafka.1), node: Some(node) })
+            }
+            _ => {
+                let clients: Vec<&(String, SocketAddr)> = list.iter().filter(|(n, _)| !self.is_controller(n)).collect();
+                let kafka = clients.first().ok_or_else(|| anyhow::anyhow!("listeners has no Kafka (non-controller) listener"))?;
+                if let Some(inter) = self.inter_broker.as_ref().filter(|n| !self.is_controller(n)) {
+                    if clients.len() > 1 && clients.iter().any(|(n, _)| n == inter) {
+                        bail!(
+                            "process.roles=broker,controller: a combined node carries all node-to-node traffic, replication included, on its controller listener, so listener {inter} named by inter.broker.listener.name would never be used; remove it from listeners (or run separate broker and controller nodes)"
+                        );
+                    }
+                    tracing::warn!("inter.broker.listener.name={inter} ignored: a combined node replicates over its controller listener");
+                }
+                Ok(Listening { kafka: Some(kafka.1), node: controller })
+            }
+        }
+    }
+
+    /// The address other parties should use for listener `name`: its `advertised.listeners`
+    /// entry if there is one.
+    fn advertised(&self, name: &str, bound: SocketAddr) -> SocketAddr {
+        self.advertised.as_ref().and_then(|a| a.iter().find(|(n, _)| n == name)).map(|(_, a)| *a).unwrap_or(bound)
+    }
+}
+
 impl ServerConfig {
     /// Parse the text of a `server.properties` file.
     pub fn parse(text: &str) -> anyhow::Result<ServerConfig> {
         let mut c = ServerConfig::default();
-        let mut advertised = None;
-        let mut listeners = None;
-        let mut controller_names = vec!["CONTROLLER".to_string()];
+        let mut keys = ListenerKeys { listeners: None, advertised: None, controller_names: vec!["CONTROLLER".to_string()], inter_broker: None };
         let mut voters: BTreeMap<i32, String> = BTreeMap::new();
         let mut roles = "broker,controller".to_string();
         for (n, raw) in text.lines().enumerate() {
@@ -91,8 +231,8 @@ impl ServerConfig {
             let bad = |what: &str| anyhow::anyhow!("line {}: {key}={value}: {what}", n + 1);
             match key {
                 "node.id" | "broker.id" => c.broker.node_id = value.parse().map_err(|_| bad("not an integer"))?,
-                "listeners" => listeners = Some(named_listeners(value)?),
-                "advertised.listeners" => advertised = Some(parse_listener(value)?),
+                "listeners" => keys.listeners = Some(named_listeners(key, value).map_err(|e| bad(&e.to_string()))?),
+                "advertised.listeners" => keys.advertised = Some(named_listeners(key, value).map_err(|e| bad(&e.to_string()))?),
                 "log.dirs" | "log.dir" => c.data_dir = PathBuf::from(value.split(',').next().unwrap_or(value)),
                 "num.partitions" => c.broker.num_partitions = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?,
                 "default.replication.factor" => {
@@ -104,13 +244,16 @@ impl ServerConfig {
                 "broker.rack" => c.broker.rack = Some(value.to_string()),
                 "cluster.id" => c.broker.cluster_id = value.to_string(),
                 "process.roles" => roles = value.to_string(),
-                "controller.listener.names" => controller_names = value.split(',').map(|s| s.trim().to_string()).collect(),
+                "controller.listener.names" => keys.controller_names = value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                "inter.broker.listener.name" => keys.inter_broker = Some(value.to_string()).filter(|v| !v.is_empty()),
                 "controller.quorum.voters" => {
                     for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
                         let (id, addr) = v.split_once('@').ok_or_else(|| bad("expected id@host:port entries"))?;
                         let id: i32 = id.parse().map_err(|_| bad("voter ids must be integers"))?;
                         parse_addr(addr).map_err(|_| bad("voter address is not host:port"))?;
-                        voters.insert(id, addr.to_string());
+                        if voters.insert(id, addr.to_string()).is_some() {
+                            return Err(bad(&format!("voter {id} is listed twice")));
+                        }
                     }
                 }
                 "controller.quorum.election.timeout.ms" => {
@@ -131,7 +274,7 @@ impl ServerConfig {
                 "replica.fetch.wait.max.ms" => {
                     c.broker.replica_fetch_wait_max_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
                 }
-                "inter.broker.listener.name" | "listener.security.protocol.map" => {
+                "listener.security.protocol.map" | "security.inter.broker.protocol" => {
                     if value.contains("SSL") || value.contains("SASL") {
                         tracing::warn!("{key}={value}: only PLAINTEXT listeners are supported");
                     }
@@ -145,34 +288,73 @@ impl ServerConfig {
                 },
             }
         }
-        if let Some(list) = listeners {
-            let kafka =
-                list.iter().find(|(n, _)| !controller_names.contains(n)).ok_or_else(|| anyhow::anyhow!("listeners has no Kafka (non-controller) listener"))?;
-            c.listener = kafka.1;
-            c.peer_listener = list.iter().find(|(n, _)| controller_names.contains(n)).map(|(_, a)| *a);
-        }
         if let Some(v) = c.broker.topic_defaults.get("unclean.leader.election.enable") {
             c.controller.unclean_leader_election = v == "true";
         }
         let node = c.broker.node_id;
+        if node < 0 {
+            bail!("node.id={node}: node ids are non-negative integers");
+        }
         c.controller.node_id = node;
-        c.controller_role = roles.split(',').any(|r| r.trim() == "controller");
-        if !roles.split(',').any(|r| r.trim() == "broker") {
-            bail!("process.roles={roles}: a controller-only node is not supported yet; use broker,controller");
+        c.roles = ProcessRoles::parse(&roles)?;
+        let listening = keys.resolve(c.roles)?;
+        c.peer_listener = listening.node.as_ref().map(|(_, a)| *a);
+        if c.roles.controller {
+            if voters.is_empty() {
+                // A quorum of one: this node.
+                voters.insert(node, c.peer_listener.map(|a| a.to_string()).unwrap_or_default());
+            }
+            if !voters.contains_key(&node) {
+                bail!("process.roles={} includes controller but node.id {node} is not in controller.quorum.voters", c.roles);
+            }
+            if voters.len() > 1 && c.peer_listener.is_none() {
+                bail!("a multi-node quorum needs a controller listener in listeners (e.g. CONTROLLER://127.0.0.1:9093) for node-to-node traffic");
+            }
+        } else {
+            if voters.is_empty() {
+                bail!("process.roles=broker needs controller.quorum.voters: the controllers this broker registers with");
+            }
+            if voters.contains_key(&node) {
+                bail!(
+                    "process.roles=broker, but node.id {node} is in controller.quorum.voters: node ids are unique across controllers and brokers, so give this broker an id no voter has (or make it broker,controller)"
+                );
+            }
         }
-        if voters.is_empty() {
-            voters.insert(node, c.peer_listener.map(|a| a.to_string()).unwrap_or_default());
-        }
-        if c.controller_role && !voters.contains_key(&node) {
-            bail!("process.roles includes controller but node.id {node} is not in controller.quorum.voters");
-        }
+        // The node-to-node address this node registers as a broker: on a voter, the address the
+        // other nodes have for it in the voters; on a broker-only node, its inter-broker listener.
+        c.broker.peer_address = match (&listening.node, c.roles.controller) {
+            (_, true) => voters.get(&node).cloned().unwrap_or_default(),
+            (Some((name, bound)), false) => {
+                let addr = keys.advertised(name, *bound);
+                if addr.ip().is_unspecified() {
+                    bail!(
+                        "listener {name}://{addr} has no address other nodes can dial: give one in advertised.listeners, e.g. {name}://10.0.0.5:{}",
+                        addr.port()
+                    );
+                }
+                addr.to_string()
+            }
+            (None, false) => unreachable!("a broker-only node always has a node-to-node listener"),
+        };
         c.controller.voters = voters.keys().copied().collect();
         c.broker.voters = c.controller.voters.clone();
         c.peers = voters.into_iter().filter(|(id, _)| *id != node).collect();
-        c.broker.peer_address = c.peer_listener.map(|a| a.to_string()).unwrap_or_default();
-        let adv = advertised.unwrap_or(c.listener);
-        c.broker.advertised_host = adv.ip().to_string();
-        c.broker.advertised_port = adv.port() as i32;
+        c.listener = listening.kafka;
+        if let Some(kafka) = c.listener {
+            let name = keys.listeners.as_ref().and_then(|l| l.iter().find(|(_, a)| *a == kafka)).map(|(n, _)| n.clone()).unwrap_or_else(|| "PLAINTEXT".into());
+            // The advertised entry of the client listener's name, else the first advertised
+            // entry that is no node-to-node listener, else the listener itself.
+            let adv = keys
+                .advertised
+                .as_ref()
+                .and_then(|a| {
+                    a.iter().find(|(n, _)| *n == name).or_else(|| a.iter().find(|(n, _)| !keys.is_controller(n) && Some(n) != keys.inter_broker.as_ref()))
+                })
+                .map(|(_, a)| *a)
+                .unwrap_or(kafka);
+            c.broker.advertised_host = adv.ip().to_string();
+            c.broker.advertised_port = adv.port() as i32;
+        }
         Ok(c)
     }
 }
@@ -187,7 +369,7 @@ mod tests {
         let c = ServerConfig::parse("node.id=3\nlisteners=PLAINTEXT://127.0.0.1:19092\nlog.dirs=/tmp/x\nlog.retention.hours=1\nnum.partitions=4\nfoo.bar=1\n")
             .unwrap();
         assert_eq!(c.broker.node_id, 3);
-        assert_eq!(c.listener.port(), 19092);
+        assert_eq!(c.listener.map(|a| a.port()), Some(19092));
         assert_eq!(c.broker.advertised_port, 19092);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.broker.num_partitions, 4);
@@ -198,5 +380,101 @@ mod tests {
         assert!(ServerConfig::parse("metadata.log.max.record.bytes.between.snapshots=0").is_err());
         assert!(ServerConfig::parse("num.partitions=0").is_err());
         assert!(ServerConfig::parse("log.segment.bytes=abc").is_err());
+    }
+
+    const VOTERS: &str = "controller.quorum.voters=1@127.0.0.1:19091,2@127.0.0.1:19092,3@127.0.0.1:19093\ncontroller.listener.names=CONTROLLER\n";
+
+    fn parse_err(text: &str) -> String {
+        format!("{:#}", ServerConfig::parse(text).expect_err("the configuration is refused"))
+    }
+
+    /// A controller-only node: a voter with its controller listener as the node-to-node address
+    /// and no Kafka listener.
+    #[test]
+    fn controller_only_node() {
+        let c = ServerConfig::parse(&format!("node.id=2\nprocess.roles=controller\nlisteners=CONTROLLER://127.0.0.1:19092\n{VOTERS}")).unwrap();
+        assert_eq!(c.roles, ProcessRoles { broker: false, controller: true });
+        assert_eq!(c.listener, None);
+        assert_eq!(c.peer_listener, Some("127.0.0.1:19092".parse().unwrap()));
+        assert_eq!(c.controller.node_id, 2);
+        assert_eq!(c.controller.voters, vec![1, 2, 3]);
+        assert_eq!(c.peers.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    /// A broker-only node: the inter-broker listener is its node-to-node address (advertised if
+    /// given), the other listener serves clients, every voter is a peer.
+    #[test]
+    fn broker_only_node() {
+        let text = format!(
+            "node.id=4\nprocess.roles=broker\nlisteners=REPLICATION://0.0.0.0:19094,PLAINTEXT://127.0.0.1:9094\ninter.broker.listener.name=REPLICATION\n\
+             advertised.listeners=PLAINTEXT://127.0.0.2:9094,REPLICATION://127.0.0.3:19094\n{VOTERS}"
+        );
+        let c = ServerConfig::parse(&text).unwrap();
+        assert_eq!(c.roles, ProcessRoles { broker: true, controller: false });
+        assert_eq!(c.listener, Some("127.0.0.1:9094".parse().unwrap()));
+        assert_eq!(c.peer_listener, Some("0.0.0.0:19094".parse().unwrap()));
+        assert_eq!(c.broker.peer_address, "127.0.0.3:19094");
+        assert_eq!((c.broker.advertised_host.as_str(), c.broker.advertised_port), ("127.0.0.2", 9094));
+        assert_eq!(c.broker.voters, vec![1, 2, 3]);
+        assert_eq!(c.peers.len(), 3);
+    }
+
+    /// Combined nodes keep working as before, and a Kafka-style `inter.broker.listener.name`
+    /// naming the client listener is tolerated.
+    #[test]
+    fn combined_node() {
+        let text = format!("node.id=1\nlisteners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:19091\ninter.broker.listener.name=PLAINTEXT\n{VOTERS}");
+        let c = ServerConfig::parse(&text).unwrap();
+        assert_eq!(c.roles, ProcessRoles::COMBINED);
+        assert_eq!(c.listener, Some("127.0.0.1:9092".parse().unwrap()));
+        assert_eq!(c.peer_listener, Some("127.0.0.1:19091".parse().unwrap()));
+        assert_eq!(c.broker.peer_address, "127.0.0.1:19091", "the address the voters list");
+        let single = ServerConfig::parse("node.id=1\n").unwrap();
+        assert_eq!((single.controller.voters.clone(), single.peer_listener), (vec![1], None));
+    }
+
+    /// Every inconsistent role, id or listener combination is refused with a message that
+    /// names the problem.
+    #[test]
+    fn role_errors_are_explained() {
+        let broker = "process.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:9094,REPLICATION://127.0.0.1:19094\ninter.broker.listener.name=REPLICATION\n";
+        let cases: Vec<(String, &str)> = vec![
+            ("process.roles=zookeeper\n".into(), "unknown role"),
+            ("process.roles=\n".into(), "process.roles is empty"),
+            (format!("node.id=4\nprocess.roles=controller\nlisteners=CONTROLLER://127.0.0.1:19094\n{VOTERS}"), "is not in controller.quorum.voters"),
+            (format!("node.id=1\nprocess.roles=controller\nlisteners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:19091\n{VOTERS}"), "serves no clients"),
+            (format!("node.id=1\nprocess.roles=controller\n{VOTERS}"), "needs a controller listener"),
+            (format!("node.id=2\n{broker}{VOTERS}"), "node ids are unique across controllers and brokers"),
+            (format!("node.id=4\n{broker}"), "needs controller.quorum.voters"),
+            (format!("node.id=4\nprocess.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:9094\n{VOTERS}"), "inter.broker.listener.name=REPLICATION"),
+            (
+                format!("node.id=4\nprocess.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:9094\ninter.broker.listener.name=PLAINTEXT\n{VOTERS}"),
+                "cannot also serve clients",
+            ),
+            (
+                format!("node.id=4\nprocess.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:9094\ninter.broker.listener.name=INTERNAL\n{VOTERS}"),
+                "names no entry of listeners",
+            ),
+            (
+                format!("node.id=4\nprocess.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:9094,REPLICATION://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095\ninter.broker.listener.name=REPLICATION\n{VOTERS}"),
+                "a broker-only node runs no controller",
+            ),
+            (
+                format!("node.id=4\nprocess.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:9094,REPLICATION://0.0.0.0:19094\ninter.broker.listener.name=REPLICATION\n{VOTERS}"),
+                "advertised.listeners",
+            ),
+            (
+                format!("node.id=1\nlisteners=PLAINTEXT://127.0.0.1:9092,REPLICATION://127.0.0.1:19094,CONTROLLER://127.0.0.1:19091\ninter.broker.listener.name=REPLICATION\n{VOTERS}"),
+                "combined node carries all node-to-node traffic",
+            ),
+            (format!("node.id=1\nlisteners=PLAINTEXT://127.0.0.1:9092\n{VOTERS}"), "multi-node quorum needs a controller listener"),
+            ("controller.quorum.voters=1@127.0.0.1:1,1@127.0.0.1:2\n".into(), "listed twice"),
+            ("listeners=PLAINTEXT://127.0.0.1:1,PLAINTEXT://127.0.0.1:2\n".into(), "appears twice"),
+            ("node.id=-1\n".into(), "non-negative"),
+        ];
+        for (text, want) in cases {
+            let got = parse_err(&text);
+            assert!(got.contains(want), "config {text:?}\nwanted an error containing {want:?}, got: {got}");
+        }
     }
 }

@@ -35,18 +35,25 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Start a local N-node cluster (combined broker+controller nodes) for trying things out.
+    /// Start a local cluster for trying things out: N combined broker+controller nodes (default
+    /// 3), or separate controller-only and broker-only nodes.
     DevCluster {
-        /// Number of nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
+        /// Number of combined broker+controller nodes.
+        #[arg(long, conflicts_with_all = ["controllers", "brokers"])]
+        nodes: Option<usize>,
+        /// Number of controller-only nodes (with --brokers).
+        #[arg(long, requires = "brokers")]
+        controllers: Option<usize>,
+        /// Number of broker-only nodes (with --controllers).
+        #[arg(long, requires = "controllers")]
+        brokers: Option<usize>,
         /// Where configs and data go.
         #[arg(long, default_value = "./runnel-dev-cluster")]
         dir: PathBuf,
-        /// Kafka port of node 1 (node i listens on port + i - 1).
+        /// Kafka port of the first broker (the next broker listens on the next port).
         #[arg(long, default_value_t = 9092)]
         kafka_port: u16,
-        /// Node-to-node port of node 1.
+        /// Node-to-node port of node 1 (node i listens on port + i - 1).
         #[arg(long, default_value_t = 19092)]
         peer_port: u16,
     },
@@ -220,6 +227,16 @@ enum TopicAction {
     },
 }
 
+/// Log timestamps in simulated time, so a seed's log lines up with its history and faults.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let us = runnel_sim::world::sim_now_us();
+        write!(w, "[{}.{:03} ms]", us / 1000, us % 1000)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Sim { action } = cli.command {
@@ -227,6 +244,8 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")))
             .with_writer(std::io::stderr)
+            .with_timer(SimTime)
+            .with_ansi(false)
             .init();
         let ok = match action {
             SimAction::Run { seed, what, check_determinism, report } => {
@@ -254,16 +273,23 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Standalone { data_dir, listen } => {
-                let mut config = ServerConfig { data_dir, listener: listen.parse()?, ..Default::default() };
-                config.broker.advertised_host = config.listener.ip().to_string();
-                config.broker.advertised_port = config.listener.port() as i32;
+                let listen: std::net::SocketAddr = listen.parse()?;
+                let mut config = ServerConfig { data_dir, listener: Some(listen), ..Default::default() };
+                config.broker.advertised_host = listen.ip().to_string();
+                config.broker.advertised_port = listen.port() as i32;
                 runnel::server::run(config).await
             }
             Command::Server { config } => {
                 let text = std::fs::read_to_string(&config).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
                 runnel::server::run(ServerConfig::parse(&text)?).await
             }
-            Command::DevCluster { nodes, dir, kafka_port, peer_port } => runnel::dev_cluster::run(nodes, dir, kafka_port, peer_port).await,
+            Command::DevCluster { nodes, controllers, brokers, dir, kafka_port, peer_port } => {
+                let layout = match (controllers, brokers) {
+                    (Some(controllers), Some(brokers)) => runnel::dev_cluster::Layout::Separate { controllers, brokers },
+                    _ => runnel::dev_cluster::Layout::Combined { nodes: nodes.unwrap_or(3) },
+                };
+                runnel::dev_cluster::run(layout, dir, kafka_port, peer_port).await
+            }
             Command::Topic { action, bootstrap_server: b } => match action {
                 TopicAction::Create { name, partitions, replication_factor, configs } => {
                     runnel::cli::topic_create(&b, &name, partitions, replication_factor, &configs).await

@@ -4,6 +4,11 @@
 //! message for it. Each ordered pair of nodes therefore has its own connection: the dialer only
 //! writes, the acceptor only reads, so a pair of nodes that talk both ways has two connections.
 //!
+//! Peers are known by node id. Those given to [`Transport::start`] are the quorum voters of the
+//! configuration; others (broker-only nodes) are added, or moved to a new address, with
+//! [`Transport::add_peer`] as registrations are learned. A peer that moves is redialed at its new
+//! address at once: a connection to the old one is dropped, and a backoff wait is cut short.
+//!
 //! # Wire format
 //! A connection starts with a 16-byte hello from the dialer:
 //! `[b"RNLT"][u32 BE version = 1][i32 BE dialing node id][i32 BE node id it meant to reach]`.
@@ -140,11 +145,21 @@ struct Shared<M> {
     next_conn: AtomicU64,
 }
 
+/// One peer's outbound side, as the handle sees it.
+struct Peer {
+    queue: mpsc::Sender<Vec<u8>>,
+    /// Where its connection task dials; a change makes the task redial.
+    address: watch::Sender<String>,
+}
+
 struct Inner<M> {
     me: i32,
     local_addr: SocketAddr,
-    queues: BTreeMap<i32, mpsc::Sender<Vec<u8>>>,
+    /// std Mutex: never held across an await, only to look a peer up or add one.
+    peers: Mutex<BTreeMap<i32, Peer>>,
     shared: Arc<Shared<M>>,
+    /// For the connection tasks of peers added later.
+    shutdown: watch::Receiver<()>,
     /// Dropped with the last handle: every task watches it and stops.
     _shutdown: watch::Sender<()>,
     _msg: PhantomData<fn(M)>,
@@ -225,18 +240,47 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
             inbound: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
         });
-        let mut queues = BTreeMap::new();
+        let mut map = BTreeMap::new();
         for (peer, addr) in peers {
             if peer == me {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-            queues.insert(peer, tx);
-            spawn_until_stopped(&shutdown, outbound(shared.clone(), peer, addr, rx));
+            map.insert(peer, spawn_peer(&shared, &shutdown, peer, addr));
         }
         spawn_until_stopped(&shutdown, accept_loop(listener, shared.clone(), shutdown.clone()));
         tracing::debug!(me, %local_addr, "transport listening");
-        Ok(Transport { inner: Arc::new(Inner { me, local_addr, queues, shared, _shutdown: shutdown_tx, _msg: PhantomData }) })
+        let inner = Inner { me, local_addr, peers: Mutex::new(map), shared, shutdown, _shutdown: shutdown_tx, _msg: PhantomData };
+        Ok(Transport { inner: Arc::new(inner) })
+    }
+
+    /// Reach `node` at `address` (`host:port`) from now on: a new peer gets its own queue and
+    /// connection task; a known peer at another address is redialed there (frames already
+    /// queued go to the new address). Returns false if nothing changed (same address, or `node`
+    /// is this node).
+    pub fn add_peer(&self, node: i32, address: String) -> bool {
+        let inner = &*self.inner;
+        if node == inner.me {
+            return false;
+        }
+        let mut peers = inner.peers.lock().expect("peers lock");
+        match peers.get(&node) {
+            Some(p) if *p.address.borrow() == address => false,
+            Some(p) => {
+                tracing::info!(me = inner.me, peer = node, %address, "transport: peer moved");
+                p.address.send_replace(address);
+                true
+            }
+            None => {
+                tracing::debug!(me = inner.me, peer = node, %address, "transport: new peer");
+                peers.insert(node, spawn_peer(&inner.shared, &inner.shutdown, node, address));
+                true
+            }
+        }
+    }
+
+    /// The address `node` is dialed at, if it is a peer.
+    pub fn peer_address(&self, node: i32) -> Option<String> {
+        self.inner.peers.lock().expect("peers lock").get(&node).map(|p| p.address.borrow().clone())
     }
 
     /// The address the transport listens on (useful when started on port 0).
@@ -249,7 +293,7 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
     pub fn send(&self, from: Addr, to: Addr, msg: M) -> bool {
         let inner = &*self.inner;
         let counters = &inner.shared.counters;
-        let Some(queue) = inner.queues.get(&to.node) else {
+        let Some(queue) = inner.peers.lock().expect("peers lock").get(&to.node).map(|p| p.queue.clone()) else {
             Counters::add(&counters.dropped, 1);
             return false;
         };
@@ -304,8 +348,28 @@ fn backoff(config: &TransportConfig, failures: u32, seed: u64) -> Duration {
     Duration::from_millis(exp - half + mix(seed) % (half + 1))
 }
 
-/// One peer's outbound side: dial on demand, write queued frames in batches, redial on failure.
-async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Start the queue and connection task of `peer`.
+fn spawn_peer<M>(shared: &Arc<Shared<M>>, shutdown: &watch::Receiver<()>, peer: i32, address: String) -> Peer
+where
+    M: Send + 'static,
+{
+    let (queue, rx) = mpsc::channel(shared.config.queue_capacity.max(1));
+    let (address, address_rx) = watch::channel(address);
+    spawn_until_stopped(shutdown, outbound(shared.clone(), peer, address_rx, rx));
+    Peer { queue, address }
+}
+
+/// Resolves when the peer's address changes (never once the handle is gone: the task is being
+/// stopped then anyway).
+async fn moved(address: &mut watch::Receiver<String>) {
+    if address.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One peer's outbound side: dial on demand, write queued frames in batches, redial on failure
+/// or when the peer moves to another address.
+async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, mut address: watch::Receiver<String>, mut rx: mpsc::Receiver<Vec<u8>>) {
     let config = &shared.config;
     let me = shared.me;
     let mut batch: Vec<Vec<u8>> = Vec::new();
@@ -322,8 +386,13 @@ async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, addr: String, mut rx: mp
         }
         if failures > 0 {
             jitter_seed = mix(jitter_seed);
-            tokio::time::sleep(backoff(config, failures, jitter_seed)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(config, failures, jitter_seed)) => {}
+                // A new address is worth trying at once.
+                _ = moved(&mut address) => failures = 0,
+            }
         }
+        let addr = address.borrow_and_update().clone();
         let stream = match tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), TcpStream::connect(addr.as_str())).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -349,12 +418,13 @@ async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, addr: String, mut rx: mp
         // madsim's simulated stream has no owned halves; the generic split works for both.
         #[cfg(madsim)]
         let (reader, writer) = tokio::io::split(stream);
-        let reason = write_connection(&shared, peer, reader, writer, &mut batch, &mut rx).await;
+        let reason = write_connection(&shared, peer, reader, writer, &mut batch, &mut rx, &mut address).await;
         let Some(reason) = reason else { return };
         tracing::warn!(me, peer, %addr, "transport: connection lost: {reason}");
         // A connection that dies young counts as a failure, so a peer that accepts and closes at
-        // once is redialed with backoff; one that lived long is redialed at once.
-        if started.elapsed() >= Duration::from_millis(config.reconnect_backoff_max_ms) {
+        // once is redialed with backoff; one that lived long, or a peer that moved, is redialed
+        // at once.
+        if started.elapsed() >= Duration::from_millis(config.reconnect_backoff_max_ms) || *address.borrow() != addr {
             failures = 0;
         } else {
             failures += 1;
@@ -371,6 +441,7 @@ async fn write_connection<M, R, W>(
     writer: W,
     batch: &mut Vec<Vec<u8>>,
     rx: &mut mpsc::Receiver<Vec<u8>>,
+    address: &mut watch::Receiver<String>,
 ) -> Option<String>
 where
     R: AsyncRead + Unpin,
@@ -429,6 +500,8 @@ where
                     Err(e) => format!("read failed: {e}"),
                 });
             }
+            // The node registered another address: it is another process now.
+            _ = moved(address) => return Some(format!("peer moved to {}", *address.borrow())),
         }
     }
 }
@@ -611,6 +684,64 @@ mod tests {
         // Only this node's actors send through it.
         assert!(!a.send(addr(2, 0), addr(2, 1), 1));
         assert_eq!(a.stats().dropped, 3);
+    }
+
+    /// A node not given at start is unknown (its messages are dropped) until `add_peer` names
+    /// its address; then it is dialed like any other peer, and it can answer back once it knows
+    /// the sender's address too.
+    #[tokio::test]
+    async fn added_peer_is_reached() {
+        let (pa, pb) = (free_port(), free_port());
+        let (a, mut a_rx) = start(1, pa, BTreeMap::new(), TransportConfig::default()).await;
+        let (b, mut b_rx) = start(4, pb, BTreeMap::new(), TransportConfig::default()).await;
+        assert!(!a.send(addr(1, 1), addr(4, 0), 1), "unknown yet");
+        assert_eq!(a.peer_address(4), None);
+        assert!(a.add_peer(4, format!("127.0.0.1:{pb}")));
+        assert!(!a.add_peer(4, format!("127.0.0.1:{pb}")), "same address: nothing changes");
+        assert!(!a.add_peer(1, "127.0.0.1:1".into()), "never itself");
+        assert!(a.send(addr(1, 1), addr(4, 0), 2));
+        assert_eq!(recv(&mut b_rx).await, (addr(1, 1), addr(4, 0), 2));
+        assert!(b.add_peer(1, format!("127.0.0.1:{pa}")));
+        assert!(b.send(addr(4, 0), addr(1, 1), 3));
+        assert_eq!(recv(&mut a_rx).await, (addr(4, 0), addr(1, 1), 3));
+        assert_eq!(a.stats().dropped, 1);
+    }
+
+    /// When a peer moves (a restarted broker registers another address), the next messages go
+    /// to the new address even though the connection to the old one is still open.
+    #[tokio::test]
+    async fn moved_peer_is_redialed() {
+        let (pa, old_port, new_port) = (free_port(), free_port(), free_port());
+        let (a, _a_rx) = start(1, pa, peers(&[(2, old_port)]), TransportConfig::default()).await;
+        let (_old, mut old_rx) = start(2, old_port, BTreeMap::new(), TransportConfig::default()).await;
+        let (_new, mut new_rx) = start(2, new_port, BTreeMap::new(), TransportConfig::default()).await;
+        assert!(a.send(addr(1, 0), addr(2, 0), 1));
+        assert_eq!(recv(&mut old_rx).await.2, 1);
+        assert!(a.add_peer(2, format!("127.0.0.1:{new_port}")));
+        assert_eq!(a.peer_address(2), Some(format!("127.0.0.1:{new_port}")));
+        // Frames queued right after the move may still have gone out on the old connection
+        // before its task saw the move; from the first frame the new process gets, all do.
+        let mut next = 2;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let first = loop {
+            assert!(a.send(addr(1, 0), addr(2, 0), next));
+            next += 1;
+            if let Ok(Some((_, _, m))) = tokio::time::timeout(Duration::from_millis(50), new_rx.recv()).await {
+                break m;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the moved peer never received anything");
+        };
+        for i in next..next + 20 {
+            assert!(a.send(addr(1, 0), addr(2, 0), i));
+        }
+        let mut got = vec![first];
+        while got.len() < (next + 20 - first) as usize {
+            got.push(recv(&mut new_rx).await.2);
+        }
+        assert_eq!(got, (first..next + 20).collect::<Vec<_>>(), "in order, nothing lost after the first");
+        while let Ok(m) = old_rx.try_recv() {
+            assert!(m.2 < first, "message {} reached the old address after the new one got {first}", m.2);
+        }
     }
 
     #[tokio::test]

@@ -77,7 +77,7 @@ async fn front_survives_kills_and_clogs() {
         .name("broker")
         .ip("10.0.0.1".parse().unwrap())
         .init(|| async {
-            let config = ServerConfig { listener: BROKER.parse().unwrap(), data_dir: "/madsim/broker".into(), ..Default::default() };
+            let config = ServerConfig { listener: Some(BROKER.parse().unwrap()), data_dir: "/madsim/broker".into(), ..Default::default() };
             if let Err(e) = runnel::server::run(config).await {
                 eprintln!("broker exited: {e:#}");
             }

@@ -232,6 +232,16 @@ impl Partition {
         }
     }
 
+    /// What a follower vouches for, as far as this leader knows: durable (fsync policy) or
+    /// written (page cache); -1 if it has not fetched.
+    pub fn follower_committable(&self, follower: i32) -> i64 {
+        match (self.followers.get(&follower), self.flush_policy) {
+            (Some(f), FlushPolicy::Fsync) => f.durable_offset,
+            (Some(f), FlushPolicy::PageCache { .. }) => f.log_end_offset,
+            (None, _) => -1,
+        }
+    }
+
     /// The ISR the high watermark must wait for: the committed one plus members being added.
     pub fn maximal_isr(&self) -> Vec<i32> {
         let mut isr = self.isr.clone();
@@ -253,15 +263,9 @@ impl Partition {
         match self.role {
             Role::Leader => {
                 for r in self.maximal_isr() {
-                    if r == self.me {
-                        continue;
+                    if r != self.me {
+                        target = target.min(self.follower_committable(r));
                     }
-                    let acked = match (self.followers.get(&r), self.flush_policy) {
-                        (Some(f), FlushPolicy::Fsync) => f.durable_offset,
-                        (Some(f), FlushPolicy::PageCache { .. }) => f.log_end_offset,
-                        (None, _) => -1,
-                    };
-                    target = target.min(acked);
                 }
                 if crate::planted!("hw-before-isr-ack") {
                     target = self.local_committable();
@@ -271,6 +275,7 @@ impl Partition {
             Role::None => {}
         }
         if target > self.high_watermark {
+            tracing::trace!(node = self.me, topic = self.topic, index = self.index, role = ?self.role, isr = ?self.maximal_isr(), from = self.high_watermark, to = target, "high watermark");
             self.high_watermark = target;
             return true;
         }
@@ -401,6 +406,15 @@ impl Partition {
             self.remember(header);
         }
         let count = info.last_offset - info.first_offset + 1;
+        tracing::trace!(
+            node = self.me,
+            topic = self.topic,
+            index = self.index,
+            epoch = self.leader_epoch,
+            first = info.first_offset,
+            last = info.last_offset,
+            "leader appended"
+        );
         self.unflushed_messages += count;
         match self.flush_policy {
             FlushPolicy::Fsync => self.flush(io, now_ms),

@@ -94,6 +94,7 @@ impl Harness {
                     Effect::CancelTimer { id } => {
                         self.timers.remove(&(actor, id));
                     }
+                    Effect::PeerAddress { .. } => {}
                     Effect::Stop if actor == 0 => self.broker_stopped = true,
                     Effect::Stop => panic!("the controller stopped"),
                 }

@@ -100,7 +100,7 @@ impl Quorum {
                         n.timers.remove(&id);
                     }
                     Effect::Stop => panic!("controller {} stopped", i + 1),
-                    Effect::Reply { .. } | Effect::Close { .. } => {}
+                    Effect::Reply { .. } | Effect::Close { .. } | Effect::PeerAddress { .. } => {}
                 }
             }
         }

@@ -65,6 +65,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         name: "conformance",
         description: "a scripted client against one broker, no faults",
         nodes: 1,
+        controller_only: 0,
         producers: 0,
         consumers: 0,
         replication_factor: 1,

@@ -8,8 +8,12 @@ pub struct Scenario {
     pub name: &'static str,
     /// What it exercises.
     pub description: &'static str,
-    /// Cluster nodes.
+    /// Nodes that run a broker (and serve the clients).
     pub nodes: usize,
+    /// Controller-only nodes (`process.roles=controller`), node ids 1..=this, the quorum's
+    /// voters; the `nodes` brokers are then broker-only nodes after them. With 0, the first
+    /// min(3, `nodes`) nodes are combined broker+controller voters and the others broker-only.
+    pub controller_only: usize,
     /// Producer clients.
     pub producers: usize,
     /// Consumer clients.
@@ -34,6 +38,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "single-node",
         description: "one broker, 2 idempotent acks=all producers, 2 consumers, 3 partitions",
         nodes: 1,
+        controller_only: 0,
         producers: 2,
         consumers: 2,
         partitions: 3,
@@ -47,6 +52,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "small-segments",
         description: "one broker with 4 KiB segments and dense indexes: rolls, index lookups and recovery across many segments",
         nodes: 1,
+        controller_only: 0,
         producers: 2,
         consumers: 1,
         partitions: 2,
@@ -60,6 +66,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "many-clients",
         description: "one broker, 6 producers and 4 consumers on 6 partitions",
         nodes: 1,
+        controller_only: 0,
         producers: 6,
         consumers: 4,
         partitions: 6,
@@ -73,6 +80,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "cluster-3",
         description: "three combined broker+controller nodes, RF=3 and min.insync.replicas=2, 2 idempotent acks=all producers, 2 consumers, 3 partitions",
         nodes: 3,
+        controller_only: 0,
         producers: 2,
         consumers: 2,
         partitions: 3,
@@ -86,6 +94,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "cluster-5",
         description: "five nodes (three of them controller voters), RF=3, min.insync.replicas=2, 3 producers, 2 consumers, 5 partitions",
         nodes: 5,
+        controller_only: 0,
         producers: 3,
         consumers: 2,
         partitions: 5,
@@ -96,9 +105,24 @@ pub const SCENARIOS: &[Scenario] = &[
         broker_settings: &[("min.insync.replicas", "2")],
     },
     Scenario {
+        name: "cluster-split",
+        description: "separate roles: three controller-only voters and three broker-only nodes (whose node-to-node address may change on restart), RF=3, min.insync.replicas=2, 2 producers, 2 consumers, 3 partitions",
+        nodes: 3,
+        controller_only: 3,
+        producers: 2,
+        consumers: 2,
+        partitions: 3,
+        replication_factor: 3,
+        send_interval_ms: 40,
+        faults_until_ms: 40_000,
+        deadline_ms: 70_000,
+        broker_settings: &[("min.insync.replicas", "2")],
+    },
+    Scenario {
         name: "cluster-3-snapshots",
         description: "cluster-3 with a metadata snapshot every 256 bytes of committed records: checkpoints, log compaction and InstallSnapshot under crashes, partitions and disk faults",
         nodes: 3,
+        controller_only: 0,
         producers: 2,
         consumers: 2,
         partitions: 3,

@@ -6,6 +6,12 @@
 //! the order it was scheduled), delivered to its actor, and the actor's effects are turned into
 //! new events: replies travel the network, disk operations complete after their latency, timers
 //! fire. Faults are events too.
+//!
+//! Nodes have the roles of their scenario: combined broker+controller voters, broker-only nodes
+//! and controller-only voters. Like the real node transport, a node reaches a voter at its
+//! configured address and any other node only at an address its process learned from a broker
+//! registration (`Effect::PeerAddress`); a broker-only node may come back from a restart at a new
+//! address, and messages sent to an address nobody listens on any more are lost.
 
 use crate::disk::{Issued, SimDisk};
 use crate::faults::FaultPlan;
@@ -19,7 +25,7 @@ use runnel_actors::client::producer::{Producer, ProducerConfig};
 use runnel_actors::client::{ClientEvent, ClientMsg};
 use runnel_actors::controller::rpc::{BROKER_ACTOR, CONTROLLER_ACTOR};
 use runnel_actors::controller::{Controller, ControllerConfig};
-use runnel_actors::core::{Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
+use runnel_actors::core::{peer_address_replaces, Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
@@ -27,8 +33,19 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
 const TOPIC: &str = "sim";
 
+thread_local! {
+    /// The simulated time of the event this thread's world is handling (for log timestamps).
+    static SIM_NOW_US: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The simulated time, in µs, of the event the current thread's simulation is handling.
+pub fn sim_now_us() -> u64 {
+    SIM_NOW_US.with(|t| t.get())
+}
+
 /// A problem found during a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
+
 pub struct Violation {
     /// Virtual ms when it was found.
     pub time_ms: u64,
@@ -112,8 +129,15 @@ pub enum Fault {
 }
 
 struct Node {
-    config: BrokerConfig,
+    /// `None` on a controller-only node.
+    config: Option<BrokerConfig>,
     controller_config: Option<ControllerConfig>,
+    /// Where the node listens for node-to-node traffic now.
+    endpoint: String,
+    /// Restarts that moved a broker-only node to a new address.
+    moves: u32,
+    /// Node-to-node addresses this node's process learned: node → (registration epoch, address).
+    learned: BTreeMap<i32, (i64, String)>,
     addr: Addr,
     broker: Option<Broker>,
     controller: Option<Controller>,
@@ -134,6 +158,13 @@ struct Node {
     meta_checked: u64,
     /// The controller's image was compared against `committed_images` up to this offset.
     image_checked: u64,
+}
+
+impl Node {
+    /// Whether the node's process runs (it is not crashed or waiting for a restart).
+    fn is_up(&self) -> bool {
+        self.broker.is_some() || self.controller.is_some()
+    }
 }
 
 enum ClientActor {
@@ -224,6 +255,19 @@ pub struct World {
     /// Voters' metadata images by offset (a digest, and the node it was first seen on).
     committed_images: BTreeMap<u64, (u64, i32)>,
     protocol: BTreeMap<String, u64>,
+    /// The quorum voters: every node knows their addresses from its configuration.
+    voters: Vec<i32>,
+    /// Nodes 0..this are controller-only; the brokers follow.
+    controller_only: usize,
+}
+
+/// The node-to-node address of node `id` after `moves` moves.
+fn endpoint(id: i32, voter: bool, moves: u32) -> String {
+    if voter {
+        format!("node-{id}:9093")
+    } else {
+        format!("node-{id}-{moves}:9094")
+    }
 }
 
 fn node_addr(i: usize) -> Addr {
@@ -235,31 +279,42 @@ impl World {
     pub fn new(seed: u64, scenario: &Scenario, plan: FaultPlan) -> World {
         let mut rng = Rng::new(seed);
         let mut nodes = Vec::new();
-        let voters: Vec<i32> = (1..=scenario.nodes.min(3) as i32).collect();
-        for i in 0..scenario.nodes {
-            let mut config = BrokerConfig {
-                node_id: i as i32 + 1,
-                num_partitions: scenario.partitions,
-                default_replication_factor: scenario.replication_factor,
-                voters: voters.clone(),
-                replica_lag_time_max_ms: 5_000,
-                ..Default::default()
-            };
-            let mut controller_config =
-                voters.contains(&(i as i32 + 1)).then(|| ControllerConfig { node_id: i as i32 + 1, voters: voters.clone(), ..Default::default() });
+        let controller_only = scenario.controller_only;
+        let voters: Vec<i32> = if controller_only > 0 { (1..=controller_only as i32).collect() } else { (1..=scenario.nodes.min(3) as i32).collect() };
+        for i in 0..controller_only + scenario.nodes {
+            let id = i as i32 + 1;
+            let voter = voters.contains(&id);
+            let config = (i >= controller_only).then(|| {
+                let mut config = BrokerConfig {
+                    node_id: id,
+                    num_partitions: scenario.partitions,
+                    default_replication_factor: scenario.replication_factor,
+                    voters: voters.clone(),
+                    replica_lag_time_max_ms: 5_000,
+                    ..Default::default()
+                };
+                for (k, v) in scenario.broker_settings {
+                    if let Some((tk, tv)) = broker_key_to_topic(k, v) {
+                        config.topic_defaults.insert(tk.to_string(), tv);
+                    }
+                }
+                config
+            });
+            let mut controller_config = voter.then(|| ControllerConfig { node_id: id, voters: voters.clone(), ..Default::default() });
             for (k, v) in scenario.broker_settings {
                 if *k == "metadata.log.max.record.bytes.between.snapshots" {
                     if let Some(c) = controller_config.as_mut() {
                         c.max_record_bytes_between_snapshots = v.parse().expect("a scenario's snapshot interval is a number");
                     }
-                } else if let Some((tk, tv)) = broker_key_to_topic(k, v) {
-                    config.topic_defaults.insert(tk.to_string(), tv);
                 }
             }
             let drift_ppm = if plan.has("clock-drift") { rng.below(2_001) as i64 - 1_000 } else { 0 };
             nodes.push(Node {
                 config,
                 controller_config,
+                endpoint: endpoint(id, voter, 0),
+                moves: 0,
+                learned: BTreeMap::new(),
                 addr: node_addr(i),
                 broker: None,
                 controller: None,
@@ -281,7 +336,7 @@ impl World {
             });
         }
         let mut clients = Vec::new();
-        let bootstrap: Vec<Addr> = (0..scenario.nodes).map(node_addr).collect();
+        let bootstrap: Vec<Addr> = (controller_only..controller_only + scenario.nodes).map(node_addr).collect();
         for p in 0..scenario.producers {
             let config = ProducerConfig {
                 process: p as u64,
@@ -339,6 +394,8 @@ impl World {
             committed_meta: BTreeMap::new(),
             committed_images: BTreeMap::new(),
             protocol: BTreeMap::new(),
+            voters,
+            controller_only,
         };
         world.schedule_faults();
         world.at(scenario.faults_until_ms * 1000, Ev::Heal);
@@ -409,6 +466,10 @@ impl World {
         let c = self.clients.len();
         let node = self.rng.below(n as u64) as usize;
         let client = self.rng.below(c as u64) as usize;
+        // Faults on a client's links hit a node that serves clients (same draws as without
+        // controller-only nodes, so those scenarios' seeds are unchanged).
+        let k = self.controller_only;
+        let serving = if k == 0 { node } else { k + node % (n - k) };
         match kind {
             "crash" => self.at(t, Ev::Fault(Fault::Crash(node))),
             "pause" => {
@@ -422,7 +483,7 @@ impl World {
                 let (a, b) = if n > 1 && self.rng.below(2) == 0 {
                     (Endpoint::Node(other), Endpoint::Node(node))
                 } else {
-                    (Endpoint::Client(client), Endpoint::Node(node))
+                    (Endpoint::Client(client), Endpoint::Node(serving))
                 };
                 let heal = (t + 200_000 + self.rng.below(5_000_000)).min(end_us);
                 let both = kind == "partition";
@@ -441,8 +502,8 @@ impl World {
                 let mut order: Vec<usize> = (0..c).collect();
                 for (i, cl) in order.iter().enumerate() {
                     let e = Endpoint::Client(*cl);
-                    self.at(t + i as u64 * step, Ev::Fault(Fault::Clog(e, Endpoint::Node(node))));
-                    self.at(t + i as u64 * step, Ev::Fault(Fault::Clog(Endpoint::Node(node), e)));
+                    self.at(t + i as u64 * step, Ev::Fault(Fault::Clog(e, Endpoint::Node(serving))));
+                    self.at(t + i as u64 * step, Ev::Fault(Fault::Clog(Endpoint::Node(serving), e)));
                 }
                 for i in (1..order.len()).rev() {
                     let j = self.rng.below(i as u64 + 1) as usize;
@@ -452,8 +513,8 @@ impl World {
                 for (i, cl) in order.iter().enumerate() {
                     let e = Endpoint::Client(*cl);
                     let when = (heal_start + i as u64 * step).min(end_us);
-                    self.at(when, Ev::Fault(Fault::Unclog(e, Endpoint::Node(node))));
-                    self.at(when, Ev::Fault(Fault::Unclog(Endpoint::Node(node), e)));
+                    self.at(when, Ev::Fault(Fault::Unclog(e, Endpoint::Node(serving))));
+                    self.at(when, Ev::Fault(Fault::Unclog(Endpoint::Node(serving), e)));
                 }
             }
             "clock-jump" => {
@@ -500,6 +561,7 @@ impl World {
                 break;
             }
             self.now_us = time;
+            SIM_NOW_US.with(|t| t.set(time));
             let ev = self.pending.remove(&seq).expect("queued event");
             self.handle(ev);
         }
@@ -509,10 +571,16 @@ impl World {
             *self.faults_fired.entry("buggify".into()).or_default() += buggified;
         }
         if !self.completed && std::env::var_os("RUNNEL_SIM_DEBUG").is_some() {
+            for (i, c) in self.clients.iter().enumerate() {
+                if let ClientActor::Producer(p) = &c.actor {
+                    eprintln!("producer client {i}: {}", p.debug_state());
+                }
+            }
             for (i, n) in self.nodes.iter().enumerate() {
                 match &n.broker {
-                    None => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),
-                    Some(b) => eprintln!("node {}: ready {} partitions {:?}", i + 1, b.is_ready(), b.partition_views()),
+                    None if !n.is_up() => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),
+                    None => eprintln!("node {}: controller-only at {}", i + 1, n.endpoint),
+                    Some(b) => eprintln!("node {}: at {} ready {} partitions {:?}", i + 1, n.endpoint, b.is_ready(), b.partition_views()),
                 }
                 if let Some(c) = &n.controller {
                     eprintln!("  controller: active {} raft {:?} image {:?}", c.is_active(), c.raft_view(), c.image());
@@ -700,7 +768,7 @@ impl World {
                 // A supervisor bringing a downed node back: recovery, not a fault, so it happens
                 // after the heal too.
                 self.trace.add(&[t, 11, node as u64]);
-                if self.nodes[node].broker.is_none() {
+                if !self.nodes[node].is_up() {
                     self.fault_log.push((self.now_us / 1000, format!("node {} restarts", node + 1)));
                     self.start_node(node);
                 }
@@ -728,8 +796,26 @@ impl World {
 
     fn start_node(&mut self, i: usize) {
         self.count_snapshots(i);
+        let id = i as i32 + 1;
+        let voter = self.voters.contains(&id);
+        if !voter && self.nodes[i].incarnation > 0 && self.rng.below(2) == 0 {
+            // A broker-only node comes back somewhere else (another host or port): it registers
+            // the new address, and the other nodes must learn it from the metadata.
+            let n = &mut self.nodes[i];
+            n.moves += 1;
+            n.endpoint = endpoint(id, false, n.moves);
+            let moved = n.endpoint.clone();
+            self.fault_log.push((self.now_us / 1000, format!("node {id} restarts at {moved}")));
+        }
         let n = &mut self.nodes[i];
-        n.broker = Some(Broker::new(n.config.clone()));
+        n.learned.clear();
+        if let Some(config) = n.config.as_mut().filter(|_| !voter) {
+            // Voters are reached at their configured addresses; what a combined node registers
+            // is never dialed, so it registers none (as before separate roles existed, which
+            // keeps those scenarios' traces unchanged).
+            config.peer_address = n.endpoint.clone();
+        }
+        n.broker = n.config.clone().map(Broker::new);
         n.controller = n.controller_config.clone().map(Controller::new);
         n.cx = Cx::new(n.addr, self.rng.next_u64());
         n.ccx = Cx::new(Addr { node: n.addr.node, actor: CONTROLLER_ACTOR }, self.rng.next_u64());
@@ -769,7 +855,7 @@ impl World {
         let effects = cx.take_effects();
         for e in effects {
             self.node_effect(i, actor, e);
-            if self.nodes[i].broker.is_none() {
+            if !self.nodes[i].is_up() {
                 break;
             }
         }
@@ -787,6 +873,9 @@ impl World {
                     self.after(0, Ev::NodeMessage { node: i, incarnation, actor: to.actor, from: me, msg });
                 } else if to.node < 1 || j >= self.nodes.len() {
                     self.violation("driver", format!("node {} sent to {to:?}, which does not exist", i + 1));
+                } else if !self.reachable(i, j) {
+                    // No address for it, or an address it no longer listens on: the transport
+                    // drops the message (the sender retries).
                 } else {
                     // Between nodes: a datagram, lost while the link is clogged, and subject to
                     // loss, duplication and reordering.
@@ -866,6 +955,15 @@ impl World {
                     }
                 }
             }
+            Effect::PeerAddress { node, address, epoch } => {
+                if node == me.node || address.is_empty() || self.voters.contains(&node) {
+                    return;
+                }
+                let learned = &mut self.nodes[i].learned;
+                if peer_address_replaces(learned.get(&node).map(|(e, a)| (*e, a.as_str())), epoch, &address) {
+                    learned.insert(node, (epoch, address));
+                }
+            }
             Effect::Stop => {
                 // An actor exits on a fatal error (fsync EIO, ENOSPC): the process dies, the
                 // page cache survives; a supervisor restarts it.
@@ -876,6 +974,13 @@ impl World {
                 self.fault_log.push((self.now_us / 1000, format!("node {} broker exited on a fatal error", i + 1)));
             }
         }
+    }
+
+    /// Whether node `i` can send to node `j`: a voter is always at its configured address; any
+    /// other node only at the address `i` learned, if `j` still listens there.
+    fn reachable(&self, i: usize, j: usize) -> bool {
+        let id = j as i32 + 1;
+        self.voters.contains(&id) || self.nodes[i].learned.get(&id).is_some_and(|(_, a)| *a == self.nodes[j].endpoint)
     }
 
     /// Invariants on the broker's state, checked after every step.
@@ -1211,6 +1316,8 @@ impl World {
         let n = &mut self.nodes[i];
         n.incarnation += 1;
         n.broker = None;
+        // The whole process is gone: its controller must not answer what is sent meanwhile.
+        n.controller = None;
         n.timers.clear();
         n.paused_until_us = 0;
         if power_loss {
@@ -1225,7 +1332,7 @@ impl World {
     fn apply_fault(&mut self, f: Fault) {
         match f {
             Fault::Crash(i) => {
-                if self.nodes[i].broker.is_none() {
+                if !self.nodes[i].is_up() {
                     return;
                 }
                 self.fired("crash", format!("node {} crashes", i + 1));
@@ -1235,7 +1342,7 @@ impl World {
                 self.after(delay, Ev::Restart(i));
             }
             Fault::Pause(i, ms) => {
-                if self.nodes[i].broker.is_some() && self.nodes[i].paused_until_us <= self.now_us {
+                if self.nodes[i].is_up() && self.nodes[i].paused_until_us <= self.now_us {
                     self.fired("pause", format!("node {} pauses for {ms} ms", i + 1));
                     self.nodes[i].paused_until_us = self.now_us + ms * 1000;
                 }
@@ -1297,7 +1404,7 @@ impl World {
         for i in 0..self.nodes.len() {
             self.nodes[i].disk.faults = Default::default();
             self.nodes[i].paused_until_us = self.nodes[i].paused_until_us.min(self.now_us);
-            if self.nodes[i].broker.is_none() && !self.nodes[i].restart_pending {
+            if !self.nodes[i].is_up() && !self.nodes[i].restart_pending {
                 self.start_node(i);
             }
         }
@@ -1337,7 +1444,11 @@ impl World {
                 }
             }
         }
-        if self.nodes.iter().any(|n| n.broker.as_ref().is_none_or(|b| !b.is_serving())) {
+        let down = |n: &Node| match &n.config {
+            Some(_) => n.broker.as_ref().is_none_or(|b| !b.is_serving()),
+            None => n.controller.is_none(),
+        };
+        if self.nodes.iter().any(down) {
             parts.push("a node is not up".into());
         }
         parts.join("; ")

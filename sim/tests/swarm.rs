@@ -10,11 +10,8 @@ fn seeds() -> u64 {
     std::env::var("RUNNEL_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
 }
 
-/// Scenarios the fixed swarm gates on. `cluster-5` still finds open bugs in about 2% of seeds
-/// (replays in the issue note) and runs outside the gate: `runnel sim swarm --scenario cluster-5`.
-/// So does `cluster-3-snapshots`, whose extra metadata fsyncs and restarts hit cluster-3's open
-/// replication bugs a little more often (about 1% of seeds).
-const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "cluster-3"];
+/// Scenarios the fixed swarm gates on: all of them.
+const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "cluster-3", "cluster-5", "cluster-split", "cluster-3-snapshots"];
 
 /// Several hundred seeds over the gated scenarios, each with its own fault mix, find no violation.
 #[test]

@@ -1,11 +1,12 @@
 //! Real disk operations for one node: a thread that executes [`DiskOp`]s in issue order against
-//! files under the node's data directory, and a second thread for fsync so that appends keep
+//! files under the node's data directory, and sync threads for fsync so that appends keep
 //! flowing while a group commit is on the platter.
 //!
-//! An `Fsync` is handed to the sync thread only when every earlier write to that file has been
-//! written, so its completion means all of them are durable. Index files (`.index`,
-//! `.timeindex`) written with `IndexWrite` are memory-mapped with memmap2, grown in 1 MiB steps
-//! and flushed with `msync` on `Fsync`. Renames sync the parent directory.
+//! An `Fsync` is handed to a sync thread only when every earlier write to that file has been
+//! written, so its completion means all of them are durable. Fsyncs run on a few sync threads,
+//! one file always on the same one. Index files (`.index`, `.timeindex`) written with
+//! `IndexWrite` are memory-mapped with memmap2 and grown in 1 MiB steps; their `Fsync` is an
+//! fdatasync of the mapped file. Renames sync the parent directory.
 
 #[cfg(madsim)]
 pub use simulated::{reset_simulated_disks, DiskExecutor};
@@ -26,6 +27,8 @@ mod real {
     use std::sync::Arc;
 
     const INDEX_GROWTH: u64 = 1 << 20;
+    /// Threads running fsyncs.
+    const SYNC_THREADS: usize = 4;
 
     struct OpenFile {
         file: Arc<File>,
@@ -46,26 +49,31 @@ mod real {
             fs::create_dir_all(&root)?;
             let complete = Arc::new(complete);
             let (tx, rx) = mpsc::channel::<(IoToken, DiskOp)>();
-            let (sync_tx, sync_rx) = mpsc::channel::<(IoToken, Arc<File>)>();
-            let sync_complete = complete.clone();
-            std::thread::Builder::new().name("runnel-fsync".into()).spawn(move || {
-                while let Ok((token, file)) = sync_rx.recv() {
-                    let result = file.sync_data().map(|_| IoOutput::Done).map_err(io_error);
-                    sync_complete(IoDone { token, result });
-                }
-            })?;
+            // Several sync threads: fsyncs of different files (partitions) run at once and share
+            // the filesystem's journal commits instead of queueing behind each other. One file
+            // always goes to the same thread, so its fsyncs complete in issue order.
+            let mut sync_txs = Vec::with_capacity(SYNC_THREADS);
+            for i in 0..SYNC_THREADS {
+                let (sync_tx, sync_rx) = mpsc::channel::<(IoToken, Arc<File>)>();
+                let sync_complete = complete.clone();
+                std::thread::Builder::new().name(format!("runnel-fsync-{i}")).spawn(move || {
+                    while let Ok((token, file)) = sync_rx.recv() {
+                        let result = file.sync_data().map(|_| IoOutput::Done).map_err(io_error);
+                        sync_complete(IoDone { token, result });
+                    }
+                })?;
+                sync_txs.push(sync_tx);
+            }
             std::thread::Builder::new().name("runnel-disk".into()).spawn(move || {
                 let mut files: HashMap<String, OpenFile> = HashMap::new();
                 while let Ok((token, op)) = rx.recv() {
                     if let DiskOp::Fsync { path } = &op {
                         match open(&root, &mut files, path) {
-                            Ok(f) if f.map.is_none() => {
-                                let _ = sync_tx.send((token, f.file.clone()));
-                                continue;
-                            }
+                            // A memory-mapped index too: on Linux, fdatasync writes back the
+                            // pages dirtied through a shared mapping (it is what msync(MS_SYNC)
+                            // does), and on a sync thread it does not hold up other writes.
                             Ok(f) => {
-                                let result = f.map.as_ref().expect("mapped").flush().map(|_| IoOutput::Done).map_err(io_error);
-                                complete(IoDone { token, result });
+                                let _ = sync_txs[sync_thread_of(path)].send((token, f.file.clone()));
                                 continue;
                             }
                             Err(e) => {
@@ -92,6 +100,14 @@ mod real {
         pub fn submit(&self, token: IoToken, op: DiskOp) {
             let _ = self.tx.send((token, op));
         }
+    }
+
+    /// The sync thread that owns `path`'s fsyncs.
+    fn sync_thread_of(path: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        (h.finish() % SYNC_THREADS as u64) as usize
     }
 
     fn io_error(e: std::io::Error) -> IoError {

@@ -51,11 +51,19 @@ impl<M> ActorHandle<M> {
     }
 }
 
-/// Where an actor's messages to other actors go: `route(from, to, msg)`.
-pub type Route<M> = Arc<dyn Fn(Addr, Addr, M) + Send + Sync>;
+/// What an actor reaches beyond itself: other actors, and the node-to-node addresses it learns.
+pub trait Links<M>: Send + Sync {
+    /// Deliver `msg` from `from` to `to` (on this node or another).
+    fn route(&self, from: Addr, to: Addr, msg: M);
+    /// Node `node` listens at `address` (see [`Effect::PeerAddress`]).
+    fn peer_address(&self, node: i32, address: String, epoch: i64);
+}
+
+/// A shared [`Links`].
+pub type Route<M> = Arc<dyn Links<M>>;
 
 /// Start `actor` at `me` with its disk rooted at `data_dir`; replies go through `connections`,
-/// messages to other actors through `route`.
+/// messages to other actors and learned addresses through `route`.
 pub fn spawn_actor<A>(
     mut actor: A,
     me: Addr,
@@ -96,7 +104,7 @@ where
                         if to == me {
                             let _ = timer_tx.send(Input::Message { from: me, msg });
                         } else if let Some(route) = &route {
-                            route(me, to, msg);
+                            route.route(me, to, msg);
                         } else {
                             tracing::warn!(?to, "no route to actor");
                         }
@@ -117,6 +125,11 @@ where
                         timers.remove(&id);
                     }
                     Effect::Disk { token, op } => executor.submit(token, op),
+                    Effect::PeerAddress { node, address, epoch } => {
+                        if let Some(route) = &route {
+                            route.peer_address(node, address, epoch);
+                        }
+                    }
                     Effect::Stop => running = false,
                 }
             }

@@ -39,12 +39,24 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
 }
 
-/// One running (or killed) `runnel standalone` process.
+/// When a started process counts as ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// It answers ApiVersions on `port` (a broker serving clients).
+    Kafka,
+    /// It accepts TCP connections on `port` (a controller-only node's node-to-node listener).
+    Listening,
+}
+
+/// One running (or killed) `runnel standalone` or `runnel server` process.
 pub struct TestBroker {
     child: Option<Child>,
     binary: PathBuf,
-    /// The port clients connect to; the same across restarts.
+    /// The port clients connect to (a controller-only node: its controller port); the same
+    /// across restarts.
     pub port: u16,
+    /// What "started" means for this process.
+    pub readiness: Readiness,
     data_dir: PathBuf,
     /// Owns the data directory when the broker made it itself.
     data_dir_guard: Option<tempfile::TempDir>,
@@ -79,7 +91,7 @@ impl TestBroker {
     fn spawn(binary: PathBuf, data_dir: PathBuf, port: u16) -> TestBroker {
         static SERIAL: AtomicUsize = AtomicUsize::new(0);
         let log_path = log_directory().join(format!("runnel-{}-{}-{port}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
-        let mut broker = TestBroker { child: None, binary, port, data_dir, data_dir_guard: None, log_path, config_file: None };
+        let mut broker = TestBroker { child: None, binary, port, readiness: Readiness::Kafka, data_dir, data_dir_guard: None, log_path, config_file: None };
         broker.launch(true);
         broker
     }
@@ -132,7 +144,7 @@ impl TestBroker {
                 .stderr(Stdio::from(log))
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
-            match wait_until_serving(&mut child, self.port, deadline) {
+            match wait_until_ready(&mut child, self.port, self.readiness, deadline) {
                 Ok(()) => {
                     self.child = Some(child);
                     return;
@@ -200,16 +212,21 @@ enum NotReady {
 }
 use NotReady::{Exit, Timeout};
 
-/// Poll until the broker on `port` answers an ApiVersions v0 request, the process exits, or
-/// `deadline` passes. A bound listener alone is not enough: log recovery may still be running.
-fn wait_until_serving(child: &mut Child, port: u16, deadline: Instant) -> Result<(), NotReady> {
+/// Poll until the process on `port` is ready, exits, or `deadline` passes. For a broker, a
+/// bound listener alone is not enough: it must answer an ApiVersions v0 request (log recovery
+/// may still be running, and it serves only once registered and unfenced).
+fn wait_until_ready(child: &mut Child, port: u16, readiness: Readiness, deadline: Instant) -> Result<(), NotReady> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut pause = Duration::from_millis(5);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Exit(status));
         }
-        if api_versions_answered(&addr) {
+        let ready = match readiness {
+            Readiness::Kafka => api_versions_answered(&addr),
+            Readiness::Listening => TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok(),
+        };
+        if ready {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -327,8 +344,9 @@ impl TestBroker {
     }
 }
 
-/// A cluster of `runnel server` processes on 127.0.0.1: combined broker+controller nodes,
-/// every one a voter, each with its own data directory under one temporary root.
+/// A cluster of `runnel server` processes on 127.0.0.1, each with its own data directory under
+/// one temporary root: combined broker+controller nodes, every one a voter ([`TestCluster::start`]),
+/// or controller-only voters and broker-only nodes ([`TestCluster::start_split`]).
 pub struct TestCluster {
     /// The nodes; node `i + 1` is `nodes[i]`.
     pub nodes: Vec<TestBroker>,
@@ -363,6 +381,7 @@ impl TestCluster {
                 child: None,
                 binary: runnel_binary(),
                 port: kafka[i],
+                readiness: Readiness::Kafka,
                 data_dir: data,
                 data_dir_guard: None,
                 log_path,
@@ -379,9 +398,59 @@ impl TestCluster {
         TestCluster { nodes, _root: root }
     }
 
-    /// Every node's address, for `bootstrap.servers`.
+    /// Start `controllers` controller-only nodes (ids 1..=controllers, the voters) and
+    /// `brokers` broker-only nodes after them, each broker with a Kafka listener and a
+    /// `REPLICATION` node-to-node listener, with the extra `server.properties` lines `extra` on
+    /// the brokers; wait until every controller listens and every broker serves clients.
+    pub fn start_split(controllers: usize, brokers: usize, extra: &str) -> TestCluster {
+        let root = tempfile::Builder::new().prefix("runnel-cluster-").tempdir().expect("create cluster dir");
+        let n = controllers + brokers;
+        let peer: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let voters: Vec<String> = (0..controllers).map(|i| format!("{}@127.0.0.1:{}", i + 1, peer[i])).collect();
+        let mut nodes = Vec::new();
+        for (i, &node_port) in peer.iter().enumerate() {
+            let id = i + 1;
+            let data = root.path().join(format!("node-{id}"));
+            std::fs::create_dir_all(&data).expect("node dir");
+            let config = root.path().join(format!("node-{id}.properties"));
+            let common =
+                format!("node.id={id}\ncontroller.listener.names=CONTROLLER\ncontroller.quorum.voters={}\nlog.dirs={}\n", voters.join(","), data.display());
+            let (port, readiness, text) = if i < controllers {
+                (node_port, Readiness::Listening, format!("{common}process.roles=controller\nlisteners=CONTROLLER://127.0.0.1:{node_port}\n"))
+            } else {
+                let kafka = free_port();
+                let text = format!(
+                    "{common}process.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:{kafka},REPLICATION://127.0.0.1:{node_port}\ninter.broker.listener.name=REPLICATION\n{extra}\n"
+                );
+                (kafka, Readiness::Kafka, text)
+            };
+            std::fs::write(&config, text).expect("write config");
+            static SERIAL: AtomicUsize = AtomicUsize::new(0);
+            let log_path = log_directory().join(format!("runnel-split-{}-{}-node{id}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
+            nodes.push(TestBroker {
+                child: None,
+                binary: runnel_binary(),
+                port,
+                readiness,
+                data_dir: data,
+                data_dir_guard: None,
+                log_path,
+                config_file: Some(config),
+            });
+        }
+        for node in &mut nodes {
+            node.spawn_only();
+        }
+        let deadline = Instant::now() + START_DEADLINE;
+        for node in &mut nodes {
+            node.wait_ready(deadline);
+        }
+        TestCluster { nodes, _root: root }
+    }
+
+    /// Every broker's address, for `bootstrap.servers` (controller-only nodes serve no clients).
     pub fn bootstrap(&self) -> String {
-        self.nodes.iter().map(|n| n.bootstrap()).collect::<Vec<_>>().join(",")
+        self.nodes.iter().filter(|n| n.readiness == Readiness::Kafka).map(|n| n.bootstrap()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -402,11 +471,17 @@ impl TestBroker {
         self.child = Some(child);
     }
 
-    /// Wait until a started process serves clients.
+    /// The `server.properties` file of a cluster node.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config_file.as_deref()
+    }
+
+    /// Wait until a started process is ready (see [`Readiness`]).
     fn wait_ready(&mut self, deadline: Instant) {
         let port = self.port;
+        let readiness = self.readiness;
         let child = self.child.as_mut().expect("started");
-        match wait_until_serving(child, port, deadline) {
+        match wait_until_ready(child, port, readiness, deadline) {
             Ok(()) => {}
             Err(Exit(status)) => panic!("node exited during startup ({status}); log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
             Err(Timeout) => panic!("node on port {port} did not serve within {START_DEADLINE:?}; log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),

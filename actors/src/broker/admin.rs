@@ -213,8 +213,15 @@ impl Broker {
                 DescribeClusterBroker::default().with_broker_id(b.id.into()).with_host(s(b.host.clone())).with_port(b.port).with_rack(b.rack.clone().map(s))
             })
             .collect();
-        // The active controller as this broker last reached it (combined nodes are brokers too).
-        let controller = self.cluster.controller.unwrap_or(-1);
+        // The active controller as this broker last reached it when that node is a broker too (a
+        // combined node). A controller-only node is not reachable by clients, so, like Kafka's
+        // brokers in KRaft mode, name a live broker instead: this one, which forwards
+        // controller-bound requests to the active controller.
+        let controller = match self.cluster.controller {
+            Some(c) if self.cluster.image.brokers.get(&c).is_some_and(|b| !b.fenced) => c,
+            Some(_) => self.config.node_id,
+            None => -1,
+        };
         DescribeClusterResponse::default().with_cluster_id(s(self.config.cluster_id.clone())).with_controller_id(controller.into()).with_brokers(brokers)
     }
 

@@ -104,6 +104,9 @@ pub(crate) struct Cluster {
     pub(crate) started_serving: bool,
     /// Admin batches answered by the controller, waiting for their metadata offset.
     admin_waiting: Vec<(u64, u64)>,
+    /// The registration epoch whose node-to-node address was last given to the driver, per
+    /// broker.
+    announced: BTreeMap<i32, i64>,
 }
 
 impl Cluster {
@@ -130,6 +133,7 @@ impl Cluster {
             shutdown_ready: false,
             started_serving: false,
             admin_waiting: Vec::new(),
+            announced: BTreeMap::new(),
         }
     }
 
@@ -141,12 +145,22 @@ impl Cluster {
 }
 
 impl Broker {
+    /// Whether this node is also a voter of the metadata quorum (a combined node).
+    fn is_voter(&self) -> bool {
+        self.config.voters.contains(&self.config.node_id)
+    }
+
     fn controller_addr(&self) -> Addr {
         let voters = &self.config.voters;
         // Without a known controller, start the search at this node's own voter (on a combined
-        // node it answers at once, naming the leader Raft knows), then go round the others.
-        let own = voters.iter().position(|v| *v == self.config.node_id).unwrap_or(0);
-        let node = self.cluster.controller.unwrap_or_else(|| voters[(own + self.cluster.rotate) % voters.len()]);
+        // node it answers at once, naming the leader Raft knows), then go round the others. A
+        // broker-only node starts at a voter chosen by its id, so brokers spread their first
+        // attempts over the quorum.
+        let start = match voters.iter().position(|v| *v == self.config.node_id) {
+            Some(own) => own,
+            None => self.config.node_id.rem_euclid(voters.len() as i32) as usize,
+        };
+        let node = self.cluster.controller.unwrap_or_else(|| voters[(start + self.cluster.rotate) % voters.len()]);
         Addr { node, actor: CONTROLLER_ACTOR }
     }
 
@@ -193,7 +207,13 @@ impl Broker {
             .collect();
         if !expired.is_empty() {
             self.cluster.controller = None;
-            self.cluster.rotate = 0;
+            // A combined node asks its own voter again (it always answers); a broker-only node
+            // moves on to the next voter, since the silent one may be down.
+            if self.is_voter() {
+                self.cluster.rotate = 0;
+            } else {
+                self.cluster.rotate += 1;
+            }
         }
         for id in expired {
             let (kind, _, _) = self.cluster.rpcs.remove(&id).expect("listed");
@@ -225,6 +245,10 @@ impl Broker {
         if !self.rpc_in_flight(|k| matches!(k, Rpc::FetchMetadata)) {
             let from = self.cluster.image.offset;
             self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+        }
+        // InitProducerIds waiting on a block whose request failed or went unanswered: ask again.
+        if !self.pending_init_producer.is_empty() {
+            self.answer_init_producer_ids(cx);
         }
         self.replica_fetch_all(cx, false);
         self.maintain_isr(cx);
@@ -365,7 +389,20 @@ impl Broker {
             // Everything up to `last` was sent: the entries after the last record held none.
             self.cluster.image.offset = self.cluster.image.offset.max(last);
         }
+        self.announce_peers(cx);
         self.reconcile(cx);
+    }
+
+    /// Give the driver the node-to-node address of every broker whose registration changed, so
+    /// replica fetches and their answers reach brokers that are not quorum voters.
+    fn announce_peers(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let me = self.config.node_id;
+        for b in self.cluster.image.brokers.values() {
+            if self.cluster.announced.get(&b.id) != Some(&b.epoch) {
+                self.cluster.announced.insert(b.id, b.epoch);
+                crate::controller::announce_peer(cx, me, b);
+            }
+        }
     }
 
     /// Make local topics, partitions, configs and roles match the image.
@@ -721,9 +758,18 @@ impl Broker {
                             fs.last_caught_up_ms = now;
                         }
                         let uid = p.uid;
-                        let expand =
-                            !p.isr.contains(&follower) && p.pending_isr.is_none() && q.fetch_offset >= p.high_watermark && q.fetch_offset >= epoch_start(p);
-                        if p.update_high_watermark() {
+                        // The high watermark first: a follower joins against the one it will be
+                        // held to. Judged against an older one, a follower exactly at it could
+                        // be proposed after this recomputation had moved past it (cluster-split
+                        // seed 944).
+                        let moved = p.update_high_watermark();
+                        // Joining the ISR promises everything below the high watermark is as
+                        // safe on the follower as the high watermark requires: durable under the
+                        // fsync policy (a follower whose unsynced tail is lost must not be a
+                        // member the high watermark already passed).
+                        let vouched = p.follower_committable(follower);
+                        let expand = !p.isr.contains(&follower) && p.pending_isr.is_none() && vouched >= p.high_watermark && vouched >= epoch_start(p);
+                        if moved {
                             self.on_high_watermark(cx, uid);
                         }
                         if expand {

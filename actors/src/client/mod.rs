@@ -100,6 +100,10 @@ pub struct Wire {
     next_correlation_id: i32,
     /// Outstanding requests: correlation id -> (api key, version, node it went to).
     pub in_flight: BTreeMap<i32, (i16, i16, i32)>,
+    /// The correlation id of the request encoded last.
+    pub last_sent: i32,
+    /// The correlation id of the response matched last.
+    pub last_matched: i32,
 }
 
 impl Wire {
@@ -122,6 +126,7 @@ impl Wire {
             .expect("request header encodes");
         request.encode(&mut buf, version).expect("request encodes");
         self.in_flight.insert(correlation_id, (R::KEY, version, node));
+        self.last_sent = correlation_id;
         buf.freeze()
     }
 
@@ -132,6 +137,7 @@ impl Wire {
         }
         let correlation_id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
         let (key, version, _) = self.in_flight.remove(&correlation_id).ok_or_else(|| format!("response to unknown correlation id {correlation_id}"))?;
+        self.last_matched = correlation_id;
         let api = kafka_protocol::messages::ApiKey::try_from(key).map_err(|_| "bad api key".to_string())?;
         ResponseHeader::decode(&mut frame, api.response_header_version(version)).map_err(|e| e.to_string())?;
         Ok((key, version, frame))

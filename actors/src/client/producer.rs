@@ -40,6 +40,9 @@ struct InFlight {
     /// Sent at least once: it may be in the log under the current producer id.
     ever_sent: bool,
     node: i32,
+    /// Correlation ids of the Produce requests carrying this batch under the current producer
+    /// id: an answer to any other request (one sent before a producer-id reset) is not its.
+    requests: Vec<i32>,
 }
 
 /// See the module documentation.
@@ -83,6 +86,14 @@ impl Producer {
     /// Take the events recorded since the last call.
     pub fn take_events(&mut self) -> Vec<ClientEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// A one-line description of the producer's state (simulator debugging).
+    pub fn debug_state(&self) -> String {
+        format!(
+            "pid {} epoch {} partitions {} leaders {:?} setup_pending {} in_flight {:?} requests {:?}",
+            self.producer_id, self.producer_epoch, self.partitions, self.leaders, self.setup_pending, self.in_flight, self.wire.in_flight
+        )
     }
 
     /// Whether the producer stopped sending and every send was answered.
@@ -142,6 +153,9 @@ impl Producer {
             .with_name(self.topic())
             .with_partition_data(vec![produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch))])]);
         let frame = self.wire.encode_for(leader, &r, 9);
+        if let Some(f) = self.in_flight.get_mut(&partition) {
+            f.requests.push(self.wire.last_sent);
+        }
         cx.send(Addr { node: leader, actor: 0 }, ClientMsg::Request(frame));
     }
 
@@ -165,7 +179,7 @@ impl Producer {
         let value = self.config.process * 1_000_000_000 + self.sent_values;
         let sequence = *self.next_sequence.entry(partition).or_insert(0);
         self.events.push(ClientEvent::InvokeSend { time_ms: now, process: self.config.process, key: partition as u64, value });
-        self.in_flight.insert(partition, InFlight { value, sequence, sent: false, ever_sent: false, node: -1 });
+        self.in_flight.insert(partition, InFlight { value, sequence, sent: false, ever_sent: false, node: -1, requests: Vec::new() });
         self.send_one(cx, partition);
     }
 
@@ -225,6 +239,7 @@ impl Producer {
                         }
                         for (p, f) in self.in_flight.iter_mut() {
                             f.sequence = 0;
+                            f.requests.clear();
                             self.next_sequence.insert(*p, 0);
                         }
                     }
@@ -238,8 +253,14 @@ impl Producer {
                     Ok(r) => r,
                     Err(e) => return self.violation(cx, format!("bad produce response: {e}")),
                 };
+                let request = self.wire.last_matched;
                 for t in r.responses {
                     for p in t.partition_responses {
+                        if !self.in_flight.get(&p.index).is_some_and(|f| f.requests.contains(&request)) {
+                            // A late answer to a request for a batch already completed (say, as
+                            // unknown when the producer id was reset): not this batch's outcome.
+                            continue;
+                        }
                         match p.error_code {
                             error::NONE => self.complete(cx, p.index, Ok(p.base_offset)),
                             error::OUT_OF_ORDER_SEQUENCE_NUMBER | error::INVALID_PRODUCER_EPOCH | error::UNKNOWN_PRODUCER_ID => {

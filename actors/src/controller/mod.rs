@@ -328,6 +328,10 @@ impl Controller {
         for r in &records {
             tracing::trace!(node = self.config.node_id, index = entry.index, term = entry.term, ?r, "apply");
             self.image.apply(entry.index, r);
+            if let MetadataRecord::RegisterBroker(b) = r {
+                // Answers to this broker (the registration's own, just below) go to its new address.
+                announce_peer(cx, self.config.node_id, b);
+            }
         }
         self.image.offset = entry.index;
         self.applied_term = entry.term;
@@ -837,6 +841,13 @@ impl Controller {
     }
 }
 
+/// Tell the driver where a registered broker listens for node-to-node traffic.
+pub(crate) fn announce_peer(cx: &mut Cx<BrokerMsg>, me: i32, b: &BrokerInfo) {
+    if b.id != me && !b.peer.is_empty() {
+        cx.peer_address(b.id, b.peer.clone(), b.epoch);
+    }
+}
+
 impl Actor for Controller {
     type Msg = BrokerMsg;
 
@@ -858,7 +869,16 @@ impl Actor for Controller {
                 }
                 self.drive(cx);
             }
-            PeerMsg::ToController { id, request } => self.on_request(cx, from, id, request),
+            PeerMsg::ToController { id, request } => {
+                if let ControllerRequest::Register { broker, peer, .. } = &request {
+                    // A broker this node has no committed address for (a broker-only node that
+                    // just started) still gets its answer, NOT_CONTROLLER included.
+                    if !peer.is_empty() && *broker != self.config.node_id {
+                        cx.peer_address(*broker, peer.clone(), -1);
+                    }
+                }
+                self.on_request(cx, from, id, request)
+            }
             _ => {}
         }
     }

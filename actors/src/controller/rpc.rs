@@ -289,8 +289,60 @@ mod serde_bytes_compat {
         s.serialize_bytes(b)
     }
 
+    /// Read the bytes as one block (a `Vec<u8>` would be decoded byte by byte).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
-        let v: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
-        Ok(bytes::Bytes::from(v))
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+        type Value = bytes::Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<bytes::Bytes, E> {
+            Ok(bytes::Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<bytes::Bytes, E> {
+            Ok(bytes::Bytes::from(v))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bytes::Bytes, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(bytes::Bytes::from(v))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicated_records_survive_bincode_byte_for_byte() {
+        let records: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let r = ReplicaFetchPartitionResponse {
+            topic: "t".into(),
+            index: 3,
+            error: 0,
+            high_watermark: 7,
+            log_start_offset: 0,
+            diverging: Some((2, 5)),
+            out_of_range: false,
+            records: bytes::Bytes::from(records.clone()),
+        };
+        let wire = bincode::serialize(&r).expect("encodes");
+        let back: ReplicaFetchPartitionResponse = bincode::deserialize(&wire).expect("decodes");
+        assert_eq!(&back.records[..], &records[..]);
+        assert_eq!((back.index, back.diverging), (3, Some((2, 5))));
+        // A truncated frame is an error, not a short record set.
+        assert!(bincode::deserialize::<ReplicaFetchPartitionResponse>(&wire[..wire.len() - 1]).is_err());
     }
 }

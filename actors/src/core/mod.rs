@@ -80,8 +80,33 @@ pub enum Effect<M> {
         /// The operation.
         op: DiskOp,
     },
+    /// Node `node` listens for node-to-node traffic at `address` (`host:port`), as a broker
+    /// registration says. The driver keeps the addresses it was configured with (the quorum
+    /// voters); for any other node it sends to the address of the newest registration it was
+    /// told about, and to an address from a registration not committed yet (`epoch` < 0) only
+    /// while it knows no committed one.
+    PeerAddress {
+        /// The node.
+        node: i32,
+        /// Its node-to-node address.
+        address: String,
+        /// The broker epoch (metadata offset) of the committed registration this comes from, or
+        /// -1 for a registration request that is not committed yet.
+        epoch: i64,
+    },
     /// Stop this actor; no further input is delivered.
     Stop,
+}
+
+/// Whether a driver that knows `known` (registration epoch, address) for a node takes `address`
+/// learned with `epoch` instead (see [`Effect::PeerAddress`]): a newer committed registration
+/// always replaces; an uncommitted one (`epoch` < 0) only while no committed one is known.
+pub fn peer_address_replaces(known: Option<(i64, &str)>, epoch: i64, address: &str) -> bool {
+    match known {
+        None => true,
+        Some((e, a)) if epoch < 0 => e < 0 && a != address,
+        Some((e, _)) => epoch > e,
+    }
 }
 
 /// The context an actor is driven with: time, randomness, its own address and the outbox.
@@ -151,6 +176,12 @@ impl<M> Cx<M> {
         self.effects.push(Effect::CancelTimer { id });
     }
 
+    /// Tell the driver where node `node` listens for node-to-node traffic (see
+    /// [`Effect::PeerAddress`]).
+    pub fn peer_address(&mut self, node: i32, address: String, epoch: i64) {
+        self.effects.push(Effect::PeerAddress { node, address, epoch });
+    }
+
     /// Stop this actor.
     pub fn stop(&mut self) {
         self.effects.push(Effect::Stop);
@@ -195,4 +226,24 @@ pub trait Actor {
     fn on_timer(&mut self, cx: &mut Cx<Self::Msg>, timer: TimerId);
     /// A disk operation completed (or failed).
     fn on_io(&mut self, cx: &mut Cx<Self::Msg>, done: IoDone);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A newer committed registration replaces an address, an older one does not; a request's
+    /// address (epoch -1) is taken only while no committed one is known.
+    #[test]
+    fn newest_registration_wins() {
+        assert!(peer_address_replaces(None, -1, "a:1"));
+        assert!(peer_address_replaces(None, 5, "a:1"));
+        assert!(peer_address_replaces(Some((-1, "a:1")), -1, "a:2"));
+        assert!(!peer_address_replaces(Some((-1, "a:1")), -1, "a:1"));
+        assert!(peer_address_replaces(Some((-1, "a:1")), 3, "a:1"));
+        assert!(!peer_address_replaces(Some((5, "a:1")), -1, "a:2"));
+        assert!(!peer_address_replaces(Some((5, "a:1")), 4, "a:2"));
+        assert!(!peer_address_replaces(Some((5, "a:1")), 5, "a:2"));
+        assert!(peer_address_replaces(Some((5, "a:1")), 9, "a:2"));
+    }
 }

@@ -1,0 +1,260 @@
+//! Separate process roles over real processes on 127.0.0.1: three controller-only nodes
+//! (`process.roles=controller`, ids 1-3, the quorum) and three broker-only nodes
+//! (`process.roles=broker`, ids 4-6, each with a Kafka listener and a `REPLICATION` node-to-node
+//! listener), driven by librdkafka.
+//!
+//! An idempotent acks=all producer writes to an RF=3 topic (min.insync.replicas=2) while the
+//! leader of partition 0 — a broker — is killed with SIGKILL and restarted *on another
+//! replication port*, so the other brokers and the controllers must learn its new address from
+//! its new registration before it can catch up; then the active controller is killed and
+//! restarted. Afterwards every acknowledged record is consumed exactly once, at the offset it
+//! was acknowledged with, in order per partition, and every partition's ISR is whole again.
+
+mod common;
+
+use common::{free_port, TestCluster};
+use kafka_protocol::messages::DescribeClusterRequest;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "split";
+const PARTITIONS: i32 = 3;
+const CONTROLLERS: usize = 3;
+const BROKERS: usize = 3;
+
+fn config(cluster: &TestCluster) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", cluster.bootstrap()).set("broker.address.family", "v4").set("topic.metadata.refresh.interval.ms", "1000");
+    c
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+/// Acknowledgements: (partition, offset, value); failures: (value, error).
+#[derive(Default)]
+struct Acks {
+    acked: Mutex<Vec<(i32, i64, u64, Instant)>>,
+    failed: Mutex<Vec<(u64, String)>>,
+}
+
+struct Ctx(Arc<Acks>);
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<u64>;
+    fn delivery(&self, result: &DeliveryResult<'_>, value: Box<u64>) {
+        match result {
+            Ok(m) => self.0.acked.lock().expect("lock").push((m.partition(), m.offset(), *value, Instant::now())),
+            Err((e, _)) => self.0.failed.lock().expect("lock").push((*value, e.to_string())),
+        }
+    }
+}
+
+/// Poll `f` every 100 ms until it gives a value or `what` has taken too long.
+fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Partition → (leader, ISR).
+type Leadership = BTreeMap<i32, (i32, Vec<i32>)>;
+
+/// (broker ids listed, leadership of the topic) from a Metadata request.
+fn metadata(cluster: &TestCluster) -> Option<(BTreeSet<i32>, Leadership)> {
+    let consumer: BaseConsumer = config(cluster).set("group.id", "unused").create().expect("consumer");
+    let m = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(5)).ok()?;
+    let brokers = m.brokers().iter().map(|b| b.id()).collect();
+    let parts = m.topics().first()?.partitions().iter().map(|p| (p.id(), (p.leader(), p.isr().to_vec()))).collect();
+    Some((brokers, parts))
+}
+
+/// The controller-only node that most recently became the active controller, from the logs
+/// (the brokers do not name it: clients cannot reach it).
+fn active_controller(cluster: &TestCluster) -> usize {
+    poll("a controller to report itself active", Duration::from_secs(30), || {
+        (0..CONTROLLERS)
+            .filter_map(|i| {
+                let log = cluster.nodes[i].log();
+                // The log of this process's latest start only.
+                let run = &log[log.rfind("==== test harness: starting").unwrap_or(0)..];
+                run.lines().rev().find(|l| l.contains("active controller")).map(|l| (l.split_whitespace().next().unwrap_or("").to_string(), i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    })
+}
+
+/// Rewrite node `i`'s `REPLICATION` listener to a fresh port; returns the new port.
+fn move_replication_listener(cluster: &TestCluster, i: usize) -> u16 {
+    let path = cluster.nodes[i].config_file().expect("a cluster node").to_path_buf();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let port = free_port();
+    let moved: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("listeners=") {
+            Some(list) => {
+                let entries: Vec<String> =
+                    list.split(',').map(|e| if e.starts_with("REPLICATION://") { format!("REPLICATION://127.0.0.1:{port}") } else { e.to_string() }).collect();
+                format!("listeners={}\n", entries.join(","))
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(moved, text, "the config has a REPLICATION listener");
+    std::fs::write(&path, moved).expect("write config");
+    port
+}
+
+/// Three controller-only and three broker-only processes: controllers never appear as brokers,
+/// and an idempotent acks=all producer loses nothing and duplicates nothing across a broker
+/// kill -9 (restarted at a new replication address) and an active-controller kill -9.
+#[test]
+fn separate_roles_survive_broker_and_controller_kills() {
+    let mut cluster = TestCluster::start_split(CONTROLLERS, BROKERS, "min.insync.replicas=2\ndefault.replication.factor=3");
+    let brokers: BTreeSet<i32> = ((CONTROLLERS + 1) as i32..=(CONTROLLERS + BROKERS) as i32).collect();
+
+    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+
+    // Only brokers are listed; replicas and leaders are brokers; the controller a client is
+    // told about is a broker too (it forwards to the controller-only quorum).
+    let (listed, parts) = poll("the topic's leaders", Duration::from_secs(30), || {
+        metadata(&cluster).filter(|(_, p)| p.len() == PARTITIONS as usize && p.values().all(|(l, _)| *l > 0))
+    });
+    assert_eq!(listed, brokers, "Metadata lists exactly the broker-only nodes");
+    for (p, (leader, isr)) in &parts {
+        assert!(brokers.contains(leader), "partition {p} led by {leader}");
+        assert!(isr.iter().all(|r| brokers.contains(r)), "partition {p} ISR {isr:?}");
+    }
+    let addr = cluster.nodes[CONTROLLERS].bootstrap();
+    let described = block_on(async move {
+        let mut c = runnel::client::Client::connect(&addr).await?;
+        c.send(DescribeClusterRequest::default(), 1).await
+    })
+    .expect("DescribeCluster");
+    assert!(brokers.contains(&described.controller_id.0), "DescribeCluster names broker {} as the controller", described.controller_id.0);
+    assert_eq!(described.brokers.iter().map(|b| b.broker_id.0).collect::<BTreeSet<_>>(), brokers);
+
+    let acks = Arc::new(Acks::default());
+    let producer: BaseProducer<Ctx> = config(&cluster)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "120000")
+        .set("retry.backoff.ms", "50")
+        .create_with_context(Ctx(acks.clone()))
+        .expect("producer");
+    let producer = Arc::new(producer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (producer, stop) = (producer.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut value = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = value.to_string();
+                let partition = (value % PARTITIONS as u64) as i32;
+                let record = BaseRecord::with_opaque_to(TOPIC, Box::new(value)).partition(partition).payload(&payload).key("k");
+                if producer.send(record).is_ok() {
+                    value += 1;
+                }
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            value
+        })
+    };
+    let acked = || acks.acked.lock().expect("lock").len();
+    let wait_acks = |n: usize| poll(&format!("{n} acknowledgements"), Duration::from_secs(60), || (acked() >= n).then_some(()));
+    wait_acks(500);
+
+    // 1. Kill the broker leading partition 0; restart it on another replication port.
+    let leader = parts[&0].0;
+    let index = (leader - 1) as usize;
+    eprintln!("killing broker {leader}, the leader of partition 0");
+    let killed_at = Instant::now();
+    cluster.nodes[index].kill();
+    poll("a produce to partition 0 acknowledged after its leader died", Duration::from_secs(30), || {
+        acks.acked.lock().expect("lock").iter().any(|(p, _, _, at)| *p == 0 && *at > killed_at).then_some(())
+    });
+    eprintln!("partition 0 accepted produces again {} ms after the kill", killed_at.elapsed().as_millis());
+    wait_acks(acked() + 500);
+    let port = move_replication_listener(&cluster, index);
+    eprintln!("restarting broker {leader} with its replication listener on port {port}");
+    cluster.nodes[index].restart();
+    // It catches up only if its leaders answer it at the new address.
+    poll("broker back in every ISR", Duration::from_secs(60), || {
+        metadata(&cluster).filter(|(_, p)| p.values().all(|(_, isr)| isr.contains(&leader))).map(|_| ())
+    });
+    wait_acks(acked() + 300);
+
+    // 2. Kill the active controller (a controller-only node) and restart it.
+    let controller = active_controller(&cluster);
+    eprintln!("killing the active controller: node {}", controller + 1);
+    cluster.nodes[controller].kill();
+    wait_acks(acked() + 500);
+    cluster.nodes[controller].restart();
+    wait_acks(acked() + 300);
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    assert_eq!(producer.flush(Duration::from_secs(120)).map_err(|e| e.to_string()), Ok(()));
+    let acked = acks.acked.lock().expect("lock").clone();
+    let failed = acks.failed.lock().expect("lock").clone();
+    eprintln!("sent {sent}, acknowledged {}, failed {}", acked.len(), failed.len());
+    assert!(failed.is_empty(), "an idempotent producer with a long timeout should not fail: {:?}", &failed[..failed.len().min(5)]);
+    assert_eq!(acked.len() as u64, sent, "every record sent was acknowledged");
+
+    // Consume everything and compare.
+    let mut expected: BTreeMap<i32, BTreeMap<i64, u64>> = BTreeMap::new();
+    for (p, o, v, _) in &acked {
+        assert!(expected.entry(*p).or_default().insert(*o, *v).is_none(), "offset {o} of partition {p} acknowledged twice");
+    }
+    let consumer: BaseConsumer = config(&cluster).set("group.id", "unused").set("enable.auto.commit", "false").create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let total: usize = expected.values().map(|m| m.len()).sum();
+    let mut seen: BTreeMap<i32, Vec<(i64, u64)>> = BTreeMap::new();
+    let mut last_values: BTreeMap<i32, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.values().map(|v| v.len()).sum::<usize>() < total {
+        assert!(Instant::now() < deadline, "consumed {} of {total} acknowledged records", seen.values().map(|v| v.len()).sum::<usize>());
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.expect("consume");
+        let value: u64 = std::str::from_utf8(m.payload().expect("payload")).expect("utf8").parse().expect("number");
+        if let Some(prev) = last_values.insert(m.partition(), value) {
+            assert!(value > prev, "partition {}: value {value} after {prev}: out of order or duplicated", m.partition());
+        }
+        seen.entry(m.partition()).or_default().push((m.offset(), value));
+    }
+    for (p, want) in &expected {
+        let got: BTreeMap<i64, u64> = seen.get(p).cloned().unwrap_or_default().into_iter().collect();
+        for (o, v) in want {
+            assert_eq!(got.get(o), Some(v), "partition {p}: acknowledged value {v} at offset {o} not consumed there");
+        }
+    }
+    // Nothing beyond what was acknowledged, and nothing twice.
+    assert!(consumer.poll(Duration::from_secs(1)).is_none(), "a record beyond the acknowledged ones");
+}
