@@ -8,7 +8,7 @@ use runnel_actors::controller::rpc::{ControllerRequest, ControllerResponse, Peer
 use runnel_actors::controller::{Controller, ControllerConfig};
 use runnel_actors::core::mem_disk::MemDisk;
 use runnel_actors::core::{Actor, Addr, Cx, Effect, IoDone, Rng, TimerId};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 const VOTERS: usize = 3;
 /// The address requests come from (a broker that is not simulated); answers to it are kept.
@@ -19,6 +19,8 @@ struct Node {
     cx: Cx<BrokerMsg>,
     disk: MemDisk,
     timers: BTreeMap<TimerId, u64>,
+    /// Brokers whose node-to-node address this incarnation announced to its driver.
+    announced: BTreeSet<i32>,
 }
 
 struct Quorum {
@@ -35,7 +37,7 @@ impl Quorum {
     fn new(config: ControllerConfig) -> Quorum {
         let mut q = Quorum { nodes: Vec::new(), now: 1, mail: VecDeque::new(), answers: Vec::new(), rng: Rng::new(7), config };
         for i in 0..VOTERS {
-            q.nodes.push(Node { controller: None, cx: Cx::new(Self::addr(i), 0), disk: MemDisk::new(), timers: BTreeMap::new() });
+            q.nodes.push(Node { controller: None, cx: Cx::new(Self::addr(i), 0), disk: MemDisk::new(), timers: BTreeMap::new(), announced: BTreeSet::new() });
             q.start(i);
         }
         q
@@ -52,6 +54,7 @@ impl Quorum {
         n.controller = Some(Controller::new(config));
         n.cx = Cx::new(Self::addr(i), seed);
         n.timers.clear();
+        n.announced.clear();
         self.step(i, |c, cx| c.on_start(cx));
     }
 
@@ -100,7 +103,10 @@ impl Quorum {
                         n.timers.remove(&id);
                     }
                     Effect::Stop => panic!("controller {} stopped", i + 1),
-                    Effect::Reply { .. } | Effect::Close { .. } | Effect::PeerAddress { .. } => {}
+                    Effect::PeerAddress { node, .. } => {
+                        n.announced.insert(node);
+                    }
+                    Effect::Reply { .. } | Effect::Close { .. } => {}
                 }
             }
         }
@@ -144,11 +150,12 @@ impl Quorum {
 }
 
 fn register(broker: i32) -> ControllerRequest {
-    ControllerRequest::Register { broker, incarnation: broker as u64 * 7, host: "h".into(), port: 9092, peer: "p".into(), rack: None }
+    ControllerRequest::Register { broker, incarnation: broker as u64 * 7, host: "h".into(), port: 9092, peer: format!("broker-{broker}:9094"), rack: None }
 }
 
 /// A voter that missed the entries the others compacted away is caught up by InstallSnapshot:
-/// it ends with the leader's image, persists the snapshot as a checkpoint and restarts from it;
+/// it ends with the leader's image (announcing the brokers it registered), persists the snapshot
+/// as a checkpoint and restarts from it;
 /// a broker fetching from offset 0 gets the image, since the history before the log start is
 /// gone.
 #[test]
@@ -182,6 +189,9 @@ fn a_lagging_voter_is_caught_up_by_install_snapshot() {
     let leader_image = q.controller(leader).image().clone();
     q.run_until("the lagging voter catches up", |q| q.nodes[lagging].controller.as_ref().is_some_and(|c| c.image().offset >= leader_image.offset));
     assert_eq!(q.controller(lagging).snapshot_stats().installed, 1, "caught up through a snapshot");
+    // Registrations it knows only from the snapshot are announced too: a controller-only voter
+    // reaches broker-only nodes at the addresses they registered.
+    assert_eq!(q.nodes[lagging].announced.len(), BROKERS as usize - 1, "every other broker's address announced");
     assert!(!q.checkpoints(lagging).is_empty(), "the installed snapshot is on disk");
     let at = q.controller(leader).image().offset;
     assert_eq!(q.controller(lagging).image().brokers, q.controller(leader).image().brokers);
@@ -193,6 +203,7 @@ fn a_lagging_voter_is_caught_up_by_install_snapshot() {
     assert!(q.controller(lagging).snapshot_stats().loaded_index > 0, "restarted from a checkpoint");
     let target = q.controller(leader).image().offset;
     q.run_until("the restarted voter catches up", |q| q.nodes[lagging].controller.as_ref().is_some_and(|c| c.image().offset >= target));
+    assert_eq!(q.nodes[lagging].announced.len(), BROKERS as usize - 1, "every other broker's address announced after a load");
     let (a, b) = (q.controller(lagging).image().clone(), q.controller(leader).image().clone());
     assert_eq!(a.brokers.len(), BROKERS as usize);
     if a.offset == b.offset {

@@ -218,7 +218,7 @@ impl Controller {
             if let Some(snapshot) = &ready.snapshot {
                 // Committed state from the leader: apply it now, like committed entries; the
                 // store makes it durable before Raft's answer goes out.
-                if let Err(why) = self.install_image(snapshot) {
+                if let Err(why) = self.install_image(cx, snapshot) {
                     return self.fail(cx, &why);
                 }
                 self.snapshot_stats.installed += 1;
@@ -252,11 +252,16 @@ impl Controller {
     }
 
     /// Replace the image by a snapshot's (loaded or received from the leader); the batches
-    /// before it are no longer held, so brokers behind it get the image.
-    fn install_image(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+    /// before it are no longer held, so brokers behind it get the image. The registrations it
+    /// holds are announced to the driver, as applying them would have (a controller-only voter
+    /// reaches broker-only nodes only at the addresses they registered).
+    fn install_image(&mut self, cx: &mut Cx<BrokerMsg>, snapshot: &Snapshot) -> Result<(), String> {
         let image = MetadataImage::decode(&snapshot.data).ok_or_else(|| format!("metadata snapshot at {} does not decode", snapshot.last_index))?;
         if image.offset != snapshot.last_index {
             return Err(format!("metadata snapshot at {} holds an image at offset {}", snapshot.last_index, image.offset));
+        }
+        for b in image.brokers.values() {
+            announce_peer(cx, self.config.node_id, b);
         }
         self.image = image;
         self.applied_term = snapshot.last_term;
@@ -895,7 +900,7 @@ impl Actor for Controller {
             StoreEvent::Failed(why) => self.fail(cx, &why),
             StoreEvent::Loaded { hard_state, snapshot, entries } => {
                 if let Some(s) = &snapshot {
-                    if let Err(why) = self.install_image(s) {
+                    if let Err(why) = self.install_image(cx, s) {
                         return self.fail(cx, &why);
                     }
                     self.snapshot_stats.loaded_index = s.last_index;
