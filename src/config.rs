@@ -259,6 +259,9 @@ impl ServerConfig {
                 "controller.quorum.election.timeout.ms" => {
                     c.controller.election_timeout_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
                 }
+                "metadata.log.max.record.bytes.between.snapshots" => {
+                    c.controller.max_record_bytes_between_snapshots = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
+                }
                 "broker.session.timeout.ms" => {
                     c.controller.broker_session_timeout_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
                 }
@@ -371,6 +374,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.broker.num_partitions, 4);
         assert_eq!(c.broker.topic_defaults.get("retention.ms").map(String::as_str), Some("3600000"));
+        assert_eq!(c.controller.max_record_bytes_between_snapshots, 20 * 1024 * 1024, "Kafka's default");
+        let c = ServerConfig::parse("metadata.log.max.record.bytes.between.snapshots=4096").unwrap();
+        assert_eq!(c.controller.max_record_bytes_between_snapshots, 4096);
+        assert!(ServerConfig::parse("metadata.log.max.record.bytes.between.snapshots=0").is_err());
         assert!(ServerConfig::parse("num.partitions=0").is_err());
         assert!(ServerConfig::parse("log.segment.bytes=abc").is_err());
     }

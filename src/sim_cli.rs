@@ -38,6 +38,10 @@ fn print_run(r: &RunResult, wall_s: f64) {
     );
     let fired: Vec<String> = o.faults_fired.iter().map(|(k, n)| format!("{k}x{n}")).collect();
     println!("faults fired: {}", if fired.is_empty() { "none".into() } else { fired.join(", ") });
+    if !o.protocol.is_empty() {
+        let paths: Vec<String> = o.protocol.iter().map(|(k, n)| format!("{k}x{n}")).collect();
+        println!("protocol paths: {}", paths.join(", "));
+    }
     println!("history: {} ops; workload {}", r.history_ops, if o.completed { "completed" } else { "did NOT complete" });
     if !o.produce_latencies.is_empty() {
         let mut l: Vec<u64> = o.produce_latencies.iter().map(|x| x.1).collect();
@@ -170,6 +174,12 @@ pub fn cmd_swarm(
     for (kind, _) in FAULT_KINDS {
         let (enabled, fired) = s.coverage.get(*kind).copied().unwrap_or((0, 0));
         println!("  {kind:<20} {enabled:>7} {fired:>9}");
+    }
+    if !s.protocol.is_empty() {
+        println!("protocol paths (seeds reaching it / times):");
+        for (path, (seeds, times)) in &s.protocol {
+            println!("  {path:<28} {seeds:>7} {times:>9}");
+        }
     }
     let mut ok = s.failures.is_empty();
     if s.failures.is_empty() {

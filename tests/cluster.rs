@@ -6,11 +6,15 @@
 //! is killed and restarted. Afterwards every acknowledged record must be consumed exactly once,
 //! at the offset it was acknowledged with, in order per partition. It prints the failover time:
 //! from the kill to the first acknowledgement of a record sent to the killed leader's partition.
+//!
+//! The snapshot test runs the quorum with a tiny `metadata.log.max.record.bytes.between.snapshots`:
+//! the voters write checkpoints and compact the metadata log while one node is down, and the
+//! node comes back through the leader's snapshot and, restarted again, from its own checkpoint.
 
 mod common;
 
 use common::TestCluster;
-use kafka_protocol::messages::DescribeClusterRequest;
+use kafka_protocol::messages::{DescribeClusterRequest, MetadataRequest};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -214,5 +218,96 @@ fn failover_loses_no_acknowledged_record() {
         for (o, v) in want {
             assert_eq!(got.get(o), Some(v), "partition {p}: acknowledged value {v} at offset {o} not consumed there");
         }
+    }
+}
+
+/// Topic names a node reports in Metadata (all topics), asking that node only.
+fn topics_on(node: &common::TestBroker) -> Option<Vec<String>> {
+    let addr = node.bootstrap();
+    let response = block_on(async move {
+        let mut c = runnel::client::Client::connect(&addr).await?;
+        c.send(MetadataRequest::default().with_topics(None), 12).await
+    })
+    .ok()?;
+    Some(response.topics.iter().filter(|t| t.error_code == 0).filter_map(|t| t.name.as_ref().map(|n| n.to_string())).collect())
+}
+
+/// The checkpoint files in a node's metadata log directory.
+fn checkpoints(node: &common::TestBroker) -> Vec<String> {
+    let dir = node.data_dir().join("__cluster_metadata-0");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    names.retain(|n| n.ends_with(".checkpoint"));
+    names.sort();
+    names
+}
+
+/// Metadata snapshots on real processes and files: with a snapshot every 1 KiB of committed
+/// metadata, topics are created while node 3 is down; the live voters keep at most two
+/// checkpoints; node 3, restarted, catches up (through the leader's snapshot, which it persists)
+/// and reports every topic; killed and restarted again, it starts from its checkpoint.
+#[test]
+fn metadata_snapshots_catch_up_a_restarted_node() {
+    const TOPICS: usize = 40;
+    let mut cluster = TestCluster::start(3, "metadata.log.max.record.bytes.between.snapshots=1024\ndefault.replication.factor=2");
+    cluster.nodes[2].kill();
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", format!("{},{}", cluster.nodes[0].bootstrap(), cluster.nodes[1].bootstrap())).set("broker.address.family", "v4");
+    let admin: AdminClient<DefaultClientContext> = c.create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let names: Vec<String> = (0..TOPICS).map(|i| format!("snap-{i:02}")).collect();
+    for chunk in names.chunks(5) {
+        let new: Vec<NewTopic> = chunk.iter().map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(2))).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let created = block_on(admin.create_topics(&new, &options)).expect("create topics");
+            // A retry after a controller change may find the topic already made.
+            if created.iter().all(|r| r.is_ok() || matches!(r, Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)))) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topics not created: {created:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for node in &cluster.nodes[..2] {
+        // Two are kept; a third exists between a new checkpoint's rename and the old one's
+        // deletion.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let cps = checkpoints(node);
+            if !cps.is_empty() && cps.len() <= 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node data {}: checkpoints {cps:?}", node.data_dir().display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    cluster.nodes[2].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = topics_on(&cluster.nodes[2]).unwrap_or_default();
+        if names.iter().all(|n| seen.contains(n)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 reports {} of {TOPICS} topics", names.iter().filter(|n| seen.contains(n)).count());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!checkpoints(&cluster.nodes[2]).is_empty(), "node 3 persisted no checkpoint");
+    assert!(cluster.nodes[2].log().contains("installing the leader's metadata snapshot"), "node 3 was not caught up by a snapshot");
+
+    cluster.nodes[2].restart();
+    let log = cluster.nodes[2].log();
+    let last_run = &log[log.rfind("==== test harness: starting").unwrap_or(0)..];
+    let loaded_from = last_run.split("metadata log loaded checkpoint=").nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok());
+    assert!(loaded_from.is_some_and(|i| i > 0), "node 3 did not start from a checkpoint: {loaded_from:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = topics_on(&cluster.nodes[2]).unwrap_or_default();
+        if names.iter().all(|n| seen.contains(n)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after a restart from its checkpoint node 3 reports {} of {TOPICS} topics", seen.len());
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -104,6 +104,7 @@ pub fn run(config: &RunConfig) -> Result<RunResult, String> {
                 fault_log: Vec::new(),
                 produce_latencies: Vec::new(),
                 completed: false,
+                protocol: Default::default(),
             }
         }
     };

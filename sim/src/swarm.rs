@@ -39,6 +39,8 @@ pub struct SwarmSummary {
     pub failures: Vec<RunResult>,
     /// Per fault kind: seeds that enabled it, and how often it fired in total.
     pub coverage: BTreeMap<String, (u64, u64)>,
+    /// Per protocol path (see `Outcome::protocol`): seeds that reached it, and how often.
+    pub protocol: BTreeMap<String, (u64, u64)>,
     /// Wall time.
     pub wall: Duration,
     /// Total simulated time, ms.
@@ -108,6 +110,11 @@ pub fn swarm(config: &SwarmConfig) -> SwarmSummary {
                         }
                         for (kind, n) in &r.outcome.faults_fired {
                             s.coverage.entry(kind.clone()).or_default().1 += n;
+                        }
+                        for (path, n) in &r.outcome.protocol {
+                            let e = s.protocol.entry(path.clone()).or_default();
+                            e.0 += 1;
+                            e.1 += n;
                         }
                         if r.failed() {
                             if config.stop_on_first {

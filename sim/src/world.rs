@@ -156,6 +156,8 @@ struct Node {
     restart_pending: bool,
     /// Metadata history offsets up to this were compared against `committed_meta`.
     meta_checked: u64,
+    /// The controller's image was compared against `committed_images` up to this offset.
+    image_checked: u64,
 }
 
 impl Node {
@@ -215,6 +217,9 @@ pub struct Outcome {
     pub produce_latencies: Vec<(u64, u64)>,
     /// Whether the workload completed (everything acknowledged was read) before the deadline.
     pub completed: bool,
+    /// Protocol paths the run exercised, with counts (metadata snapshots taken, installed from
+    /// the leader, loaded at start), so a swarm can show that faults reached them.
+    pub protocol: BTreeMap<String, u64>,
 }
 
 /// The simulated world of one run.
@@ -247,6 +252,9 @@ pub struct World {
     term_leaders: BTreeMap<u64, i32>,
     /// Committed metadata batches by offset (a digest), as first seen on any voter.
     committed_meta: BTreeMap<u64, u64>,
+    /// Voters' metadata images by offset (a digest, and the node it was first seen on).
+    committed_images: BTreeMap<u64, (u64, i32)>,
+    protocol: BTreeMap<String, u64>,
     /// The quorum voters: every node knows their addresses from its configuration.
     voters: Vec<i32>,
     /// Nodes 0..this are controller-only; the brokers follow.
@@ -292,7 +300,14 @@ impl World {
                 }
                 config
             });
-            let controller_config = voter.then(|| ControllerConfig { node_id: id, voters: voters.clone(), ..Default::default() });
+            let mut controller_config = voter.then(|| ControllerConfig { node_id: id, voters: voters.clone(), ..Default::default() });
+            for (k, v) in scenario.broker_settings {
+                if *k == "metadata.log.max.record.bytes.between.snapshots" {
+                    if let Some(c) = controller_config.as_mut() {
+                        c.max_record_bytes_between_snapshots = v.parse().expect("a scenario's snapshot interval is a number");
+                    }
+                }
+            }
             let drift_ppm = if plan.has("clock-drift") { rng.below(2_001) as i64 - 1_000 } else { 0 };
             nodes.push(Node {
                 config,
@@ -317,6 +332,7 @@ impl World {
                 was_ready: false,
                 restart_pending: false,
                 meta_checked: 0,
+                image_checked: 0,
             });
         }
         let mut clients = Vec::new();
@@ -376,6 +392,8 @@ impl World {
             epoch_leaders: BTreeMap::new(),
             term_leaders: BTreeMap::new(),
             committed_meta: BTreeMap::new(),
+            committed_images: BTreeMap::new(),
+            protocol: BTreeMap::new(),
             voters,
             controller_only,
         };
@@ -601,7 +619,11 @@ impl World {
         self
     }
 
-    fn into_outcome(self) -> Outcome {
+    fn into_outcome(mut self) -> Outcome {
+        for i in 0..self.nodes.len() {
+            self.count_snapshots(i);
+        }
+        self.protocol.retain(|_, v| *v > 0);
         Outcome {
             trace_hash: self.trace.hash(),
             events: self.trace.events,
@@ -612,6 +634,19 @@ impl World {
             fault_log: self.fault_log,
             produce_latencies: self.produce_latencies,
             completed: self.completed,
+            protocol: self.protocol,
+        }
+    }
+
+    /// Add the snapshot counts of node `i`'s controller (before it is replaced, and at the end).
+    fn count_snapshots(&mut self, i: usize) {
+        if let Some(c) = self.nodes[i].controller.as_ref() {
+            let s = c.snapshot_stats();
+            for (k, v) in
+                [("metadata-snapshot-taken", s.taken), ("metadata-snapshot-installed", s.installed), ("metadata-snapshot-loaded", (s.loaded_index > 0) as u64)]
+            {
+                *self.protocol.entry(k.to_string()).or_default() += v;
+            }
         }
     }
 
@@ -760,6 +795,7 @@ impl World {
     }
 
     fn start_node(&mut self, i: usize) {
+        self.count_snapshots(i);
         let id = i as i32 + 1;
         let voter = self.voters.contains(&id);
         if !voter && self.nodes[i].incarnation > 0 && self.rng.below(2) == 0 {
@@ -787,6 +823,7 @@ impl World {
         n.was_ready = false;
         n.restart_pending = false;
         n.meta_checked = 0;
+        n.image_checked = 0;
         if self.nodes[i].controller.is_some() {
             self.node_step(i, CONTROLLER_ACTOR, |c, cx| c.on_start(cx));
         }
@@ -1018,6 +1055,14 @@ impl World {
         if let Err(e) = c.image().check() {
             found.push(("metadata-image", format!("node {node}: {e}")));
         }
+        // Every voter's image at an offset is the same, whether it was built by applying
+        // entries, loaded from a checkpoint or installed from the leader's snapshot.
+        let offset = c.image().offset;
+        let image_digest = (offset > self.nodes[i].image_checked).then(|| {
+            let mut t = Trace::new();
+            t.bytes(&c.image().encode());
+            t.hash()
+        });
         let checked = self.nodes[i].meta_checked;
         let fresh: Vec<(u64, u64)> = c
             .history()
@@ -1031,6 +1076,13 @@ impl World {
             .collect();
         if let Some((newest, _)) = fresh.first() {
             self.nodes[i].meta_checked = *newest;
+        }
+        if let Some(h) = image_digest {
+            let (digest, first) = *self.committed_images.entry(offset).or_insert((h, node));
+            if digest != h {
+                found.push(("metadata-image-agrees", format!("node {node}'s metadata image at offset {offset} differs from node {first}'s")));
+            }
+            self.nodes[i].image_checked = offset;
         }
         for (o, h) in fresh {
             let prev = *self.committed_meta.entry(o).or_insert(h);

@@ -374,6 +374,7 @@ impl Broker {
     /// Apply committed metadata and bring local partitions in line with it.
     fn apply_metadata(&mut self, cx: &mut Cx<BrokerMsg>, snapshot: Option<MetadataImage>, records: Vec<(u64, Vec<MetadataRecord>)>, through: Option<u64>) {
         if let Some(s) = snapshot {
+            tracing::debug!(node = self.config.node_id, from = self.cluster.image.offset, to = s.offset, "metadata image from the controller's snapshot");
             self.cluster.image = s;
         }
         for (offset, batch) in records {

@@ -28,7 +28,7 @@ use crate::broker::error;
 use crate::broker::BrokerMsg;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use image::{place_replicas, BrokerInfo, MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
-use raft::{Raft, RaftConfig};
+use raft::{Raft, RaftConfig, Snapshot};
 use rpc::{AdminOp, ControllerRequest, ControllerResponse, PeerMsg, CONTROLLER_ACTOR};
 use std::collections::{BTreeMap, VecDeque};
 use store::{RaftStore, StoreEvent};
@@ -59,7 +59,13 @@ pub struct ControllerConfig {
     pub broker_session_timeout_ms: u64,
     /// `unclean.leader.election.enable` default.
     pub unclean_leader_election: bool,
+    /// `metadata.log.max.record.bytes.between.snapshots`: a voter writes a snapshot of its image
+    /// (and compacts the metadata log) after this many bytes of committed records.
+    pub max_record_bytes_between_snapshots: u64,
 }
+
+/// Kafka's default for `metadata.log.max.record.bytes.between.snapshots`: 20 MiB.
+pub const DEFAULT_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS: u64 = 20 * 1024 * 1024;
 
 impl Default for ControllerConfig {
     fn default() -> Self {
@@ -70,6 +76,7 @@ impl Default for ControllerConfig {
             raft_heartbeat_ms: 100,
             broker_session_timeout_ms: 1500,
             unclean_leader_election: false,
+            max_record_bytes_between_snapshots: DEFAULT_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS,
         }
     }
 }
@@ -91,6 +98,17 @@ struct Waiter {
     reply: Reply,
 }
 
+/// How a voter's snapshots came about, for tests and the simulator's coverage report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots of its own image this voter wrote (and compacted its log to).
+    pub taken: u64,
+    /// Snapshots received from the leader and installed.
+    pub installed: u64,
+    /// The index of the snapshot this incarnation started from (0: none).
+    pub loaded_index: u64,
+}
+
 struct ParkedFetch {
     to: Addr,
     id: u64,
@@ -108,7 +126,15 @@ pub struct Controller {
     /// Committed state plus this leader's proposals in flight.
     pending: MetadataImage,
     history: VecDeque<(u64, Vec<MetadataRecord>)>,
+    /// `history` holds every batch committed after this index.
     trimmed_through: u64,
+    /// The term of the entry at `image.offset`.
+    applied_term: u64,
+    /// Bytes of committed entries applied since the last snapshot (taken, installed or loaded).
+    bytes_since_snapshot: u64,
+    /// A snapshot of our own being written; Raft is compacted to it once it is durable.
+    compacting: Option<Snapshot>,
+    snapshot_stats: SnapshotStats,
     persisting: Option<Vec<(i32, raft::RaftMsg)>>,
     was_leader: bool,
     term_start: u64,
@@ -130,6 +156,10 @@ impl Controller {
             pending: MetadataImage::default(),
             history: VecDeque::new(),
             trimmed_through: 0,
+            applied_term: 0,
+            bytes_since_snapshot: 0,
+            compacting: None,
+            snapshot_stats: SnapshotStats::default(),
             persisting: None,
             was_leader: false,
             term_start: 0,
@@ -156,6 +186,11 @@ impl Controller {
         self.raft.as_ref().map(|r| (r.term(), r.leader(), r.commit_index()))
     }
 
+    /// How this voter's snapshots came about.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.snapshot_stats
+    }
+
     /// The committed record batches this voter still holds, oldest first.
     pub fn history(&self) -> impl DoubleEndedIterator<Item = &(u64, Vec<MetadataRecord>)> {
         self.history.iter()
@@ -171,7 +206,8 @@ impl Controller {
         cx.stop();
     }
 
-    /// Take Raft's output: apply what committed, persist what must be durable, then send.
+    /// Take Raft's output: install a snapshot, apply what committed, persist what must be
+    /// durable, then send; snapshot the image when enough records were applied.
     fn drive(&mut self, cx: &mut Cx<BrokerMsg>) {
         loop {
             if self.persisting.is_some() || self.failed {
@@ -179,24 +215,109 @@ impl Controller {
             }
             let Some(raft) = self.raft.as_mut() else { return };
             let mut ready = raft.take_ready();
+            if let Some(snapshot) = &ready.snapshot {
+                // Committed state from the leader: apply it now, like committed entries; the
+                // store makes it durable before Raft's answer goes out.
+                if let Err(why) = self.install_image(cx, snapshot) {
+                    return self.fail(cx, &why);
+                }
+                self.snapshot_stats.installed += 1;
+                tracing::info!(node = self.config.node_id, index = snapshot.last_index, term = snapshot.last_term, "installing the leader's metadata snapshot");
+            }
             let committed = std::mem::take(&mut ready.committed);
             for entry in committed {
                 self.apply_entry(cx, entry);
             }
             self.leadership_changed(cx);
-            let needs_disk = ready.hard_state.is_some() || ready.truncate_after.is_some() || !ready.entries.is_empty();
+            let needs_disk = ready.hard_state.is_some() || ready.snapshot.is_some() || ready.truncate_after.is_some() || !ready.entries.is_empty();
             if needs_disk {
-                self.store.persist(cx, &ready);
-                self.persisting = Some(ready.messages);
-                return;
+                if self.store.persist(cx, &ready) {
+                    self.persisting = Some(ready.messages);
+                    return;
+                }
+                // Nothing had to change on disk: it is as durable as it was.
+                let last = self.store.last_index();
+                if let Some(raft) = self.raft.as_mut() {
+                    raft.on_persisted(last);
+                }
             }
             let idle = ready.messages.is_empty();
             for (to, msg) in ready.messages {
                 cx.send(Self::peer(to), BrokerMsg::Peer(PeerMsg::Raft(msg)));
             }
-            if idle {
+            if self.maybe_snapshot(cx) || idle {
                 return;
             }
+        }
+    }
+
+    /// Replace the image by a snapshot's (loaded or received from the leader); the batches
+    /// before it are no longer held, so brokers behind it get the image. The registrations it
+    /// holds are announced to the driver, as applying them would have (a controller-only voter
+    /// reaches broker-only nodes only at the addresses they registered).
+    fn install_image(&mut self, cx: &mut Cx<BrokerMsg>, snapshot: &Snapshot) -> Result<(), String> {
+        let image = MetadataImage::decode(&snapshot.data).ok_or_else(|| format!("metadata snapshot at {} does not decode", snapshot.last_index))?;
+        if image.offset != snapshot.last_index {
+            return Err(format!("metadata snapshot at {} holds an image at offset {}", snapshot.last_index, image.offset));
+        }
+        for b in image.brokers.values() {
+            announce_peer(cx, self.config.node_id, b);
+        }
+        self.image = image;
+        self.applied_term = snapshot.last_term;
+        self.history.clear();
+        self.trimmed_through = snapshot.last_index;
+        self.bytes_since_snapshot = 0;
+        Ok(())
+    }
+
+    /// Start writing a snapshot of the image if enough records were applied since the last one
+    /// and the store is idle; true if started (the store reports `Persisted` when done).
+    fn maybe_snapshot(&mut self, cx: &mut Cx<BrokerMsg>) -> bool {
+        if self.bytes_since_snapshot < self.config.max_record_bytes_between_snapshots || self.persisting.is_some() || self.failed {
+            return false;
+        }
+        let Some(raft) = self.raft.as_ref() else { return false };
+        let index = self.image.offset;
+        if index <= self.store.snapshot_index() {
+            return false;
+        }
+        self.bytes_since_snapshot = 0;
+        let Some(entries) = raft.entries_after(self.store.snapshot_index()) else {
+            tracing::warn!(
+                node = self.config.node_id,
+                raft = raft.snapshot_index(),
+                store = self.store.snapshot_index(),
+                "snapshot skipped: Raft and the store disagree on the newest snapshot"
+            );
+            return false;
+        };
+        let snapshot = Snapshot { last_index: index, last_term: self.applied_term, data: self.image.encode() };
+        match self.store.save_snapshot(cx, &snapshot, entries) {
+            Ok(()) => {
+                tracing::debug!(node = self.config.node_id, index, term = self.applied_term, bytes = snapshot.data.len(), "writing a metadata snapshot");
+                self.compacting = Some(snapshot);
+                self.persisting = Some(Vec::new());
+                true
+            }
+            Err(why) => {
+                tracing::warn!(node = self.config.node_id, "snapshot skipped: {why}");
+                false
+            }
+        }
+    }
+
+    /// Our snapshot is durable and the log compacted: let Raft drop the entries it covers (and
+    /// send it to followers that need them), and forget batches the log no longer holds.
+    fn snapshot_saved(&mut self, snapshot: Snapshot) {
+        self.snapshot_stats.taken += 1;
+        let floor = self.store.first_index() - 1;
+        while self.history.front().is_some_and(|(o, _)| *o <= floor) {
+            self.history.pop_front();
+        }
+        self.trimmed_through = self.trimmed_through.max(floor);
+        if let Some(raft) = self.raft.as_mut() {
+            raft.compact(snapshot);
         }
     }
 
@@ -218,6 +339,8 @@ impl Controller {
             }
         }
         self.image.offset = entry.index;
+        self.applied_term = entry.term;
+        self.bytes_since_snapshot += entry.data.len() as u64;
         if !records.is_empty() {
             self.history.push_back((entry.index, records));
             if self.history.len() > HISTORY {
@@ -775,7 +898,13 @@ impl Actor for Controller {
         match self.store.on_io(cx, done) {
             StoreEvent::Pending => {}
             StoreEvent::Failed(why) => self.fail(cx, &why),
-            StoreEvent::Loaded { hard_state, entries } => {
+            StoreEvent::Loaded { hard_state, snapshot, entries } => {
+                if let Some(s) = &snapshot {
+                    if let Err(why) = self.install_image(cx, s) {
+                        return self.fail(cx, &why);
+                    }
+                    self.snapshot_stats.loaded_index = s.last_index;
+                }
                 let c = &self.config;
                 let config = RaftConfig {
                     me: c.node_id,
@@ -785,15 +914,18 @@ impl Actor for Controller {
                     heartbeat_interval_ms: c.raft_heartbeat_ms,
                     max_entries_per_append: 256,
                 };
-                tracing::info!(node = c.node_id, term = hard_state.term, entries = entries.len(), "metadata log loaded");
+                tracing::info!(node = c.node_id, term = hard_state.term, snapshot = self.image.offset, entries = entries.len(), "metadata log loaded");
                 let seed = cx.rng().next_u64();
-                self.raft = Some(Raft::new(config, hard_state, None, entries, cx.now_ms(), seed));
+                self.raft = Some(Raft::new(config, hard_state, snapshot, entries, cx.now_ms(), seed));
                 cx.set_timer(TICK, TICK_MS);
                 self.drive(cx);
             }
             StoreEvent::Persisted { last_index } => {
                 if let Some(raft) = self.raft.as_mut() {
                     raft.on_persisted(last_index);
+                }
+                if let Some(snapshot) = self.compacting.take() {
+                    self.snapshot_saved(snapshot);
                 }
                 for (to, msg) in self.persisting.take().unwrap_or_default() {
                     cx.send(Self::peer(to), BrokerMsg::Peer(PeerMsg::Raft(msg)));

@@ -522,6 +522,18 @@ impl Raft {
         self.snap_index + self.entries.len() as u64
     }
 
+    /// The last index the snapshot covers (0 without one).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snap_index
+    }
+
+    /// The entries after `index` this node holds in memory (stored or not yet handed out), or
+    /// `None` if the log is compacted past `index` or ends before it.
+    pub fn entries_after(&self, index: u64) -> Option<&[Entry]> {
+        let from = index.checked_sub(self.snap_index)?;
+        self.entries.get(from as usize..)
+    }
+
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
