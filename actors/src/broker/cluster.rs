@@ -433,6 +433,7 @@ impl Broker {
         // incarnation's roles (leading an epoch whose unsynced tail this one may have lost):
         // take no role before then.
         let registered = self.cluster.epoch >= 0 && image.offset >= self.cluster.epoch as u64;
+        let mut roles_changed = false;
         for (name, t) in &image.topics {
             let id = Uuid::from_u128(t.id);
             match self.topics.get(name) {
@@ -462,6 +463,7 @@ impl Broker {
                 let changed = p.set_role(role, info.leader_epoch, info.replicas.clone(), info.isr.clone(), info.partition_epoch, now);
                 let uid = p.uid;
                 if changed {
+                    roles_changed = true;
                     tracing::debug!(node = me, topic = name, partition = i, ?role, epoch = info.leader_epoch, isr = ?info.isr, "partition role");
                     self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
                     self.wake_fetches(cx, uid);
@@ -485,7 +487,9 @@ impl Broker {
         for (batch, _) in done {
             self.finish_admin(cx, batch);
         }
-        self.replica_fetch_all(cx, false);
+        // A partition that now follows another leader must not wait for a fetch already parked
+        // at that leader (up to replica.fetch.wait.max.ms) to be included: fetch anew.
+        self.replica_fetch_all(cx, roles_changed);
     }
 
     /// Partitions recovered after the image arrived get their roles now.
