@@ -28,7 +28,9 @@ pub struct ProducerConfig {
     pub topic: String,
     /// Milliseconds between sends.
     pub send_interval_ms: u64,
-    /// Stop starting new sends at this virtual time.
+    /// Stop starting new sends at this virtual time — once a send has been acknowledged at or
+    /// after it: a producer whose writes were all blocked keeps trying, so a cluster that never
+    /// takes writes again after the faults heal shows up as a liveness failure.
     pub stop_at_ms: u64,
 }
 
@@ -60,6 +62,8 @@ pub struct Producer {
     /// A metadata or InitProducerId request is outstanding.
     setup_pending: bool,
     sent_values: u64,
+    /// A send was acknowledged at or after `stop_at_ms`.
+    acked_after_stop: bool,
     events: Vec<ClientEvent>,
 }
 
@@ -79,6 +83,7 @@ impl Producer {
             in_flight: BTreeMap::new(),
             setup_pending: false,
             sent_values: 0,
+            acked_after_stop: false,
             events: Vec::new(),
         }
     }
@@ -98,7 +103,7 @@ impl Producer {
 
     /// Whether the producer stopped sending and every send was answered.
     pub fn is_done(&self, now_ms: u64) -> bool {
-        now_ms >= self.config.stop_at_ms && self.in_flight.is_empty()
+        self.stopped(now_ms) && self.in_flight.is_empty()
     }
 
     fn topic(&self) -> TopicName {
@@ -161,13 +166,13 @@ impl Producer {
 
     fn on_send_timer(&mut self, cx: &mut Cx<ClientMsg>) {
         let now = cx.now_ms();
-        if now < self.config.stop_at_ms {
+        if !self.stopped(now) {
             cx.set_timer(SEND_TIMER, self.config.send_interval_ms);
         }
         if !self.ready() {
             return self.setup(cx);
         }
-        if now >= self.config.stop_at_ms {
+        if self.stopped(now) {
             return;
         }
         let free: Vec<i32> = (0..self.partitions).filter(|p| !self.in_flight.contains_key(p)).collect();
@@ -194,8 +199,16 @@ impl Producer {
         }
     }
 
+    /// Past the stop time with a send acknowledged since.
+    fn stopped(&self, now_ms: u64) -> bool {
+        now_ms >= self.config.stop_at_ms && self.acked_after_stop
+    }
+
     fn complete(&mut self, cx: &mut Cx<ClientMsg>, partition: i32, outcome: Result<i64, String>) {
         let Some(f) = self.in_flight.remove(&partition) else { return };
+        if outcome.is_ok() && cx.now_ms() >= self.config.stop_at_ms {
+            self.acked_after_stop = true;
+        }
         if outcome.is_ok() {
             self.next_sequence.insert(partition, f.sequence.wrapping_add(1));
         }
