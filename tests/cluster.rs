@@ -13,52 +13,20 @@
 
 mod common;
 
+use common::load::{assert_consumed_exactly_once, block_on, client_config, Load};
 use common::TestCluster;
 use kafka_protocol::messages::{DescribeClusterRequest, MetadataRequest};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "failover";
 const PARTITIONS: i32 = 3;
 
 fn config(cluster: &TestCluster) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", cluster.bootstrap()).set("broker.address.family", "v4").set("topic.metadata.refresh.interval.ms", "1000");
-    c
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
-}
-
-/// Acknowledgements: (partition, offset, value, when).
-#[derive(Default)]
-struct Acks {
-    acked: Mutex<Vec<(i32, i64, u64, Instant)>>,
-    failed: Mutex<Vec<(u64, String)>>,
-}
-
-struct Ctx(Arc<Acks>);
-
-impl ClientContext for Ctx {}
-
-impl ProducerContext for Ctx {
-    type DeliveryOpaque = Box<u64>;
-    fn delivery(&self, result: &DeliveryResult<'_>, value: Box<u64>) {
-        match result {
-            Ok(m) => self.0.acked.lock().expect("lock").push((m.partition(), m.offset(), *value, Instant::now())),
-            Err((e, _)) => self.0.failed.lock().expect("lock").push((*value, e.to_string())),
-        }
-    }
+    client_config(&cluster.bootstrap())
 }
 
 /// The leader of `partition` as the cluster reports it.
@@ -112,41 +80,8 @@ fn failover_loses_no_acknowledged_record() {
     let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))], &options)).expect("create topics");
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
 
-    let acks = Arc::new(Acks::default());
-    let producer: BaseProducer<Ctx> = config(&cluster)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "120000")
-        .set("retry.backoff.ms", "50")
-        .create_with_context(Ctx(acks.clone()))
-        .expect("producer");
-    let producer = Arc::new(producer);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (producer, stop) = (producer.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut value = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let payload = value.to_string();
-                let partition = (value % PARTITIONS as u64) as i32;
-                let record = BaseRecord::with_opaque_to(TOPIC, Box::new(value)).partition(partition).payload(&payload).key("k");
-                if producer.send(record).is_ok() {
-                    value += 1;
-                }
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            value
-        })
-    };
-    let wait_acks = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acks.acked.lock().expect("lock").len() < n {
-            assert!(Instant::now() < deadline, "only {} records acknowledged", acks.acked.lock().expect("lock").len());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let load = Load::start(&cluster.bootstrap(), TOPIC, PARTITIONS);
+    let wait_acks = |n: usize| load.wait_acks(n);
     wait_acks(500);
 
     // 1. Kill the leader of partition 0.
@@ -154,11 +89,10 @@ fn failover_loses_no_acknowledged_record() {
     eprintln!("killing the leader of partition 0: node {leader}");
     let killed_at = Instant::now();
     cluster.nodes[(leader - 1) as usize].kill();
-    let before = acks.acked.lock().expect("lock").len();
+    let before = load.acked();
     let deadline = Instant::now() + Duration::from_secs(30);
     let failover = loop {
-        let first = acks.acked.lock().expect("lock").iter().skip(before).find(|(p, _, _, at)| *p == 0 && *at > killed_at).map(|(_, _, _, at)| *at);
-        if let Some(at) = first {
+        if let Some(at) = load.first_ack_after(0, killed_at) {
             break at - killed_at;
         }
         assert!(Instant::now() < deadline, "partition 0 never accepted a produce after its leader died");
@@ -172,53 +106,16 @@ fn failover_loses_no_acknowledged_record() {
     let controller = active_controller(&cluster, None);
     eprintln!("killing the active controller: node {controller}");
     cluster.nodes[(controller - 1) as usize].kill();
-    let n = acks.acked.lock().expect("lock").len();
+    let n = load.acked();
     wait_acks(n + 500);
     let other = active_controller(&cluster, Some((controller - 1) as usize));
     assert_ne!(other, controller, "a new controller took over");
     cluster.nodes[(controller - 1) as usize].restart();
-    let n = acks.acked.lock().expect("lock").len();
+    let n = load.acked();
     wait_acks(n + 300);
 
-    stop.store(true, Ordering::Relaxed);
-    let sent = sender.join().expect("sender");
-    assert_eq!(producer.flush(Duration::from_secs(120)).map_err(|e| e.to_string()), Ok(()));
-    let acked = acks.acked.lock().expect("lock").clone();
-    let failed = acks.failed.lock().expect("lock").clone();
-    eprintln!("sent {sent}, acknowledged {}, failed {}", acked.len(), failed.len());
-    assert!(failed.is_empty(), "an idempotent producer with a long timeout should not fail: {:?}", &failed[..failed.len().min(5)]);
-
-    // Consume everything and compare.
-    let mut expected: BTreeMap<i32, BTreeMap<i64, u64>> = BTreeMap::new();
-    for (p, o, v, _) in &acked {
-        assert!(expected.entry(*p).or_default().insert(*o, *v).is_none(), "offset {o} of partition {p} acknowledged twice");
-    }
-    let consumer: BaseConsumer = config(&cluster).set("group.id", "unused").set("enable.auto.commit", "false").create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut seen: BTreeMap<i32, Vec<(i64, u64)>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let total: usize = expected.values().map(|m| m.len()).sum();
-    let mut last_values: BTreeMap<i32, u64> = BTreeMap::new();
-    while seen.values().map(|v| v.len()).sum::<usize>() < total {
-        assert!(Instant::now() < deadline, "consumed {} of {total} acknowledged records", seen.values().map(|v| v.len()).sum::<usize>());
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = m.expect("consume");
-        let value: u64 = std::str::from_utf8(m.payload().expect("payload")).expect("utf8").parse().expect("number");
-        if let Some(prev) = last_values.insert(m.partition(), value) {
-            assert!(value > prev, "partition {}: value {value} after {prev}: out of order or duplicated", m.partition());
-        }
-        seen.entry(m.partition()).or_default().push((m.offset(), value));
-    }
-    for (p, want) in &expected {
-        let got: BTreeMap<i64, u64> = seen.get(p).cloned().unwrap_or_default().into_iter().collect();
-        for (o, v) in want {
-            assert_eq!(got.get(o), Some(v), "partition {p}: acknowledged value {v} at offset {o} not consumed there");
-        }
-    }
+    let acked = load.finish();
+    assert_consumed_exactly_once(&cluster.bootstrap(), TOPIC, PARTITIONS, &acked);
 }
 
 /// Topic names a node reports in Metadata (all topics), asking that node only.

@@ -12,18 +12,14 @@
 
 mod common;
 
+use common::load::{assert_consumed_exactly_once, block_on, client_config, Load};
 use common::{free_port, TestCluster};
 use kafka_protocol::messages::DescribeClusterRequest;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "split";
@@ -32,34 +28,7 @@ const CONTROLLERS: usize = 3;
 const BROKERS: usize = 3;
 
 fn config(cluster: &TestCluster) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", cluster.bootstrap()).set("broker.address.family", "v4").set("topic.metadata.refresh.interval.ms", "1000");
-    c
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
-}
-
-/// Acknowledgements: (partition, offset, value); failures: (value, error).
-#[derive(Default)]
-struct Acks {
-    acked: Mutex<Vec<(i32, i64, u64, Instant)>>,
-    failed: Mutex<Vec<(u64, String)>>,
-}
-
-struct Ctx(Arc<Acks>);
-
-impl ClientContext for Ctx {}
-
-impl ProducerContext for Ctx {
-    type DeliveryOpaque = Box<u64>;
-    fn delivery(&self, result: &DeliveryResult<'_>, value: Box<u64>) {
-        match result {
-            Ok(m) => self.0.acked.lock().expect("lock").push((m.partition(), m.offset(), *value, Instant::now())),
-            Err((e, _)) => self.0.failed.lock().expect("lock").push((*value, e.to_string())),
-        }
-    }
+    client_config(&cluster.bootstrap())
 }
 
 /// Poll `f` every 100 ms until it gives a value or `what` has taken too long.
@@ -155,35 +124,8 @@ fn separate_roles_survive_broker_and_controller_kills() {
     assert!(brokers.contains(&described.controller_id.0), "DescribeCluster names broker {} as the controller", described.controller_id.0);
     assert_eq!(described.brokers.iter().map(|b| b.broker_id.0).collect::<BTreeSet<_>>(), brokers);
 
-    let acks = Arc::new(Acks::default());
-    let producer: BaseProducer<Ctx> = config(&cluster)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "120000")
-        .set("retry.backoff.ms", "50")
-        .create_with_context(Ctx(acks.clone()))
-        .expect("producer");
-    let producer = Arc::new(producer);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (producer, stop) = (producer.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut value = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let payload = value.to_string();
-                let partition = (value % PARTITIONS as u64) as i32;
-                let record = BaseRecord::with_opaque_to(TOPIC, Box::new(value)).partition(partition).payload(&payload).key("k");
-                if producer.send(record).is_ok() {
-                    value += 1;
-                }
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            value
-        })
-    };
-    let acked = || acks.acked.lock().expect("lock").len();
+    let load = Load::start(&cluster.bootstrap(), TOPIC, PARTITIONS);
+    let acked = || load.acked();
     let wait_acks = |n: usize| poll(&format!("{n} acknowledgements"), Duration::from_secs(60), || (acked() >= n).then_some(()));
     wait_acks(500);
 
@@ -193,9 +135,7 @@ fn separate_roles_survive_broker_and_controller_kills() {
     eprintln!("killing broker {leader}, the leader of partition 0");
     let killed_at = Instant::now();
     cluster.nodes[index].kill();
-    poll("a produce to partition 0 acknowledged after its leader died", Duration::from_secs(30), || {
-        acks.acked.lock().expect("lock").iter().any(|(p, _, _, at)| *p == 0 && *at > killed_at).then_some(())
-    });
+    poll("a produce to partition 0 acknowledged after its leader died", Duration::from_secs(30), || load.first_ack_after(0, killed_at));
     eprintln!("partition 0 accepted produces again {} ms after the kill", killed_at.elapsed().as_millis());
     wait_acks(acked() + 500);
     let port = move_replication_listener(&cluster, index);
@@ -215,46 +155,6 @@ fn separate_roles_survive_broker_and_controller_kills() {
     cluster.nodes[controller].restart();
     wait_acks(acked() + 300);
 
-    stop.store(true, Ordering::Relaxed);
-    let sent = sender.join().expect("sender");
-    assert_eq!(producer.flush(Duration::from_secs(120)).map_err(|e| e.to_string()), Ok(()));
-    let acked = acks.acked.lock().expect("lock").clone();
-    let failed = acks.failed.lock().expect("lock").clone();
-    eprintln!("sent {sent}, acknowledged {}, failed {}", acked.len(), failed.len());
-    assert!(failed.is_empty(), "an idempotent producer with a long timeout should not fail: {:?}", &failed[..failed.len().min(5)]);
-    assert_eq!(acked.len() as u64, sent, "every record sent was acknowledged");
-
-    // Consume everything and compare.
-    let mut expected: BTreeMap<i32, BTreeMap<i64, u64>> = BTreeMap::new();
-    for (p, o, v, _) in &acked {
-        assert!(expected.entry(*p).or_default().insert(*o, *v).is_none(), "offset {o} of partition {p} acknowledged twice");
-    }
-    let consumer: BaseConsumer = config(&cluster).set("group.id", "unused").set("enable.auto.commit", "false").create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let total: usize = expected.values().map(|m| m.len()).sum();
-    let mut seen: BTreeMap<i32, Vec<(i64, u64)>> = BTreeMap::new();
-    let mut last_values: BTreeMap<i32, u64> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while seen.values().map(|v| v.len()).sum::<usize>() < total {
-        assert!(Instant::now() < deadline, "consumed {} of {total} acknowledged records", seen.values().map(|v| v.len()).sum::<usize>());
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = m.expect("consume");
-        let value: u64 = std::str::from_utf8(m.payload().expect("payload")).expect("utf8").parse().expect("number");
-        if let Some(prev) = last_values.insert(m.partition(), value) {
-            assert!(value > prev, "partition {}: value {value} after {prev}: out of order or duplicated", m.partition());
-        }
-        seen.entry(m.partition()).or_default().push((m.offset(), value));
-    }
-    for (p, want) in &expected {
-        let got: BTreeMap<i64, u64> = seen.get(p).cloned().unwrap_or_default().into_iter().collect();
-        for (o, v) in want {
-            assert_eq!(got.get(o), Some(v), "partition {p}: acknowledged value {v} at offset {o} not consumed there");
-        }
-    }
-    // Nothing beyond what was acknowledged, and nothing twice.
-    assert!(consumer.poll(Duration::from_secs(1)).is_none(), "a record beyond the acknowledged ones");
+    let acked = load.finish();
+    assert_consumed_exactly_once(&cluster.bootstrap(), TOPIC, PARTITIONS, &acked);
 }

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each test crate uses its own subset of these helpers
 
+pub mod load;
+
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
