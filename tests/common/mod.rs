@@ -355,6 +355,15 @@ pub struct TestCluster {
     _root: tempfile::TempDir,
 }
 
+/// Node `id` of a cluster, not started yet: `text` written to its `config` file, its log file
+/// named after `kind`.
+fn cluster_node(kind: &str, id: usize, config: PathBuf, text: &str, data: PathBuf, port: u16, readiness: Readiness) -> TestBroker {
+    std::fs::write(&config, text).expect("write config");
+    static SERIAL: AtomicUsize = AtomicUsize::new(0);
+    let log_path = log_directory().join(format!("runnel-{kind}-{}-{}-node{id}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
+    TestBroker { child: None, binary: runnel_binary(), port, readiness, data_dir: data, data_dir_guard: None, log_path, config_file: Some(config) }
+}
+
 impl TestCluster {
     /// Start `n` nodes with the extra `server.properties` lines `extra`, and wait until every
     /// node serves clients (a quorum elected a controller and every broker is unfenced).
@@ -376,20 +385,13 @@ impl TestCluster {
                 voters.join(","),
                 data.display()
             );
-            std::fs::write(&config, text).expect("write config");
-            static SERIAL: AtomicUsize = AtomicUsize::new(0);
-            let log_path = log_directory().join(format!("runnel-cluster-{}-{}-node{}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed), i + 1));
-            nodes.push(TestBroker {
-                child: None,
-                binary: runnel_binary(),
-                port: kafka[i],
-                readiness: Readiness::Kafka,
-                data_dir: data,
-                data_dir_guard: None,
-                log_path,
-                config_file: Some(config),
-            });
+            nodes.push(cluster_node("cluster", i + 1, config, &text, data, kafka[i], Readiness::Kafka));
         }
+        TestCluster::launch(nodes, root)
+    }
+
+    /// Start every node, then wait until each is ready.
+    fn launch(mut nodes: Vec<TestBroker>, root: tempfile::TempDir) -> TestCluster {
         for node in &mut nodes {
             node.spawn_only();
         }
@@ -426,28 +428,9 @@ impl TestCluster {
                 );
                 (kafka, Readiness::Kafka, text)
             };
-            std::fs::write(&config, text).expect("write config");
-            static SERIAL: AtomicUsize = AtomicUsize::new(0);
-            let log_path = log_directory().join(format!("runnel-split-{}-{}-node{id}.log", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
-            nodes.push(TestBroker {
-                child: None,
-                binary: runnel_binary(),
-                port,
-                readiness,
-                data_dir: data,
-                data_dir_guard: None,
-                log_path,
-                config_file: Some(config),
-            });
+            nodes.push(cluster_node("split", id, config, &text, data, port, readiness));
         }
-        for node in &mut nodes {
-            node.spawn_only();
-        }
-        let deadline = Instant::now() + START_DEADLINE;
-        for node in &mut nodes {
-            node.wait_ready(deadline);
-        }
-        TestCluster { nodes, _root: root }
+        TestCluster::launch(nodes, root)
     }
 
     /// Every broker's address, for `bootstrap.servers` (controller-only nodes serve no clients).
