@@ -119,6 +119,11 @@ fn named_listeners(key: &str, value: &str) -> anyhow::Result<Vec<(String, Socket
     Ok(out)
 }
 
+/// `value` as a number above zero.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(value: &str) -> Option<T> {
+    value.parse().ok().filter(|v| *v > T::default())
+}
+
 fn parse_addr(first: &str) -> anyhow::Result<SocketAddr> {
     let addr = first.split_once("://").map(|(_, a)| a).unwrap_or(first);
     let addr = if let Some(port) = addr.strip_prefix(':') { format!("127.0.0.1:{port}") } else { addr.to_string() };
@@ -234,12 +239,10 @@ impl ServerConfig {
                 "listeners" => keys.listeners = Some(named_listeners(key, value).map_err(|e| bad(&e.to_string()))?),
                 "advertised.listeners" => keys.advertised = Some(named_listeners(key, value).map_err(|e| bad(&e.to_string()))?),
                 "log.dirs" | "log.dir" => c.data_dir = PathBuf::from(value.split(',').next().unwrap_or(value)),
-                "num.partitions" => c.broker.num_partitions = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?,
-                "default.replication.factor" => {
-                    c.broker.default_replication_factor = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
-                }
+                "num.partitions" => c.broker.num_partitions = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "default.replication.factor" => c.broker.default_replication_factor = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "auto.create.topics.enable" => c.broker.auto_create_topics = value.parse().map_err(|_| bad("must be true or false"))?,
-                "socket.request.max.bytes" => c.max_request_bytes = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?,
+                "socket.request.max.bytes" => c.max_request_bytes = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "log.retention.check.interval.ms" => c.broker.retention_check_interval_ms = value.parse().map_err(|_| bad("not an integer"))?,
                 "broker.rack" => c.broker.rack = Some(value.to_string()),
                 "cluster.id" => c.broker.cluster_id = value.to_string(),
@@ -257,23 +260,15 @@ impl ServerConfig {
                     }
                 }
                 "controller.quorum.election.timeout.ms" => {
-                    c.controller.election_timeout_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
+                    c.controller.election_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
                 }
                 "metadata.log.max.record.bytes.between.snapshots" => {
-                    c.controller.max_record_bytes_between_snapshots = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
+                    c.controller.max_record_bytes_between_snapshots = positive(value).ok_or_else(|| bad("must be a positive integer"))?
                 }
-                "broker.session.timeout.ms" => {
-                    c.controller.broker_session_timeout_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
-                }
-                "broker.heartbeat.interval.ms" => {
-                    c.broker.heartbeat_interval_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
-                }
-                "replica.lag.time.max.ms" => {
-                    c.broker.replica_lag_time_max_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
-                }
-                "replica.fetch.wait.max.ms" => {
-                    c.broker.replica_fetch_wait_max_ms = value.parse().ok().filter(|v| *v > 0).ok_or_else(|| bad("must be a positive integer"))?
-                }
+                "broker.session.timeout.ms" => c.controller.broker_session_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "broker.heartbeat.interval.ms" => c.broker.heartbeat_interval_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "replica.lag.time.max.ms" => c.broker.replica_lag_time_max_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "replica.fetch.wait.max.ms" => c.broker.replica_fetch_wait_max_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "listener.security.protocol.map" | "security.inter.broker.protocol" => {
                     if value.contains("SSL") || value.contains("SASL") {
                         tracing::warn!("{key}={value}: only PLAINTEXT listeners are supported");

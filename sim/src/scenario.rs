@@ -32,6 +32,26 @@ pub struct Scenario {
     pub broker_settings: &'static [(&'static str, &'static str)],
 }
 
+/// Three combined broker+controller nodes, RF=3, min.insync.replicas=2: what the cluster
+/// scenarios share unless they say otherwise.
+const CLUSTER_3: Scenario = Scenario {
+    name: "cluster-3",
+    description: "three combined broker+controller nodes, RF=3 and min.insync.replicas=2, 2 idempotent acks=all producers, 2 consumers, 3 partitions",
+    nodes: 3,
+    controller_only: 0,
+    producers: 2,
+    consumers: 2,
+    partitions: 3,
+    replication_factor: 3,
+    send_interval_ms: 40,
+    faults_until_ms: 40_000,
+    deadline_ms: 70_000,
+    broker_settings: &[("min.insync.replicas", "2")],
+};
+
+/// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.
+const SNAPSHOT_SETTINGS: &[(&str, &str)] = &[("min.insync.replicas", "2"), ("metadata.log.max.record.bytes.between.snapshots", "256")];
+
 /// Every scenario.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -76,75 +96,34 @@ pub const SCENARIOS: &[Scenario] = &[
         deadline_ms: 60_000,
         broker_settings: &[],
     },
-    Scenario {
-        name: "cluster-3",
-        description: "three combined broker+controller nodes, RF=3 and min.insync.replicas=2, 2 idempotent acks=all producers, 2 consumers, 3 partitions",
-        nodes: 3,
-        controller_only: 0,
-        producers: 2,
-        consumers: 2,
-        partitions: 3,
-        replication_factor: 3,
-        send_interval_ms: 40,
-        faults_until_ms: 40_000,
-        deadline_ms: 70_000,
-        broker_settings: &[("min.insync.replicas", "2")],
-    },
+    CLUSTER_3,
     Scenario {
         name: "cluster-5",
         description: "five nodes (three of them controller voters), RF=3, min.insync.replicas=2, 3 producers, 2 consumers, 5 partitions",
         nodes: 5,
-        controller_only: 0,
         producers: 3,
-        consumers: 2,
         partitions: 5,
-        replication_factor: 3,
         send_interval_ms: 50,
-        faults_until_ms: 40_000,
-        deadline_ms: 70_000,
-        broker_settings: &[("min.insync.replicas", "2")],
+        ..CLUSTER_3
     },
     Scenario {
         name: "cluster-split",
         description: "separate roles: three controller-only voters and three broker-only nodes (whose node-to-node address may change on restart), RF=3, min.insync.replicas=2, 2 producers, 2 consumers, 3 partitions",
-        nodes: 3,
         controller_only: 3,
-        producers: 2,
-        consumers: 2,
-        partitions: 3,
-        replication_factor: 3,
-        send_interval_ms: 40,
-        faults_until_ms: 40_000,
-        deadline_ms: 70_000,
-        broker_settings: &[("min.insync.replicas", "2")],
+        ..CLUSTER_3
     },
     Scenario {
         name: "cluster-split-snapshots",
         description: "cluster-split with a metadata snapshot every 256 bytes of committed records: controller-only voters snapshot, compact and install snapshots, and must still reach broker-only nodes registered before a snapshot",
-        nodes: 3,
         controller_only: 3,
-        producers: 2,
-        consumers: 2,
-        partitions: 3,
-        replication_factor: 3,
-        send_interval_ms: 40,
-        faults_until_ms: 40_000,
-        deadline_ms: 70_000,
-        broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.record.bytes.between.snapshots", "256")],
+        broker_settings: SNAPSHOT_SETTINGS,
+        ..CLUSTER_3
     },
     Scenario {
         name: "cluster-3-snapshots",
         description: "cluster-3 with a metadata snapshot every 256 bytes of committed records: checkpoints, log compaction and InstallSnapshot under crashes, partitions and disk faults",
-        nodes: 3,
-        controller_only: 0,
-        producers: 2,
-        consumers: 2,
-        partitions: 3,
-        replication_factor: 3,
-        send_interval_ms: 40,
-        faults_until_ms: 40_000,
-        deadline_ms: 70_000,
-        broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.record.bytes.between.snapshots", "256")],
+        broker_settings: SNAPSHOT_SETTINGS,
+        ..CLUSTER_3
     },
 ];
 

@@ -244,6 +244,8 @@ pub struct World {
     faults_fired: BTreeMap<String, u64>,
     fault_log: Vec<(u64, String)>,
     produce_latencies: Vec<(u64, u64)>,
+    /// `RUNNEL_SIM_WATCH_KEY`: print every client event touching this key (debugging).
+    watch_key: Option<u64>,
     healed: bool,
     completed: bool,
     /// (partition, leader epoch) -> the node that led it.
@@ -387,6 +389,7 @@ impl World {
             faults_fired: BTreeMap::new(),
             fault_log: Vec::new(),
             produce_latencies: Vec::new(),
+            watch_key: std::env::var("RUNNEL_SIM_WATCH_KEY").ok().and_then(|k| k.parse::<u64>().ok()),
             healed: false,
             completed: false,
             epoch_leaders: BTreeMap::new(),
@@ -1209,7 +1212,7 @@ impl World {
                 _ => {}
             }
         }
-        let watch = std::env::var("RUNNEL_SIM_WATCH_KEY").ok().and_then(|k| k.parse::<u64>().ok());
+        let watch = self.watch_key;
         for ev in events {
             if let Some(k) = watch {
                 let hit = match &ev {
