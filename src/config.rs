@@ -269,6 +269,31 @@ impl ServerConfig {
                 "broker.heartbeat.interval.ms" => c.broker.heartbeat_interval_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "replica.lag.time.max.ms" => c.broker.replica_lag_time_max_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "replica.fetch.wait.max.ms" => c.broker.replica_fetch_wait_max_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "group.initial.rebalance.delay.ms" => {
+                    c.broker.groups.initial_rebalance_delay_ms = value.parse().map_err(|_| bad("must be a non-negative integer"))?
+                }
+                "group.min.session.timeout.ms" => c.broker.groups.min_session_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "group.max.session.timeout.ms" => c.broker.groups.max_session_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "group.max.size" => c.broker.groups.max_size = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "offset.metadata.max.bytes" => c.broker.groups.offset_metadata_max_bytes = value.parse().map_err(|_| bad("must be a non-negative integer"))?,
+                "offsets.retention.minutes" => {
+                    let minutes: i64 = positive(value).ok_or_else(|| bad("must be a positive integer"))?;
+                    c.broker.groups.offsets_retention_ms = minutes.saturating_mul(60_000);
+                }
+                "offsets.retention.check.interval.ms" => {
+                    c.broker.groups.offsets_retention_check_interval_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
+                }
+                "offsets.commit.timeout.ms" => c.broker.groups.commit_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "offsets.topic.num.partitions" => c.broker.groups.offsets_partitions = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "offsets.topic.replication.factor" => {
+                    c.broker.groups.offsets_replication_factor = positive(value).ok_or_else(|| bad("must be a positive integer"))?
+                }
+                "transaction.state.log.num.partitions" => {
+                    c.broker.groups.transaction_partitions = positive(value).ok_or_else(|| bad("must be a positive integer"))?
+                }
+                "transaction.state.log.replication.factor" => {
+                    c.broker.groups.transaction_replication_factor = positive(value).ok_or_else(|| bad("must be a positive integer"))?
+                }
                 "listener.security.protocol.map" | "security.inter.broker.protocol" => {
                     if value.contains("SSL") || value.contains("SASL") {
                         tracing::warn!("{key}={value}: only PLAINTEXT listeners are supported");

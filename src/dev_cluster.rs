@@ -80,7 +80,11 @@ pub fn node_properties(id: usize, layout: Layout, dir: &Path, kafka_port: u16, p
     let data = dir.join(format!("node-{id}")).join("data");
     let brokers = layout.brokers();
     let broker_defaults =
-        format!("default.replication.factor={rf}\nmin.insync.replicas={isr}\nnum.partitions=3\n", rf = brokers.min(3), isr = if brokers >= 3 { 2 } else { 1 },);
+        format!(
+        "default.replication.factor={rf}\nmin.insync.replicas={isr}\nnum.partitions=3\noffsets.topic.replication.factor={rf}\ntransaction.state.log.replication.factor={rf}\n",
+        rf = brokers.min(3),
+        isr = if brokers >= 3 { 2 } else { 1 },
+    );
     let (roles, listeners) = match (layout, layout.kafka_port(id, kafka_port)) {
         (Layout::Combined { .. }, Some(k)) => ("broker,controller", format!("PLAINTEXT://127.0.0.1:{k},CONTROLLER://127.0.0.1:{}", peer(id))),
         (Layout::Separate { .. }, Some(k)) => {

@@ -277,6 +277,9 @@ fn main() -> anyhow::Result<()> {
                 let mut config = ServerConfig { data_dir, listener: Some(listen), ..Default::default() };
                 config.broker.advertised_host = listen.ip().to_string();
                 config.broker.advertised_port = listen.port() as i32;
+                // One node: the internal topics can only have one replica.
+                config.broker.groups.offsets_replication_factor = 1;
+                config.broker.groups.transaction_replication_factor = 1;
                 runnel::server::run(config).await
             }
             Command::Server { config } => {

@@ -11,5 +11,6 @@ pub mod broker;
 pub mod client;
 pub mod controller;
 pub mod core;
+pub mod group;
 pub mod log;
 pub mod partition;

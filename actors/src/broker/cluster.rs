@@ -490,6 +490,9 @@ impl Broker {
         // A partition that now follows another leader must not wait for a fetch already parked
         // at that leader (up to replica.fetch.wait.max.ms) to be included: fetch anew.
         self.replica_fetch_all(cx, roles_changed);
+        // Coordinator shards follow the leadership of their `__consumer_offsets` partitions.
+        self.complete_group_writes(cx, None);
+        self.sync_group_shards(cx);
     }
 
     /// Partitions recovered after the image arrived get their roles now.

@@ -40,6 +40,8 @@ pub struct BrokerConfig {
     /// Broker-level defaults of topic configs, keyed by the *topic* config name
     /// (e.g. `log.retention.ms` is stored as `retention.ms`).
     pub topic_defaults: BTreeMap<String, String>,
+    /// Group coordinator settings (`group.*`, `offsets.*`, `offset.*`).
+    pub groups: crate::group::GroupSettings,
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +62,7 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             replica_fetch_wait_max_ms: 500,
             topic_defaults: BTreeMap::new(),
+            groups: crate::group::GroupSettings::default(),
         }
     }
 }

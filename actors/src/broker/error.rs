@@ -82,3 +82,45 @@ pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
 pub const INVALID_UPDATE_VERSION: i16 = 96;
 /// A proposed ISR member is not eligible (fenced or not a replica).
 pub const INELIGIBLE_REPLICA: i16 = 107;
+/// OffsetCommit metadata longer than `offset.metadata.max.bytes`.
+pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+/// The coordinator is loading its shard of `__consumer_offsets`.
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+/// No coordinator can serve the key yet (its internal topic or leader is missing).
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// This broker is not the coordinator of the group.
+pub const NOT_COORDINATOR: i16 = 16;
+/// The request's generation is not the group's.
+pub const ILLEGAL_GENERATION: i16 = 22;
+/// The member's protocol type or protocols do not fit the group's.
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+/// Empty or otherwise unusable group id.
+pub const INVALID_GROUP_ID: i16 = 24;
+/// The member id is not in the group.
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+/// Session timeout outside `group.min/max.session.timeout.ms`.
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+/// The group is rebalancing: rejoin.
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
+/// DeleteGroups of a group that still has members.
+pub const NON_EMPTY_GROUP: i16 = 68;
+/// The group does not exist.
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+/// KIP-394: join again with the member id in this response.
+pub const MEMBER_ID_REQUIRED: i16 = 79;
+/// `group.max.size` reached.
+pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+/// Another member holds this `group.instance.id` with a different member id.
+pub const FENCED_INSTANCE_ID: i16 = 82;
+/// OffsetDelete of a topic the group is subscribed to.
+pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+/// KIP-848: the member epoch is fenced; rejoin with epoch 0.
+pub const FENCED_MEMBER_EPOCH: i16 = 110;
+/// KIP-848: the instance id is still held by another member.
+pub const UNRELEASED_INSTANCE_ID: i16 = 111;
+/// KIP-848: no such server-side assignor.
+pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
+/// KIP-848: the member epoch is stale.
+pub const STALE_MEMBER_EPOCH: i16 = 113;
+/// The offsets of a commit do not fit in one `__consumer_offsets` batch.
+pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;

@@ -20,6 +20,7 @@ pub mod meta;
 
 mod admin;
 mod fetch;
+mod groups;
 mod offsets;
 mod produce;
 
@@ -156,6 +157,8 @@ pub struct Broker {
     pub(crate) timestamp_queries: BTreeMap<u64, (u64, usize, usize)>,
     last_retention_ms: u64,
     pub(crate) cluster: cluster::Cluster,
+    pub(crate) group: crate::group::Coordinator,
+    pub(crate) group_io: groups::GroupIo,
 }
 
 /// Issues disk operations for one partition and records the owner of each token.
@@ -177,6 +180,8 @@ impl Broker {
     /// A broker with the given static configuration.
     pub fn new(config: BrokerConfig) -> Self {
         Broker {
+            group: crate::group::Coordinator::new(config.groups.clone()),
+            group_io: groups::GroupIo::default(),
             config,
             phase: Phase::Loading,
             meta_loaded: NodeMeta::default(),
@@ -381,6 +386,8 @@ impl Broker {
             cx.reply(w.conn, w.seq, w.frame);
         }
         self.maybe_write_meta(cx);
+        // A topic whose creation just became durable may be a coordinator shard this node leads.
+        self.sync_group_shards(cx);
     }
 
     fn fail(&mut self, cx: &mut Cx<BrokerMsg>, why: &str) {
@@ -481,13 +488,13 @@ impl Broker {
                 }
                 LogEvent::ReadDone { read_id, records } => {
                     let r = Ok(records);
-                    if !self.on_serving_read(cx, read_id, &r) {
+                    if !self.on_serving_read(cx, read_id, &r) && !self.on_group_load_read(cx, read_id, &r) {
                         self.on_read_done(cx, read_id, r);
                     }
                 }
                 LogEvent::ReadFailed { read_id, error } => {
                     let r = Err(error);
-                    if !self.on_serving_read(cx, read_id, &r) {
+                    if !self.on_serving_read(cx, read_id, &r) && !self.on_group_load_read(cx, read_id, &r) {
                         self.on_read_done(cx, read_id, r);
                     }
                 }
@@ -505,6 +512,7 @@ impl Broker {
         self.complete_produces(cx, Some(uid));
         self.wake_fetches(cx, uid);
         self.wake_serving(cx, uid);
+        self.group_high_watermark(cx, uid);
     }
 
     fn on_frame(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, frame: Bytes) {
@@ -546,6 +554,17 @@ impl Broker {
             RequestKind::AlterPartitionReassignments(r) => return self.on_alter_reassignments(cx, conn, seq, request, r),
             RequestKind::ListPartitionReassignments(r) => codec::respond(&request, &self.on_list_reassignments(r)),
             RequestKind::InitProducerId(r) => return self.on_init_producer_id(cx, conn, seq, request, r),
+            RequestKind::FindCoordinator(r) => self.on_find_coordinator(cx, &request, r),
+            body @ (RequestKind::JoinGroup(_)
+            | RequestKind::SyncGroup(_)
+            | RequestKind::Heartbeat(_)
+            | RequestKind::LeaveGroup(_)
+            | RequestKind::OffsetCommit(_)
+            | RequestKind::OffsetFetch(_)
+            | RequestKind::OffsetDelete(_)
+            | RequestKind::ListGroups(_)
+            | RequestKind::DescribeGroups(_)
+            | RequestKind::DeleteGroups(_)) => return self.on_group_request(cx, conn, seq, request, body),
             other => Err(format!("no handler for {other:?}")),
         };
         self.send(cx, conn, seq, frame);
@@ -622,6 +641,7 @@ impl Broker {
         self.expire_produces(cx);
         if self.phase == Phase::Ready {
             self.cluster_tick(cx);
+            self.group_tick(cx);
         }
         cx.set_timer(HOUSEKEEPING, HOUSEKEEPING_INTERVAL_MS);
     }

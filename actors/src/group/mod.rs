@@ -1,0 +1,602 @@
+//! Group coordinators: consumer groups and committed offsets, sharded by the partitions of
+//! `__consumer_offsets`.
+//!
+//! A group belongs to partition `partition_for(group, partitions)` of `__consumer_offsets`, and
+//! the broker that leads that partition is its coordinator. The [`Coordinator`] here holds the
+//! shards this node leads; it is a plain state machine owned by the broker actor, which feeds it
+//! requests, the records of a shard's log when it becomes leader ([`Coordinator::replay`]),
+//! write completions and the passage of time, and carries out what it asks in [`Out`]: responses
+//! and appends to `__consumer_offsets`.
+//!
+//! Nothing is acknowledged before it is durable: an offset commit, a completed rebalance (the
+//! leader's assignment) and a group deletion are appended to the shard's partition and answered
+//! only once the high watermark passes them (acks=all, so `min.insync.replicas` applies). The
+//! in-memory state changes at the same moment, so what OffsetFetch shows has always been
+//! committed, and a coordinator that takes over after a failover rebuilds exactly that state from
+//! the log.
+//!
+//! The classic protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) lives in `classic.rs`,
+//! offsets and the admin APIs in `offsets.rs`; the record layouts in `records.rs`.
+
+mod classic;
+mod offsets;
+pub mod records;
+
+use crate::broker::codec::{self, Request};
+use crate::broker::error;
+use crate::core::{ConnId, Rng};
+use bytes::Bytes;
+use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+use records::{Key, OffsetValue};
+use std::collections::BTreeMap;
+
+/// The internal topic holding offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// The internal topic of the transaction coordinators.
+pub const TRANSACTION_TOPIC: &str = "__transaction_state";
+
+/// Coordinator settings (Kafka's broker keys).
+#[derive(Clone, Debug)]
+pub struct GroupSettings {
+    /// `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub max_session_timeout_ms: i32,
+    /// `group.max.size`.
+    pub max_size: usize,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_max_bytes: usize,
+    /// `offsets.retention.minutes`, in ms.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offsets.commit.timeout.ms`: how long a write may wait for the ISR.
+    pub commit_timeout_ms: u64,
+    /// `offsets.topic.num.partitions`.
+    pub offsets_partitions: i32,
+    /// `offsets.topic.replication.factor`.
+    pub offsets_replication_factor: i16,
+    /// `transaction.state.log.num.partitions`.
+    pub transaction_partitions: i32,
+    /// `transaction.state.log.replication.factor`.
+    pub transaction_replication_factor: i16,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: i32::MAX as usize,
+            offset_metadata_max_bytes: 4096,
+            offsets_retention_ms: 7 * 24 * 3_600_000,
+            offsets_retention_check_interval_ms: 600_000,
+            commit_timeout_ms: 5_000,
+            offsets_partitions: 50,
+            offsets_replication_factor: 3,
+            transaction_partitions: 50,
+            transaction_replication_factor: 3,
+        }
+    }
+}
+
+/// Where a delayed response goes.
+#[derive(Debug)]
+pub struct Responder {
+    /// Connection.
+    pub conn: ConnId,
+    /// Position of the request on its connection.
+    pub seq: u64,
+    /// The request (its body already taken).
+    pub request: Box<Request>,
+}
+
+/// What the coordinator asks the broker to do.
+#[derive(Debug)]
+pub enum Out {
+    /// Send this response frame (an encoding failure closes the connection).
+    Reply {
+        /// Connection.
+        conn: ConnId,
+        /// Request position.
+        seq: u64,
+        /// Encoded response.
+        frame: Result<Bytes, String>,
+    },
+    /// Append these records to partition `shard` of `__consumer_offsets` as leader, and call
+    /// [`Coordinator::write_done`] with `write` once they are below the high watermark (or failed).
+    Append {
+        /// Write id.
+        write: u64,
+        /// Partition.
+        shard: i32,
+        /// (key, value) records; `None` is a tombstone.
+        records: Vec<(Bytes, Option<Bytes>)>,
+    },
+}
+
+/// The times a request or tick happens at.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic ms (timeouts).
+    pub mono_ms: u64,
+    /// Wall-clock ms (stored timestamps, retention).
+    pub wall_ms: i64,
+}
+
+/// A group's state, in Kafka's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// No members (possibly offsets).
+    Empty,
+    /// Waiting for members to (re)join.
+    PreparingRebalance,
+    /// Joined; waiting for the leader's assignment.
+    CompletingRebalance,
+    /// Assigned.
+    Stable,
+    /// Being deleted.
+    Dead,
+}
+
+impl State {
+    /// Kafka's name for the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+            State::Dead => "Dead",
+        }
+    }
+}
+
+/// One member of a classic group.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) id: String,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) client_host: String,
+    pub(crate) session_timeout_ms: i32,
+    pub(crate) rebalance_timeout_ms: i32,
+    pub(crate) protocols: Vec<(String, Bytes)>,
+    pub(crate) assignment: Bytes,
+    /// Expires unless heard from before this (monotonic ms).
+    pub(crate) deadline_ms: u64,
+    /// A JoinGroup waiting for the rebalance to complete.
+    pub(crate) join: Option<Responder>,
+    /// A SyncGroup waiting for the leader's assignment.
+    pub(crate) sync: Option<Responder>,
+}
+
+impl Member {
+    pub(crate) fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols.iter().find(|(n, _)| n == protocol).map(|(_, m)| m.clone()).unwrap_or_default()
+    }
+}
+
+/// A group: classic membership plus committed offsets.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) id: String,
+    pub(crate) state: State,
+    pub(crate) protocol_type: Option<String>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) generation: i32,
+    pub(crate) leader: Option<String>,
+    pub(crate) members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED (KIP-394), until they join or expire.
+    pub(crate) pending: BTreeMap<String, u64>,
+    /// `group.instance.id` → member id of static members.
+    pub(crate) statics: BTreeMap<String, String>,
+    pub(crate) offsets: BTreeMap<(String, i32), OffsetValue>,
+    pub(crate) rebalance_deadline_ms: u64,
+    /// The initial rebalance delay of a group that was empty: (deadline, rebalance time left).
+    pub(crate) initial_delay: Option<(u64, u64)>,
+    /// A member joined during the current initial delay.
+    pub(crate) new_member_added: bool,
+    /// Wall-clock time of the last state change.
+    pub(crate) state_timestamp: i64,
+    /// The write persisting the leader's assignment, and that assignment.
+    pub(crate) sync_write: Option<(u64, BTreeMap<String, Bytes>)>,
+}
+
+impl Group {
+    fn new(id: &str, now: Now) -> Group {
+        Group {
+            id: id.to_string(),
+            state: State::Empty,
+            protocol_type: None,
+            protocol: None,
+            generation: 0,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            statics: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            rebalance_deadline_ms: 0,
+            initial_delay: None,
+            new_member_added: false,
+            state_timestamp: now.wall_ms,
+            sync_write: None,
+        }
+    }
+
+    /// The group's metadata record value.
+    pub(crate) fn record(&self, assignments: Option<&BTreeMap<String, Bytes>>) -> Bytes {
+        let protocol = self.protocol.clone();
+        let members = self
+            .members
+            .values()
+            .map(|m| records::MemberValue {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                session_timeout_ms: m.session_timeout_ms,
+                subscription: protocol.as_deref().map(|p| m.metadata_for(p)).unwrap_or_default(),
+                assignment: assignments.map_or_else(|| m.assignment.clone(), |a| a.get(&m.id).cloned().unwrap_or_default()),
+            })
+            .collect();
+        records::encode_group(&records::GroupValue {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol,
+            leader: self.leader.clone(),
+            state_timestamp: self.state_timestamp,
+            members,
+        })
+    }
+}
+
+/// One `__consumer_offsets` partition this node coordinates.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    /// False while the log is being replayed.
+    pub(crate) active: bool,
+    /// Changes each time the shard is loaded, so writes of an earlier tenure are not applied.
+    pub(crate) tenure: u64,
+    pub(crate) groups: BTreeMap<String, Group>,
+}
+
+/// What to do when a write is committed (or fails).
+#[derive(Debug)]
+pub(crate) enum WriteKind {
+    /// Offsets of an OffsetCommit: apply and answer.
+    Commit { responder: Responder, response: kafka_protocol::messages::OffsetCommitResponse, group: String, offsets: Vec<((String, i32), OffsetValue)> },
+    /// The leader's assignment: complete the rebalance.
+    Sync { group: String, generation: i32 },
+    /// A group's metadata (e.g. it became empty); nothing waits.
+    GroupState,
+    /// Tombstones of a DeleteGroups entry.
+    Delete { batch: u64, slot: usize, group: String },
+    /// Tombstones of an OffsetDelete.
+    OffsetDelete { responder: Response, group: String, partitions: Vec<(String, i32)> },
+    /// Tombstones of expired offsets (and maybe the group).
+    Expire { group: String, partitions: Vec<(String, i32)>, group_too: bool },
+}
+
+/// A response waiting on a write.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub(crate) responder: Responder,
+    pub(crate) body: kafka_protocol::messages::OffsetDeleteResponse,
+}
+
+#[derive(Debug)]
+pub(crate) struct Write {
+    shard: i32,
+    tenure: u64,
+    kind: WriteKind,
+}
+
+/// A DeleteGroups waiting on one write per group.
+#[derive(Debug)]
+pub(crate) struct DeleteBatch {
+    responder: Responder,
+    response: kafka_protocol::messages::DeleteGroupsResponse,
+    outstanding: usize,
+}
+
+/// The coordinator of the shards this node leads. See the module documentation.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub(crate) settings: GroupSettings,
+    pub(crate) shards: BTreeMap<i32, Shard>,
+    pub(crate) writes: BTreeMap<u64, Write>,
+    pub(crate) deletes: BTreeMap<u64, DeleteBatch>,
+    next_id: u64,
+    next_tenure: u64,
+    last_retention_ms: u64,
+    out: Vec<Out>,
+    /// Partitions of `__consumer_offsets` (from the metadata once the topic exists).
+    pub partitions: i32,
+}
+
+/// Where a group's requests stand on this node.
+pub(crate) enum Lookup<'a> {
+    Here(&'a mut Shard),
+    Error(i16),
+}
+
+impl Coordinator {
+    /// A coordinator with no shards.
+    pub fn new(settings: GroupSettings) -> Self {
+        let partitions = settings.offsets_partitions;
+        Coordinator {
+            settings,
+            shards: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            deletes: BTreeMap::new(),
+            next_id: 1,
+            next_tenure: 1,
+            last_retention_ms: 0,
+            out: Vec::new(),
+            partitions,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
+    }
+
+    /// What the broker should do now.
+    pub fn take_out(&mut self) -> Vec<Out> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The shard a group belongs to.
+    pub fn shard_of(&self, group: &str) -> i32 {
+        records::partition_for(group, self.partitions)
+    }
+
+    /// Whether this node coordinates `shard` (loaded or loading).
+    pub fn owns(&self, shard: i32) -> bool {
+        self.shards.contains_key(&shard)
+    }
+
+    /// Shards this node coordinates, with whether they are loaded.
+    pub fn owned(&self) -> Vec<(i32, bool)> {
+        self.shards.iter().map(|(s, sh)| (*s, sh.active)).collect()
+    }
+
+    pub(crate) fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn lookup(&mut self, group: &str) -> Lookup<'_> {
+        let shard = self.shard_of(group);
+        match self.shards.get_mut(&shard) {
+            None => Lookup::Error(error::NOT_COORDINATOR),
+            Some(s) if !s.active => Lookup::Error(error::COORDINATOR_LOAD_IN_PROGRESS),
+            Some(s) => Lookup::Here(s),
+        }
+    }
+
+    pub(crate) fn group_mut(&mut self, group: &str) -> Option<&mut Group> {
+        let shard = self.shard_of(group);
+        self.shards.get_mut(&shard).filter(|s| s.active)?.groups.get_mut(group)
+    }
+
+    /// Encode `body` as the answer to `r`.
+    pub(crate) fn reply<R: Encodable + HeaderVersion>(&mut self, r: Responder, body: &R) {
+        let frame = codec::respond(&r.request, body);
+        self.out.push(Out::Reply { conn: r.conn, seq: r.seq, frame });
+    }
+
+    /// Ask for `records` to be appended to `group`'s shard; `kind` runs when they commit.
+    pub(crate) fn append(&mut self, group: &str, records: Vec<(Bytes, Option<Bytes>)>, kind: WriteKind) -> u64 {
+        let shard = self.shard_of(group);
+        let tenure = self.shards.get(&shard).map_or(0, |s| s.tenure);
+        let write = self.fresh_id();
+        self.writes.insert(write, Write { shard, tenure, kind });
+        self.out.push(Out::Append { write, shard, records });
+        write
+    }
+
+    // ---- loading ----
+
+    /// This node became leader of `shard`: start afresh (the broker replays its log next).
+    pub fn load_begin(&mut self, shard: i32) {
+        let tenure = self.next_tenure;
+        self.next_tenure += 1;
+        tracing::debug!(shard, "loading group coordinator shard");
+        self.shards.insert(shard, Shard { active: false, tenure, groups: BTreeMap::new() });
+    }
+
+    /// One record of `shard`'s log, in log order.
+    pub fn replay(&mut self, shard: i32, key: &[u8], value: Option<&[u8]>, now: Now) {
+        let Some(s) = self.shards.get_mut(&shard) else { return };
+        let Some(key) = records::decode_key(key) else {
+            tracing::warn!(shard, "skipping a record of {OFFSETS_TOPIC} whose key is not a known layout");
+            return;
+        };
+        match key {
+            Key::Offset { group, topic, partition } => match value {
+                None => {
+                    if let Some(g) = s.groups.get_mut(&group) {
+                        g.offsets.remove(&(topic, partition));
+                    }
+                }
+                Some(v) => match records::decode_offset(v) {
+                    Some(o) => {
+                        let g = s.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now));
+                        g.offsets.insert((topic, partition), o);
+                    }
+                    None => tracing::warn!(shard, group, "skipping an offset record that does not parse"),
+                },
+            },
+            Key::Group { group } => match value {
+                None => {
+                    s.groups.remove(&group);
+                }
+                Some(v) => match records::decode_group(v) {
+                    Some(v) => {
+                        let g = s.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now));
+                        g.protocol_type = Some(v.protocol_type).filter(|t| !t.is_empty());
+                        g.generation = v.generation;
+                        g.protocol = v.protocol.clone();
+                        g.leader = v.leader;
+                        g.state_timestamp = v.state_timestamp;
+                        g.members.clear();
+                        g.statics.clear();
+                        for m in v.members {
+                            if let Some(i) = &m.instance_id {
+                                g.statics.insert(i.clone(), m.member_id.clone());
+                            }
+                            let protocols = v.protocol.iter().map(|p| (p.clone(), m.subscription.clone())).collect();
+                            g.members.insert(
+                                m.member_id.clone(),
+                                Member {
+                                    id: m.member_id,
+                                    instance_id: m.instance_id,
+                                    client_id: m.client_id,
+                                    client_host: m.client_host,
+                                    session_timeout_ms: m.session_timeout_ms,
+                                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                                    protocols,
+                                    assignment: m.assignment,
+                                    deadline_ms: now.mono_ms + m.session_timeout_ms.max(0) as u64,
+                                    join: None,
+                                    sync: None,
+                                },
+                            );
+                        }
+                        g.state = if g.members.is_empty() { State::Empty } else { State::Stable };
+                    }
+                    None => tracing::warn!(shard, group, "skipping a group record that does not parse"),
+                },
+            },
+        }
+    }
+
+    /// The log of `shard` is replayed up to what was committed: serve its groups.
+    pub fn load_done(&mut self, shard: i32) {
+        if let Some(s) = self.shards.get_mut(&shard) {
+            s.active = true;
+            tracing::debug!(shard, groups = s.groups.len(), "group coordinator shard loaded");
+        }
+    }
+
+    /// This node no longer leads `shard`: drop its groups; whoever waits gets NOT_COORDINATOR.
+    pub fn unload(&mut self, shard: i32) {
+        let Some(s) = self.shards.remove(&shard) else { return };
+        tracing::debug!(shard, "unloading group coordinator shard");
+        for g in s.groups.into_values() {
+            for m in g.members.into_values() {
+                if let Some(r) = m.join {
+                    self.reply(r, &classic::join_error(error::NOT_COORDINATOR));
+                }
+                if let Some(r) = m.sync {
+                    self.reply(r, &kafka_protocol::messages::SyncGroupResponse::default().with_error_code(error::NOT_COORDINATOR));
+                }
+            }
+        }
+    }
+
+    /// A write finished: `Ok` once committed, `Err(code)` with the produce error otherwise.
+    pub fn write_done(&mut self, write: u64, result: Result<(), i16>, now: Now) {
+        let Some(w) = self.writes.remove(&write) else { return };
+        let current = self.shards.get(&w.shard).is_some_and(|s| s.active && s.tenure == w.tenure);
+        // A write that outlived its tenure is not applied: the next coordinator decides from the log.
+        let result = if current { result } else { Err(error::NOT_COORDINATOR) };
+        // Kafka's mapping of append errors to what group clients understand.
+        let result = result.map_err(|code| match code {
+            error::NOT_ENOUGH_REPLICAS | error::NOT_ENOUGH_REPLICAS_AFTER_APPEND | error::REQUEST_TIMED_OUT | error::UNKNOWN_TOPIC_OR_PARTITION => {
+                error::COORDINATOR_NOT_AVAILABLE
+            }
+            error::NOT_LEADER_OR_FOLLOWER | error::KAFKA_STORAGE_ERROR => error::NOT_COORDINATOR,
+            error::MESSAGE_TOO_LARGE | error::RECORD_LIST_TOO_LARGE => error::INVALID_COMMIT_OFFSET_SIZE,
+            other => other,
+        });
+        match w.kind {
+            WriteKind::Commit { responder, response, group, offsets } => self.commit_done(responder, response, &group, offsets, result),
+            WriteKind::Sync { group, generation } => self.sync_done(&group, generation, result, now),
+            WriteKind::GroupState => {}
+            WriteKind::Delete { batch, slot, group } => self.delete_done(batch, slot, &group, result),
+            WriteKind::OffsetDelete { responder, group, partitions } => self.offset_delete_done(responder, &group, partitions, result),
+            WriteKind::Expire { group, partitions, group_too } => self.expire_done(&group, partitions, group_too, result),
+        }
+    }
+
+    /// Time passed: complete delayed joins, expire sessions, expire offsets.
+    pub fn tick(&mut self, now: Now) {
+        let shards: Vec<i32> = self.shards.iter().filter(|(_, s)| s.active).map(|(k, _)| *k).collect();
+        for shard in &shards {
+            let ids: Vec<String> = self.shards[shard].groups.keys().cloned().collect();
+            for id in ids {
+                self.tick_group(&id, now);
+            }
+        }
+        if now.mono_ms >= self.last_retention_ms + self.settings.offsets_retention_check_interval_ms {
+            self.last_retention_ms = now.mono_ms;
+            self.expire_offsets(now);
+        }
+    }
+
+    /// Groups on this node with their state and protocol type (for ListGroups and the checkers).
+    pub fn group_states(&self) -> Vec<(String, State, String, i32)> {
+        let mut out = Vec::new();
+        for s in self.shards.values().filter(|s| s.active) {
+            for g in s.groups.values() {
+                out.push((g.id.clone(), g.state, g.protocol_type.clone().unwrap_or_default(), g.generation));
+            }
+        }
+        out
+    }
+
+    /// Committed offsets of `group` as this node holds them (for the simulator's checkers).
+    pub fn committed(&self, group: &str) -> Option<BTreeMap<(String, i32), i64>> {
+        let shard = self.shard_of(group);
+        let g = self.shards.get(&shard).filter(|s| s.active)?.groups.get(group)?;
+        Some(g.offsets.iter().map(|(k, v)| (k.clone(), v.offset)).collect())
+    }
+
+    /// Every active group's generation, state and members' assignments (simulator checkers).
+    pub fn views(&self) -> Vec<GroupView> {
+        let mut out = Vec::new();
+        for s in self.shards.values().filter(|s| s.active) {
+            for g in s.groups.values() {
+                out.push(GroupView {
+                    group: g.id.clone(),
+                    generation: g.generation,
+                    state: g.state,
+                    members: g.members.values().map(|m| (m.id.clone(), m.assignment.clone())).collect(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A group as its coordinator sees it.
+#[derive(Clone, Debug)]
+pub struct GroupView {
+    /// Group id.
+    pub group: String,
+    /// Generation.
+    pub generation: i32,
+    /// State.
+    pub state: State,
+    /// (member id, assignment).
+    pub members: Vec<(String, Bytes)>,
+}
+
+/// A `StrBytes` from a `&str`.
+pub(crate) fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// A fresh member id: `<client id>-<uuid>` as Kafka makes them.
+pub(crate) fn member_id(client_id: &str, rng: &mut Rng) -> String {
+    let uuid = uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64());
+    format!("{client_id}-{uuid}")
+}
