@@ -3,8 +3,9 @@
 
 kafka-python is an independent pure-Python implementation of the protocol (it negotiates its
 own API versions); confluent-kafka wraps librdkafka 2.16 (newer than the Rust crate's 2.12).
-Consumers use assign() with explicit offsets and never commit: runnel has no group coordinator
-yet (confluent-kafka insists on a group.id, which is set but never used for commits).
+Most consumers use assign() with explicit offsets; the group checks subscribe through runnel's
+group coordinator (two kafka-python consumers sharing a topic; confluent-kafka committing and
+reading its offsets back through the admin API).
 
 Usage: clients.py --bootstrap 127.0.0.1:PORT
 Prints one PASS/FAIL line per check and a summary; exits non-zero if any check failed.
@@ -133,7 +134,7 @@ def kp_codec_round_trip(bootstrap, topic, codec, count):
 def ck_consumer(bootstrap):
     from confluent_kafka import Consumer
 
-    # group.id is required by the client; nothing is ever committed or subscribed.
+    # group.id is required by the client; these consumers assign and never commit.
     return Consumer({"bootstrap.servers": bootstrap, "group.id": "runnel-unused", "enable.auto.commit": False, "enable.auto.offset.store": False, "check.crcs": True})
 
 
@@ -276,6 +277,114 @@ def kp_offsets(bootstrap, topic, partitions, count):
     return f"beginning/end offsets and offsets_for_times right for {topic}"
 
 
+def kp_group(bootstrap, topic, run):
+    """Two kafka-python consumers in one group split a 4-partition topic and commit."""
+    import threading
+
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+    partitions, per_partition = 4, 50
+    kp_admin_create(bootstrap, [(topic, partitions)])
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(partitions * per_partition):
+        producer.send(topic, value=str(i).encode(), partition=i % partitions)
+    producer.flush()
+    producer.close()
+    group = f"kp-group-{run}"
+    stop = threading.Event()
+    seen = set()
+    lock = threading.Lock()
+    consumers = [
+        KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000, request_timeout_ms=TIMEOUT_S * 1000)
+        for _ in range(2)
+    ]
+    errors = []
+
+    def poll(c):
+        try:
+            while not stop.is_set():
+                for tp, records in c.poll(timeout_ms=200).items():
+                    with lock:
+                        seen.update((tp.partition, r.offset) for r in records)
+                if c.assignment():
+                    c.commit()
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=poll, args=(c,)) for c in consumers]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            owned = [{tp.partition for tp in c.assignment()} for c in consumers]
+            with lock:
+                done = len(seen) == partitions * per_partition
+            if done and all(owned) and not (owned[0] & owned[1]) and owned[0] | owned[1] == set(range(partitions)):
+                break
+            expect(not errors, f"a consumer failed: {errors}")
+            expect(time.monotonic() < deadline, f"no disjoint split of {partitions} partitions with every record read: owned {owned}, read {len(seen)}")
+            time.sleep(0.1)
+        # Let each commit what it read, then leave the group.
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        for c in consumers:
+            c.close()
+    expect(not errors, f"a consumer failed: {errors}")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=TIMEOUT_S * 1000)
+    try:
+        # kafka-python 3's group admin API (list_groups, list_group_offsets, describe_groups).
+        listed = [g["group_id"] for g in admin.list_groups()]
+        expect(group in listed, f"{group} missing from list_groups: {listed}")
+        committed = admin.list_group_offsets(group)[group]
+        got = {tp.partition: m.offset for tp, m in committed.items() if tp.topic == topic}
+        expect(got == {p: per_partition for p in range(partitions)}, f"committed offsets {got}, expected {per_partition} on each partition")
+        state = admin.describe_groups([group])[group]["group_state"]
+        expect(state == "Empty", f"both members left, yet the group is {state}")
+    finally:
+        admin.close()
+    return f"owned {owned}, read {len(seen)} records, committed {got}"
+
+
+def ck_group(bootstrap, topic, run):
+    """confluent-kafka subscribes, commits, and reads its offsets back through the AdminClient."""
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    ck_admin(bootstrap, [(topic, 3)])
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(30):
+        producer.produce(topic, value=str(i).encode(), partition=i % 3)
+    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+    group = f"ck-group-{run}"
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.subscribe([topic])
+        got = 0
+        deadline = time.monotonic() + TIMEOUT_S
+        while got < 30:
+            expect(time.monotonic() < deadline, f"read {got} of 30 records")
+            m = consumer.poll(0.5)
+            if m is not None and not m.error():
+                got += 1
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=TIMEOUT_S)
+        expect([tp.offset for tp in committed] == [10, 10, 10], f"committed {committed}")
+    finally:
+        consumer.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
+    by_partition = {tp.partition: tp.offset for tp in offsets.topic_partitions if tp.topic == topic}
+    expect(by_partition == {0: 10, 1: 10, 2: 10}, f"admin sees {by_partition}")
+    described = admin.describe_consumer_groups([group])[group].result()
+    expect(str(described.state).endswith("EMPTY"), f"group state {described.state} after close")
+    return f"read 30, committed and listed {by_partition}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True, help="HOST:PORT of a running runnel broker")
@@ -296,6 +405,8 @@ def main():
     checks.run("confluent-kafka: idempotent producer, consumer with assign", ck_idempotent, b, ck_topics[0][0], 10_000)
     checks.run("confluent-kafka: offsets_for_times and watermarks", ck_offsets_for_times, b, ck_topics[1][0])
     checks.run("confluent-kafka: describe_configs, incremental_alter_configs, invalid values refused", ck_configs, b, ck_topics[2][0])
+    checks.run("kafka-python: two consumers in one group split a topic, commit, admin lists offsets", kp_group, b, f"kp-group-{run}", run)
+    checks.run("confluent-kafka: subscribe in a group, commit, admin lists and describes the group", ck_group, b, f"ck-group-{run}", run)
     print(f"python clients: {len(checks.passed)} passed, {len(checks.failed)} failed" + (f" ({'; '.join(checks.failed)})" if checks.failed else ""), flush=True)
     return 1 if checks.failed else 0
 

@@ -1,0 +1,308 @@
+//! Consumer groups against real `runnel server` processes with librdkafka consumers that are
+//! real processes too (this test binary started again as a child), so "kill a consumer" is a
+//! kill -9 that sends no LeaveGroup.
+//!
+//! Three consumers in one group over a 6-partition topic own disjoint partitions covering all
+//! six; when one is killed the other two take over its partitions once its session times out;
+//! committed offsets survive the loss of the coordinator's node (the next leader of the group's
+//! `__consumer_offsets` partition loads them) and its restart.
+
+mod common;
+
+use common::load::{block_on, client_config};
+use common::TestCluster;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "work";
+const PARTITIONS: i32 = 6;
+const PER_PARTITION: i64 = 100;
+const GROUP: &str = "workers";
+const SESSION_MS: u64 = 6_000;
+/// The environment variable that turns the `consumer_child` test into a consumer process.
+const CHILD_ENV: &str = "RUNNEL_GROUP_CHILD";
+
+/// What the parent learns from one child's stdout.
+#[derive(Default)]
+struct ChildView {
+    assigned: BTreeSet<i32>,
+    first_record: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Seen {
+    children: BTreeMap<usize, ChildView>,
+    /// Every (partition, offset) some child read.
+    records: BTreeSet<(i32, i64)>,
+    /// The highest offset some child reported committed, per partition.
+    committed: BTreeMap<i32, i64>,
+}
+
+struct Consumers {
+    children: Vec<Option<Child>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Consumers {
+    fn spawn(bootstrap: &str, n: usize) -> Consumers {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut children = Vec::new();
+        for i in 0..n {
+            let mut child = Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--exact", "consumer_child", "--nocapture", "--include-ignored", "--test-threads=1"])
+                .env(CHILD_ENV, format!("{bootstrap}|{GROUP}|{TOPIC}|{SESSION_MS}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a consumer process");
+            let out = child.stdout.take().expect("piped");
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut s = seen.lock().expect("lock");
+                    let mut words = line.split_whitespace();
+                    match (words.next(), words.next(), words.next()) {
+                        (Some("ASSIGNED"), list, _) => {
+                            s.children.entry(i).or_default().assigned = list.unwrap_or("").split(',').filter_map(|p| p.parse().ok()).collect();
+                        }
+                        (Some("RECORD"), Some(p), Some(o)) => {
+                            let (p, o) = (p.parse().expect("partition"), o.parse().expect("offset"));
+                            s.records.insert((p, o));
+                            s.children.entry(i).or_default().first_record.get_or_insert_with(Instant::now);
+                        }
+                        (Some("COMMITTED"), Some(p), Some(o)) => {
+                            let (p, o): (i32, i64) = (p.parse().expect("partition"), o.parse().expect("offset"));
+                            let c = s.committed.entry(p).or_insert(o);
+                            *c = (*c).max(o);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            children.push(Some(child));
+        }
+        Consumers { children, seen }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Also from Drop after a failed assertion, which may have poisoned the lock.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).children.remove(&i);
+    }
+
+    /// Wait until the live children own disjoint, non-empty partition sets covering the topic.
+    fn wait_for_split(&self, what: &str, deadline: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            {
+                let s = self.seen.lock().expect("lock");
+                let live: Vec<&BTreeSet<i32>> = self.children.iter().enumerate().filter(|(_, c)| c.is_some()).filter_map(|(i, _)| s.children.get(&i).map(|v| &v.assigned)).collect();
+                let total: usize = live.iter().map(|a| a.len()).sum();
+                let union: BTreeSet<i32> = live.iter().flat_map(|a| a.iter().copied()).collect();
+                let live_count = self.children.iter().filter(|c| c.is_some()).count();
+                if live.len() == live_count && live.iter().all(|a| !a.is_empty()) && total == PARTITIONS as usize && union.len() == PARTITIONS as usize {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < deadline, "{what}: no disjoint split of {PARTITIONS} partitions within {deadline:?}; assignments {live:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until every record was read and every partition's offset reported committed.
+    fn wait_all_committed(&self, deadline: Duration) {
+        let started = Instant::now();
+        loop {
+            {
+                let s = self.seen.lock().expect("lock");
+                let read = s.records.len() as i64;
+                let done = read == PARTITIONS as i64 * PER_PARTITION && (0..PARTITIONS).all(|p| s.committed.get(&p) == Some(&PER_PARTITION));
+                if done {
+                    return;
+                }
+                assert!(started.elapsed() < deadline, "read {read} of {} records, committed {:?}", PARTITIONS as i64 * PER_PARTITION, s.committed);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The leader of `topic`-`partition` as the cluster reports it.
+fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(m) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            let leader = m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == partition)).map(|p| p.leader());
+            if let Some(l) = leader.filter(|l| *l > 0) {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader for {topic}-{partition}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The group's committed offsets, asked of whichever node coordinates it now (retrying while the
+/// coordinator moves or loads).
+fn committed(bootstrap: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config(bootstrap).set("group.id", GROUP).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(TOPIC, p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+            Ok(list) => {
+                return list
+                    .elements()
+                    .iter()
+                    .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
+                    .collect()
+            }
+            Err(e) => assert!(Instant::now() < deadline, "OffsetFetch kept failing: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_consumers_split_a_topic_take_over_and_keep_offsets_across_coordinator_failover() {
+    let mut cluster = TestCluster::start(
+        3,
+        "min.insync.replicas=2\ndefault.replication.factor=3\noffsets.topic.replication.factor=3\noffsets.topic.num.partitions=10\ngroup.initial.rebalance.delay.ms=1000",
+    );
+    let bootstrap = cluster.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let producer: FutureProducer = client_config(&bootstrap).set("acks", "all").create().expect("producer");
+    block_on(async {
+        for i in 0..PARTITIONS as i64 * PER_PARTITION {
+            let value = i.to_string();
+            let record = FutureRecord::<(), String>::to(TOPIC).payload(&value).partition((i % PARTITIONS as i64) as i32);
+            producer.send(record, Duration::from_secs(30)).await.expect("produce");
+        }
+    });
+
+    let started = Instant::now();
+    let mut consumers = Consumers::spawn(&bootstrap, 3);
+    let split = consumers.wait_for_split("three consumers", Duration::from_secs(60));
+    let first = consumers.seen.lock().expect("lock").children.values().filter_map(|c| c.first_record).min().map(|t| t - started);
+    eprintln!("three consumers own disjoint partitions {:.2}s after start (first record read after {first:?})", split.as_secs_f64());
+
+    // Kill one consumer: no LeaveGroup, so the coordinator notices when its session expires.
+    consumers.kill(0);
+    let takeover = consumers.wait_for_split("after a kill", Duration::from_secs(30));
+    eprintln!("the two others own all partitions {:.2}s after the kill (session.timeout.ms={SESSION_MS})", takeover.as_secs_f64());
+    assert!(takeover < Duration::from_millis(SESSION_MS + 5_000), "takeover took {takeover:?}");
+    consumers.wait_all_committed(Duration::from_secs(60));
+    let reported = consumers.seen.lock().expect("lock").committed.clone();
+    consumers.kill(1);
+    consumers.kill(2);
+    assert_eq!(committed(&bootstrap), reported, "the coordinator's offsets differ from what consumers were told was committed");
+
+    // The coordinator's node dies: the next leader of the group's partition takes over.
+    let shard = runnel_actors::group::records::partition_for(GROUP, 10);
+    let coordinator = leader_of(&bootstrap, "__consumer_offsets", shard);
+    eprintln!("killing node {coordinator}, the coordinator of {GROUP} (__consumer_offsets-{shard})");
+    cluster.nodes[(coordinator - 1) as usize].kill();
+    let others: Vec<String> = cluster.nodes.iter().enumerate().filter(|(i, _)| *i as i32 != coordinator - 1).map(|(_, n)| n.bootstrap()).collect();
+    assert_eq!(committed(&others.join(",")), reported, "committed offsets lost when the coordinator failed over");
+    cluster.nodes[(coordinator - 1) as usize].restart();
+    assert_eq!(committed(&bootstrap), reported, "committed offsets lost across the restart");
+}
+
+/// Not a test on its own: the consumer process `Consumers::spawn` starts. It prints its
+/// assignment after each rebalance, each record it reads, and each offset commit that succeeded.
+#[test]
+#[ignore = "a child process of the group tests"]
+fn consumer_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (bootstrap, group, topic, session) = (parts[0], parts[1], parts[2], parts[3]);
+    // The harness has printed "test consumer_child ... " without a newline: end that line.
+    println!();
+
+    /// Counts rebalances, so offsets read before one are never committed after it (another
+    /// member may have moved them on meanwhile).
+    struct Ctx(std::sync::atomic::AtomicU64);
+    impl ClientContext for Ctx {}
+    impl ConsumerContext for Ctx {
+        fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let line = match rebalance {
+                Rebalance::Assign(tpl) => tpl.elements().iter().map(|e| e.partition().to_string()).collect::<Vec<_>>().join(","),
+                _ => String::new(),
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ASSIGNED {line}");
+            let _ = out.flush();
+        }
+    }
+    let consumer: BaseConsumer<Ctx> = client_config(bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", session)
+        .set("heartbeat.interval.ms", "500")
+        .create_with_context(Ctx(std::sync::atomic::AtomicU64::new(0)))
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let mut rebalances = 0;
+    loop {
+        let now_rebalances = consumer.context().0.load(std::sync::atomic::Ordering::SeqCst);
+        if now_rebalances != rebalances {
+            rebalances = now_rebalances;
+            next.clear();
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            next.insert(m.partition(), m.offset() + 1);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "RECORD {} {}", m.partition(), m.offset());
+            let _ = out.flush();
+        }
+        if last_commit.elapsed() > Duration::from_millis(200) {
+            last_commit = Instant::now();
+            let owned: BTreeSet<i32> = consumer.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default();
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in next.iter().filter(|(p, _)| owned.contains(p)) {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).expect("offset");
+            }
+            if tpl.count() > 0 && consumer.commit(&tpl, CommitMode::Sync).is_ok() {
+                let mut out = std::io::stdout().lock();
+                for e in tpl.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        let _ = writeln!(out, "COMMITTED {} {o}", e.partition());
+                    }
+                }
+                let _ = out.flush();
+            }
+        }
+    }
+}
