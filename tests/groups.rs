@@ -109,7 +109,8 @@ impl Consumers {
         loop {
             {
                 let s = self.seen.lock().expect("lock");
-                let live: Vec<&BTreeSet<i32>> = self.children.iter().enumerate().filter(|(_, c)| c.is_some()).filter_map(|(i, _)| s.children.get(&i).map(|v| &v.assigned)).collect();
+                let live: Vec<&BTreeSet<i32>> =
+                    self.children.iter().enumerate().filter(|(_, c)| c.is_some()).filter_map(|(i, _)| s.children.get(&i).map(|v| &v.assigned)).collect();
                 let total: usize = live.iter().map(|a| a.len()).sum();
                 let union: BTreeSet<i32> = live.iter().flat_map(|a| a.iter().copied()).collect();
                 let live_count = self.children.iter().filter(|c| c.is_some()).count();
@@ -175,13 +176,7 @@ fn committed(bootstrap: &str) -> BTreeMap<i32, i64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
-            Ok(list) => {
-                return list
-                    .elements()
-                    .iter()
-                    .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
-                    .collect()
-            }
+            Ok(list) => return list.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 })).collect(),
             Err(e) => assert!(Instant::now() < deadline, "OffsetFetch kept failing: {e}"),
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -46,7 +46,8 @@ pub fn history(events: &[ClientEvent]) -> History {
                 let mops = vec![Mop::polled(reads.iter().map(|(k, v)| (*k, v.iter().copied())))];
                 h.complete(handle, ns(*time_ms), kind, Value::Mops(mops), None);
             }
-            ClientEvent::Violation { .. } => {}
+            // Checked by the world as they happen (ownership per generation, commit order).
+            ClientEvent::Violation { .. } | ClientEvent::GroupAssign { .. } | ClientEvent::GroupCommit { .. } => {}
         }
     }
     let end = events.iter().map(event_time).max().unwrap_or(0);
@@ -61,6 +62,8 @@ fn event_time(e: &ClientEvent) -> u64 {
         | ClientEvent::Assign { time_ms, .. }
         | ClientEvent::InvokePoll { time_ms, .. }
         | ClientEvent::CompletePoll { time_ms, .. }
-        | ClientEvent::Violation { time_ms, .. } => *time_ms,
+        | ClientEvent::Violation { time_ms, .. }
+        | ClientEvent::GroupAssign { time_ms, .. }
+        | ClientEvent::GroupCommit { time_ms, .. } => *time_ms,
     }
 }

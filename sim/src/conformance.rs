@@ -68,6 +68,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         controller_only: 0,
         producers: 0,
         consumers: 0,
+        group_consumers: 0,
         replication_factor: 1,
         partitions: 1,
         send_interval_ms: 1000,

@@ -16,8 +16,11 @@ pub struct Scenario {
     pub controller_only: usize,
     /// Producer clients.
     pub producers: usize,
-    /// Consumer clients.
+    /// Consumer clients (assign every partition, read from the start).
     pub consumers: usize,
+    /// Group consumers: members of one consumer group sharing the topic, reading from committed
+    /// offsets; they crash (with node crashes on) and leave and rejoin now and then.
+    pub group_consumers: usize,
     /// Partitions of the workload topic.
     pub partitions: i32,
     /// Replication factor of the workload topic.
@@ -41,6 +44,7 @@ const CLUSTER_3: Scenario = Scenario {
     controller_only: 0,
     producers: 2,
     consumers: 2,
+    group_consumers: 0,
     partitions: 3,
     replication_factor: 3,
     send_interval_ms: 40,
@@ -61,6 +65,7 @@ pub const SCENARIOS: &[Scenario] = &[
         controller_only: 0,
         producers: 2,
         consumers: 2,
+        group_consumers: 0,
         partitions: 3,
         replication_factor: 1,
         send_interval_ms: 40,
@@ -75,6 +80,7 @@ pub const SCENARIOS: &[Scenario] = &[
         controller_only: 0,
         producers: 2,
         consumers: 1,
+        group_consumers: 0,
         partitions: 2,
         replication_factor: 1,
         send_interval_ms: 10,
@@ -89,6 +95,7 @@ pub const SCENARIOS: &[Scenario] = &[
         controller_only: 0,
         producers: 6,
         consumers: 4,
+        group_consumers: 0,
         partitions: 6,
         replication_factor: 1,
         send_interval_ms: 60,
@@ -117,6 +124,29 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "cluster-split with a metadata snapshot every 256 bytes of committed records: controller-only voters snapshot, compact and install snapshots, and must still reach broker-only nodes registered before a snapshot",
         controller_only: 3,
         broker_settings: SNAPSHOT_SETTINGS,
+        ..CLUSTER_3
+    },
+    Scenario {
+        name: "groups-single",
+        description: "one broker, 2 producers and 3 group consumers (one consumer group over 6 partitions) that crash, leave and rejoin; the coordinator's node crashes too",
+        nodes: 1,
+        controller_only: 0,
+        producers: 2,
+        consumers: 0,
+        group_consumers: 3,
+        partitions: 6,
+        replication_factor: 1,
+        send_interval_ms: 40,
+        faults_until_ms: 40_000,
+        deadline_ms: 70_000,
+        broker_settings: &[],
+    },
+    Scenario {
+        name: "groups-3",
+        description: "cluster-3 with 3 group consumers in one group over 6 partitions: group coordinators fail over with the leadership of their __consumer_offsets partitions (RF=3)",
+        consumers: 1,
+        group_consumers: 3,
+        partitions: 6,
         ..CLUSTER_3
     },
     Scenario {

@@ -21,17 +21,20 @@ use bytes::Bytes;
 use runnel_actors::broker::config::{broker_key_to_topic, BrokerConfig};
 use runnel_actors::broker::{Broker, BrokerMsg};
 use runnel_actors::client::consumer::{Consumer, ConsumerConfig};
+use runnel_actors::client::group_consumer::{GroupConsumer, GroupConsumerConfig};
 use runnel_actors::client::producer::{Producer, ProducerConfig};
 use runnel_actors::client::{ClientEvent, ClientMsg};
 use runnel_actors::controller::rpc::{BROKER_ACTOR, CONTROLLER_ACTOR};
 use runnel_actors::controller::{Controller, ControllerConfig};
 use runnel_actors::core::{peer_address_replaces, Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 /// Wall-clock origin of every run (virtual time 0), so timestamps look real.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
 const TOPIC: &str = "sim";
+/// The group the group consumers share.
+const GROUP: &str = "sim-group";
 
 thread_local! {
     /// The simulated time of the event this thread's world is handling (for log timestamps).
@@ -103,6 +106,7 @@ enum Ev {
     ClientResponse { conn: u64, frame: Bytes },
     ClientDisconnected { client: usize, node: usize, conn: u64 },
     ClientTimer { client: usize, id: TimerId, generation: u64 },
+    ClientRestart(usize),
     Fault(Fault),
     Restart(usize),
     Heal,
@@ -118,6 +122,8 @@ pub enum Fault {
     Pause(usize, u64),
     /// Reset a client's connections.
     ResetClient(usize),
+    /// A group consumer process dies (no LeaveGroup) and a new one starts later.
+    CrashClient(usize),
     /// Clog `from -> to`; reset streams if `reset`.
     Clog(Endpoint, Endpoint),
     /// Heal `from -> to`.
@@ -170,6 +176,7 @@ impl Node {
 enum ClientActor {
     Producer(Producer),
     Consumer(Consumer),
+    Group(GroupConsumer),
     Scripted(crate::conformance::Scripted),
 }
 
@@ -248,8 +255,8 @@ pub struct World {
     watch_key: Option<u64>,
     healed: bool,
     completed: bool,
-    /// (partition, leader epoch) -> the node that led it.
-    epoch_leaders: BTreeMap<(i32, i32), i32>,
+    /// (topic, partition, leader epoch) -> the node that led it.
+    epoch_leaders: BTreeMap<(String, i32, i32), i32>,
     /// Raft term -> its leader.
     term_leaders: BTreeMap<u64, i32>,
     /// Committed metadata batches by offset (a digest), as first seen on any voter.
@@ -261,6 +268,34 @@ pub struct World {
     voters: Vec<i32>,
     /// Nodes 0..this are controller-only; the brokers follow.
     controller_only: usize,
+    /// (group, generation) -> key -> the member it was assigned to.
+    group_owners: BTreeMap<(String, i32), BTreeMap<u64, String>>,
+    /// The highest high watermark seen per workload partition.
+    hw_high: BTreeMap<u64, i64>,
+    /// (node, group, topic, partition) -> (shard tenure, committed offset) as that node's
+    /// coordinator last showed it.
+    coord_seen: BTreeMap<(usize, String, String, i32), (u64, i64)>,
+    /// The highest offset any coordinator applied, per (group, topic, partition): applied means
+    /// committed to `__consumer_offsets`, so every later coordinator must know it.
+    offsets_applied: BTreeMap<OffsetKey, i64>,
+    /// (node, shard, tenure) -> `offsets_applied` of that shard's groups when the load began.
+    load_floors: BTreeMap<(usize, i32, u64), BTreeMap<OffsetKey, i64>>,
+}
+
+/// A committed offset's (group, topic, partition).
+type OffsetKey = (String, String, i32);
+
+/// The settings of group consumer `process` (what every incarnation of it uses).
+fn group_config(process: u64, bootstrap: &[Addr]) -> GroupConsumerConfig {
+    GroupConsumerConfig {
+        process,
+        bootstrap: bootstrap.to_vec(),
+        topic: TOPIC.into(),
+        group: GROUP.into(),
+        session_timeout_ms: 3_000,
+        heartbeat_interval_ms: 500,
+        leave_per_mille: 10,
+    }
 }
 
 /// The node-to-node address of node `id` after `moves` moves.
@@ -295,6 +330,11 @@ impl World {
                     replica_lag_time_max_ms: 5_000,
                     ..Default::default()
                 };
+                // Small and quick: few coordinator shards, a short initial rebalance delay.
+                config.groups.offsets_replication_factor = scenario.replication_factor;
+                config.groups.offsets_partitions = 4;
+                config.groups.initial_rebalance_delay_ms = 500;
+                config.groups.min_session_timeout_ms = 1_000;
                 for (k, v) in scenario.broker_settings {
                     if let Some((tk, tv)) = broker_key_to_topic(k, v) {
                         config.topic_defaults.insert(tk.to_string(), tv);
@@ -367,6 +407,16 @@ impl World {
                 conns: BTreeMap::new(),
             });
         }
+        for g in 0..scenario.group_consumers {
+            let process = (scenario.producers + scenario.consumers + g) as u64;
+            clients.push(Client {
+                actor: ClientActor::Group(GroupConsumer::new(group_config(process, &bootstrap))),
+                cx: Cx::new(Addr { node: 4000 + g as i32, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conns: BTreeMap::new(),
+            });
+        }
         let net = Network::new(plan.net());
         let mut world = World {
             now_us: 0,
@@ -399,8 +449,14 @@ impl World {
             protocol: BTreeMap::new(),
             voters,
             controller_only,
+            group_owners: BTreeMap::new(),
+            hw_high: BTreeMap::new(),
+            coord_seen: BTreeMap::new(),
+            offsets_applied: BTreeMap::new(),
+            load_floors: BTreeMap::new(),
         };
         world.schedule_faults();
+        world.schedule_client_crashes();
         world.at(scenario.faults_until_ms * 1000, Ev::Heal);
         world
     }
@@ -461,6 +517,21 @@ impl World {
                 self.schedule_fault(kind, t, end_us);
                 t += mean_gap_us / 2 + self.rng.below(mean_gap_us.max(1));
             }
+        }
+    }
+
+    /// Group consumer processes crash at the rate of node crashes (group scenarios only, so the
+    /// other scenarios' seeds keep their runs).
+    fn schedule_client_crashes(&mut self) {
+        let (first, count) = (self.scenario.producers + self.scenario.consumers, self.scenario.group_consumers);
+        let Some(rate) = self.plan.enabled.get("crash").copied().filter(|r| *r > 0.0 && count > 0) else { return };
+        let end_us = self.scenario.faults_until_ms * 1000;
+        let mean_gap_us = (1_000_000.0 / rate) as u64;
+        let mut t = 2_000_000 + self.rng.below(mean_gap_us.max(1));
+        while t < end_us {
+            let c = first + self.rng.below(count as u64) as usize;
+            self.at(t, Ev::Fault(Fault::CrashClient(c)));
+            t += mean_gap_us / 2 + self.rng.below(mean_gap_us.max(1));
         }
     }
 
@@ -549,6 +620,7 @@ impl World {
                 ClientActor::Producer(p) => p.on_start(cx),
                 ClientActor::Scripted(s) => s.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
+                ClientActor::Group(g) => g.on_start(cx),
             });
         }
         for i in 0..self.nodes.len() {
@@ -578,12 +650,28 @@ impl World {
                 if let ClientActor::Producer(p) = &c.actor {
                     eprintln!("producer client {i}: {}", p.debug_state());
                 }
+                if let ClientActor::Group(g) = &c.actor {
+                    eprintln!("group consumer client {i}: {}", g.debug_state());
+                }
+                for (node, conn) in &c.conns {
+                    let state = self.conns.get(conn).map(|k| {
+                        (k.alive, k.node_incarnation, k.held_to_node.len(), k.held_to_client.len(), k.replies.len(), k.next_reply_seq, k.next_request_seq)
+                    });
+                    eprintln!("  conn {conn} to node {}: {state:?} (node incarnation {})", node + 1, self.nodes[*node].incarnation);
+                }
             }
             for (i, n) in self.nodes.iter().enumerate() {
                 match &n.broker {
                     None if !n.is_up() => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),
                     None => eprintln!("node {}: controller-only at {}", i + 1, n.endpoint),
-                    Some(b) => eprintln!("node {}: at {} ready {} partitions {:?}", i + 1, n.endpoint, b.is_ready(), b.partition_views()),
+                    Some(b) => eprintln!(
+                        "node {}: at {} ready {} fetches {:?} partitions {:?}",
+                        i + 1,
+                        n.endpoint,
+                        b.is_ready(),
+                        b.debug_fetches(),
+                        b.partition_views()
+                    ),
                 }
                 if let Some(c) = &n.controller {
                     eprintln!("  controller: active {} raft {:?} image {:?}", c.is_active(), c.raft_view(), c.image());
@@ -759,6 +847,17 @@ impl World {
                     ClientActor::Producer(p) => p.on_timer(cx, id),
                     ClientActor::Scripted(s) => s.on_timer(cx, id),
                     ClientActor::Consumer(c) => c.on_timer(cx, id),
+                    ClientActor::Group(g) => g.on_timer(cx, id),
+                });
+            }
+            Ev::ClientRestart(client) => {
+                // A supervisor starting the consumer process again (also after the heal).
+                self.trace.add(&[t, 12, client as u64]);
+                self.fault_log.push((self.now_us / 1000, format!("client {client} restarts")));
+                self.client_step(client, |a, cx| {
+                    if let ClientActor::Group(g) = a {
+                        g.on_start(cx)
+                    }
                 });
             }
             Ev::Fault(f) => {
@@ -989,23 +1088,30 @@ impl World {
     /// Invariants on the broker's state, checked after every step.
     fn check_node(&mut self, i: usize) {
         self.check_quorum(i);
+        if self.scenario.group_consumers > 0 {
+            self.check_group_offsets(i);
+        }
         let Some(b) = self.nodes[i].broker.as_ref() else { return };
         let mut leaders = Vec::new();
         for v in b.partition_views() {
             if v.role == runnel_actors::partition::Role::Leader {
-                leaders.push((v.index, v.leader_epoch));
+                leaders.push((v.topic.to_string(), v.index, v.leader_epoch));
             }
         }
         for key in leaders {
             let node = i as i32 + 1;
-            let prev = *self.epoch_leaders.entry(key).or_insert(node);
+            let prev = *self.epoch_leaders.entry(key.clone()).or_insert(node);
             if prev != node {
-                self.violation("one-leader-per-epoch", format!("partition {} epoch {}: led by node {prev} and node {node}", key.0, key.1));
+                self.violation("one-leader-per-epoch", format!("{}-{} epoch {}: led by node {prev} and node {node}", key.0, key.1, key.2));
             }
         }
         let Some(b) = self.nodes[i].broker.as_ref() else { return };
         if !b.is_ready() {
             return;
+        }
+        for v in b.partition_views().into_iter().filter(|v| v.topic == TOPIC) {
+            let h = self.hw_high.entry(v.index as u64).or_insert(0);
+            *h = (*h).max(v.high_watermark);
         }
         let first_ready = !self.nodes[i].was_ready;
         let mut found: Vec<(&'static str, String)> = Vec::new();
@@ -1025,7 +1131,8 @@ impl World {
                     format!("{}-{}: high watermark {} above the durable offset {}", v.topic, v.index, v.high_watermark, v.durable_offset),
                 ));
             }
-            if first_ready && v.ready && self.scenario.replication_factor == 1 {
+            // Acknowledgements are known for the workload topic (the producers' sends).
+            if first_ready && v.ready && self.scenario.replication_factor == 1 && v.topic == TOPIC {
                 if let Some(acked) = self.acked.get(&(v.index as u64)) {
                     if v.log_end_offset <= *acked {
                         found.push((
@@ -1106,12 +1213,15 @@ impl World {
             for v in b.partition_views().into_iter().filter(|v| v.role == runnel_actors::partition::Role::Leader && v.ready) {
                 for m in v.isr.iter().filter(|m| **m != i as i32 + 1) {
                     let Some(other) = self.nodes.get((*m - 1) as usize).and_then(|o| o.broker.as_ref()).filter(|o| o.is_ready()) else { continue };
-                    if let Some(f) =
-                        other.partition_views().into_iter().find(|f| f.index == v.index && f.ready && f.role != runnel_actors::partition::Role::None)
+                    if let Some(f) = other
+                        .partition_views()
+                        .into_iter()
+                        .find(|f| f.topic == v.topic && f.index == v.index && f.ready && f.role != runnel_actors::partition::Role::None)
                     {
                         if f.log_end_offset < v.high_watermark {
                             found.push(format!(
-                                "partition {}: leader {} exposes up to {} but ISR member {m} ends at {}",
+                                "{}-{}: leader {} exposes up to {} but ISR member {m} ends at {}",
+                                v.topic,
                                 v.index,
                                 i + 1,
                                 v.high_watermark,
@@ -1131,8 +1241,13 @@ impl World {
     /// others'.
     fn check_replicas_identical(&mut self) {
         let mut found = Vec::new();
-        for p in 0..self.scenario.partitions {
-            let dir = format!("{TOPIC}-{p}/");
+        let mut partitions: Vec<(&str, i32)> = (0..self.scenario.partitions).map(|p| (TOPIC, p)).collect();
+        if self.scenario.group_consumers > 0 {
+            // The coordinators' records are replicated like any other.
+            partitions.extend((0..4).map(|p| (runnel_actors::group::OFFSETS_TOPIC, p)));
+        }
+        for (topic, p) in partitions {
+            let dir = format!("{topic}-{p}/");
             let mut logs: Vec<(usize, Vec<u8>)> = Vec::new();
             // Only in-sync replicas (as the leader sees them) that caught up with the leader's
             // log end are compared: a replica outside the ISR may still hold a suffix it will
@@ -1142,13 +1257,15 @@ impl World {
                 .iter()
                 .filter_map(|n| n.broker.as_ref())
                 .flat_map(|b| b.partition_views())
-                .find(|v| v.index == p && v.role == runnel_actors::partition::Role::Leader)
+                .find(|v| v.topic == topic && v.index == p && v.role == runnel_actors::partition::Role::Leader)
                 .map(|v| (v.log_end_offset, v.isr.to_vec()));
             let Some((leader_end, isr)) = leader else { continue };
             for (i, n) in self.nodes.iter().enumerate() {
                 let Some(b) = n.broker.as_ref().filter(|b| b.is_ready()) else { continue };
-                let caught_up =
-                    b.partition_views().iter().any(|v| v.index == p && v.role != runnel_actors::partition::Role::None && v.log_end_offset == leader_end);
+                let caught_up = b
+                    .partition_views()
+                    .iter()
+                    .any(|v| v.topic == topic && v.index == p && v.role != runnel_actors::partition::Role::None && v.log_end_offset == leader_end);
                 if !isr.contains(&(i as i32 + 1)) || !caught_up {
                     continue;
                 }
@@ -1167,7 +1284,7 @@ impl World {
                     let at = (0..len).find(|k| w[0].1[*k] != w[1].1[*k]).unwrap_or(len);
                     let around = |b: &[u8]| b[at.saturating_sub(12)..(at + 8).min(b.len())].to_vec();
                     found.push(format!(
-                        "partition {p}: logs of nodes {} and {} differ at byte {at} ({:?} vs {:?})",
+                        "{topic}-{p}: logs of nodes {} and {} differ at byte {at} ({:?} vs {:?})",
                         w[0].0 + 1,
                         w[1].0 + 1,
                         around(&w[0].1),
@@ -1191,6 +1308,7 @@ impl World {
             ClientActor::Producer(p) => p.take_events(),
             ClientActor::Scripted(_) => Vec::new(),
             ClientActor::Consumer(c) => c.take_events(),
+            ClientActor::Group(g) => g.take_events(),
         };
         for e in effects {
             match e {
@@ -1218,6 +1336,8 @@ impl World {
                 let hit = match &ev {
                     ClientEvent::InvokeSend { key, .. } | ClientEvent::CompleteSend { key, .. } => *key == k,
                     ClientEvent::CompletePoll { reads, .. } => reads.contains_key(&k),
+                    ClientEvent::GroupAssign { keys, .. } | ClientEvent::Assign { keys, .. } => keys.contains(&k) || keys.is_empty(),
+                    ClientEvent::GroupCommit { key, .. } => *key == k,
                     _ => false,
                 };
                 if hit {
@@ -1236,9 +1356,101 @@ impl World {
                     }
                 }
                 ClientEvent::Violation { what, process, .. } => self.violation("client", format!("process {process}: {what}")),
+                ClientEvent::GroupAssign { group, generation, member, keys, .. } => self.check_group_assign(group, *generation, member, keys),
+                ClientEvent::GroupCommit { group, key, offset, generation, process, .. } => {
+                    self.check_group_commit(group, *key, *offset, *generation, *process)
+                }
                 _ => {}
             }
             self.history.push(ev);
+        }
+    }
+
+    /// One owner per partition per generation: no two members of a generation were handed the
+    /// same partition.
+    fn check_group_assign(&mut self, group: &str, generation: i32, member: &str, keys: &[u64]) {
+        *self.protocol.entry("group-assignments".into()).or_default() += 1;
+        let newest = self.protocol.entry("group-generations".into()).or_default();
+        *newest = (*newest).max(generation.max(0) as u64);
+        let owners = self.group_owners.entry((group.to_string(), generation)).or_default();
+        let mut clashes = Vec::new();
+        for k in keys {
+            match owners.get(k) {
+                Some(m) if m != member => clashes.push(format!("partition {k}: {m} and {member}")),
+                _ => {
+                    owners.insert(*k, member.to_string());
+                }
+            }
+        }
+        if !clashes.is_empty() {
+            self.violation(
+                "one-owner-per-generation",
+                format!("group {group} generation {generation} gave a partition to two members: {}", clashes.join("; ")),
+            );
+        }
+    }
+
+    /// An acknowledged commit never names an offset past what the partition ever exposed.
+    fn check_group_commit(&mut self, group: &str, key: u64, offset: i64, generation: i32, process: u64) {
+        *self.protocol.entry("group-commits".into()).or_default() += 1;
+        let high = self.hw_high.get(&key).copied().unwrap_or(0);
+        if offset > high {
+            self.violation(
+                "commit-within-high-watermark",
+                format!("group {group} partition {key}: process {process} (generation {generation}) committed offset {offset}, above every high watermark so far ({high})"),
+            );
+        }
+    }
+
+    /// The coordinators on node `i`: within one loading of a shard committed offsets only move
+    /// forward (members start from what is committed, so a lower commit is a zombie's), and a
+    /// freshly loaded shard knows every offset any coordinator applied before it began loading.
+    fn check_group_offsets(&mut self, i: usize) {
+        let Some(b) = self.nodes[i].broker.as_ref() else { return };
+        let c = b.groups();
+        let mut found = Vec::new();
+        let groups: Vec<String> = c.group_states().into_iter().map(|(g, ..)| g).collect();
+        for (shard, active) in c.owned() {
+            let Some(tenure) = c.tenure(shard) else { continue };
+            if !active {
+                if !self.load_floors.contains_key(&(i, shard, tenure)) {
+                    let floor = self.offsets_applied.iter().filter(|((g, _, _), _)| c.shard_of(g) == shard).map(|(k, v)| (k.clone(), *v)).collect();
+                    self.load_floors.insert((i, shard, tenure), floor);
+                }
+                continue;
+            }
+            let floor = self.load_floors.remove(&(i, shard, tenure));
+            let mut loaded: BTreeMap<OffsetKey, i64> = BTreeMap::new();
+            for g in groups.iter().filter(|g| c.shard_of(g) == shard) {
+                for ((topic, p), offset) in c.committed(g).unwrap_or_default() {
+                    loaded.insert((g.clone(), topic, p), offset);
+                }
+            }
+            if let Some(floor) = floor {
+                for (k, v) in floor {
+                    match loaded.get(&k) {
+                        Some(o) if *o >= v => {}
+                        got => found.push((
+                            "committed-offsets-durable",
+                            format!("node {} loaded {}-{} of group {} as {got:?}, but offset {v} was committed before", i + 1, k.1, k.2, k.0),
+                        )),
+                    }
+                }
+            }
+            for (k, offset) in loaded {
+                let seen = self.coord_seen.insert((i, k.0.clone(), k.1.clone(), k.2), (tenure, offset));
+                if let Some((t, prev)) = seen.filter(|(t, prev)| *t == tenure && offset < *prev) {
+                    found.push((
+                        "committed-offsets-monotonic",
+                        format!("node {} group {} {}-{}: committed offset went from {prev} to {offset} (tenure {t})", i + 1, k.0, k.1, k.2),
+                    ));
+                }
+                let high = self.offsets_applied.entry(k).or_insert(offset);
+                *high = (*high).max(offset);
+            }
+        }
+        for (checker, what) in found {
+            self.violation(checker, what);
         }
     }
 
@@ -1357,6 +1569,27 @@ impl World {
                     self.nodes[i].paused_until_us = self.now_us + ms * 1000;
                 }
             }
+            Fault::CrashClient(c) => {
+                let ClientActor::Group(old) = &mut self.clients[c].actor else { return };
+                let seen = std::mem::take(&mut old.seen);
+                let last_words = old.crash(self.now_us / 1000);
+                self.history.extend(last_words);
+                let process = (self.scenario.producers + self.scenario.consumers) as u64 + (c - self.scenario.producers - self.scenario.consumers) as u64;
+                self.fired("client-crash", format!("group consumer {c} crashes"));
+                let conns: Vec<u64> = std::mem::take(&mut self.clients[c].conns).into_values().collect();
+                for conn in conns {
+                    self.reset_conn(conn, false, true);
+                }
+                let bootstrap: Vec<Addr> = (self.controller_only..self.controller_only + self.scenario.nodes).map(node_addr).collect();
+                let mut fresh = GroupConsumer::new(group_config(process, &bootstrap));
+                fresh.seen = seen;
+                let cl = &mut self.clients[c];
+                cl.actor = ClientActor::Group(fresh);
+                cl.timers.clear();
+                cl.timer_generation += 1;
+                let delay = 200_000 + self.rng.below(3_000_000);
+                self.after(delay, Ev::ClientRestart(c));
+            }
             Fault::ResetClient(c) => {
                 let conns: Vec<u64> = self.clients[c].conns.values().copied().filter(|id| self.conns.contains_key(id)).collect();
                 if let Some(conn) = conns.first() {
@@ -1452,6 +1685,24 @@ impl World {
                         parts.push("the script is not finished".into());
                     }
                 }
+                ClientActor::Group(_) => {}
+            }
+        }
+        let groups: Vec<&GroupConsumer> = self.clients.iter().filter_map(|c| if let ClientActor::Group(g) = &c.actor { Some(g) } else { None }).collect();
+        if !groups.is_empty() {
+            // Together the group's members read everything, and the newest generation owns
+            // every partition.
+            let unread: Vec<(u64, u64)> = acked
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().filter(|v| !groups.iter().any(|g| g.seen.get(k).is_some_and(|s| s.contains(v)))).map(move |v| (*k, *v)))
+                .collect();
+            if !unread.is_empty() {
+                parts.push(format!("the group has not read {} acknowledged records (first: value {} of partition {})", unread.len(), unread[0].1, unread[0].0));
+            }
+            let newest = groups.iter().map(|g| g.owned().0).max().unwrap_or(-1);
+            let owned: BTreeSet<i32> = groups.iter().filter(|g| g.owned().0 == newest).flat_map(|g| g.owned().1.iter().copied()).collect();
+            if owned.len() != self.scenario.partitions as usize {
+                parts.push(format!("generation {newest} of the group owns partitions {owned:?} of {}", self.scenario.partitions));
             }
         }
         let down = |n: &Node| match &n.config {
@@ -1479,5 +1730,6 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: 
         ClientActor::Producer(p) => p.on_message(cx, from, msg),
         ClientActor::Scripted(s) => s.on_message(cx, from, msg),
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
+        ClientActor::Group(g) => g.on_message(cx, from, msg),
     }
 }

@@ -11,9 +11,21 @@ use runnel_sim::{run, RunConfig};
 
 const BUDGET: u64 = 1000;
 const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "cluster-3"];
+/// Consumer-group bugs need group members: they rotate over the group scenarios.
+const GROUPS: &[&str] = &["groups-single", "groups-3"];
+const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted"];
 
-fn config(seed: u64, bugs: Vec<String>) -> RunConfig {
-    let scenario = runnel_sim::scenario::scenario(GATED[(seed % GATED.len() as u64) as usize]).expect("scenario");
+fn scenarios(bug: &str) -> &'static [&'static str] {
+    if GROUP_BUGS.contains(&bug) {
+        GROUPS
+    } else {
+        GATED
+    }
+}
+
+fn config(seed: u64, bug: &str, bugs: Vec<String>) -> RunConfig {
+    let names = scenarios(bug);
+    let scenario = runnel_sim::scenario::scenario(names[(seed % names.len() as u64) as usize]).expect("scenario");
     RunConfig { seed, scenario, faults: None, bugs }
 }
 
@@ -25,11 +37,11 @@ fn every_planted_bug_is_found_within_budget() {
     for (bug, _) in PLANTED_BUGS {
         let mut caught = None;
         for seed in 1..=BUDGET {
-            let with = run(&config(seed, vec![bug.to_string()])).expect("run");
+            let with = run(&config(seed, bug, vec![bug.to_string()])).expect("run");
             if !with.failed() {
                 continue;
             }
-            let without = run(&config(seed, vec![])).expect("run");
+            let without = run(&config(seed, bug, vec![])).expect("run");
             if without.failed() {
                 continue;
             }
@@ -38,13 +50,14 @@ fn every_planted_bug_is_found_within_budget() {
             break;
         }
         match caught {
-            Some((seed, how)) => println!("{bug}: first caught at seed {seed} ({}) — {how}", with_scenario(seed)),
+            Some((seed, how)) => println!("{bug}: first caught at seed {seed} ({}) — {how}", with_scenario(bug, seed)),
             None => missed.push(*bug),
         }
     }
     assert!(missed.is_empty(), "planted bugs not caught within {BUDGET} seeds: {missed:?}");
 }
 
-fn with_scenario(seed: u64) -> &'static str {
-    GATED[(seed % GATED.len() as u64) as usize]
+fn with_scenario(bug: &str, seed: u64) -> &'static str {
+    let names = scenarios(bug);
+    names[(seed % names.len() as u64) as usize]
 }

@@ -11,8 +11,18 @@ fn seeds() -> u64 {
 }
 
 /// Scenarios the fixed swarm gates on: all of them.
-const GATED: &[&str] =
-    &["single-node", "small-segments", "many-clients", "cluster-3", "cluster-5", "cluster-split", "cluster-3-snapshots", "cluster-split-snapshots"];
+const GATED: &[&str] = &[
+    "single-node",
+    "small-segments",
+    "many-clients",
+    "cluster-3",
+    "cluster-5",
+    "cluster-split",
+    "cluster-3-snapshots",
+    "cluster-split-snapshots",
+    "groups-single",
+    "groups-3",
+];
 
 /// Several hundred seeds over the gated scenarios, each with its own fault mix, find no violation.
 #[test]

@@ -78,6 +78,19 @@ pub(crate) struct FetchState {
 }
 
 impl Broker {
+    /// Client fetches still waiting (for the simulator's `RUNNEL_SIM_DEBUG`).
+    pub fn debug_fetches(&self) -> Vec<String> {
+        self.fetches
+            .iter()
+            .map(|(id, f)| {
+                format!(
+                    "fetch {id} conn {} seq {} outstanding {} parked {} expired {} deadline {}",
+                    f.conn.0, f.seq, f.outstanding, f.parked, f.expired, f.deadline_ms
+                )
+            })
+            .collect()
+    }
+
     pub(crate) fn on_fetch(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: FetchRequest) {
         let by_id = request.version >= 13;
         let now = cx.now_ms();

@@ -239,6 +239,11 @@ impl Broker {
         out
     }
 
+    /// The group coordinator of the shards this node leads.
+    pub fn groups(&self) -> &crate::group::Coordinator {
+        &self.group
+    }
+
     /// Whether startup recovery has finished.
     pub fn is_ready(&self) -> bool {
         self.phase == Phase::Ready

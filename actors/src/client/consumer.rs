@@ -8,7 +8,6 @@ use crate::broker::error;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use crate::log::batch;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use std::collections::BTreeMap;
 
@@ -75,10 +74,6 @@ impl Consumer {
         std::mem::take(&mut self.events)
     }
 
-    fn topic(&self) -> TopicName {
-        TopicName(StrBytes::from_string(self.config.topic.clone()))
-    }
-
     fn next(&mut self, cx: &mut Cx<ClientMsg>) {
         if self.positions.is_empty() || self.leaders.len() < self.positions.len() {
             if !self.setup_pending {
@@ -102,23 +97,8 @@ impl Consumer {
         self.polling = true;
         self.polling_node = Some(node);
         self.events.push(ClientEvent::InvokePoll { time_ms: cx.now_ms(), process: self.config.process });
-        let r = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(self.config.max_wait_ms)
-            .with_min_bytes(self.config.min_bytes)
-            .with_max_bytes(1 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![fetch_request::FetchTopic::default().with_topic(self.topic()).with_topic_id(self.topic_id).with_partitions(
-                mine.iter()
-                    .map(|(p, o)| {
-                        fetch_request::FetchPartition::default()
-                            .with_partition(*p)
-                            .with_fetch_offset(*o)
-                            .with_partition_max_bytes(64 << 10)
-                            .with_current_leader_epoch(self.epochs.get(p).copied().unwrap_or(-1))
-                    })
-                    .collect(),
-            )]);
+        let mine: Vec<(i32, i64)> = mine.into_iter().collect();
+        let r = super::fetch_request(&self.config.topic, self.topic_id, &mine, &self.epochs, self.config.max_wait_ms, self.config.min_bytes);
         let frame = self.wire.encode_for(node, &r, 12);
         cx.send(Addr { node, actor: 0 }, ClientMsg::Request(frame));
     }

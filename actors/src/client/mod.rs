@@ -9,11 +9,14 @@
 //! connection.
 
 pub mod consumer;
+pub mod group_consumer;
 pub mod producer;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
-use kafka_protocol::messages::{metadata_request, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName};
+use kafka_protocol::messages::{
+    fetch_request, metadata_request, BrokerId, FetchRequest, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use std::collections::BTreeMap;
 
@@ -81,6 +84,36 @@ pub enum ClientEvent {
         reads: BTreeMap<u64, Vec<(i64, u64)>>,
         /// Whether the poll succeeded.
         ok: bool,
+    },
+    /// A group member received its assignment for a generation (SyncGroup answered).
+    GroupAssign {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// Group.
+        group: String,
+        /// Generation.
+        generation: i32,
+        /// Member id.
+        member: String,
+        /// Assigned keys (partitions).
+        keys: Vec<u64>,
+    },
+    /// The coordinator acknowledged a commit of `offset` for `key`.
+    GroupCommit {
+        /// Virtual ms.
+        time_ms: u64,
+        /// Process id.
+        process: u64,
+        /// Group.
+        group: String,
+        /// Generation the commit was made in.
+        generation: i32,
+        /// Key (partition).
+        key: u64,
+        /// Committed offset (the next to read).
+        offset: i64,
     },
     /// Something the client can tell is wrong on its own (records above the high watermark,
     /// a batch failing its CRC, an impossible error).
@@ -177,6 +210,39 @@ pub fn topic_metadata_request(topic: &str) -> MetadataRequest {
 /// The requested topic, if it exists and every partition has a leader.
 pub fn ready_topic(m: &MetadataResponse) -> Option<&MetadataResponseTopic> {
     m.topics.first().filter(|t| t.error_code == 0 && !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0))
+}
+
+/// A Fetch (v12 fields) of `partitions` (`(partition, offset)`) of `topic`, each with the leader
+/// epoch the client knows (KIP-320), as a consumer sends it.
+pub fn fetch_request(
+    topic: &str,
+    topic_id: uuid::Uuid,
+    partitions: &[(i32, i64)],
+    epochs: &BTreeMap<i32, i32>,
+    max_wait_ms: i32,
+    min_bytes: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_topic_id(topic_id)
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|(p, o)| {
+                        fetch_request::FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*o)
+                            .with_partition_max_bytes(64 << 10)
+                            .with_current_leader_epoch(epochs.get(p).copied().unwrap_or(-1))
+                    })
+                    .collect(),
+            )])
 }
 
 /// Decode a response body.

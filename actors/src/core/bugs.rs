@@ -22,6 +22,8 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
     ("skip-truncation", "a follower keeps its divergent log suffix when a new leader tells it to truncate"),
     ("stale-controller-epoch-accepted", "a voter accepts log entries from a leader of an older Raft term"),
     ("isr-shrink-not-persisted", "a leader shrinks its ISR locally without committing the change through the controller"),
+    ("stale-generation-commit", "OffsetCommit is accepted without checking that the member is in the group's current generation"),
+    ("assignment-misrouted", "the group leader's range assignor also hands the first member's partitions to the second"),
 ];
 
 thread_local! {

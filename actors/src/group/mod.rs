@@ -367,6 +367,11 @@ impl Coordinator {
         self.shards.iter().map(|(s, sh)| (*s, sh.active)).collect()
     }
 
+    /// Which loading of `shard` this is (changes on every load).
+    pub fn tenure(&self, shard: i32) -> Option<u64> {
+        self.shards.get(&shard).map(|s| s.tenure)
+    }
+
     pub(crate) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id

@@ -83,11 +83,13 @@ impl Coordinator {
                     Some(g) => {
                         let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
                         let fenced = instance.as_ref().is_some_and(|i| g.statics.get(i).is_some_and(|id| *id != member));
-                        if fenced {
+                        if crate::planted!("stale-generation-commit") {
+                            Ok(())
+                        } else if fenced {
                             Err(error::FENCED_INSTANCE_ID)
                         } else if !g.members.contains_key(&member) {
                             Err(error::UNKNOWN_MEMBER_ID)
-                        } else if generation != g.generation && !crate::planted!("stale-generation-commit") {
+                        } else if generation != g.generation {
                             Err(error::ILLEGAL_GENERATION)
                         } else if g.state == State::CompletingRebalance {
                             Err(error::REBALANCE_IN_PROGRESS)
