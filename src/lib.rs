@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev_cluster;
+pub mod group_cli;
 pub mod driver;
 pub mod net;
 pub mod server;

@@ -83,6 +83,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap_server: String,
     },
+    /// List, describe, delete consumer groups and reset their offsets (like kafka-consumer-groups.sh).
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+        /// Broker to talk to.
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+    },
     /// The deterministic simulator: replay seeds, swarm, check determinism.
     Sim {
         #[command(subcommand)]
@@ -180,6 +188,52 @@ enum SimAction {
         seeds: u64,
         #[command(flatten)]
         what: SimWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    /// List groups (name, protocol type, state).
+    List {
+        /// Only groups in this state (Empty, Stable, PreparingRebalance, CompletingRebalance).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// A group's state and, per partition, committed offset, log end and lag with its owner.
+    Describe {
+        /// Group id.
+        group: String,
+        /// List the members instead of the partitions.
+        #[arg(long)]
+        members: bool,
+    },
+    /// Delete a group without members, with its committed offsets.
+    Delete {
+        /// Group id.
+        group: String,
+    },
+    /// Move the committed offsets of an inactive group on a topic (dry run unless --execute).
+    ResetOffsets {
+        /// Group id.
+        group: String,
+        /// Topic (all its partitions).
+        #[arg(long)]
+        topic: String,
+        /// To the log start.
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset", "shift_by"])]
+        to_earliest: bool,
+        /// To the log end.
+        #[arg(long, conflicts_with_all = ["to_offset", "shift_by"])]
+        to_latest: bool,
+        /// To this offset.
+        #[arg(long, conflicts_with = "shift_by")]
+        to_offset: Option<i64>,
+        /// By this many records from the committed offset (negative: back).
+        #[arg(long, allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Commit the new offsets (without it, only print them).
+        #[arg(long)]
+        execute: bool,
     },
 }
 
@@ -307,6 +361,22 @@ fn main() -> anyhow::Result<()> {
             Command::Produce { topic, key_separator, partition, acks, bootstrap_server } => {
                 runnel::cli::produce(&bootstrap_server, &topic, key_separator.as_deref(), partition, acks).await
             }
+            Command::Group { action, bootstrap_server: b } => match action {
+                GroupAction::List { state } => runnel::group_cli::group_list(&b, state.as_deref()).await,
+                GroupAction::Describe { group, members } => runnel::group_cli::group_describe(&b, &group, members).await,
+                GroupAction::Delete { group } => runnel::group_cli::group_delete(&b, &group).await,
+                GroupAction::ResetOffsets { group, topic, to_earliest, to_latest, to_offset, shift_by, execute } => {
+                    use runnel::group_cli::ResetTo;
+                    let to = match (to_earliest, to_latest, to_offset, shift_by) {
+                        (true, ..) => ResetTo::Earliest,
+                        (_, true, ..) => ResetTo::Latest,
+                        (_, _, Some(o), _) => ResetTo::Offset(o),
+                        (_, _, _, Some(n)) => ResetTo::ShiftBy(n),
+                        _ => anyhow::bail!("say where to: --to-earliest, --to-latest, --to-offset N or --shift-by N"),
+                    };
+                    runnel::group_cli::group_reset_offsets(&b, &group, &topic, to, execute).await
+                }
+            },
             Command::Sim { .. } => unreachable!("handled above"),
             Command::Consume { topic, from_beginning, partition, max_messages, print_key, key_separator, timeout_ms, bootstrap_server } => {
                 runnel::cli::consume(&bootstrap_server, &topic, from_beginning, partition, max_messages, print_key, &key_separator, timeout_ms).await

@@ -301,3 +301,95 @@ fn consumer_child() {
         }
     }
 }
+
+/// `runnel group list|describe|reset-offsets|delete` against a real broker: a librdkafka
+/// consumer commits, the CLI shows the group with its lag, refuses to reset it while it has a
+/// member, resets it once it left, and deletes it.
+#[test]
+fn group_cli_lists_describes_resets_and_deletes() {
+    use common::{run_cli, TestBroker};
+    let broker = TestBroker::start();
+    let b = broker.bootstrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["group"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--bootstrap-server", &b]);
+        run_cli(&all, b"", Duration::from_secs(60))
+    };
+    let admin: AdminClient<DefaultClientContext> = client_config(&b).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    block_on(admin.create_topics(&[NewTopic::new("cli-t", 2, TopicReplication::Fixed(1))], &options)).expect("create topics");
+    let producer: FutureProducer = client_config(&b).create().expect("producer");
+    block_on(async {
+        for i in 0..20 {
+            let v = i.to_string();
+            producer.send(FutureRecord::<(), String>::to("cli-t").payload(&v).partition(i % 2), Duration::from_secs(30)).await.expect("produce");
+        }
+    });
+    // A member that read and committed 6 records of each partition, then stays in the group.
+    let consumer: BaseConsumer = client_config(&b)
+        .set("group.id", "cli-g")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["cli-t"]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut read: BTreeMap<i32, i64> = BTreeMap::new();
+    while read.values().filter(|o| **o >= 5).count() < 2 {
+        assert!(Instant::now() < deadline, "read only {read:?}");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if m.offset() < 6 {
+                read.insert(m.partition(), m.offset());
+            }
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset("cli-t", p, Offset::Offset(6)).expect("offset");
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+
+    let listed = cli(&["list"]).success("group list");
+    assert!(listed.stdout.lines().any(|l| l.starts_with("cli-g") && l.contains("consumer") && l.contains("Stable")), "{}", listed.stdout);
+    let described = cli(&["describe", "cli-g"]).success("group describe");
+    let rows: Vec<Vec<&str>> = described.stdout.lines().filter(|l| l.starts_with("cli-g")).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{}", described.stdout);
+    for row in &rows {
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID CLIENT-ID
+        assert_eq!(&row[1..6], &["cli-t", row[2], "6", "10", "4"], "{}", described.stdout);
+        assert_ne!(row[6], "-", "the partition has an owner: {}", described.stdout);
+    }
+    let refused = cli(&["reset-offsets", "cli-g", "--topic", "cli-t", "--to-earliest", "--execute"]);
+    assert!(!refused.status.success() && refused.stderr.contains("inactive"), "{refused:?}");
+
+    consumer.unsubscribe();
+    drop(consumer); // closes: LeaveGroup
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(&["list", "--state", "Empty"]).success("group list").stdout.contains("cli-g") {
+        assert!(Instant::now() < deadline, "the group never became Empty");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dry = cli(&["reset-offsets", "cli-g", "--topic", "cli-t", "--shift-by", "-4"]).success("dry run");
+    assert!(dry.stdout.contains("dry run"), "{}", dry.stdout);
+    assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![6, 6], "a dry run changed nothing");
+    cli(&["reset-offsets", "cli-g", "--topic", "cli-t", "--shift-by", "-4", "--execute"]).success("reset");
+    assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![2, 2]);
+    cli(&["reset-offsets", "cli-g", "--topic", "cli-t", "--to-latest", "--execute"]).success("reset to latest");
+    assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![10, 10]);
+    cli(&["delete", "cli-g"]).success("group delete");
+    assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![-1, -1], "deleting a group deletes its offsets");
+    let again = cli(&["delete", "cli-g"]);
+    assert!(!again.status.success() && again.stderr.contains("GroupIdNotFound"), "{again:?}");
+}
+
+/// The committed offsets of `group` on both partitions of `topic` (-1: none).
+fn committed_of(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
+    let consumer: BaseConsumer = client_config(bootstrap).set("group.id", group).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition(topic, p);
+    }
+    let list = consumer.committed_offsets(tpl, Duration::from_secs(30)).expect("OffsetFetch");
+    list.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { -1 }).collect()
+}

@@ -127,8 +127,9 @@ pub fn assignment(topic: &str, partitions: &[i32]) -> Bytes {
     b.freeze()
 }
 
-/// The partitions of `topic` in a `ConsumerProtocolAssignment` (any version), if it parses.
-pub fn parse_assignment(mut b: Bytes, topic: &str) -> Option<Vec<i32>> {
+/// Every (topic, partition) of a `ConsumerProtocolAssignment` (any version: the topic array
+/// comes first), if it parses.
+pub fn assignment_partitions(mut b: Bytes) -> Option<Vec<(String, i32)>> {
     if b.is_empty() {
         return Some(Vec::new());
     }
@@ -138,16 +139,18 @@ pub fn parse_assignment(mut b: Bytes, topic: &str) -> Option<Vec<i32>> {
     let mut out = Vec::new();
     for _ in 0..topics.max(0) {
         let len = take(&mut b, 2)?.get_i16();
-        let name = take(&mut b, len.max(0) as usize)?;
+        let name = String::from_utf8(take(&mut b, len.max(0) as usize)?.to_vec()).ok()?;
         let count = take(&mut b, 4)?.get_i32();
         for _ in 0..count.max(0) {
-            let p = take(&mut b, 4)?.get_i32();
-            if name.as_ref() == topic.as_bytes() {
-                out.push(p);
-            }
+            out.push((name.clone(), take(&mut b, 4)?.get_i32()));
         }
     }
     Some(out)
+}
+
+/// The partitions of `topic` in a `ConsumerProtocolAssignment`, if it parses.
+pub fn parse_assignment(b: Bytes, topic: &str) -> Option<Vec<i32>> {
+    Some(assignment_partitions(b)?.into_iter().filter(|(t, _)| t == topic).map(|(_, p)| p).collect())
 }
 
 /// Kafka's range assignor for one topic: members in id order, partitions split into contiguous
