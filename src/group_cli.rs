@@ -158,7 +158,13 @@ async fn describe(bootstrap: &str, group: &str) -> anyhow::Result<Described> {
 /// `group describe`: state, members, and per partition the committed offset, log end and lag.
 pub async fn group_describe(bootstrap: &str, group: &str, show_members: bool) -> anyhow::Result<()> {
     let d = describe(bootstrap, group).await?;
-    println!("Consumer group '{group}' is {} ({} member{}{}).", d.state, d.members.len(), if d.members.len() == 1 { "" } else { "s" }, if d.protocol.is_empty() { String::new() } else { format!(", assignor {}", d.protocol) });
+    println!(
+        "Consumer group '{group}' is {} ({} member{}{}).",
+        d.state,
+        d.members.len(),
+        if d.members.len() == 1 { "" } else { "s" },
+        if d.protocol.is_empty() { String::new() } else { format!(", assignor {}", d.protocol) }
+    );
     if show_members {
         println!("\n{:<60} {:<16} {:<24} #PARTITIONS", "CONSUMER-ID", "HOST", "CLIENT-ID");
         for (id, host, client, n) in &d.members {
@@ -170,7 +176,10 @@ pub async fn group_describe(bootstrap: &str, group: &str, show_members: bool) ->
     partitions.sort();
     partitions.dedup();
     let ends = offsets_at(bootstrap, &partitions, -1).await?;
-    println!("\n{:<24} {:<24} {:>9} {:>14} {:>14} {:>8} {:<40} CLIENT-ID", "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID");
+    println!(
+        "\n{:<24} {:<24} {:>9} {:>14} {:>14} {:>8} {:<40} CLIENT-ID",
+        "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"
+    );
     for tp in &partitions {
         let current = d.committed.get(tp).copied();
         let end = ends.get(tp).copied();

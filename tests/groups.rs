@@ -327,12 +327,8 @@ fn group_cli_lists_describes_resets_and_deletes() {
         }
     });
     // A member that read and committed 6 records of each partition, then stays in the group.
-    let consumer: BaseConsumer = client_config(&b)
-        .set("group.id", "cli-g")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer =
+        client_config(&b).set("group.id", "cli-g").set("auto.offset.reset", "earliest").set("enable.auto.commit", "false").create().expect("consumer");
     consumer.subscribe(&["cli-t"]).expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut read: BTreeMap<i32, i64> = BTreeMap::new();
