@@ -283,6 +283,12 @@ impl ServerConfig {
                 "offsets.retention.check.interval.ms" => {
                     c.broker.groups.offsets_retention_check_interval_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
                 }
+                "group.consumer.session.timeout.ms" => {
+                    c.broker.groups.consumer_session_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
+                }
+                "group.consumer.heartbeat.interval.ms" => {
+                    c.broker.groups.consumer_heartbeat_interval_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
+                }
                 "offsets.commit.timeout.ms" => c.broker.groups.commit_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "offsets.topic.num.partitions" => c.broker.groups.offsets_partitions = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "offsets.topic.replication.factor" => {

@@ -389,3 +389,77 @@ fn committed_of(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
     let list = consumer.committed_offsets(tpl, Duration::from_secs(30)).expect("OffsetFetch");
     list.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { -1 }).collect()
 }
+
+/// librdkafka (2.12, the Rust crate's) with `group.protocol=consumer` (KIP-848): two members
+/// split a topic through the server-side assignor, read every record once between them and
+/// commit; when one closes, the other is given all partitions; the committed offsets read back.
+#[test]
+fn kip848_consumers_share_a_topic_and_take_over() {
+    use common::TestBroker;
+    let broker = TestBroker::start();
+    let b = broker.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = client_config(&b).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    block_on(admin.create_topics(&[NewTopic::new("kip848", 6, TopicReplication::Fixed(1))], &options)).expect("create topics");
+    let producer: FutureProducer = client_config(&b).create().expect("producer");
+    block_on(async {
+        for i in 0..300 {
+            let v = i.to_string();
+            producer.send(FutureRecord::<(), String>::to("kip848").payload(&v).partition(i % 6), Duration::from_secs(30)).await.expect("produce");
+        }
+    });
+    let member = || -> BaseConsumer {
+        let c: BaseConsumer = client_config(&b)
+            .set("group.id", "kip848-group")
+            .set("group.protocol", "consumer")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        c.subscribe(&["kip848"]).expect("subscribe");
+        c
+    };
+    let owned = |c: &BaseConsumer| -> BTreeSet<i32> { c.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default() };
+    let (a, c) = (member(), member());
+    let started = Instant::now();
+    let mut seen: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    let mut first = None;
+    let mut commit_failures = 0;
+    loop {
+        for m in [&a, &c] {
+            if let Some(Ok(msg)) = m.poll(Duration::from_millis(20)) {
+                first.get_or_insert_with(|| started.elapsed());
+                *seen.entry((msg.partition(), msg.offset())).or_default() += 1;
+                // Committed before the next poll, so a partition moved to the other member
+                // continues where this one stopped (OffsetCommit with the member epoch).
+                if m.commit_message(&msg, CommitMode::Sync).is_err() {
+                    // STALE_MEMBER_EPOCH if the partition was just taken away: it is re-read.
+                    commit_failures += 1;
+                }
+            }
+        }
+        let (x, y) = (owned(&a), owned(&c));
+        if seen.len() == 300 && !x.is_empty() && !y.is_empty() && x.is_disjoint(&y) && x.len() + y.len() == 6 {
+            eprintln!("KIP-848: first record after {first:?}; split {x:?} / {y:?} after {:?}", started.elapsed());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no split with every record read: {x:?} / {y:?}, read {}", seen.len());
+    }
+    if commit_failures == 0 {
+        assert!(seen.values().all(|n| *n == 1), "a record was read twice although every read was committed at once");
+    }
+    drop(a); // leaves the group (member epoch -1)
+    let left = Instant::now();
+    while owned(&c).len() < 6 {
+        let _ = c.poll(Duration::from_millis(20));
+        assert!(left.elapsed() < Duration::from_secs(30), "the remaining member never got every partition: {:?}", owned(&c));
+    }
+    eprintln!("KIP-848: the remaining member owns all partitions {:?} after the other left", left.elapsed());
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition("kip848", p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(30)).expect("OffsetFetch");
+    let offsets: Vec<Offset> = committed.elements().iter().map(|e| e.offset()).collect();
+    assert_eq!(offsets, vec![Offset::Offset(50); 6], "every partition committed at its end");
+}

@@ -481,6 +481,8 @@ const GROUP_APIS: &[ApiKey] = &[
     ApiKey::ListGroups,
     ApiKey::DescribeGroups,
     ApiKey::DeleteGroups,
+    ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::ConsumerGroupDescribe,
 ];
 
 fn group(s: &str) -> GroupId {
@@ -726,6 +728,63 @@ fn group_apis_answer_at_every_version() {
                     let codes: Vec<i16> = r.results.iter().map(|x| x.error_code).collect();
                     assert_eq!(codes, vec![0, 68, 69], "DeleteGroups v{v}: deleted, NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND");
                     assert_eq!(fetch_offset(&mut h, &g, 8), -1, "its offsets went with it");
+                }
+                ApiKey::ConsumerGroupHeartbeat => {
+                    let g = group(&format!("kip848-{v}"));
+                    let join = ConsumerGroupHeartbeatRequest::default()
+                        .with_group_id(g.clone())
+                        .with_member_id(sbytes(if v >= 1 { "client-chosen-id" } else { "" }))
+                        .with_member_epoch(0)
+                        .with_rebalance_timeout_ms(30_000)
+                        .with_subscribed_topic_names(Some(vec![name("t")]))
+                        .with_topic_partitions(Some(vec![]));
+                    let r = h.call(&join, v);
+                    assert_eq!(r.error_code, 0, "ConsumerGroupHeartbeat v{v}: {:?}", r.error_message);
+                    let member = r.member_id.clone().expect("a member id");
+                    if v >= 1 {
+                        assert_eq!(member.as_str(), "client-chosen-id");
+                    }
+                    assert!(r.member_epoch >= 1);
+                    let assigned = r.assignment.expect("an assignment");
+                    assert_eq!(assigned.topic_partitions.len(), 1);
+                    assert_eq!(assigned.topic_partitions[0].partitions, vec![0], "the only member gets partition 0");
+                    let beat = |epoch: i32| {
+                        ConsumerGroupHeartbeatRequest::default()
+                            .with_group_id(g.clone())
+                            .with_member_id(member.clone())
+                            .with_member_epoch(epoch)
+                            .with_rebalance_timeout_ms(-1)
+                    };
+                    let ok = h.call(&beat(r.member_epoch), v);
+                    assert_eq!((ok.error_code, ok.member_epoch), (0, r.member_epoch));
+                    assert!(ok.assignment.is_none(), "unchanged assignments are not repeated");
+                    assert_eq!(h.call(&beat(r.member_epoch + 5), v).error_code, 110, "FENCED_MEMBER_EPOCH v{v}");
+                    let stranger = beat(1).with_member_id(sbytes("stranger"));
+                    assert_eq!(h.call(&stranger, v).error_code, 25, "UNKNOWN_MEMBER_ID v{v}");
+                    let bad = join.clone().with_server_assignor(Some(sbytes("nonsense")));
+                    assert_eq!(h.call(&bad, v).error_code, 112, "UNSUPPORTED_ASSIGNOR v{v}");
+                    let left = h.call(&beat(-1), v);
+                    assert_eq!((left.error_code, left.member_epoch), (0, -1));
+                }
+                ApiKey::ConsumerGroupDescribe => {
+                    let g = group(&format!("kip848-describe-{v}"));
+                    let r = h.call(
+                        &ConsumerGroupHeartbeatRequest::default()
+                            .with_group_id(g.clone())
+                            .with_member_id(sbytes("m1"))
+                            .with_member_epoch(0)
+                            .with_rebalance_timeout_ms(30_000)
+                            .with_subscribed_topic_names(Some(vec![name("t")]))
+                            .with_topic_partitions(Some(vec![])),
+                        1,
+                    );
+                    assert_eq!(r.error_code, 0);
+                    let d = h.call(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![g, group("nope")]), v);
+                    let got = &d.groups[0];
+                    assert_eq!((got.error_code, got.group_state.as_str(), got.assignor_name.as_str()), (0, "Stable", "uniform"), "ConsumerGroupDescribe v{v}");
+                    assert_eq!(got.members.len(), 1);
+                    assert_eq!(got.members[0].assignment.topic_partitions[0].partitions, vec![0]);
+                    assert_eq!(d.groups[1].error_code, 69, "GROUP_ID_NOT_FOUND");
                 }
                 other => panic!("no test for group api {other:?}"),
             }

@@ -79,12 +79,25 @@ impl Broker {
             RequestKind::ListGroups(l) => self.group.on_list_groups(r, l),
             RequestKind::DescribeGroups(d) => self.group.on_describe_groups(r, d),
             RequestKind::DeleteGroups(d) => self.group.on_delete_groups(r, d),
+            RequestKind::ConsumerGroupHeartbeat(h) => {
+                let topics = self.topic_ids();
+                self.group.on_consumer_heartbeat(r, h, &topics, now, cx.rng());
+            }
+            RequestKind::ConsumerGroupDescribe(d) => {
+                let topics = self.topic_ids();
+                self.group.on_consumer_describe(r, d, &topics);
+            }
             other => {
                 let frame = Err(format!("not a group request: {other:?}"));
                 self.send(cx, r.conn, r.seq, frame);
             }
         }
         self.drive_groups(cx);
+    }
+
+    /// Topic names with their ids and partition counts, from the metadata.
+    fn topic_ids(&self) -> crate::group::consumer::Topics {
+        self.cluster.image.topics.iter().map(|(n, t)| (n.clone(), (uuid::Uuid::from_u128(t.id), t.partitions.len() as i32))).collect()
     }
 
     /// Carry out what the coordinator asked for.
@@ -283,7 +296,8 @@ impl Broker {
     /// Periodic group work: coordinator timers, write timeouts, stalled loads.
     pub(crate) fn group_tick(&mut self, cx: &mut Cx<BrokerMsg>) {
         let now = Self::group_now(cx);
-        self.group.tick(now);
+        let topics = self.topic_ids();
+        self.group.tick(now, &topics);
         self.complete_group_writes(cx, None);
         let shards: Vec<i32> = self.group_io.loads.keys().copied().collect();
         for shard in shards {

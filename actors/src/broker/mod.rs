@@ -569,7 +569,9 @@ impl Broker {
             | RequestKind::OffsetDelete(_)
             | RequestKind::ListGroups(_)
             | RequestKind::DescribeGroups(_)
-            | RequestKind::DeleteGroups(_)) => return self.on_group_request(cx, conn, seq, request, body),
+            | RequestKind::DeleteGroups(_)
+            | RequestKind::ConsumerGroupHeartbeat(_)
+            | RequestKind::ConsumerGroupDescribe(_)) => return self.on_group_request(cx, conn, seq, request, body),
             other => Err(format!("no handler for {other:?}")),
         };
         self.send(cx, conn, seq, frame);

@@ -73,6 +73,13 @@ impl Coordinator {
         if g.state == State::Dead {
             return self.reply(r, &join_error(error::COORDINATOR_NOT_AVAILABLE));
         }
+        if let Some(c) = &g.consumer {
+            if !c.members.is_empty() {
+                // A consumer-protocol group with members: classic members cannot join it.
+                return self.reply(r, &join_error(error::INCONSISTENT_GROUP_PROTOCOL));
+            }
+            g.consumer = None;
+        }
         let existing = if member.is_empty() { instance.as_ref().and_then(|i| g.statics.get(i)).cloned() } else { Some(member.clone()) };
         let fits = match &g.protocol_type {
             _ if g.members.is_empty() || (g.members.len() == 1 && existing.as_ref().is_some_and(|e| g.members.contains_key(e))) => true,

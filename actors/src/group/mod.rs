@@ -19,6 +19,7 @@
 //! offsets and the admin APIs in `offsets.rs`; the record layouts in `records.rs`.
 
 mod classic;
+pub mod consumer;
 mod offsets;
 pub mod records;
 
@@ -62,6 +63,10 @@ pub struct GroupSettings {
     pub transaction_partitions: i32,
     /// `transaction.state.log.replication.factor`.
     pub transaction_replication_factor: i16,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl Default for GroupSettings {
@@ -79,6 +84,8 @@ impl Default for GroupSettings {
             offsets_replication_factor: 3,
             transaction_partitions: 50,
             transaction_replication_factor: 3,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -204,6 +211,8 @@ pub(crate) struct Group {
     pub(crate) state_timestamp: i64,
     /// The write persisting the leader's assignment, and that assignment.
     pub(crate) sync_write: Option<(u64, BTreeMap<String, Bytes>)>,
+    /// Set when the group uses the KIP-848 consumer protocol.
+    pub(crate) consumer: Option<consumer::ConsumerGroup>,
 }
 
 impl Group {
@@ -224,6 +233,29 @@ impl Group {
             new_member_added: false,
             state_timestamp: now.wall_ms,
             sync_write: None,
+            consumer: None,
+        }
+    }
+
+    /// Whether any member (classic or consumer protocol) belongs to the group.
+    pub(crate) fn has_members(&self) -> bool {
+        !self.members.is_empty() || self.consumer.as_ref().is_some_and(|c| !c.members.is_empty())
+    }
+
+    /// Kafka's name of the group's state, for either protocol.
+    pub(crate) fn state_name(&self) -> &'static str {
+        match &self.consumer {
+            Some(c) if self.state != State::Dead => c.state(),
+            _ => self.state.name(),
+        }
+    }
+
+    /// "classic" or "consumer" (ListGroups v5).
+    pub(crate) fn group_type(&self) -> &'static str {
+        if self.consumer.is_some() {
+            "consumer"
+        } else {
+            "classic"
         }
     }
 
@@ -533,12 +565,13 @@ impl Coordinator {
     }
 
     /// Time passed: complete delayed joins, expire sessions, expire offsets.
-    pub fn tick(&mut self, now: Now) {
+    pub fn tick(&mut self, now: Now, topics: &consumer::Topics) {
         let shards: Vec<i32> = self.shards.iter().filter(|(_, s)| s.active).map(|(k, _)| *k).collect();
         for shard in &shards {
             let ids: Vec<String> = self.shards[shard].groups.keys().cloned().collect();
             for id in ids {
                 self.tick_group(&id, now);
+                self.tick_consumer_group(&id, topics, now);
             }
         }
         if now.mono_ms >= self.last_retention_ms + self.settings.offsets_retention_check_interval_ms {
@@ -553,6 +586,20 @@ impl Coordinator {
         for s in self.shards.values().filter(|s| s.active) {
             for g in s.groups.values() {
                 out.push((g.id.clone(), g.state, g.protocol_type.clone().unwrap_or_default(), g.generation));
+            }
+        }
+        out
+    }
+
+    /// KIP-848 groups: every (group, topic, partition, member) a member owns or is revoking
+    /// (the simulator checks that no partition has two).
+    pub fn consumer_owners(&self) -> Vec<(String, String, i32, String)> {
+        let mut out = Vec::new();
+        for s in self.shards.values().filter(|s| s.active) {
+            for g in s.groups.values() {
+                if let Some(c) = &g.consumer {
+                    out.extend(c.owners().into_iter().map(|(t, p, m)| (g.id.clone(), t, p, m)));
+                }
             }
         }
         out

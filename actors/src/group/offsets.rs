@@ -79,7 +79,17 @@ impl Coordinator {
                     }
                     None => Err(error::ILLEGAL_GENERATION),
                     Some(g) if g.state == State::Dead => Err(error::COORDINATOR_NOT_AVAILABLE),
-                    Some(g) if simple && g.members.is_empty() => Ok(()),
+                    Some(g) if simple && !g.has_members() => Ok(()),
+                    Some(g) if g.consumer.is_some() => {
+                        // KIP-848: the member and its current member epoch.
+                        let c = g.consumer.as_ref().expect("checked");
+                        match c.members.get(&member) {
+                            _ if crate::planted!("stale-generation-commit") => Ok(()),
+                            None => Err(error::UNKNOWN_MEMBER_ID),
+                            Some(m) if generation != m.epoch => Err(error::STALE_MEMBER_EPOCH),
+                            Some(_) => Ok(()),
+                        }
+                    }
                     Some(g) => {
                         let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
                         let fenced = instance.as_ref().is_some_and(|i| g.statics.get(i).is_some_and(|id| *id != member));
@@ -252,10 +262,13 @@ impl Coordinator {
         if !g.members.is_empty() && !consumer {
             return self.reply(r, &body.with_error_code(error::NON_EMPTY_GROUP));
         }
-        let subscribed: BTreeSet<String> = match &g.protocol {
+        let mut subscribed: BTreeSet<String> = match &g.protocol {
             Some(p) => g.members.values().flat_map(|m| subscribed_topics(&m.metadata_for(p))).collect(),
             None => BTreeSet::new(),
         };
+        if let Some(c) = &g.consumer {
+            subscribed.extend(c.members.values().flat_map(|m| m.subscribed.iter().cloned()));
+        }
         let mut partitions = Vec::new();
         let mut batch = Vec::new();
         for t in &req.topics {
@@ -294,7 +307,7 @@ impl Coordinator {
         self.reply(responder, &body);
     }
 
-    /// ListGroups (v4 state filter, v5 type filter: these are all "classic" groups).
+    /// ListGroups (v4 state filter, v5 type filter: "classic" or "consumer").
     pub fn on_list_groups(&mut self, r: Responder, req: ListGroupsRequest) {
         let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
         let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
@@ -302,23 +315,23 @@ impl Coordinator {
         if self.shards.values().any(|s| !s.active) {
             response.error_code = error::COORDINATOR_LOAD_IN_PROGRESS;
         }
-        for (id, state, protocol_type, _) in self.group_states() {
-            if state == State::Dead {
-                continue;
+        for s in self.shards.values().filter(|s| s.active) {
+            for g in s.groups.values().filter(|g| g.state != State::Dead) {
+                let (state, kind) = (g.state_name(), g.group_type());
+                if !states.is_empty() && !states.contains(&state.to_lowercase()) {
+                    continue;
+                }
+                if !types.is_empty() && !types.iter().any(|t| t == kind) {
+                    continue;
+                }
+                response.groups.push(
+                    ListedGroup::default()
+                        .with_group_id(kafka_protocol::messages::GroupId(sb(&g.id)))
+                        .with_protocol_type(sb(g.protocol_type.as_deref().unwrap_or("")))
+                        .with_group_state(sb(state))
+                        .with_group_type(sb(kind)),
+                );
             }
-            if !states.is_empty() && !states.contains(&state.name().to_lowercase()) {
-                continue;
-            }
-            if !types.is_empty() && !types.iter().any(|t| t == "classic") {
-                continue;
-            }
-            response.groups.push(
-                ListedGroup::default()
-                    .with_group_id(kafka_protocol::messages::GroupId(sb(&id)))
-                    .with_protocol_type(sb(&protocol_type))
-                    .with_group_state(sb(state.name()))
-                    .with_group_type(sb("classic")),
-            );
         }
         self.reply(r, &response);
     }
@@ -340,7 +353,7 @@ impl Coordinator {
                         }
                     }
                     Some(g) => {
-                        d.group_state = sb(g.state.name());
+                        d.group_state = sb(g.state_name());
                         d.protocol_type = sb(g.protocol_type.as_deref().unwrap_or(""));
                         let stable = g.state == State::Stable;
                         d.protocol_data = sb(if stable { g.protocol.as_deref().unwrap_or("") } else { "" });
@@ -377,7 +390,7 @@ impl Coordinator {
                 Lookup::Here(s) => match s.groups.get_mut(&name) {
                     None => error::GROUP_ID_NOT_FOUND,
                     Some(g) if g.state == State::Dead => error::GROUP_ID_NOT_FOUND,
-                    Some(g) if !g.members.is_empty() || g.state != State::Empty => error::NON_EMPTY_GROUP,
+                    Some(g) if g.has_members() || g.state != State::Empty => error::NON_EMPTY_GROUP,
                     Some(g) => {
                         g.state = State::Dead;
                         let mut batch: Vec<(Bytes, Option<Bytes>)> = g
@@ -436,7 +449,7 @@ impl Coordinator {
         let mut work = Vec::new();
         for s in self.shards.values().filter(|s| s.active) {
             for g in s.groups.values() {
-                if g.state != State::Empty {
+                if g.state != State::Empty || g.has_members() {
                     continue;
                 }
                 let simple = g.protocol_type.is_none();
@@ -476,7 +489,7 @@ impl Coordinator {
         for k in &partitions {
             g.offsets.remove(k);
         }
-        if group_too && g.offsets.is_empty() && g.state == State::Empty {
+        if group_too && g.offsets.is_empty() && g.state == State::Empty && !g.has_members() {
             s.groups.remove(group);
         }
     }

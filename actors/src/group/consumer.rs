@@ -1,0 +1,526 @@
+//! The KIP-848 consumer group protocol: ConsumerGroupHeartbeat and ConsumerGroupDescribe.
+//!
+//! Members send heartbeats only; the coordinator computes the assignment with a server-side
+//! assignor (`uniform`, the default, or `range`) whenever membership or subscriptions change
+//! (the group epoch), and leads each member from its current assignment to its target one:
+//! first it takes away what the member must give up (the member epoch stays until the member
+//! reports, in a later heartbeat, that it no longer owns those partitions), then it bumps the
+//! member epoch and gives it what the target adds — but never a partition that another member
+//! still owns or is still revoking, which it hands over on a later heartbeat once released. So
+//! a partition never has two owners, at any moment.
+//!
+//! Member ids come from the client (v1) or from the coordinator (v0 with an empty id). Epoch 0
+//! joins, -1 leaves, -2 leaves a static member's place for its return; a heartbeat with an epoch
+//! other than the member's (or the previous one, when the member may have missed the answer)
+//! is fenced (FENCED_MEMBER_EPOCH) and the member must rejoin with epoch 0. Members that miss
+//! `group.consumer.session.timeout.ms`, or do not revoke within their rebalance timeout, are
+//! removed.
+//!
+//! What is not kept across a coordinator failover: the membership (only committed offsets are
+//! durable). Members of a group whose coordinator moved get UNKNOWN_MEMBER_ID and rejoin.
+
+use super::{sb, Coordinator, Group, Lookup, Now, Responder, State};
+use crate::broker::error;
+use kafka_protocol::messages::consumer_group_describe_response as describe;
+use kafka_protocol::messages::consumer_group_heartbeat_response as hb;
+use kafka_protocol::messages::*;
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+/// Partitions by topic name.
+pub(crate) type Parts = BTreeMap<String, BTreeSet<i32>>;
+
+/// The assignors a member may name.
+pub const ASSIGNORS: &[&str] = &["uniform", "range"];
+
+/// A member of a consumer-protocol group.
+#[derive(Debug, Clone)]
+pub(crate) struct CMember {
+    pub(crate) id: String,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) rack_id: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) epoch: i32,
+    pub(crate) previous_epoch: i32,
+    pub(crate) subscribed: BTreeSet<String>,
+    pub(crate) assignor: Option<String>,
+    pub(crate) rebalance_timeout_ms: i32,
+    pub(crate) deadline_ms: u64,
+    /// What the member was told it owns.
+    pub(crate) assigned: Parts,
+    /// What it was told to give up and has not yet confirmed.
+    pub(crate) revoking: Parts,
+    pub(crate) revoke_deadline_ms: u64,
+}
+
+/// The consumer-protocol state of a group.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConsumerGroup {
+    pub(crate) group_epoch: i32,
+    pub(crate) assignment_epoch: i32,
+    pub(crate) members: BTreeMap<String, CMember>,
+    pub(crate) target: BTreeMap<String, Parts>,
+    pub(crate) assignor: String,
+}
+
+impl ConsumerGroup {
+    /// Kafka's state names for a consumer group.
+    pub(crate) fn state(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.assignment_epoch < self.group_epoch {
+            "Assigning"
+        } else if self.members.values().any(|m| m.epoch < self.assignment_epoch || !m.revoking.is_empty() || self.target.get(&m.id) != Some(&m.assigned)) {
+            "Reconciling"
+        } else {
+            "Stable"
+        }
+    }
+
+    /// Every member's assigned and revoking partitions, for the ownership check.
+    pub(crate) fn owners(&self) -> Vec<(String, i32, String)> {
+        let mut out = Vec::new();
+        for m in self.members.values() {
+            for parts in [&m.assigned, &m.revoking] {
+                for (t, ps) in parts {
+                    out.extend(ps.iter().map(|p| (t.clone(), *p, m.id.clone())));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Topics as the metadata describes them: name -> (id, partition count).
+pub type Topics = BTreeMap<String, (Uuid, i32)>;
+
+/// Compute the target assignment of `members` (id -> subscribed topics; current assignment).
+pub(crate) fn assign(assignor: &str, members: &BTreeMap<String, (BTreeSet<String>, Parts)>, topics: &Topics) -> BTreeMap<String, Parts> {
+    let mut out: BTreeMap<String, Parts> = members.keys().map(|m| (m.clone(), Parts::new())).collect();
+    let all_topics: BTreeSet<&String> = members.values().flat_map(|(s, _)| s.iter()).collect();
+    if assignor == "range" {
+        for t in all_topics {
+            let Some((_, n)) = topics.get(t) else { continue };
+            let subs: Vec<&String> = members.iter().filter(|(_, (s, _))| s.contains(t)).map(|(m, _)| m).collect();
+            let k = subs.len().max(1) as i32;
+            let (per, extra) = (n / k, n % k);
+            let mut next = 0;
+            for (i, m) in subs.iter().enumerate() {
+                let count = per + i32::from((i as i32) < extra);
+                out.get_mut(*m).expect("member").entry(t.clone()).or_default().extend(next..next + count);
+                next += count;
+            }
+        }
+        return out;
+    }
+    // Uniform: spread every subscribed partition evenly over the members subscribed to its
+    // topic, keeping partitions where they are while that stays balanced (sticky).
+    let mut load: BTreeMap<&String, usize> = members.keys().map(|m| (m, 0)).collect();
+    let mut unassigned = Vec::new();
+    let total: usize = all_topics.iter().filter_map(|t| topics.get(*t)).map(|(_, n)| *n as usize).sum();
+    let quota = total.div_ceil(members.len().max(1));
+    for t in &all_topics {
+        let Some((_, n)) = topics.get(*t) else { continue };
+        for p in 0..*n {
+            let keeper = members.iter().find(|(_, (s, cur))| s.contains(*t) && cur.get(*t).is_some_and(|ps| ps.contains(&p))).map(|(m, _)| m);
+            match keeper {
+                Some(m) if load[m] < quota => {
+                    *load.get_mut(m).expect("member") += 1;
+                    out.get_mut(m).expect("member").entry((*t).clone()).or_default().insert(p);
+                }
+                _ => unassigned.push(((*t).clone(), p)),
+            }
+        }
+    }
+    for (t, p) in unassigned {
+        let least = members.iter().filter(|(_, (s, _))| s.contains(&t)).map(|(m, _)| m).min_by_key(|m| (load[m], (*m).clone()));
+        if let Some(m) = least {
+            *load.get_mut(m).expect("member") += 1;
+            out.get_mut(m).expect("member").entry(t).or_default().insert(p);
+        }
+    }
+    out
+}
+
+fn minus(a: &Parts, b: &Parts) -> Parts {
+    let mut out = Parts::new();
+    for (t, ps) in a {
+        let rest: BTreeSet<i32> = ps.iter().filter(|p| !b.get(t).is_some_and(|q| q.contains(p))).copied().collect();
+        if !rest.is_empty() {
+            out.insert(t.clone(), rest);
+        }
+    }
+    out
+}
+
+fn union(a: &Parts, b: &Parts) -> Parts {
+    let mut out = a.clone();
+    for (t, ps) in b {
+        out.entry(t.clone()).or_default().extend(ps);
+    }
+    out.retain(|_, ps| !ps.is_empty());
+    out
+}
+
+fn hb_error(code: i16, message: &str) -> ConsumerGroupHeartbeatResponse {
+    ConsumerGroupHeartbeatResponse::default().with_error_code(code).with_error_message(Some(sb(message))).with_member_epoch(-1)
+}
+
+fn to_wire(parts: &Parts, topics: &Topics) -> Vec<hb::TopicPartitions> {
+    parts
+        .iter()
+        .filter_map(|(t, ps)| topics.get(t).map(|(id, _)| hb::TopicPartitions::default().with_topic_id(*id).with_partitions(ps.iter().copied().collect())))
+        .collect()
+}
+
+impl Coordinator {
+    /// ConsumerGroupHeartbeat.
+    pub fn on_consumer_heartbeat(&mut self, r: Responder, req: ConsumerGroupHeartbeatRequest, topics: &Topics, now: Now, rng: &mut crate::core::Rng) {
+        let group_id = req.group_id.0.to_string();
+        let session = self.settings.consumer_session_timeout_ms;
+        let interval = self.settings.consumer_heartbeat_interval_ms;
+        if group_id.is_empty() {
+            return self.reply(r, &hb_error(error::INVALID_GROUP_ID, "the group id is empty"));
+        }
+        if let Some(a) = req.server_assignor.as_ref().filter(|a| !ASSIGNORS.contains(&a.as_str())) {
+            let message = format!("assignor {} is not one of {ASSIGNORS:?}", a.as_str());
+            return self.reply(r, &hb_error(error::UNSUPPORTED_ASSIGNOR, &message));
+        }
+        tracing::debug!(group = group_id, member = req.member_id.as_str(), epoch = req.member_epoch, topics = ?req.subscribed_topic_names, regex = ?req.subscribed_topic_regex, owned = ?req.topic_partitions.as_ref().map(|t| t.len()), "ConsumerGroupHeartbeat");
+        if req.subscribed_topic_regex.as_ref().is_some_and(|r| !r.is_empty()) {
+            return self.reply(r, &hb_error(error::INVALID_REQUEST, "subscribing by regular expression is not supported"));
+        }
+        let shard = match self.lookup(&group_id) {
+            Lookup::Error(code) => return self.reply(r, &hb_error(code, "not the coordinator")),
+            Lookup::Here(s) => s,
+        };
+        let g = shard.groups.entry(group_id.clone()).or_insert_with(|| Group::new(&group_id, now));
+        if g.consumer.is_none() {
+            if !g.members.is_empty() || g.state != State::Empty {
+                return self.reply(r, &hb_error(error::GROUP_ID_NOT_FOUND, "the group is a classic group with members"));
+            }
+            // An empty (or new) group becomes a consumer-protocol group; its offsets stay.
+            g.consumer = Some(ConsumerGroup { assignor: "uniform".into(), ..Default::default() });
+            g.protocol_type = Some("consumer".into());
+        }
+        let cg = g.consumer.as_mut().expect("set above");
+        let mut member_id = req.member_id.to_string();
+        let epoch = req.member_epoch;
+        if epoch == -1 || epoch == -2 {
+            let removed = cg.members.remove(&member_id).is_some();
+            if removed {
+                cg.group_epoch += 1;
+                cg.target.remove(&member_id);
+            }
+            let response =
+                ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(epoch).with_heartbeat_interval_ms(interval);
+            g.state_timestamp = now.wall_ms;
+            return self.reply(r, &response);
+        }
+        if epoch == 0 {
+            let Some(subscribed) = req.subscribed_topic_names.as_ref() else {
+                return self.reply(r, &hb_error(error::INVALID_REQUEST, "a joining member must send its subscription"));
+            };
+            if member_id.is_empty() {
+                member_id = uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64()).to_string();
+            }
+            if let Some(i) = req.instance_id.as_ref() {
+                // A static member returning under its instance id replaces its old incarnation.
+                let old = cg.members.values().find(|m| m.instance_id.as_deref() == Some(i.as_str()) && m.id != member_id).map(|m| m.id.clone());
+                if let Some(old) = old {
+                    cg.members.remove(&old);
+                    cg.target.remove(&old);
+                }
+            }
+            let m = CMember {
+                id: member_id.clone(),
+                instance_id: req.instance_id.as_ref().map(|s| s.to_string()),
+                rack_id: req.rack_id.as_ref().map(|s| s.to_string()),
+                client_id: r.request.client_id.clone().unwrap_or_default(),
+                epoch: 0,
+                previous_epoch: -1,
+                subscribed: subscribed.iter().map(|t| t.to_string()).collect(),
+                assignor: req.server_assignor.as_ref().map(|s| s.to_string()),
+                rebalance_timeout_ms: req.rebalance_timeout_ms.max(0),
+                deadline_ms: now.mono_ms + session,
+                assigned: Parts::new(),
+                revoking: Parts::new(),
+                revoke_deadline_ms: 0,
+            };
+            // A rejoin after fencing starts over: whatever it had is released.
+            cg.members.insert(member_id.clone(), m);
+            cg.group_epoch += 1;
+        } else {
+            let Some(m) = cg.members.get_mut(&member_id) else {
+                return self.reply(r, &hb_error(error::UNKNOWN_MEMBER_ID, "unknown member id"));
+            };
+            if epoch != m.epoch && !(epoch == m.previous_epoch && epoch >= 0) {
+                let message = format!("member epoch {epoch} is fenced: the member's epoch is {}", m.epoch);
+                return self.reply(r, &hb_error(error::FENCED_MEMBER_EPOCH, &message));
+            }
+            m.deadline_ms = now.mono_ms + session;
+            if req.rebalance_timeout_ms > 0 {
+                m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+            }
+            if let Some(subscribed) = req.subscribed_topic_names.as_ref() {
+                let s: BTreeSet<String> = subscribed.iter().map(|t| t.to_string()).collect();
+                if s != m.subscribed {
+                    m.subscribed = s;
+                    cg.group_epoch += 1;
+                }
+            }
+            if let Some(a) = req.server_assignor.as_ref() {
+                m.assignor = Some(a.to_string());
+            }
+        }
+        // What the member says it owns confirms revocations.
+        let names: BTreeMap<Uuid, String> = topics.iter().map(|(n, (id, _))| (*id, n.clone())).collect();
+        let owned: Option<Parts> = req.topic_partitions.as_ref().map(|tps| {
+            let mut p = Parts::new();
+            for tp in tps {
+                if let Some(n) = names.get(&tp.topic_id) {
+                    p.entry(n.clone()).or_default().extend(tp.partitions.iter().copied());
+                }
+            }
+            p
+        });
+        let before = cg.members[&member_id].assigned.clone();
+        let before_epoch = cg.members[&member_id].epoch;
+        refresh_target(cg, topics);
+        reconcile(cg, &member_id, owned.as_ref(), now);
+        let m = &cg.members[&member_id];
+        let mut response =
+            ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(m.epoch).with_heartbeat_interval_ms(interval);
+        if epoch == 0 || m.assigned != before || m.epoch != before_epoch {
+            response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, topics)));
+        }
+        g.state_timestamp = now.wall_ms;
+        self.reply(r, &response);
+    }
+
+    /// ConsumerGroupDescribe.
+    pub fn on_consumer_describe(&mut self, r: Responder, req: ConsumerGroupDescribeRequest, topics: &Topics) {
+        let mut response = ConsumerGroupDescribeResponse::default();
+        for id in &req.group_ids {
+            let mut d = describe::DescribedGroup::default().with_group_id(id.clone()).with_authorized_operations(i32::MIN);
+            match self.lookup(id.as_str()) {
+                Lookup::Error(code) => d.error_code = code,
+                Lookup::Here(s) => match s.groups.get(id.as_str()).and_then(|g| g.consumer.as_ref()) {
+                    None => {
+                        d.error_code = error::GROUP_ID_NOT_FOUND;
+                        d.error_message = Some(sb(&format!("Group {} is not a consumer group.", id.as_str())));
+                        d.group_state = sb("Dead");
+                    }
+                    Some(cg) => {
+                        d.group_state = sb(cg.state());
+                        d.group_epoch = cg.group_epoch;
+                        d.assignment_epoch = cg.assignment_epoch;
+                        d.assignor_name = sb(&cg.assignor);
+                        let wire = |parts: &Parts| {
+                            describe::Assignment::default().with_topic_partitions(
+                                parts
+                                    .iter()
+                                    .filter_map(|(t, ps)| {
+                                        topics.get(t).map(|(tid, _)| {
+                                            describe::TopicPartitions::default()
+                                                .with_topic_id(*tid)
+                                                .with_topic_name(TopicName(sb(t)))
+                                                .with_partitions(ps.iter().copied().collect())
+                                        })
+                                    })
+                                    .collect(),
+                            )
+                        };
+                        d.members = cg
+                            .members
+                            .values()
+                            .map(|m| {
+                                describe::Member::default()
+                                    .with_member_id(sb(&m.id))
+                                    .with_instance_id(m.instance_id.as_deref().map(sb))
+                                    .with_rack_id(m.rack_id.as_deref().map(sb))
+                                    .with_member_epoch(m.epoch)
+                                    .with_client_id(sb(&m.client_id))
+                                    .with_subscribed_topic_names(m.subscribed.iter().map(|t| TopicName(sb(t))).collect())
+                                    .with_assignment(wire(&m.assigned))
+                                    .with_target_assignment(wire(cg.target.get(&m.id).unwrap_or(&Parts::new())))
+                                    .with_member_type(1)
+                            })
+                            .collect();
+                    }
+                },
+            }
+            response.groups.push(d);
+        }
+        self.reply(r, &response);
+    }
+
+    /// Expire consumer-protocol members that stopped heartbeating or did not revoke in time.
+    pub(crate) fn tick_consumer_group(&mut self, group: &str, topics: &Topics, now: Now) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        let gone: Vec<String> = cg
+            .members
+            .values()
+            .filter(|m| m.deadline_ms <= now.mono_ms || (!m.revoking.is_empty() && m.revoke_deadline_ms <= now.mono_ms))
+            .map(|m| m.id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            tracing::debug!(group, member = id, "consumer group member expired");
+            cg.members.remove(id);
+            cg.target.remove(id);
+        }
+        cg.group_epoch += 1;
+        refresh_target(cg, topics);
+    }
+}
+
+/// Recompute the target assignment if the group epoch moved past it.
+fn refresh_target(cg: &mut ConsumerGroup, topics: &Topics) {
+    if cg.assignment_epoch >= cg.group_epoch {
+        return;
+    }
+    // The assignor most members ask for (the default if none).
+    let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in cg.members.values() {
+        if let Some(a) = &m.assignor {
+            *votes.entry(a.as_str()).or_default() += 1;
+        }
+    }
+    cg.assignor = votes.into_iter().max_by_key(|(_, n)| *n).map_or("uniform", |(a, _)| a).to_string();
+    let input: BTreeMap<String, (BTreeSet<String>, Parts)> = cg.members.values().map(|m| (m.id.clone(), (m.subscribed.clone(), m.assigned.clone()))).collect();
+    cg.target = assign(&cg.assignor, &input, topics);
+    if crate::planted!("assignment-misrouted") && cg.target.len() > 1 {
+        let first = cg.target.values().next().cloned().unwrap_or_default();
+        if let Some(second) = cg.target.values_mut().nth(1) {
+            *second = union(second, &first);
+        }
+    }
+    cg.assignment_epoch = cg.group_epoch;
+}
+
+/// Move `member` toward its target: revoke first, then (at the new epoch) add what is free.
+fn reconcile(cg: &mut ConsumerGroup, member: &str, owned: Option<&Parts>, now: Now) {
+    let target = cg.target.get(member).cloned().unwrap_or_default();
+    // Partitions held (assigned or being revoked) by the other members.
+    let mut held = Parts::new();
+    for m in cg.members.values().filter(|m| m.id != member) {
+        held = union(&held, &union(&m.assigned, &m.revoking));
+    }
+    let assignment_epoch = cg.assignment_epoch;
+    let m = cg.members.get_mut(member).expect("member");
+    if !m.revoking.is_empty() {
+        let confirmed = owned.is_some_and(|o| minus(&m.revoking, &minus(&m.revoking, o)).is_empty());
+        if !confirmed {
+            return;
+        }
+        m.revoking.clear();
+    }
+    let take = minus(&m.assigned, &target);
+    if !take.is_empty() {
+        m.assigned = minus(&m.assigned, &take);
+        m.revoking = take;
+        m.revoke_deadline_ms = now.mono_ms + m.rebalance_timeout_ms.max(1) as u64;
+        return;
+    }
+    if m.epoch < assignment_epoch {
+        m.previous_epoch = m.epoch;
+        m.epoch = assignment_epoch;
+    }
+    let add = minus(&minus(&target, &m.assigned), &held);
+    if !add.is_empty() {
+        m.assigned = union(&m.assigned, &add);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(t: &str, ps: &[i32]) -> Parts {
+        let mut p = Parts::new();
+        p.insert(t.to_string(), ps.iter().copied().collect());
+        p
+    }
+
+    #[test]
+    fn assignors_cover_every_partition_once() {
+        let topics: Topics = [("a".to_string(), (Uuid::nil(), 6)), ("b".to_string(), (Uuid::nil(), 3))].into_iter().collect();
+        let subs: BTreeSet<String> = ["a".to_string(), "b".to_string()].into_iter().collect();
+        let members: BTreeMap<String, (BTreeSet<String>, Parts)> =
+            ["m1", "m2", "m3", "m4"].iter().map(|m| (m.to_string(), (subs.clone(), Parts::new()))).collect();
+        for assignor in ASSIGNORS {
+            let out = assign(assignor, &members, &topics);
+            let mut seen = BTreeSet::new();
+            for parts in out.values() {
+                for (t, ps) in parts {
+                    for p in ps {
+                        assert!(seen.insert((t.clone(), *p)), "{assignor}: {t}-{p} twice");
+                    }
+                }
+            }
+            assert_eq!(seen.len(), 9, "{assignor}: every partition assigned");
+            let sizes: Vec<usize> = out.values().map(|p| p.values().map(|s| s.len()).sum()).collect();
+            if *assignor == "uniform" {
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "uniform is balanced: {sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_is_sticky() {
+        let topics: Topics = [("a".to_string(), (Uuid::nil(), 4))].into_iter().collect();
+        let subs: BTreeSet<String> = ["a".to_string()].into_iter().collect();
+        let mut members: BTreeMap<String, (BTreeSet<String>, Parts)> = BTreeMap::new();
+        members.insert("x".into(), (subs.clone(), parts("a", &[0, 1, 2, 3])));
+        members.insert("y".into(), (subs, Parts::new()));
+        let out = assign("uniform", &members, &topics);
+        assert_eq!(out["x"], parts("a", &[0, 1]), "x keeps what it can");
+        assert_eq!(out["y"], parts("a", &[2, 3]));
+    }
+
+    /// A partition moves only after its old owner confirmed the revocation.
+    #[test]
+    fn revocation_before_assignment() {
+        let now = Now { mono_ms: 0, wall_ms: 0 };
+        let topics: Topics = [("a".to_string(), (Uuid::nil(), 2))].into_iter().collect();
+        let member = |id: &str| CMember {
+            id: id.into(),
+            instance_id: None,
+            rack_id: None,
+            client_id: String::new(),
+            epoch: 0,
+            previous_epoch: -1,
+            subscribed: ["a".to_string()].into_iter().collect(),
+            assignor: None,
+            rebalance_timeout_ms: 1000,
+            deadline_ms: u64::MAX,
+            assigned: Parts::new(),
+            revoking: Parts::new(),
+            revoke_deadline_ms: 0,
+        };
+        let mut cg = ConsumerGroup { assignor: "uniform".into(), ..Default::default() };
+        cg.members.insert("x".into(), member("x"));
+        cg.group_epoch = 1;
+        refresh_target(&mut cg, &topics);
+        reconcile(&mut cg, "x", None, now);
+        assert_eq!(cg.members["x"].assigned, parts("a", &[0, 1]));
+        cg.members.insert("y".into(), member("y"));
+        cg.group_epoch = 2;
+        refresh_target(&mut cg, &topics);
+        reconcile(&mut cg, "y", None, now);
+        assert!(cg.members["y"].assigned.is_empty(), "x still owns everything");
+        reconcile(&mut cg, "x", Some(&parts("a", &[0, 1])), now);
+        assert_eq!((cg.members["x"].assigned.clone(), cg.members["x"].revoking.clone()), (parts("a", &[0]), parts("a", &[1])));
+        reconcile(&mut cg, "y", None, now);
+        assert!(cg.members["y"].assigned.is_empty(), "partition 1 is still being revoked");
+        reconcile(&mut cg, "x", Some(&parts("a", &[0])), now);
+        assert!(cg.members["x"].revoking.is_empty());
+        assert_eq!(cg.members["x"].epoch, 2);
+        reconcile(&mut cg, "y", None, now);
+        assert_eq!(cg.members["y"].assigned, parts("a", &[1]));
+        assert_eq!(cg.members["y"].epoch, 2);
+    }
+}
