@@ -69,6 +69,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         producers: 0,
         consumers: 0,
         group_consumers: 0,
+        consumer_protocol: false,
         replication_factor: 1,
         partitions: 1,
         send_interval_ms: 1000,

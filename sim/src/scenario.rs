@@ -21,6 +21,8 @@ pub struct Scenario {
     /// Group consumers: members of one consumer group sharing the topic, reading from committed
     /// offsets; they crash (with node crashes on) and leave and rejoin now and then.
     pub group_consumers: usize,
+    /// The group consumers use the KIP-848 consumer protocol instead of the classic one.
+    pub consumer_protocol: bool,
     /// Partitions of the workload topic.
     pub partitions: i32,
     /// Replication factor of the workload topic.
@@ -45,6 +47,7 @@ const CLUSTER_3: Scenario = Scenario {
     producers: 2,
     consumers: 2,
     group_consumers: 0,
+    consumer_protocol: false,
     partitions: 3,
     replication_factor: 3,
     send_interval_ms: 40,
@@ -66,6 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 2,
         consumers: 2,
         group_consumers: 0,
+        consumer_protocol: false,
         partitions: 3,
         replication_factor: 1,
         send_interval_ms: 40,
@@ -81,6 +85,7 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 2,
         consumers: 1,
         group_consumers: 0,
+        consumer_protocol: false,
         partitions: 2,
         replication_factor: 1,
         send_interval_ms: 10,
@@ -96,6 +101,7 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 6,
         consumers: 4,
         group_consumers: 0,
+        consumer_protocol: false,
         partitions: 6,
         replication_factor: 1,
         send_interval_ms: 60,
@@ -134,6 +140,7 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 2,
         consumers: 0,
         group_consumers: 3,
+        consumer_protocol: false,
         partitions: 6,
         replication_factor: 1,
         send_interval_ms: 40,
@@ -146,6 +153,15 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "cluster-3 with 3 group consumers in one group over 6 partitions: group coordinators fail over with the leadership of their __consumer_offsets partitions (RF=3)",
         consumers: 1,
         group_consumers: 3,
+        partitions: 6,
+        ..CLUSTER_3
+    },
+    Scenario {
+        name: "groups-848",
+        description: "cluster-3 with 3 KIP-848 group consumers (ConsumerGroupHeartbeat, server-side uniform assignor) over 6 partitions: revocation before assignment, member epochs, coordinator failover",
+        consumers: 1,
+        group_consumers: 3,
+        consumer_protocol: true,
         partitions: 6,
         ..CLUSTER_3
     },

@@ -286,7 +286,7 @@ pub struct World {
 type OffsetKey = (String, String, i32);
 
 /// The settings of group consumer `process` (what every incarnation of it uses).
-fn group_config(process: u64, bootstrap: &[Addr]) -> GroupConsumerConfig {
+fn group_config(process: u64, bootstrap: &[Addr], consumer_protocol: bool) -> GroupConsumerConfig {
     GroupConsumerConfig {
         process,
         bootstrap: bootstrap.to_vec(),
@@ -295,6 +295,7 @@ fn group_config(process: u64, bootstrap: &[Addr]) -> GroupConsumerConfig {
         session_timeout_ms: 3_000,
         heartbeat_interval_ms: 500,
         leave_per_mille: 10,
+        consumer_protocol,
     }
 }
 
@@ -335,6 +336,8 @@ impl World {
                 config.groups.offsets_partitions = 4;
                 config.groups.initial_rebalance_delay_ms = 500;
                 config.groups.min_session_timeout_ms = 1_000;
+                config.groups.consumer_session_timeout_ms = 3_000;
+                config.groups.consumer_heartbeat_interval_ms = 500;
                 for (k, v) in scenario.broker_settings {
                     if let Some((tk, tv)) = broker_key_to_topic(k, v) {
                         config.topic_defaults.insert(tk.to_string(), tv);
@@ -410,7 +413,7 @@ impl World {
         for g in 0..scenario.group_consumers {
             let process = (scenario.producers + scenario.consumers + g) as u64;
             clients.push(Client {
-                actor: ClientActor::Group(GroupConsumer::new(group_config(process, &bootstrap))),
+                actor: ClientActor::Group(GroupConsumer::new(group_config(process, &bootstrap, scenario.consumer_protocol))),
                 cx: Cx::new(Addr { node: 4000 + g as i32, actor: 0 }, rng.next_u64()),
                 timers: BTreeMap::new(),
                 timer_generation: 0,
@@ -1420,6 +1423,13 @@ impl World {
                 continue;
             }
             let floor = self.load_floors.remove(&(i, shard, tenure));
+            // KIP-848: at no moment do two members own (or revoke) one partition.
+            let mut owner: BTreeMap<(String, String, i32), String> = BTreeMap::new();
+            for (g, t, p, m) in c.consumer_owners().into_iter().filter(|(g, ..)| c.shard_of(g) == shard) {
+                if let Some(other) = owner.insert((g.clone(), t.clone(), p), m.clone()) {
+                    found.push(("one-owner-at-a-time", format!("node {} group {g}: {t}-{p} is held by {other} and {m}", i + 1)));
+                }
+            }
             let mut loaded: BTreeMap<OffsetKey, i64> = BTreeMap::new();
             for g in groups.iter().filter(|g| c.shard_of(g) == shard) {
                 for ((topic, p), offset) in c.committed(g).unwrap_or_default() {
@@ -1581,7 +1591,7 @@ impl World {
                     self.reset_conn(conn, false, true);
                 }
                 let bootstrap: Vec<Addr> = (self.controller_only..self.controller_only + self.scenario.nodes).map(node_addr).collect();
-                let mut fresh = GroupConsumer::new(group_config(process, &bootstrap));
+                let mut fresh = GroupConsumer::new(group_config(process, &bootstrap, self.scenario.consumer_protocol));
                 fresh.seen = seen;
                 let cl = &mut self.clients[c];
                 cl.actor = ClientActor::Group(fresh);

@@ -12,7 +12,7 @@ use runnel_sim::{run, RunConfig};
 const BUDGET: u64 = 1000;
 const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "cluster-3"];
 /// Consumer-group bugs need group members: they rotate over the group scenarios.
-const GROUPS: &[&str] = &["groups-single", "groups-3"];
+const GROUPS: &[&str] = &["groups-single", "groups-3", "groups-848"];
 const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted"];
 
 fn scenarios(bug: &str) -> &'static [&'static str] {

@@ -22,6 +22,7 @@ const GATED: &[&str] = &[
     "cluster-split-snapshots",
     "groups-single",
     "groups-3",
+    "groups-848",
 ];
 
 /// Several hundred seeds over the gated scenarios, each with its own fault mix, find no violation.

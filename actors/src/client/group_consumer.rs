@@ -44,6 +44,9 @@ pub struct GroupConsumerConfig {
     pub heartbeat_interval_ms: u64,
     /// Chance per heartbeat (in 1/1000) of leaving the group and rejoining a little later.
     pub leave_per_mille: u64,
+    /// Use the KIP-848 consumer protocol (ConsumerGroupHeartbeat, server-side assignment)
+    /// instead of the classic one.
+    pub consumer_protocol: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +215,17 @@ impl GroupConsumer {
         }
         // Its positions die with it: the next incarnation starts from what was committed.
         self.events.push(ClientEvent::Assign { time_ms: now_ms, process: self.config.process, keys: Vec::new() });
+        if self.config.consumer_protocol {
+            // It owns nothing any more (the coordinator frees its partitions after its session).
+            self.events.push(ClientEvent::GroupAssign {
+                time_ms: now_ms,
+                process: self.config.process,
+                group: self.config.group.clone(),
+                generation: self.generation,
+                member: self.member_id.clone(),
+                keys: Vec::new(),
+            });
+        }
         self.take_events()
     }
 
@@ -306,6 +320,9 @@ impl GroupConsumer {
             }
             return;
         };
+        if self.config.consumer_protocol {
+            return self.step_consumer_protocol(cx, coordinator);
+        }
         match self.phase {
             Phase::Discover | Phase::Join => {
                 if self.busy(ApiKey::OffsetCommit) || self.busy(ApiKey::JoinGroup) {
@@ -351,6 +368,125 @@ impl GroupConsumer {
         }
     }
 
+    /// KIP-848: heartbeats carry the subscription (on joining) and what the member owns; the
+    /// coordinator answers with the member epoch and, when it changed, the assignment.
+    fn step_consumer_protocol(&mut self, cx: &mut Cx<ClientMsg>, coordinator: i32) {
+        let now = cx.now_ms();
+        if self.member_id.is_empty() {
+            self.member_id = uuid::Uuid::from_u64_pair(cx.rng().next_u64(), cx.rng().next_u64()).to_string();
+        }
+        match self.phase {
+            Phase::Discover | Phase::Join => {
+                if self.busy(ApiKey::ConsumerGroupHeartbeat) {
+                    return;
+                }
+                self.revoke(cx);
+                self.phase = Phase::Joining;
+                self.generation = 0;
+                self.send_heartbeat(cx, coordinator, 0, true);
+            }
+            Phase::Joining | Phase::Syncing | Phase::Away => {}
+            Phase::Stable => {
+                // Never report a revocation while a commit of the revoked partitions may still be
+                // in flight: the next owner must see that commit.
+                let due = now >= self.last_heartbeat_ms + self.config.heartbeat_interval_ms;
+                if due && !self.busy(ApiKey::ConsumerGroupHeartbeat) && !self.busy(ApiKey::OffsetCommit) {
+                    if cx.rng().below(1000) < self.config.leave_per_mille {
+                        self.send_heartbeat(cx, coordinator, -1, false);
+                        self.revoke(cx);
+                        self.phase = Phase::Away;
+                        self.rejoin_at = now + 500 + cx.rng().below(3_000);
+                        return;
+                    }
+                    self.last_heartbeat_ms = now;
+                    self.send_heartbeat(cx, coordinator, self.generation, false);
+                }
+                self.fetch_positions(cx, coordinator);
+                self.maybe_commit(cx, coordinator);
+                self.poll(cx);
+            }
+        }
+    }
+
+    fn send_heartbeat(&mut self, cx: &mut Cx<ClientMsg>, coordinator: i32, epoch: i32, joining: bool) {
+        let owned: Vec<i32> = self.owned.iter().copied().collect();
+        let r = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(self.group())
+            .with_member_id(sb(&self.member_id))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(if joining { self.config.session_timeout_ms } else { -1 })
+            .with_subscribed_topic_names(joining.then(|| vec![TopicName(sb(&self.config.topic))]))
+            .with_topic_partitions(Some(if owned.is_empty() {
+                Vec::new()
+            } else {
+                vec![consumer_group_heartbeat_request::TopicPartitions::default().with_topic_id(self.topic_id).with_partitions(owned)]
+            }));
+        self.send(cx, coordinator, &r, 1);
+    }
+
+    /// Ask for the committed offsets of owned partitions that have no position yet.
+    fn fetch_positions(&mut self, cx: &mut Cx<ClientMsg>, coordinator: i32) {
+        let missing: Vec<i32> = self.owned.iter().filter(|p| !self.positions.contains_key(p)).copied().collect();
+        if missing.is_empty() || self.busy(ApiKey::OffsetFetch) {
+            return;
+        }
+        let r = OffsetFetchRequest::default().with_group_id(self.group()).with_topics(Some(vec![offset_fetch_request::OffsetFetchRequestTopic::default()
+            .with_name(TopicName(sb(&self.config.topic)))
+            .with_partition_indexes(missing)]));
+        self.send(cx, coordinator, &r, 7);
+    }
+
+    /// A ConsumerGroupHeartbeat answer.
+    fn on_consumer_heartbeat(&mut self, cx: &mut Cx<ClientMsg>, r: ConsumerGroupHeartbeatResponse) {
+        if self.phase == Phase::Away || r.member_epoch == -1 && r.error_code == error::NONE {
+            return; // the answer to leaving
+        }
+        match r.error_code {
+            error::NONE => {}
+            error::UNKNOWN_MEMBER_ID | error::FENCED_MEMBER_EPOCH => {
+                // Lost its place: everything it owned is gone; join again with epoch 0.
+                self.revoke(cx);
+                self.phase = Phase::Join;
+                return;
+            }
+            error::NOT_COORDINATOR | error::COORDINATOR_NOT_AVAILABLE | error::COORDINATOR_LOAD_IN_PROGRESS => return self.lost_coordinator(cx),
+            code => return self.violation(cx, format!("ConsumerGroupHeartbeat failed with error {code}: {:?}", r.error_message)),
+        }
+        self.phase = Phase::Stable;
+        let epoch_changed = r.member_epoch != self.generation;
+        self.generation = r.member_epoch;
+        let Some(assignment) = r.assignment else {
+            if epoch_changed && !self.owned.is_empty() {
+                self.report_assignment(cx);
+            }
+            return;
+        };
+        let now_owned: BTreeSet<i32> =
+            assignment.topic_partitions.iter().filter(|tp| tp.topic_id == self.topic_id).flat_map(|tp| tp.partitions.iter().copied()).collect();
+        let revoked: Vec<i32> = self.owned.difference(&now_owned).copied().collect();
+        for p in &revoked {
+            self.positions.remove(p);
+            self.committed.remove(p);
+        }
+        self.owned = now_owned;
+        self.report_assignment(cx);
+        // Tell the coordinator about the revocation promptly.
+        self.last_heartbeat_ms = 0;
+    }
+
+    fn report_assignment(&mut self, cx: &mut Cx<ClientMsg>) {
+        let keys: Vec<u64> = self.owned.iter().map(|p| *p as u64).collect();
+        self.events.push(ClientEvent::GroupAssign {
+            time_ms: cx.now_ms(),
+            process: self.config.process,
+            group: self.config.group.clone(),
+            generation: self.generation,
+            member: self.member_id.clone(),
+            keys: keys.clone(),
+        });
+        self.record_assign(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
+    }
+
     fn leave(&mut self, cx: &mut Cx<ClientMsg>, coordinator: i32) {
         let r = LeaveGroupRequest::default()
             .with_group_id(self.group())
@@ -381,7 +517,7 @@ impl GroupConsumer {
                     .map(|(p, o)| offset_commit_request::OffsetCommitRequestPartition::default().with_partition_index(*p).with_committed_offset(*o))
                     .collect(),
             )]);
-        self.send(cx, coordinator, &r, 8);
+        self.send(cx, coordinator, &r, if self.config.consumer_protocol { 9 } else { 8 });
     }
 
     fn poll(&mut self, cx: &mut Cx<ClientMsg>) {
@@ -546,6 +682,12 @@ impl GroupConsumer {
                 }
             }
             ApiKey::LeaveGroup => {}
+            ApiKey::ConsumerGroupHeartbeat => {
+                let Ok(r) = decode::<ConsumerGroupHeartbeatResponse>(body, version) else {
+                    return self.violation(cx, "bad ConsumerGroupHeartbeat response".into());
+                };
+                self.on_consumer_heartbeat(cx, r);
+            }
             ApiKey::OffsetFetch => {
                 let Ok(r) = decode::<OffsetFetchResponse>(body, version) else { return self.violation(cx, "bad OffsetFetch response".into()) };
                 if self.phase != Phase::Stable || r.error_code != error::NONE {
@@ -556,7 +698,7 @@ impl GroupConsumer {
                 }
                 for t in r.topics {
                     for p in t.partitions {
-                        if self.owned.contains(&p.partition_index) && p.error_code == error::NONE {
+                        if self.owned.contains(&p.partition_index) && p.error_code == error::NONE && !self.positions.contains_key(&p.partition_index) {
                             let start = p.committed_offset.max(0);
                             self.positions.insert(p.partition_index, start);
                             self.committed.insert(p.partition_index, start);
@@ -590,7 +732,18 @@ impl GroupConsumer {
                 }
                 self.pending_commit.clear();
                 if let Some(code) = failed {
-                    if self.phase == Phase::Stable {
+                    if self.config.consumer_protocol {
+                        // A stale epoch is corrected by the next heartbeat; a lost membership by
+                        // rejoining.
+                        match code {
+                            error::UNKNOWN_MEMBER_ID | error::FENCED_MEMBER_EPOCH => {
+                                self.revoke(cx);
+                                self.phase = Phase::Join;
+                            }
+                            error::NOT_COORDINATOR | error::COORDINATOR_NOT_AVAILABLE => self.lost_coordinator(cx),
+                            _ => {}
+                        }
+                    } else if self.phase == Phase::Stable {
                         self.generation_over(cx, code);
                     }
                 }

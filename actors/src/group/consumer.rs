@@ -54,16 +54,45 @@ pub(crate) struct CMember {
 }
 
 /// The consumer-protocol state of a group.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct ConsumerGroup {
     pub(crate) group_epoch: i32,
+    /// The highest group epoch written to `__consumer_offsets`, and the highest committed there:
+    /// no member is given an epoch before it is durable, so epochs keep rising across failovers.
+    pub(crate) written_epoch: i32,
+    pub(crate) durable_epoch: i32,
     pub(crate) assignment_epoch: i32,
     pub(crate) members: BTreeMap<String, CMember>,
     pub(crate) target: BTreeMap<String, Parts>,
     pub(crate) assignor: String,
+    /// Heartbeats waiting for the group epoch to be durable.
+    pub(crate) parked: Vec<Parked>,
+}
+
+/// A heartbeat answered once the group epoch is durable.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    pub(crate) responder: Responder,
+    member: String,
+    owned: Option<Parts>,
+    before: Parts,
+    before_epoch: i32,
+    joining: bool,
 }
 
 impl ConsumerGroup {
+    /// A group loaded from its epoch record: no members yet.
+    pub(crate) fn loaded(epoch: i32) -> ConsumerGroup {
+        ConsumerGroup {
+            group_epoch: epoch,
+            written_epoch: epoch,
+            durable_epoch: epoch,
+            assignment_epoch: epoch,
+            assignor: "uniform".into(),
+            ..Default::default()
+        }
+    }
+
     /// Kafka's state names for a consumer group.
     pub(crate) fn state(&self) -> &'static str {
         if self.members.is_empty() {
@@ -162,7 +191,7 @@ fn union(a: &Parts, b: &Parts) -> Parts {
     out
 }
 
-fn hb_error(code: i16, message: &str) -> ConsumerGroupHeartbeatResponse {
+pub(crate) fn hb_error(code: i16, message: &str) -> ConsumerGroupHeartbeatResponse {
     ConsumerGroupHeartbeatResponse::default().with_error_code(code).with_error_message(Some(sb(message))).with_member_epoch(-1)
 }
 
@@ -284,18 +313,86 @@ impl Coordinator {
             }
             p
         });
-        let before = cg.members[&member_id].assigned.clone();
-        let before_epoch = cg.members[&member_id].epoch;
-        refresh_target(cg, topics);
-        reconcile(cg, &member_id, owned.as_ref(), now);
-        let m = &cg.members[&member_id];
-        let mut response =
-            ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(m.epoch).with_heartbeat_interval_ms(interval);
-        if epoch == 0 || m.assigned != before || m.epoch != before_epoch {
-            response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, topics)));
-        }
+        let parked = Parked {
+            responder: r,
+            member: member_id.clone(),
+            owned,
+            before: cg.members[&member_id].assigned.clone(),
+            before_epoch: cg.members[&member_id].epoch,
+            joining: epoch == 0,
+        };
         g.state_timestamp = now.wall_ms;
-        self.reply(r, &response);
+        self.topics = topics.clone();
+        let Some(cg) = self.group_mut(&group_id).and_then(|g| g.consumer.as_mut()) else { return };
+        if cg.durable_epoch >= cg.group_epoch {
+            return self.finish_heartbeat(&group_id, parked, now);
+        }
+        // The group epoch moved: answer once it is durable, so no member ever holds an epoch a
+        // later coordinator could hand out again.
+        cg.parked.push(parked);
+        if cg.group_epoch > cg.written_epoch {
+            cg.written_epoch = cg.group_epoch;
+            let e = cg.group_epoch;
+            self.write_consumer_epoch(&group_id, e);
+        }
+    }
+
+    /// Move the member toward its target and answer its heartbeat.
+    fn finish_heartbeat(&mut self, group: &str, p: Parked, now: Now) {
+        let interval = self.settings.consumer_heartbeat_interval_ms;
+        let topics = std::mem::take(&mut self.topics);
+        let response = match self.group_mut(group).and_then(|g| g.consumer.as_mut()) {
+            Some(cg) if cg.members.contains_key(&p.member) => {
+                refresh_target(cg, &topics);
+                reconcile(cg, &p.member, p.owned.as_ref(), now);
+                let m = &cg.members[&p.member];
+                let mut response = ConsumerGroupHeartbeatResponse::default()
+                    .with_member_id(Some(sb(&p.member)))
+                    .with_member_epoch(m.epoch)
+                    .with_heartbeat_interval_ms(interval);
+                if p.joining || m.assigned != p.before || m.epoch != p.before_epoch {
+                    response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, &topics)));
+                }
+                response
+            }
+            _ => hb_error(error::UNKNOWN_MEMBER_ID, "the member left the group"),
+        };
+        self.topics = topics;
+        self.reply(p.responder, &response);
+    }
+
+    fn write_consumer_epoch(&mut self, group: &str, epoch: i32) {
+        let key = super::records::encode_key(&super::records::Key::ConsumerGroup { group: group.to_string() });
+        let value = super::records::encode_consumer_group(epoch);
+        self.append(group, vec![(key, Some(value))], super::WriteKind::ConsumerEpoch { group: group.to_string(), epoch });
+    }
+
+    /// A group epoch record committed (answer the heartbeats that waited), or failed (they get
+    /// the error; the epoch is written again with the next heartbeat).
+    pub(crate) fn consumer_epoch_done(&mut self, group: &str, epoch: i32, result: Result<(), i16>, now: Now) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        let parked = match result {
+            Ok(()) => {
+                cg.durable_epoch = cg.durable_epoch.max(epoch);
+                if cg.durable_epoch < cg.group_epoch {
+                    return;
+                }
+                std::mem::take(&mut cg.parked)
+            }
+            Err(code) => {
+                if cg.written_epoch == epoch {
+                    cg.written_epoch = cg.durable_epoch;
+                }
+                let failed = std::mem::take(&mut cg.parked);
+                for p in failed {
+                    self.reply(p.responder, &hb_error(code, "the group epoch could not be written"));
+                }
+                return;
+            }
+        };
+        for p in parked {
+            self.finish_heartbeat(group, p, now);
+        }
     }
 
     /// ConsumerGroupDescribe.
@@ -374,12 +471,17 @@ impl Coordinator {
         }
         cg.group_epoch += 1;
         refresh_target(cg, topics);
+        if cg.group_epoch > cg.written_epoch {
+            cg.written_epoch = cg.group_epoch;
+            let epoch = cg.group_epoch;
+            self.write_consumer_epoch(group, epoch);
+        }
     }
 }
 
-/// Recompute the target assignment if the group epoch moved past it.
+/// Recompute the target assignment if the group epoch moved past it and is durable.
 fn refresh_target(cg: &mut ConsumerGroup, topics: &Topics) {
-    if cg.assignment_epoch >= cg.group_epoch {
+    if cg.assignment_epoch >= cg.group_epoch || cg.durable_epoch < cg.group_epoch {
         return;
     }
     // The assignor most members ask for (the default if none).
@@ -503,12 +605,12 @@ mod tests {
         };
         let mut cg = ConsumerGroup { assignor: "uniform".into(), ..Default::default() };
         cg.members.insert("x".into(), member("x"));
-        cg.group_epoch = 1;
+        (cg.group_epoch, cg.durable_epoch) = (1, 1);
         refresh_target(&mut cg, &topics);
         reconcile(&mut cg, "x", None, now);
         assert_eq!(cg.members["x"].assigned, parts("a", &[0, 1]));
         cg.members.insert("y".into(), member("y"));
-        cg.group_epoch = 2;
+        (cg.group_epoch, cg.durable_epoch) = (2, 2);
         refresh_target(&mut cg, &topics);
         reconcile(&mut cg, "y", None, now);
         assert!(cg.members["y"].assigned.is_empty(), "x still owns everything");

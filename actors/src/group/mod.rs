@@ -312,6 +312,8 @@ pub(crate) enum WriteKind {
     OffsetDelete { responder: Response, group: String, partitions: Vec<(String, i32)> },
     /// Tombstones of expired offsets (and maybe the group).
     Expire { group: String, partitions: Vec<(String, i32)>, group_too: bool },
+    /// A KIP-848 group epoch: members move to it only once it is durable.
+    ConsumerEpoch { group: String, epoch: i32 },
 }
 
 /// A response waiting on a write.
@@ -349,6 +351,8 @@ pub struct Coordinator {
     out: Vec<Out>,
     /// Partitions of `__consumer_offsets` (from the metadata once the topic exists).
     pub partitions: i32,
+    /// The topics as last seen (KIP-848 assignments name topics by id).
+    pub(crate) topics: consumer::Topics,
 }
 
 /// Where a group's requests stand on this node.
@@ -371,6 +375,7 @@ impl Coordinator {
             last_retention_ms: 0,
             out: Vec::new(),
             partitions,
+            topics: consumer::Topics::new(),
         }
     }
 
@@ -471,6 +476,20 @@ impl Coordinator {
                     None => tracing::warn!(shard, group, "skipping an offset record that does not parse"),
                 },
             },
+            Key::ConsumerGroup { group } => match value.map(records::decode_consumer_group) {
+                None => {
+                    if let Some(g) = s.groups.get_mut(&group) {
+                        g.consumer = None;
+                    }
+                }
+                Some(Some(epoch)) => {
+                    // Members are not kept: they rejoin, at epochs above every one used before.
+                    let g = s.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now));
+                    g.protocol_type = Some("consumer".into());
+                    g.consumer = Some(consumer::ConsumerGroup::loaded(epoch));
+                }
+                Some(None) => tracing::warn!(shard, group, "skipping a consumer group record that does not parse"),
+            },
             Key::Group { group } => match value {
                 None => {
                     s.groups.remove(&group);
@@ -528,6 +547,9 @@ impl Coordinator {
         let Some(s) = self.shards.remove(&shard) else { return };
         tracing::debug!(shard, "unloading group coordinator shard");
         for g in s.groups.into_values() {
+            for p in g.consumer.map(|c| c.parked).unwrap_or_default() {
+                self.reply(p.responder, &consumer::hb_error(error::NOT_COORDINATOR, "the coordinator moved"));
+            }
             for m in g.members.into_values() {
                 if let Some(r) = m.join {
                     self.reply(r, &classic::join_error(error::NOT_COORDINATOR));
@@ -561,6 +583,7 @@ impl Coordinator {
             WriteKind::Delete { batch, slot, group } => self.delete_done(batch, slot, &group, result),
             WriteKind::OffsetDelete { responder, group, partitions } => self.offset_delete_done(responder, &group, partitions, result),
             WriteKind::Expire { group, partitions, group_too } => self.expire_done(&group, partitions, group_too, result),
+            WriteKind::ConsumerEpoch { group, epoch } => self.consumer_epoch_done(&group, epoch, result, now),
         }
     }
 

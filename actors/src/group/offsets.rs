@@ -399,6 +399,9 @@ impl Coordinator {
                             .map(|(t, p)| (records::encode_key(&Key::Offset { group: name.clone(), topic: t.clone(), partition: *p }), None))
                             .collect();
                         batch.push((records::encode_key(&Key::Group { group: name.clone() }), None));
+                        if g.consumer.is_some() {
+                            batch.push((records::encode_key(&Key::ConsumerGroup { group: name.clone() }), None));
+                        }
                         writes.push((slot, name.clone(), batch));
                         error::NONE
                     }

@@ -29,6 +29,11 @@ pub enum Key {
         /// Group.
         group: String,
     },
+    /// A KIP-848 consumer group's epoch (Kafka's ConsumerGroupMetadata record).
+    ConsumerGroup {
+        /// Group.
+        group: String,
+    },
 }
 
 /// A committed offset as stored.
@@ -114,8 +119,28 @@ pub fn encode_key(key: &Key) -> Bytes {
             b.put_i16(2);
             put_str(&mut b, group);
         }
+        Key::ConsumerGroup { group } => {
+            b.put_i16(3);
+            put_str(&mut b, group);
+        }
     }
     b.freeze()
+}
+
+/// Encode a consumer group's epoch (ConsumerGroupMetadataValue v0: the epoch, no tagged fields).
+pub fn encode_consumer_group(epoch: i32) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(0);
+    b.put_i32(epoch);
+    b.put_u8(0);
+    b.freeze()
+}
+
+/// Decode a consumer group's epoch.
+pub fn decode_consumer_group(b: &[u8]) -> Option<i32> {
+    let mut r = Reader { b, at: 0 };
+    (r.i16()? == 0).then_some(())?;
+    r.i32()
 }
 
 /// Encode an offset value (version 3).
@@ -199,6 +224,7 @@ pub fn decode_key(b: &[u8]) -> Option<Key> {
     match r.i16()? {
         0 | 1 => Some(Key::Offset { group: r.str()?, topic: r.str()?, partition: r.i32()? }),
         2 => Some(Key::Group { group: r.str()? }),
+        3 => Some(Key::ConsumerGroup { group: r.str()? }),
         _ => None,
     }
 }
