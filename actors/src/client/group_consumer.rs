@@ -664,16 +664,7 @@ impl GroupConsumer {
                 self.committed.clear();
                 self.phase = Phase::Stable;
                 self.last_heartbeat_ms = cx.now_ms();
-                let keys: Vec<u64> = self.owned.iter().map(|p| *p as u64).collect();
-                self.events.push(ClientEvent::GroupAssign {
-                    time_ms: cx.now_ms(),
-                    process: self.config.process,
-                    group: self.config.group.clone(),
-                    generation: self.generation,
-                    member: self.member_id.clone(),
-                    keys: keys.clone(),
-                });
-                self.record_assign(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });
+                self.report_assignment(cx);
             }
             ApiKey::Heartbeat => {
                 let Ok(r) = decode::<HeartbeatResponse>(body, version) else { return self.violation(cx, "bad Heartbeat response".into()) };
