@@ -385,6 +385,37 @@ def ck_group(bootstrap, topic, run):
     return f"read 30, committed and listed {by_partition}"
 
 
+def ck_group_kip848(bootstrap, topic, run):
+    """confluent-kafka (librdkafka 2.16) with group.protocol=consumer: the coordinator assigns."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    ck_admin(bootstrap, [(topic, 4)])
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(40):
+        producer.produce(topic, value=str(i).encode(), partition=i % 4)
+    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ck-kip848-{run}", "group.protocol": "consumer",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.subscribe([topic])
+        got = 0
+        deadline = time.monotonic() + TIMEOUT_S
+        while got < 40:
+            expect(time.monotonic() < deadline, f"read {got} of 40 records")
+            m = consumer.poll(0.5)
+            if m is not None:
+                expect(not m.error(), f"consumer error {m.error()}")
+                got += 1
+        owned = sorted(tp.partition for tp in consumer.assignment())
+        expect(owned == [0, 1, 2, 3], f"the only member owns {owned}")
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(4)], timeout=TIMEOUT_S)
+        expect([tp.offset for tp in committed] == [10] * 4, f"committed {committed}")
+    finally:
+        consumer.close()
+    return f"read 40 through a KIP-848 group, owned {owned}, committed 10 on each partition"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True, help="HOST:PORT of a running runnel broker")
@@ -407,6 +438,7 @@ def main():
     checks.run("confluent-kafka: describe_configs, incremental_alter_configs, invalid values refused", ck_configs, b, ck_topics[2][0])
     checks.run("kafka-python: two consumers in one group split a topic, commit, admin lists offsets", kp_group, b, f"kp-group-{run}", run)
     checks.run("confluent-kafka: subscribe in a group, commit, admin lists and describes the group", ck_group, b, f"ck-group-{run}", run)
+    checks.run("confluent-kafka: group.protocol=consumer (KIP-848) subscribe, commit", ck_group_kip848, b, f"ck-kip848-{run}", run)
     print(f"python clients: {len(checks.passed)} passed, {len(checks.failed)} failed" + (f" ({'; '.join(checks.failed)})" if checks.failed else ""), flush=True)
     return 1 if checks.failed else 0
 
