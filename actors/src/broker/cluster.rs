@@ -493,6 +493,9 @@ impl Broker {
         // Coordinator shards follow the leadership of their `__consumer_offsets` partitions.
         self.complete_group_writes(cx, None);
         self.sync_group_shards(cx);
+        if !self.group_io.finds.is_empty() {
+            self.retry_finds(cx);
+        }
     }
 
     /// Partitions recovered after the image arrived get their roles now.

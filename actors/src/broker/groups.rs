@@ -25,6 +25,17 @@ use std::collections::BTreeMap;
 
 /// How much of a shard's log one load read asks for.
 const LOAD_READ_BYTES: u64 = 1 << 20;
+/// How long a FindCoordinator may wait for the coordinator topic to be created and led.
+pub(crate) const FIND_COORDINATOR_WAIT_MS: u64 = 2_000;
+
+/// A FindCoordinator waiting for its coordinator partitions to get leaders.
+pub(crate) struct ParkedFind {
+    conn: ConnId,
+    seq: u64,
+    request: Box<Request>,
+    body: FindCoordinatorRequest,
+    deadline_ms: u64,
+}
 
 /// An append to `__consumer_offsets` waiting for the high watermark.
 pub(crate) struct GroupWrite {
@@ -53,6 +64,8 @@ pub(crate) struct GroupIo {
     pub(crate) reads: BTreeMap<u64, i32>,
     /// When each internal topic's creation was last asked for (ms).
     create_asked: BTreeMap<&'static str, u64>,
+    /// FindCoordinators waiting for a coordinator.
+    pub(crate) finds: Vec<ParkedFind>,
 }
 
 impl Broker {
@@ -304,6 +317,9 @@ impl Broker {
             self.continue_load(cx, shard);
         }
         self.drive_groups(cx);
+        if !self.group_io.finds.is_empty() {
+            self.retry_finds(cx);
+        }
     }
 
     /// The high watermark of `uid` moved: writes and loads waiting on it.
@@ -316,10 +332,33 @@ impl Broker {
         self.drive_groups(cx);
     }
 
-    /// FindCoordinator (v0–3: one key; v4+: a batch of keys).
-    pub(crate) fn on_find_coordinator(&mut self, cx: &mut Cx<BrokerMsg>, request: &Request, r: FindCoordinatorRequest) -> Result<Bytes, String> {
-        let keys: Vec<String> = if request.version >= 4 { r.coordinator_keys.iter().map(|k| k.to_string()).collect() } else { vec![r.key.to_string()] };
-        let found: Vec<FoundCoordinator> = keys.iter().map(|k| self.find_coordinator(cx, r.key_type, k)).collect();
+    /// FindCoordinator (v0–3: one key; v4+: a batch of keys). While the coordinator topic is
+    /// being created (or a partition has no leader yet), the answer waits up to
+    /// [`FIND_COORDINATOR_WAIT_MS`] for it rather than sending the client into its retry backoff.
+    pub(crate) fn on_find_coordinator(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: FindCoordinatorRequest) {
+        let deadline_ms = cx.now_ms() + FIND_COORDINATOR_WAIT_MS;
+        self.group_io.finds.push(ParkedFind { conn, seq, request, body: r, deadline_ms });
+        self.retry_finds(cx);
+    }
+
+    /// Answer the FindCoordinators whose keys all have a coordinator now, or whose wait is over.
+    pub(crate) fn retry_finds(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let now = cx.now_ms();
+        for f in std::mem::take(&mut self.group_io.finds) {
+            let keys: Vec<String> =
+                if f.request.version >= 4 { f.body.coordinator_keys.iter().map(|k| k.to_string()).collect() } else { vec![f.body.key.to_string()] };
+            let found: Vec<FoundCoordinator> = keys.iter().map(|k| self.find_coordinator(cx, f.body.key_type, k)).collect();
+            let waiting = found.iter().any(|c| c.error_code == error::COORDINATOR_NOT_AVAILABLE);
+            if waiting && now < f.deadline_ms {
+                self.group_io.finds.push(f);
+                continue;
+            }
+            let frame = Self::find_response(&f.request, found);
+            self.send(cx, f.conn, f.seq, frame);
+        }
+    }
+
+    fn find_response(request: &Request, found: Vec<FoundCoordinator>) -> Result<Bytes, String> {
         let mut response = FindCoordinatorResponse::default();
         if request.version >= 4 {
             response.coordinators = found;

@@ -559,7 +559,7 @@ impl Broker {
             RequestKind::AlterPartitionReassignments(r) => return self.on_alter_reassignments(cx, conn, seq, request, r),
             RequestKind::ListPartitionReassignments(r) => codec::respond(&request, &self.on_list_reassignments(r)),
             RequestKind::InitProducerId(r) => return self.on_init_producer_id(cx, conn, seq, request, r),
-            RequestKind::FindCoordinator(r) => self.on_find_coordinator(cx, &request, r),
+            RequestKind::FindCoordinator(r) => return self.on_find_coordinator(cx, conn, seq, request, r),
             body @ (RequestKind::JoinGroup(_)
             | RequestKind::SyncGroup(_)
             | RequestKind::Heartbeat(_)
