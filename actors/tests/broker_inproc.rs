@@ -812,3 +812,58 @@ fn committed_offsets_survive_a_crash() {
     let hb = h.call(&HeartbeatRequest::default().with_group_id(group("g")).with_generation_id(generation).with_member_id(m), 4);
     assert_eq!(hb.error_code, 0, "the stable group was restored");
 }
+
+/// KIP-848: a subscribed topic that grows moves the group epoch, and the member is given the new
+/// partitions on its next heartbeat; a full heartbeat (as after a lost answer) gets the whole
+/// assignment again.
+#[test]
+fn kip848_members_follow_new_partitions() {
+    let mut h = Harness::start(MemDisk::new());
+    create(&mut h, "grow");
+    find_coordinator(&mut h, "grower", 3);
+    let g = group("grower");
+    let r = h.call(
+        &ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(g.clone())
+            .with_member_id(sbytes("m"))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(Some(vec![name("grow")]))
+            .with_topic_partitions(Some(vec![])),
+        1,
+    );
+    assert_eq!(r.error_code, 0);
+    let topic_id = r.assignment.as_ref().expect("assignment").topic_partitions[0].topic_id;
+    let grown = h.call(
+        &CreatePartitionsRequest::default()
+            .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default().with_name(name("grow")).with_count(3).with_assignments(None)])
+            .with_timeout_ms(5_000),
+        3,
+    );
+    assert_eq!(grown.results[0].error_code, 0);
+    let owned = |ps: Vec<i32>| Some(vec![consumer_group_heartbeat_request::TopicPartitions::default().with_topic_id(topic_id).with_partitions(ps)]);
+    let beat = h.call(
+        &ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(g.clone())
+            .with_member_id(sbytes("m"))
+            .with_member_epoch(r.member_epoch)
+            .with_rebalance_timeout_ms(-1)
+            .with_topic_partitions(owned(vec![0])),
+        1,
+    );
+    assert_eq!(beat.error_code, 0);
+    assert!(beat.member_epoch > r.member_epoch, "the group epoch moved with the topic");
+    let parts = beat.assignment.expect("a new assignment").topic_partitions[0].partitions.clone();
+    assert_eq!(parts, vec![0, 1, 2]);
+    let full = h.call(
+        &ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(g)
+            .with_member_id(sbytes("m"))
+            .with_member_epoch(beat.member_epoch)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(Some(vec![name("grow")]))
+            .with_topic_partitions(owned(vec![0])),
+        1,
+    );
+    assert_eq!(full.assignment.expect("a full request gets the assignment").topic_partitions[0].partitions, vec![0, 1, 2]);
+}

@@ -408,6 +408,10 @@ impl Broker {
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         configs.insert("compression.type".to_string(), "producer".to_string());
         configs.insert("segment.bytes".to_string(), "104857600".to_string());
+        // Compaction is not implemented yet: keep everything rather than let time or size
+        // retention delete the last commit of an idle group.
+        configs.insert("retention.ms".to_string(), "-1".to_string());
+        configs.insert("retention.bytes".to_string(), "-1".to_string());
         tracing::info!(topic, partitions, rf, "creating internal topic");
         let op = AdminOp::CreateTopic { name: topic.to_string(), partitions, replication_factor: rf, assignments: Vec::new(), configs, validate_only: false };
         self.admin_forget(cx, op);

@@ -78,7 +78,11 @@ impl Coordinator {
                 // A consumer-protocol group with members: classic members cannot join it.
                 return self.reply(r, &join_error(error::INCONSISTENT_GROUP_PROTOCOL));
             }
+            // An empty consumer-protocol group becomes classic again, in the log too.
             g.consumer = None;
+            let key = records::encode_key(&records::Key::ConsumerGroup { group: group_id.clone() });
+            self.append(&group_id, vec![(key, None)], WriteKind::GroupState);
+            return self.on_join(r, req, client_host, now, rng);
         }
         let existing = if member.is_empty() { instance.as_ref().and_then(|i| g.statics.get(i)).cloned() } else { Some(member.clone()) };
         let fits = match &g.protocol_type {
@@ -122,9 +126,13 @@ impl Coordinator {
                     }
                     let g = self.group_mut(&group_id).expect("present");
                     if stable && unchanged && !is_leader {
-                        // Nothing changed for the group: no rebalance (KIP-345).
+                        // Nothing changed for the group: no rebalance (KIP-345). The new member id
+                        // is written first, so the next coordinator knows it too.
                         let response = current_join_response(g, &new_id, false, version);
-                        return self.reply(r, &response);
+                        let record = g.record(None);
+                        let key = records::encode_key(&records::Key::Group { group: group_id.clone() });
+                        self.append(&group_id, vec![(key, Some(record))], WriteKind::StaticRejoin { responder: r, response });
+                        return;
                     }
                     g.members.get_mut(&new_id).expect("inserted").join = Some(r);
                     return self.after_join(&group_id, now);
@@ -444,10 +452,22 @@ impl Coordinator {
         let mut results = Vec::new();
         let mut top = error::NONE;
         let mut removed_any = false;
-        let mut orphans = Vec::new();
+        let mut pending_removed = false;
+        let (mut join_orphans, mut sync_orphans) = (Vec::new(), Vec::new());
         match self.lookup(&group_id) {
             Lookup::Error(code) => top = code,
             Lookup::Here(s) => match s.groups.get_mut(&group_id) {
+                // v3+ answer per member; older versions have only the top-level code.
+                None if version >= 3 => {
+                    for (member, instance) in &identities {
+                        results.push(
+                            MemberResponse::default()
+                                .with_member_id(sb(member))
+                                .with_group_instance_id(instance.as_deref().map(sb))
+                                .with_error_code(error::UNKNOWN_MEMBER_ID),
+                        );
+                    }
+                }
                 None => top = error::UNKNOWN_MEMBER_ID,
                 Some(g) => {
                     for (member, instance) in identities {
@@ -461,15 +481,19 @@ impl Coordinator {
                         };
                         let code = match target {
                             Err(code) => code,
-                            Ok(id) if g.pending.remove(&id).is_some() => error::NONE,
+                            Ok(id) if g.pending.remove(&id).is_some() => {
+                                // Nobody waits for it any more: the rebalance may complete.
+                                pending_removed = true;
+                                error::NONE
+                            }
                             Ok(id) => match g.members.remove(&id) {
                                 None => error::UNKNOWN_MEMBER_ID,
                                 Some(m) => {
                                     if let Some(i) = &m.instance_id {
                                         g.statics.remove(i);
                                     }
-                                    orphans.extend(m.join);
-                                    orphans.extend(m.sync);
+                                    join_orphans.extend(m.join);
+                                    sync_orphans.extend(m.sync);
                                     removed_any = true;
                                     tracing::debug!(group = group_id, member = id, "member left");
                                     error::NONE
@@ -482,11 +506,16 @@ impl Coordinator {
                 }
             },
         }
-        for o in orphans {
+        for o in join_orphans {
             self.reply(o, &join_error(error::UNKNOWN_MEMBER_ID));
+        }
+        for o in sync_orphans {
+            self.reply(o, &sync_error(error::UNKNOWN_MEMBER_ID));
         }
         if removed_any {
             self.member_removed(&group_id, now);
+        } else if pending_removed {
+            self.maybe_complete_join(&group_id, now);
         }
         if version < 3 && top == error::NONE {
             top = results.first().map_or(error::NONE, |m| m.error_code);

@@ -67,6 +67,8 @@ pub(crate) struct ConsumerGroup {
     pub(crate) assignor: String,
     /// Heartbeats waiting for the group epoch to be durable.
     pub(crate) parked: Vec<Parked>,
+    /// The subscribed topics' ids and partition counts when the target was last computed.
+    pub(crate) fingerprint: Topics,
 }
 
 /// A heartbeat answered once the group epoch is durable.
@@ -74,6 +76,7 @@ pub(crate) struct ConsumerGroup {
 pub(crate) struct Parked {
     pub(crate) responder: Responder,
     member: String,
+    full: bool,
     owned: Option<Parts>,
     before: Parts,
     before_epoch: i32,
@@ -91,6 +94,17 @@ impl ConsumerGroup {
             assignor: "uniform".into(),
             ..Default::default()
         }
+    }
+
+    /// Note the subscribed topics' metadata; true if it changed since last time.
+    pub(crate) fn track_metadata(&mut self, topics: &Topics) -> bool {
+        let subscribed: BTreeSet<&String> = self.members.values().flat_map(|m| m.subscribed.iter()).collect();
+        let now: Topics = topics.iter().filter(|(t, _)| subscribed.contains(t)).map(|(t, v)| (t.clone(), *v)).collect();
+        if now == self.fingerprint {
+            return false;
+        }
+        self.fingerprint = now;
+        true
     }
 
     /// Kafka's state names for a consumer group.
@@ -224,6 +238,9 @@ impl Coordinator {
             Lookup::Here(s) => s,
         };
         let g = shard.groups.entry(group_id.clone()).or_insert_with(|| Group::new(&group_id, now));
+        if g.state == State::Dead {
+            return self.reply(r, &hb_error(error::COORDINATOR_NOT_AVAILABLE, "the group is being deleted"));
+        }
         if g.consumer.is_none() {
             if !g.members.is_empty() || g.state != State::Empty {
                 return self.reply(r, &hb_error(error::GROUP_ID_NOT_FOUND, "the group is a classic group with members"));
@@ -241,10 +258,18 @@ impl Coordinator {
                 cg.group_epoch += 1;
                 cg.target.remove(&member_id);
             }
+            let write = (cg.group_epoch > cg.written_epoch).then(|| {
+                cg.written_epoch = cg.group_epoch;
+                cg.group_epoch
+            });
             let response =
                 ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(epoch).with_heartbeat_interval_ms(interval);
             g.state_timestamp = now.wall_ms;
-            return self.reply(r, &response);
+            self.reply(r, &response);
+            if let Some(e) = write {
+                self.write_consumer_epoch(&group_id, e);
+            }
+            return;
         }
         if epoch == 0 {
             let Some(subscribed) = req.subscribed_topic_names.as_ref() else {
@@ -313,9 +338,15 @@ impl Coordinator {
             }
             p
         });
+        // Subscribed topics created, deleted or grown move the group epoch too.
+        if cg.track_metadata(topics) {
+            cg.group_epoch += 1;
+        }
         let parked = Parked {
             responder: r,
             member: member_id.clone(),
+            // A full request (after a lost answer, say) gets the whole assignment back.
+            full: epoch == 0 || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.topic_partitions.is_some()),
             owned,
             before: cg.members[&member_id].assigned.clone(),
             before_epoch: cg.members[&member_id].epoch,
@@ -350,7 +381,7 @@ impl Coordinator {
                     .with_member_id(Some(sb(&p.member)))
                     .with_member_epoch(m.epoch)
                     .with_heartbeat_interval_ms(interval);
-                if p.joining || m.assigned != p.before || m.epoch != p.before_epoch {
+                if p.joining || p.full || m.assigned != p.before || m.epoch != p.before_epoch {
                     response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, &topics)));
                 }
                 response
@@ -375,6 +406,12 @@ impl Coordinator {
             Ok(()) => {
                 cg.durable_epoch = cg.durable_epoch.max(epoch);
                 if cg.durable_epoch < cg.group_epoch {
+                    if cg.written_epoch < cg.group_epoch {
+                        // It moved again meanwhile (a member left or expired): write that too.
+                        cg.written_epoch = cg.group_epoch;
+                        let e = cg.group_epoch;
+                        self.write_consumer_epoch(group, e);
+                    }
                     return;
                 }
                 std::mem::take(&mut cg.parked)
@@ -455,6 +492,15 @@ impl Coordinator {
     /// Expire consumer-protocol members that stopped heartbeating or did not revoke in time.
     pub(crate) fn tick_consumer_group(&mut self, group: &str, topics: &Topics, now: Now) {
         let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        if cg.track_metadata(topics) && !cg.members.is_empty() {
+            cg.group_epoch += 1;
+            if cg.written_epoch < cg.group_epoch {
+                cg.written_epoch = cg.group_epoch;
+                let e = cg.group_epoch;
+                self.write_consumer_epoch(group, e);
+            }
+            return;
+        }
         let gone: Vec<String> = cg
             .members
             .values()

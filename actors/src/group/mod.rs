@@ -314,6 +314,8 @@ pub(crate) enum WriteKind {
     Expire { group: String, partitions: Vec<(String, i32)>, group_too: bool },
     /// A KIP-848 group epoch: members move to it only once it is durable.
     ConsumerEpoch { group: String, epoch: i32 },
+    /// A static member took over its old place: answer once the new member id is durable.
+    StaticRejoin { responder: Responder, response: kafka_protocol::messages::JoinGroupResponse },
 }
 
 /// A response waiting on a write.
@@ -492,7 +494,19 @@ impl Coordinator {
             },
             Key::Group { group } => match value {
                 None => {
-                    s.groups.remove(&group);
+                    // The group's metadata is gone; its offsets go only with their own tombstones.
+                    let keep = s.groups.get(&group).is_some_and(|g| !g.offsets.is_empty() || g.consumer.is_some());
+                    if keep {
+                        let g = s.groups.get_mut(&group).expect("present");
+                        g.members.clear();
+                        g.statics.clear();
+                        g.generation = 0;
+                        g.protocol = None;
+                        g.leader = None;
+                        g.state = State::Empty;
+                    } else {
+                        s.groups.remove(&group);
+                    }
                 }
                 Some(v) => match records::decode_group(v) {
                     Some(v) => {
@@ -527,6 +541,9 @@ impl Coordinator {
                             );
                         }
                         g.state = if g.members.is_empty() { State::Empty } else { State::Stable };
+                        if !g.members.is_empty() {
+                            g.consumer = None;
+                        }
                     }
                     None => tracing::warn!(shard, group, "skipping a group record that does not parse"),
                 },
@@ -577,7 +594,11 @@ impl Coordinator {
             other => other,
         });
         match w.kind {
-            WriteKind::Commit { responder, response, group, offsets } => self.commit_done(responder, response, &group, offsets, result),
+            WriteKind::Commit { responder, response, group, offsets } => self.commit_done(responder, response, &group, offsets, result, now),
+            WriteKind::StaticRejoin { responder, response } => match result {
+                Ok(()) => self.reply(responder, &response),
+                Err(code) => self.reply(responder, &classic::join_error(code)),
+            },
             WriteKind::Sync { group, generation } => self.sync_done(&group, generation, result, now),
             WriteKind::GroupState => {}
             WriteKind::Delete { batch, slot, group } => self.delete_done(batch, slot, &group, result),

@@ -86,7 +86,8 @@ impl Coordinator {
                         match c.members.get(&member) {
                             _ if crate::planted!("stale-generation-commit") => Ok(()),
                             None => Err(error::UNKNOWN_MEMBER_ID),
-                            Some(m) if generation != m.epoch => Err(error::STALE_MEMBER_EPOCH),
+                            Some(m) if generation > m.epoch => Err(error::FENCED_MEMBER_EPOCH),
+                            Some(m) if generation < m.epoch => Err(error::STALE_MEMBER_EPOCH),
                             Some(_) => Ok(()),
                         }
                     }
@@ -148,10 +149,15 @@ impl Coordinator {
         group: &str,
         offsets: Vec<((String, i32), OffsetValue)>,
         result: Result<(), i16>,
+        now: Now,
     ) {
         match result {
             Ok(()) => {
-                if let Some(g) = self.group_mut(group) {
+                // The group may have been expired meanwhile; the commit is in the log, so it is
+                // in the group again, as a reload would have it.
+                let shard = self.shard_of(group);
+                let g = self.shards.get_mut(&shard).filter(|s| s.active).map(|s| s.groups.entry(group.to_string()).or_insert_with(|| Group::new(group, now)));
+                if let Some(g) = g {
                     for (k, v) in offsets {
                         g.offsets.insert(k, v);
                     }
@@ -176,7 +182,11 @@ impl Coordinator {
         let version = r.request.version;
         if version < 8 {
             let topics = req.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
-            let (code, found) = self.fetch_group(req.group_id.as_str(), topics);
+            let (code, mut found) = self.fetch_group(req.group_id.as_str(), topics);
+            if code != error::NONE && version < 2 {
+                // v0-1 have no group error: every requested partition carries it.
+                found = req.topics.iter().flatten().map(|t| (t.name.to_string(), t.partition_indexes.iter().map(|p| (*p, None)).collect())).collect();
+            }
             let mut response = OffsetFetchResponse::default().with_error_code(code);
             for (topic, parts) in found {
                 let mut t = OffsetFetchResponseTopic::default().with_name(kafka_protocol::messages::TopicName(sb(&topic)));
@@ -382,6 +392,12 @@ impl Coordinator {
     /// DeleteGroups: only groups without members; their offsets go with them.
     pub fn on_delete_groups(&mut self, r: Responder, req: DeleteGroupsRequest) {
         let mut response = DeleteGroupsResponse::default();
+        let mut inflight: BTreeMap<String, Vec<(String, i32)>> = BTreeMap::new();
+        for w in self.writes.values() {
+            if let WriteKind::Commit { group, offsets, .. } = &w.kind {
+                inflight.entry(group.clone()).or_default().extend(offsets.iter().map(|(k, _)| k.clone()));
+            }
+        }
         let mut writes = Vec::new();
         for (slot, id) in req.groups_names.iter().enumerate() {
             let name = id.to_string();
@@ -399,6 +415,10 @@ impl Coordinator {
                             .map(|(t, p)| (records::encode_key(&Key::Offset { group: name.clone(), topic: t.clone(), partition: *p }), None))
                             .collect();
                         batch.push((records::encode_key(&Key::Group { group: name.clone() }), None));
+                        // Commits still being written go too (they are in the log before these).
+                        for (t, p) in inflight.get(&name).into_iter().flatten() {
+                            batch.push((records::encode_key(&Key::Offset { group: name.clone(), topic: t.clone(), partition: *p }), None));
+                        }
                         if g.consumer.is_some() {
                             batch.push((records::encode_key(&Key::ConsumerGroup { group: name.clone() }), None));
                         }
@@ -493,7 +513,10 @@ impl Coordinator {
             g.offsets.remove(k);
         }
         if group_too && g.offsets.is_empty() && g.state == State::Empty && !g.has_members() {
-            s.groups.remove(group);
+            let parked = s.groups.remove(group).and_then(|g| g.consumer).map(|c| c.parked).unwrap_or_default();
+            for p in parked {
+                self.reply(p.responder, &super::consumer::hb_error(error::COORDINATOR_NOT_AVAILABLE, "the group expired"));
+            }
         }
     }
 }

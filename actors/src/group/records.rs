@@ -274,14 +274,16 @@ pub fn decode_group(b: &[u8]) -> Option<GroupValue> {
     Some(GroupValue { protocol_type, generation, protocol, leader, state_timestamp, members })
 }
 
-/// Kafka's group-to-partition mapping: Java's `String.hashCode` of the id, sign bit cleared,
-/// modulo the partition count — so a group lands on the partition a Kafka cluster would use.
+/// Kafka's group-to-partition mapping: `Utils.abs` of Java's `String.hashCode` of the id (the
+/// absolute value, 0 for `i32::MIN`), modulo the partition count — so a group lands on the
+/// partition a Kafka cluster would use.
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
     let mut h: i32 = 0;
     for unit in key.encode_utf16() {
         h = h.wrapping_mul(31).wrapping_add(unit as i32);
     }
-    (h & 0x7fff_ffff) % partitions.max(1)
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs % partitions.max(1)
 }
 
 #[cfg(test)]
@@ -356,5 +358,7 @@ mod tests {
         assert_eq!(partition_for("", 50), 0);
         // A hash that overflows: "polygenelubricants".hashCode() == Integer.MIN_VALUE.
         assert_eq!(partition_for("polygenelubricants", 50), 0);
+        // A negative hash takes its absolute value: "my-group".hashCode() == -1906497762.
+        assert_eq!(partition_for("my-group", 50), 1_906_497_762 % 50);
     }
 }
