@@ -385,6 +385,48 @@ def ck_group(bootstrap, topic, run):
     return f"read 30, committed and listed {by_partition}"
 
 
+def ck_group_cooperative(bootstrap, topic, run):
+    """confluent-kafka with the cooperative-sticky assignor (KIP-429): two members split a topic
+    by incremental rebalances, and when one leaves the other is given its partitions."""
+    from confluent_kafka import Consumer, Producer
+
+    ck_admin(bootstrap, [(topic, 4)])
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(40):
+        producer.produce(topic, value=str(i).encode(), partition=i % 4)
+    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+    config = {"bootstrap.servers": bootstrap, "group.id": f"ck-coop-{run}", "partition.assignment.strategy": "cooperative-sticky",
+              "auto.offset.reset": "earliest", "enable.auto.commit": True, "auto.commit.interval.ms": 100}
+    a, b = Consumer(config), Consumer(config)
+    revoked = []
+    for c in (a, b):
+        c.subscribe([topic], on_revoke=lambda consumer, parts: revoked.extend(p.partition for p in parts))
+    seen = set()
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while True:
+            for c in (a, b):
+                m = c.poll(0.1)
+                if m is not None and not m.error():
+                    seen.add((m.partition(), m.offset()))
+            owned = [{tp.partition for tp in c.assignment()} for c in (a, b)]
+            if len(seen) == 40 and all(owned) and not (owned[0] & owned[1]) and owned[0] | owned[1] == {0, 1, 2, 3}:
+                break
+            expect(time.monotonic() < deadline, f"no disjoint split: owned {owned}, read {len(seen)}")
+        # Eager rebalancing would have revoked all four partitions to split them; cooperative
+        # rebalancing revokes only the two that move.
+        split_revoked = list(revoked)
+        expect(len(split_revoked) < 4, f"revoked {split_revoked} while splitting: not incremental")
+        a.close()
+        deadline = time.monotonic() + TIMEOUT_S
+        while {tp.partition for tp in b.assignment()} != {0, 1, 2, 3}:
+            b.poll(0.1)
+            expect(time.monotonic() < deadline, f"the remaining member owns {b.assignment()}")
+    finally:
+        b.close()
+    return f"split {owned} revoking only {split_revoked}; the remaining member took over"
+
+
 def ck_group_kip848(bootstrap, topic, run):
     """confluent-kafka (librdkafka 2.16) with group.protocol=consumer: the coordinator assigns."""
     from confluent_kafka import Consumer, Producer, TopicPartition
@@ -438,6 +480,7 @@ def main():
     checks.run("confluent-kafka: describe_configs, incremental_alter_configs, invalid values refused", ck_configs, b, ck_topics[2][0])
     checks.run("kafka-python: two consumers in one group split a topic, commit, admin lists offsets", kp_group, b, f"kp-group-{run}", run)
     checks.run("confluent-kafka: subscribe in a group, commit, admin lists and describes the group", ck_group, b, f"ck-group-{run}", run)
+    checks.run("confluent-kafka: cooperative-sticky (KIP-429) incremental rebalances", ck_group_cooperative, b, f"ck-coop-{run}", run)
     checks.run("confluent-kafka: group.protocol=consumer (KIP-848) subscribe, commit", ck_group_kip848, b, f"ck-kip848-{run}", run)
     print(f"python clients: {len(checks.passed)} passed, {len(checks.failed)} failed" + (f" ({'; '.join(checks.failed)})" if checks.failed else ""), flush=True)
     return 1 if checks.failed else 0
