@@ -667,14 +667,17 @@ impl World {
                 match &n.broker {
                     None if !n.is_up() => eprintln!("node {}: down (restart pending: {})", i + 1, n.restart_pending),
                     None => eprintln!("node {}: controller-only at {}", i + 1, n.endpoint),
-                    Some(b) => eprintln!(
-                        "node {}: at {} ready {} fetches {:?} partitions {:?}",
-                        i + 1,
-                        n.endpoint,
-                        b.is_ready(),
-                        b.debug_fetches(),
-                        b.partition_views()
-                    ),
+                    Some(b) => {
+                        eprintln!(
+                            "node {}: at {} ready {} fetches {:?} partitions {:?}",
+                            i + 1,
+                            n.endpoint,
+                            b.is_ready(),
+                            b.debug_fetches(),
+                            b.partition_views()
+                        );
+                        eprintln!("  groups: {}", b.groups().debug_consumer_groups());
+                    }
                 }
                 if let Some(c) = &n.controller {
                     eprintln!("  controller: active {} raft {:?} image {:?}", c.is_active(), c.raft_view(), c.image());

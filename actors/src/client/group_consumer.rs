@@ -89,6 +89,8 @@ pub struct GroupConsumer {
     rejoin_at: u64,
     /// The fetch in flight, and the node it went to.
     polling: Option<i32>,
+    /// KIP-848: an answer may have been lost; the next heartbeat is a full one.
+    full_heartbeat: bool,
     /// The assignment changed while the poll was in flight: its records are not for us.
     poll_stale: bool,
     next_leader: usize,
@@ -195,6 +197,7 @@ impl GroupConsumer {
             last_heartbeat_ms: 0,
             rejoin_at: 0,
             polling: None,
+            full_heartbeat: false,
             poll_stale: false,
             next_leader: 0,
             events: Vec::new(),
@@ -285,6 +288,7 @@ impl GroupConsumer {
     fn lost_coordinator(&mut self, cx: &mut Cx<ClientMsg>) {
         self.coordinator = None;
         self.boot += 1;
+        self.full_heartbeat = true;
         if self.phase != Phase::Away {
             // Keep the assignment until the new coordinator says otherwise (a heartbeat).
             if matches!(self.phase, Phase::Joining | Phase::Syncing | Phase::Join) {
@@ -409,6 +413,9 @@ impl GroupConsumer {
     }
 
     fn send_heartbeat(&mut self, cx: &mut Cx<ClientMsg>, coordinator: i32, epoch: i32, joining: bool) {
+        // After a lost answer the heartbeat is a full one (rebalance timeout, subscription and
+        // owned partitions), which makes the coordinator send the whole assignment again.
+        let joining = joining || std::mem::take(&mut self.full_heartbeat);
         let owned: Vec<i32> = self.owned.iter().copied().collect();
         let r = ConsumerGroupHeartbeatRequest::default()
             .with_group_id(self.group())
@@ -807,6 +814,9 @@ impl Actor for GroupConsumer {
             }
             ClientMsg::Disconnected => {
                 let lost_commit = self.wire.in_flight.values().any(|(k, _, n)| *n == from.node && *k == ApiKey::OffsetCommit as i16);
+                if self.wire.in_flight.values().any(|(k, _, n)| *n == from.node && *k == ApiKey::ConsumerGroupHeartbeat as i16) {
+                    self.full_heartbeat = true;
+                }
                 self.wire.disconnected_from(from.node);
                 if lost_commit {
                     self.pending_commit.clear();

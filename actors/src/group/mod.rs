@@ -635,6 +635,29 @@ impl Coordinator {
         out
     }
 
+    /// KIP-848 groups' epochs, members and targets (for `RUNNEL_SIM_DEBUG`).
+    pub fn debug_consumer_groups(&self) -> String {
+        let mut out = String::new();
+        for s in self.shards.values().filter(|s| s.active) {
+            for g in s.groups.values() {
+                if let Some(c) = &g.consumer {
+                    let members: Vec<_> = c.members.values().map(|m| (&m.id, m.epoch, &m.assigned, &m.revoking)).collect();
+                    out.push_str(&format!(
+                        "{}: epoch {} written {} durable {} assignment {} parked {} target {:?} members {members:?}; ",
+                        g.id,
+                        c.group_epoch,
+                        c.written_epoch,
+                        c.durable_epoch,
+                        c.assignment_epoch,
+                        c.parked.len(),
+                        c.target
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// KIP-848 groups: every (group, topic, partition, member) a member owns or is revoking
     /// (the simulator checks that no partition has two).
     pub fn consumer_owners(&self) -> Vec<(String, String, i32, String)> {
