@@ -490,12 +490,7 @@ impl Broker {
         // A partition that now follows another leader must not wait for a fetch already parked
         // at that leader (up to replica.fetch.wait.max.ms) to be included: fetch anew.
         self.replica_fetch_all(cx, roles_changed);
-        // Coordinator shards follow the leadership of their `__consumer_offsets` partitions.
-        self.complete_group_writes(cx, None);
-        self.sync_group_shards(cx);
-        if !self.group_io.finds.is_empty() {
-            self.retry_finds(cx);
-        }
+        self.groups_after_metadata(cx);
     }
 
     /// Partitions recovered after the image arrived get their roles now.

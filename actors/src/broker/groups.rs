@@ -186,6 +186,17 @@ impl Broker {
         self.drive_groups(cx);
     }
 
+    /// New metadata was applied: coordinator shards follow the leadership of their
+    /// `__consumer_offsets` partitions, writes of a lost leadership fail, and FindCoordinators
+    /// waiting for a coordinator may have one now.
+    pub(crate) fn groups_after_metadata(&mut self, cx: &mut Cx<BrokerMsg>) {
+        self.complete_group_writes(cx, None);
+        self.sync_group_shards(cx);
+        if !self.group_io.finds.is_empty() {
+            self.retry_finds(cx);
+        }
+    }
+
     /// Make the coordinator's shards match the `__consumer_offsets` partitions this node leads.
     pub(crate) fn sync_group_shards(&mut self, cx: &mut Cx<BrokerMsg>) {
         let Some(t) = self.topics.get(OFFSETS_TOPIC) else {

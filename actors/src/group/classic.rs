@@ -58,7 +58,6 @@ impl Coordinator {
         }
         let member = req.member_id.to_string();
         let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
-        let max_size = self.settings.max_size;
         let shard = match self.lookup(&group_id) {
             Lookup::Error(code) => return self.reply(r, &join_error(code)),
             Lookup::Here(s) => s,
@@ -143,15 +142,8 @@ impl Coordinator {
                 let response = join_error(error::MEMBER_ID_REQUIRED).with_member_id(sb(&new_id));
                 return self.reply(r, &response);
             }
-            if g.members.len() >= max_size {
-                return self.reply(r, &join_error(error::GROUP_MAX_SIZE_REACHED));
-            }
-            let m = new_member(new_id.clone(), instance.clone(), client_id, client_host, session, rebalance, protocols, now);
-            if let Some(i) = instance {
-                g.statics.insert(i, new_id.clone());
-            }
-            add_member(g, m, &protocol_type, r);
-            return self.after_join(&group_id, now);
+            let m = new_member(new_id, instance, client_id, client_host, session, rebalance, protocols, now);
+            return self.admit(&group_id, m, &protocol_type, r, now);
         }
 
         // A member id was given.
@@ -163,15 +155,8 @@ impl Coordinator {
             }
         }
         if g.pending.remove(&member).is_some() {
-            if g.members.len() >= max_size {
-                return self.reply(r, &join_error(error::GROUP_MAX_SIZE_REACHED));
-            }
-            let m = new_member(member.clone(), instance.clone(), client_id, client_host, session, rebalance, protocols, now);
-            if let Some(i) = instance {
-                g.statics.insert(i, member.clone());
-            }
-            add_member(g, m, &protocol_type, r);
-            return self.after_join(&group_id, now);
+            let m = new_member(member, instance, client_id, client_host, session, rebalance, protocols, now);
+            return self.admit(&group_id, m, &protocol_type, r, now);
         }
         let Some(m) = g.members.get_mut(&member) else {
             return self.reply(r, &join_error(error::UNKNOWN_MEMBER_ID));
@@ -200,6 +185,28 @@ impl Coordinator {
                 self.after_join(&group_id, now)
             }
         }
+    }
+
+    /// A new member joins (unless the group is at `group.max.size`), waiting with `join` for the
+    /// rebalance it starts.
+    fn admit(&mut self, group: &str, mut m: Member, protocol_type: &str, join: Responder, now: Now) {
+        let max_size = self.settings.max_size;
+        let Some(g) = self.group_mut(group) else { return };
+        if g.members.len() >= max_size {
+            return self.reply(join, &join_error(error::GROUP_MAX_SIZE_REACHED));
+        }
+        if g.members.is_empty() {
+            g.protocol_type = Some(protocol_type.to_string());
+        }
+        if g.initial_delay.is_some() {
+            g.new_member_added = true;
+        }
+        if let Some(i) = &m.instance_id {
+            g.statics.insert(i.clone(), m.id.clone());
+        }
+        m.join = Some(join);
+        g.members.insert(m.id.clone(), m);
+        self.after_join(group, now)
     }
 
     /// A member (re)joined: start a rebalance if none is under way, and complete it if everyone
@@ -607,17 +614,6 @@ fn new_member(
         join: None,
         sync: None,
     }
-}
-
-fn add_member(g: &mut Group, mut m: Member, protocol_type: &str, join: Responder) {
-    if g.members.is_empty() {
-        g.protocol_type = Some(protocol_type.to_string());
-    }
-    if g.initial_delay.is_some() {
-        g.new_member_added = true;
-    }
-    m.join = Some(join);
-    g.members.insert(m.id.clone(), m);
 }
 
 /// `None` if `member` may act in `g`, else the error.

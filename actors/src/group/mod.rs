@@ -678,35 +678,6 @@ impl Coordinator {
         let g = self.shards.get(&shard).filter(|s| s.active)?.groups.get(group)?;
         Some(g.offsets.iter().map(|(k, v)| (k.clone(), v.offset)).collect())
     }
-
-    /// Every active group's generation, state and members' assignments (simulator checkers).
-    pub fn views(&self) -> Vec<GroupView> {
-        let mut out = Vec::new();
-        for s in self.shards.values().filter(|s| s.active) {
-            for g in s.groups.values() {
-                out.push(GroupView {
-                    group: g.id.clone(),
-                    generation: g.generation,
-                    state: g.state,
-                    members: g.members.values().map(|m| (m.id.clone(), m.assignment.clone())).collect(),
-                });
-            }
-        }
-        out
-    }
-}
-
-/// A group as its coordinator sees it.
-#[derive(Clone, Debug)]
-pub struct GroupView {
-    /// Group id.
-    pub group: String,
-    /// Generation.
-    pub generation: i32,
-    /// State.
-    pub state: State,
-    /// (member id, assignment).
-    pub members: Vec<(String, Bytes)>,
 }
 
 /// A `StrBytes` from a `&str`.
