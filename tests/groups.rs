@@ -149,6 +149,23 @@ impl Drop for Consumers {
     }
 }
 
+/// Create `topic` and write `count` records to it with acks=all, record `i` to partition
+/// `i % partitions`.
+fn topic_with_records(bootstrap: &str, topic: &str, partitions: i32, replication_factor: i32, count: i32) {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created =
+        block_on(admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(replication_factor))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let producer: FutureProducer = client_config(bootstrap).set("acks", "all").create().expect("producer");
+    block_on(async {
+        for i in 0..count {
+            let value = i.to_string();
+            producer.send(FutureRecord::<(), String>::to(topic).payload(&value).partition(i % partitions), Duration::from_secs(30)).await.expect("produce");
+        }
+    });
+}
+
 /// The leader of `topic`-`partition` as the cluster reports it.
 fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
     let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
@@ -190,18 +207,7 @@ fn three_consumers_split_a_topic_take_over_and_keep_offsets_across_coordinator_f
         "min.insync.replicas=2\ndefault.replication.factor=3\noffsets.topic.replication.factor=3\noffsets.topic.num.partitions=10\ngroup.initial.rebalance.delay.ms=1000",
     );
     let bootstrap = cluster.bootstrap();
-    let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))], &options)).expect("create topics");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-    let producer: FutureProducer = client_config(&bootstrap).set("acks", "all").create().expect("producer");
-    block_on(async {
-        for i in 0..PARTITIONS as i64 * PER_PARTITION {
-            let value = i.to_string();
-            let record = FutureRecord::<(), String>::to(TOPIC).payload(&value).partition((i % PARTITIONS as i64) as i32);
-            producer.send(record, Duration::from_secs(30)).await.expect("produce");
-        }
-    });
+    topic_with_records(&bootstrap, TOPIC, PARTITIONS, 3, PARTITIONS * PER_PARTITION as i32);
 
     let started = Instant::now();
     let mut consumers = Consumers::spawn(&bootstrap, 3);
@@ -316,16 +322,7 @@ fn group_cli_lists_describes_resets_and_deletes() {
         all.extend_from_slice(&["--bootstrap-server", &b]);
         run_cli(&all, b"", Duration::from_secs(60))
     };
-    let admin: AdminClient<DefaultClientContext> = client_config(&b).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    block_on(admin.create_topics(&[NewTopic::new("cli-t", 2, TopicReplication::Fixed(1))], &options)).expect("create topics");
-    let producer: FutureProducer = client_config(&b).create().expect("producer");
-    block_on(async {
-        for i in 0..20 {
-            let v = i.to_string();
-            producer.send(FutureRecord::<(), String>::to("cli-t").payload(&v).partition(i % 2), Duration::from_secs(30)).await.expect("produce");
-        }
-    });
+    topic_with_records(&b, "cli-t", 2, 1, 20);
     // A member that read and committed 6 records of each partition, then stays in the group.
     let consumer: BaseConsumer =
         client_config(&b).set("group.id", "cli-g").set("auto.offset.reset", "earliest").set("enable.auto.commit", "false").create().expect("consumer");
@@ -398,16 +395,7 @@ fn kip848_consumers_share_a_topic_and_take_over() {
     use common::TestBroker;
     let broker = TestBroker::start();
     let b = broker.bootstrap();
-    let admin: AdminClient<DefaultClientContext> = client_config(&b).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    block_on(admin.create_topics(&[NewTopic::new("kip848", 6, TopicReplication::Fixed(1))], &options)).expect("create topics");
-    let producer: FutureProducer = client_config(&b).create().expect("producer");
-    block_on(async {
-        for i in 0..300 {
-            let v = i.to_string();
-            producer.send(FutureRecord::<(), String>::to("kip848").payload(&v).partition(i % 6), Duration::from_secs(30)).await.expect("produce");
-        }
-    });
+    topic_with_records(&b, "kip848", 6, 1, 300);
     let member = || -> BaseConsumer {
         let c: BaseConsumer = client_config(&b)
             .set("group.id", "kip848-group")

@@ -731,13 +731,7 @@ fn group_apis_answer_at_every_version() {
                 }
                 ApiKey::ConsumerGroupHeartbeat => {
                     let g = group(&format!("kip848-{v}"));
-                    let join = ConsumerGroupHeartbeatRequest::default()
-                        .with_group_id(g.clone())
-                        .with_member_id(sbytes(if v >= 1 { "client-chosen-id" } else { "" }))
-                        .with_member_epoch(0)
-                        .with_rebalance_timeout_ms(30_000)
-                        .with_subscribed_topic_names(Some(vec![name("t")]))
-                        .with_topic_partitions(Some(vec![]));
+                    let join = kip848_join(&g, if v >= 1 { "client-chosen-id" } else { "" }, "t");
                     let r = h.call(&join, v);
                     assert_eq!(r.error_code, 0, "ConsumerGroupHeartbeat v{v}: {:?}", r.error_message);
                     let member = r.member_id.clone().expect("a member id");
@@ -768,16 +762,7 @@ fn group_apis_answer_at_every_version() {
                 }
                 ApiKey::ConsumerGroupDescribe => {
                     let g = group(&format!("kip848-describe-{v}"));
-                    let r = h.call(
-                        &ConsumerGroupHeartbeatRequest::default()
-                            .with_group_id(g.clone())
-                            .with_member_id(sbytes("m1"))
-                            .with_member_epoch(0)
-                            .with_rebalance_timeout_ms(30_000)
-                            .with_subscribed_topic_names(Some(vec![name("t")]))
-                            .with_topic_partitions(Some(vec![])),
-                        1,
-                    );
+                    let r = h.call(&kip848_join(&g, "m1", "t"), 1);
                     assert_eq!(r.error_code, 0);
                     let d = h.call(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![g, group("nope")]), v);
                     let got = &d.groups[0];
@@ -813,6 +798,17 @@ fn committed_offsets_survive_a_crash() {
     assert_eq!(hb.error_code, 0, "the stable group was restored");
 }
 
+/// A KIP-848 join (member epoch 0) of `member` subscribing to `topic`.
+fn kip848_join(g: &GroupId, member: &str, topic: &str) -> ConsumerGroupHeartbeatRequest {
+    ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(g.clone())
+        .with_member_id(sbytes(member))
+        .with_member_epoch(0)
+        .with_rebalance_timeout_ms(30_000)
+        .with_subscribed_topic_names(Some(vec![name(topic)]))
+        .with_topic_partitions(Some(vec![]))
+}
+
 /// KIP-848: a subscribed topic that grows moves the group epoch, and the member is given the new
 /// partitions on its next heartbeat; a full heartbeat (as after a lost answer) gets the whole
 /// assignment again.
@@ -822,16 +818,7 @@ fn kip848_members_follow_new_partitions() {
     create(&mut h, "grow");
     find_coordinator(&mut h, "grower", 3);
     let g = group("grower");
-    let r = h.call(
-        &ConsumerGroupHeartbeatRequest::default()
-            .with_group_id(g.clone())
-            .with_member_id(sbytes("m"))
-            .with_member_epoch(0)
-            .with_rebalance_timeout_ms(30_000)
-            .with_subscribed_topic_names(Some(vec![name("grow")]))
-            .with_topic_partitions(Some(vec![])),
-        1,
-    );
+    let r = h.call(&kip848_join(&g, "m", "grow"), 1);
     assert_eq!(r.error_code, 0);
     let topic_id = r.assignment.as_ref().expect("assignment").topic_partitions[0].topic_id;
     let grown = h.call(
@@ -855,15 +842,7 @@ fn kip848_members_follow_new_partitions() {
     assert!(beat.member_epoch > r.member_epoch, "the group epoch moved with the topic");
     let parts = beat.assignment.expect("a new assignment").topic_partitions[0].partitions.clone();
     assert_eq!(parts, vec![0, 1, 2]);
-    let full = h.call(
-        &ConsumerGroupHeartbeatRequest::default()
-            .with_group_id(g)
-            .with_member_id(sbytes("m"))
-            .with_member_epoch(beat.member_epoch)
-            .with_rebalance_timeout_ms(30_000)
-            .with_subscribed_topic_names(Some(vec![name("grow")]))
-            .with_topic_partitions(owned(vec![0])),
-        1,
-    );
+    // A full heartbeat: subscription, rebalance timeout and owned partitions all present.
+    let full = h.call(&kip848_join(&g, "m", "grow").with_member_epoch(beat.member_epoch).with_topic_partitions(owned(vec![0])), 1);
     assert_eq!(full.assignment.expect("a full request gets the assignment").topic_partitions[0].partitions, vec![0, 1, 2]);
 }

@@ -350,27 +350,40 @@ def kp_group(bootstrap, topic, run):
     return f"owned {owned}, read {len(seen)} records, committed {got}"
 
 
+def ck_topic_with_records(bootstrap, topic, partitions, count):
+    """Create `topic` and write `count` records, record i to partition i % partitions."""
+    from confluent_kafka import Producer
+
+    ck_admin(bootstrap, [(topic, partitions)])
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(count):
+        producer.produce(topic, value=str(i).encode(), partition=i % partitions)
+    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+
+
+def ck_read(consumer, count):
+    """Poll until `count` records were read; a consumer error fails the check."""
+    got = 0
+    deadline = time.monotonic() + TIMEOUT_S
+    while got < count:
+        expect(time.monotonic() < deadline, f"read {got} of {count} records")
+        m = consumer.poll(0.5)
+        if m is not None:
+            expect(not m.error(), f"consumer error {m.error()}")
+            got += 1
+
+
 def ck_group(bootstrap, topic, run):
     """confluent-kafka subscribes, commits, and reads its offsets back through the AdminClient."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    ck_admin(bootstrap, [(topic, 3)])
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for i in range(30):
-        producer.produce(topic, value=str(i).encode(), partition=i % 3)
-    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+    ck_topic_with_records(bootstrap, topic, 3, 30)
     group = f"ck-group-{run}"
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
     try:
         consumer.subscribe([topic])
-        got = 0
-        deadline = time.monotonic() + TIMEOUT_S
-        while got < 30:
-            expect(time.monotonic() < deadline, f"read {got} of 30 records")
-            m = consumer.poll(0.5)
-            if m is not None and not m.error():
-                got += 1
+        ck_read(consumer, 30)
         consumer.commit(asynchronous=False)
         committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=TIMEOUT_S)
         expect([tp.offset for tp in committed] == [10, 10, 10], f"committed {committed}")
@@ -388,13 +401,9 @@ def ck_group(bootstrap, topic, run):
 def ck_group_cooperative(bootstrap, topic, run):
     """confluent-kafka with the cooperative-sticky assignor (KIP-429): two members split a topic
     by incremental rebalances, and when one leaves the other is given its partitions."""
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Consumer
 
-    ck_admin(bootstrap, [(topic, 4)])
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for i in range(40):
-        producer.produce(topic, value=str(i).encode(), partition=i % 4)
-    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+    ck_topic_with_records(bootstrap, topic, 4, 40)
     config = {"bootstrap.servers": bootstrap, "group.id": f"ck-coop-{run}", "partition.assignment.strategy": "cooperative-sticky",
               "auto.offset.reset": "earliest", "enable.auto.commit": True, "auto.commit.interval.ms": 100}
     a, b = Consumer(config), Consumer(config)
@@ -429,25 +438,14 @@ def ck_group_cooperative(bootstrap, topic, run):
 
 def ck_group_kip848(bootstrap, topic, run):
     """confluent-kafka (librdkafka 2.16) with group.protocol=consumer: the coordinator assigns."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
-    ck_admin(bootstrap, [(topic, 4)])
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for i in range(40):
-        producer.produce(topic, value=str(i).encode(), partition=i % 4)
-    expect(producer.flush(TIMEOUT_S) == 0, "produce did not finish")
+    ck_topic_with_records(bootstrap, topic, 4, 40)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ck-kip848-{run}", "group.protocol": "consumer",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     try:
         consumer.subscribe([topic])
-        got = 0
-        deadline = time.monotonic() + TIMEOUT_S
-        while got < 40:
-            expect(time.monotonic() < deadline, f"read {got} of 40 records")
-            m = consumer.poll(0.5)
-            if m is not None:
-                expect(not m.error(), f"consumer error {m.error()}")
-                got += 1
+        ck_read(consumer, 40)
         owned = sorted(tp.partition for tp in consumer.assignment())
         expect(owned == [0, 1, 2, 3], f"the only member owns {owned}")
         consumer.commit(asynchronous=False)
