@@ -305,6 +305,7 @@ pub async fn consume(
             for p in t.partitions {
                 check(p.error_code, &format!("fetch {topic}-{}", p.partition_index), None)?;
                 let Some(mut records) = p.records.filter(|r| !r.is_empty()) else { continue };
+                let end_of_batches = runnel_actors::log::batch::end_of_batches(&records);
                 let sets = RecordBatchDecoder::decode_all(&mut records).map_err(|e| anyhow::anyhow!("cannot decode records: {e}"))?;
                 let next = offsets.get_mut(&p.partition_index).expect("requested partition");
                 for set in sets {
@@ -327,6 +328,8 @@ pub async fn consume(
                         }
                     }
                 }
+                // Past batches the cleaner emptied or left with a gap at their end.
+                *next = (*next).max(end_of_batches.unwrap_or(0));
             }
         }
         out.flush().await?;

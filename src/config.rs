@@ -290,6 +290,8 @@ impl ServerConfig {
                     c.broker.groups.consumer_heartbeat_interval_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
                 }
                 "offsets.commit.timeout.ms" => c.broker.groups.commit_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "offsets.topic.segment.bytes" => c.broker.groups.offsets_segment_bytes = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
+                "log.cleaner.backoff.ms" => c.broker.cleaner_backoff_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "offsets.topic.num.partitions" => c.broker.groups.offsets_partitions = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "offsets.topic.replication.factor" => {
                     c.broker.groups.offsets_replication_factor = positive(value).ok_or_else(|| bad("must be a positive integer"))?

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::load::{block_on, client_config};
+use common::load::{block_on, client_config, leader_of};
 use common::TestCluster;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -164,22 +164,6 @@ fn topic_with_records(bootstrap: &str, topic: &str, partitions: i32, replication
             producer.send(FutureRecord::<(), String>::to(topic).payload(&value).partition(i % partitions), Duration::from_secs(30)).await.expect("produce");
         }
     });
-}
-
-/// The leader of `topic`-`partition` as the cluster reports it.
-fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
-    let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(m) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            let leader = m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == partition)).map(|p| p.leader());
-            if let Some(l) = leader.filter(|l| *l > 0) {
-                return l;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader for {topic}-{partition}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The group's committed offsets, asked of whichever node coordinates it now (retrying while the

@@ -337,6 +337,13 @@ impl Partition {
         Ok(())
     }
 
+    /// How far the log cleaner may compact: the high watermark, once this replica knows its
+    /// role (right after recovery the high watermark is only this replica's durable offset,
+    /// which its ISR may never have committed); `None` until then.
+    pub fn clean_bound(&self) -> Option<i64> {
+        (self.ready && !self.fresh && self.role != Role::None).then_some(self.high_watermark)
+    }
+
     /// Cut the log to `offset` (a follower diverging from its new leader). Producer state
     /// forgets the batches that were cut.
     pub fn truncate_to(&mut self, io: &mut impl DiskIo, offset: i64) {
@@ -344,6 +351,9 @@ impl Partition {
             return;
         }
         let offset = offset.max(self.log.log_start_offset()).min(self.log.log_end_offset());
+        if offset < self.high_watermark {
+            tracing::warn!(offset, high_watermark = self.high_watermark, "truncating below the high watermark");
+        }
         self.log.truncate_to(io, offset);
         let end = self.log.log_end_offset();
         for entry in self.producers.values_mut() {
@@ -388,6 +398,20 @@ impl Partition {
             if header.is_transactional() {
                 // Transactions arrive with their own issue; refusing beats pretending.
                 return Err(error::INVALID_RECORD);
+            }
+            if header.compression() == 0 && header.records_count > 0 && header.last_offset_delta != header.records_count - 1 {
+                // A producer's uncompressed batch has dense relative offsets (only the cleaner
+                // leaves gaps).
+                return Err(error::INVALID_RECORD);
+            }
+            if self.log.config().compact && header.compression() == 0 {
+                // Kafka: "Compacted topic cannot accept message without key". (Compressed
+                // batches are stored without being decompressed, so their keys go unchecked.)
+                let bytes = &records[range.clone()];
+                match crate::log::cleaner::records(bytes, header) {
+                    Some(records) if records.iter().all(|r| r.key.is_some()) => {}
+                    _ => return Err(error::INVALID_RECORD),
+                }
             }
             if !self.log_append_time
                 && (header.max_timestamp < wall_clock_ms.saturating_sub(self.timestamp_before_max_ms)

@@ -126,6 +126,7 @@ fn config() -> impl Strategy<Value = LogConfig> {
             retention_bytes,
             index_interval_bytes,
             segment_index_bytes,
+            ..LogConfig::default()
         })
 }
 

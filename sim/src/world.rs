@@ -338,6 +338,9 @@ impl World {
                 config.groups.min_session_timeout_ms = 1_000;
                 config.groups.consumer_session_timeout_ms = 3_000;
                 config.groups.consumer_heartbeat_interval_ms = 500;
+                // Small coordinator segments and a quick cleaner: compaction runs within a run.
+                config.groups.offsets_segment_bytes = 2048;
+                config.cleaner_backoff_ms = 1_000;
                 for (k, v) in scenario.broker_settings {
                     if let Some((tk, tv)) = broker_key_to_topic(k, v) {
                         config.topic_defaults.insert(tk.to_string(), tv);
@@ -737,6 +740,10 @@ impl World {
 
     /// Add the snapshot counts of node `i`'s controller (before it is replaced, and at the end).
     fn count_snapshots(&mut self, i: usize) {
+        if let Some(b) = self.nodes[i].broker.as_ref() {
+            let cleaned: u64 = b.partition_views().iter().map(|v| v.segments_cleaned).sum();
+            *self.protocol.entry("log-segments-cleaned".to_string()).or_default() += cleaned;
+        }
         if let Some(c) = self.nodes[i].controller.as_ref() {
             let s = c.snapshot_stats();
             for (k, v) in
@@ -946,6 +953,8 @@ impl World {
     }
 
     fn node_step(&mut self, i: usize, actor: u32, f: impl FnOnce(&mut dyn Actor<Msg = BrokerMsg>, &mut Cx<BrokerMsg>)) {
+        // Log lines an actor writes (RUST_LOG) name the node they come from.
+        let _node = tracing::info_span!("node", id = i + 1).entered();
         let (now_ms, wall) = self.node_clock(i);
         let n = &mut self.nodes[i];
         let (a, cx): (&mut dyn Actor<Msg = BrokerMsg>, &mut Cx<BrokerMsg>) = match actor {
@@ -1283,6 +1292,16 @@ impl World {
                     bytes.extend_from_slice(&f);
                 }
                 logs.push((i, bytes));
+            }
+            if topic == runnel_actors::group::OFFSETS_TOPIC {
+                // Compacted: each replica's cleaner runs on its own schedule, so the bytes differ.
+                // What must agree is every record both still hold, and the latest of every key.
+                for w in logs.windows(2) {
+                    if let Err(what) = same_compacted_log(&w[0].1, &w[1].1) {
+                        found.push(format!("{topic}-{p}: compacted logs of nodes {} and {} disagree: {what}", w[0].0 + 1, w[1].0 + 1));
+                    }
+                }
+                continue;
             }
             for w in logs.windows(2) {
                 let len = w[0].1.len().min(w[1].1.len());
@@ -1745,4 +1764,56 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: 
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
         ClientActor::Group(g) => g.on_message(cx, from, msg),
     }
+}
+
+/// A record of a compacted log: key, value (`None`: a tombstone).
+type KeyedRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// The records of a log's bytes by offset, and the offset after its last batch.
+fn compacted_records(bytes: &[u8]) -> Result<(BTreeMap<i64, KeyedRecord>, i64), String> {
+    let data = bytes::Bytes::copy_from_slice(bytes);
+    let mut out = BTreeMap::new();
+    let mut end = None;
+    for (header, range) in runnel_actors::log::batch::iter_headers(&data) {
+        if end.is_some_and(|e| e != header.base_offset) {
+            return Err(format!("batch at {} does not follow {end:?}", header.base_offset));
+        }
+        end = Some(header.next_offset());
+        let batch = &data[range];
+        let records = runnel_actors::log::cleaner::records(batch, &header).ok_or_else(|| format!("batch at {} cannot be walked", header.base_offset))?;
+        for r in records {
+            let key = r.key.map(|k| batch[k].to_vec()).unwrap_or_default();
+            out.insert(r.offset, (key, r.value.map(|v| batch[v].to_vec())));
+        }
+    }
+    Ok((out, end.unwrap_or(0)))
+}
+
+/// Two caught-up replicas of a compacted log agree: same end, the same record wherever both hold
+/// one, and the same latest record of every key (a tombstone and no record are the same).
+fn same_compacted_log(a: &[u8], b: &[u8]) -> Result<(), String> {
+    let (a, a_end) = compacted_records(a)?;
+    let (b, b_end) = compacted_records(b)?;
+    if a_end != b_end {
+        return Err(format!("ends {a_end} and {b_end}"));
+    }
+    for (offset, record) in &a {
+        if b.get(offset).is_some_and(|other| other != record) {
+            return Err(format!("different records at offset {offset}"));
+        }
+    }
+    let latest = |log: &BTreeMap<i64, KeyedRecord>| {
+        let mut latest: BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = BTreeMap::new();
+        for (offset, (key, value)) in log {
+            latest.insert(key.clone(), (*offset, value.clone()));
+        }
+        latest.retain(|_, (_, value)| value.is_some());
+        latest
+    };
+    let (la, lb) = (latest(&a), latest(&b));
+    if la != lb {
+        let key = la.keys().chain(lb.keys()).find(|k| la.get(*k) != lb.get(*k)).cloned().unwrap_or_default();
+        return Err(format!("latest record of key {key:?}: {:?} vs {:?}", la.get(&key).map(|l| l.0), lb.get(&key).map(|l| l.0)));
+    }
+    Ok(())
 }

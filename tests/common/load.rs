@@ -175,3 +175,19 @@ pub fn assert_consumed_exactly_once(bootstrap: &str, topic: &str, partitions: i3
     // Nothing beyond what was acknowledged, and nothing twice.
     assert!(consumer.poll(Duration::from_secs(1)).is_none(), "a record beyond the acknowledged ones");
 }
+
+/// The leader of `topic`-`partition` as the cluster reports it.
+pub fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(m) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            let leader = m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == partition)).map(|p| p.leader());
+            if let Some(l) = leader.filter(|l| *l > 0) {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader for {topic}-{partition}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

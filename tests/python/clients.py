@@ -456,6 +456,87 @@ def ck_group_kip848(bootstrap, topic, run):
     return f"read 40 through a KIP-848 group, owned {owned}, committed 10 on each partition"
 
 
+def compacted(bootstrap, topic):
+    """A compacted topic with small segments: keyed records and tombstones from kafka-python; a
+    keyless record refused; once the cleaner ran, kafka-python and confluent-kafka both read back
+    only records produced at their offsets, the latest of every key among them, across the gaps
+    and emptied batches compaction leaves."""
+    from confluent_kafka import Consumer, KafkaError as CkError, TopicPartition as CkTp, OFFSET_BEGINNING
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=TIMEOUT_S * 1000)
+    try:
+        configs = {"cleanup.policy": "compact", "segment.bytes": "1024", "min.cleanable.dirty.ratio": "0.01"}
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)], timeout_ms=TIMEOUT_S * 1000)
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=TIMEOUT_S * 1000)
+    produced = {}
+    rounds, keys = 30, 10
+    for r in range(rounds):
+        for k in range(keys):
+            key = f"k{k}".encode()
+            value = None if (r == rounds - 1 and k < 3) else f"round {r} of k{k}".encode()
+            produced[producer.send(topic, key=key, value=value, partition=0).get(timeout=TIMEOUT_S).offset] = (key, value)
+    try:
+        producer.send(topic, value=b"no key", partition=0).get(timeout=TIMEOUT_S)
+        raise AssertionError("a keyless record was accepted by a compacted topic")
+    except KafkaError as e:
+        expect("InvalidRecord" in type(e).__name__, f"keyless record refused with {type(e).__name__}, not InvalidRecordError")
+    finally:
+        producer.close()
+    latest = {}
+    for offset, (key, _) in sorted(produced.items()):
+        latest[key] = offset
+
+    def check(read, who):
+        for offset, rec in read.items():
+            expect(produced.get(offset) == rec, f"{who}: record at offset {offset} is {rec}, produced {produced.get(offset)}")
+        missing = [o for o in latest.values() if o not in read]
+        expect(not missing, f"{who}: latest records of keys missing at offsets {missing}")
+
+    tp = TopicPartition(topic, 0)
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=TIMEOUT_S * 1000)
+        try:
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            read = {}
+            while consumer.position(tp) < end:
+                expect(time.monotonic() < deadline, f"kafka-python stuck at offset {consumer.position(tp)} of {end}")
+                for records in consumer.poll(timeout_ms=500).values():
+                    read.update({m.offset: (m.key, m.value) for m in records})
+        finally:
+            consumer.close()
+        check(read, "kafka-python")
+        if len(read) * 2 < len(produced):
+            break
+        expect(time.monotonic() < deadline, f"no compaction after {TIMEOUT_S}s: {len(read)} of {len(produced)} records left")
+        time.sleep(0.5)
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader", "enable.partition.eof": True})
+    try:
+        consumer.assign([CkTp(topic, 0, OFFSET_BEGINNING)])
+        ck_read = {}
+        while True:
+            expect(time.monotonic() < deadline, "confluent-kafka did not reach the end of the compacted partition")
+            m = consumer.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                expect(m.error().code() == CkError._PARTITION_EOF, f"consumer error {m.error()}")
+                break
+            ck_read[m.offset()] = (m.key(), m.value())
+    finally:
+        consumer.close()
+    check(ck_read, "confluent-kafka")
+    return f"{len(produced)} records written, {len(read)} read back by kafka-python and {len(ck_read)} by confluent-kafka"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True, help="HOST:PORT of a running runnel broker")
@@ -480,6 +561,7 @@ def main():
     checks.run("confluent-kafka: subscribe in a group, commit, admin lists and describes the group", ck_group, b, f"ck-group-{run}", run)
     checks.run("confluent-kafka: cooperative-sticky (KIP-429) incremental rebalances", ck_group_cooperative, b, f"ck-coop-{run}", run)
     checks.run("confluent-kafka: group.protocol=consumer (KIP-848) subscribe, commit", ck_group_kip848, b, f"ck-kip848-{run}", run)
+    checks.run("kafka-python + confluent-kafka: compacted topic read back across the cleaner's gaps", compacted, b, f"compacted-{run}")
     print(f"python clients: {len(checks.passed)} passed, {len(checks.failed)} failed" + (f" ({'; '.join(checks.failed)})" if checks.failed else ""), flush=True)
     return 1 if checks.failed else 0
 

@@ -670,7 +670,10 @@ impl Broker {
             if !part.records.is_empty() {
                 let records = part.records.clone();
                 let result = self.with_partition(cx, &topic, index as usize, |p, io| {
-                    if batch_base_offset(&records) != Some(p.log.log_end_offset()) {
+                    // An answer to an older fetch (our log has moved on) is dropped. The first
+                    // batch may start below our log end only if the leader's cleaner merged
+                    // emptied batches across it (`append_replicated` keeps our part).
+                    if !first_batch_continues(&records, p.log.log_end_offset()) {
                         return Ok(());
                     }
                     p.append_replicated(io, &records, now, wall)
@@ -989,8 +992,12 @@ fn epoch_start(p: &crate::partition::Partition) -> i64 {
 }
 
 /// The base offset of the first batch in `records`.
-fn batch_base_offset(records: &Bytes) -> Option<i64> {
-    (records.len() >= 8).then(|| i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")))
+/// Whether the first batch of `records` starts at `log_end`, or is an empty batch covering it.
+fn first_batch_continues(records: &Bytes, log_end: i64) -> bool {
+    match crate::log::batch::BatchHeader::parse(records) {
+        Ok(h) => h.base_offset == log_end || (h.records_count == 0 && h.base_offset < log_end && log_end <= h.last_offset()),
+        Err(_) => records.len() >= 8 && i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")) == log_end,
+    }
 }
 
 impl Cluster {

@@ -27,6 +27,8 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `log.cleaner.backoff.ms`: how often compacted logs are checked for a cleaning pass.
+    pub cleaner_backoff_ms: u64,
     /// `controller.quorum.voters` ids (the standalone default: this node alone).
     pub voters: Vec<i32>,
     /// This node's node-to-node address, registered with the controller.
@@ -56,6 +58,7 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             auto_create_topics: true,
             retention_check_interval_ms: 300_000,
+            cleaner_backoff_ms: 15_000,
             voters: vec![1],
             peer_address: String::new(),
             heartbeat_interval_ms: 200,
@@ -71,6 +74,7 @@ impl Default for BrokerConfig {
 pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     ("cleanup.policy", "log.cleanup.policy", "delete"),
     ("compression.type", "compression.type", "producer"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms", "86400000"),
     ("flush.messages", "log.flush.interval.messages", "9223372036854775807"),
     ("flush.ms", "log.flush.interval.ms", "9223372036854775807"),
     ("index.interval.bytes", "log.index.interval.bytes", "4096"),
@@ -78,6 +82,8 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     ("message.timestamp.after.max.ms", "log.message.timestamp.after.max.ms", "9223372036854775807"),
     ("message.timestamp.before.max.ms", "log.message.timestamp.before.max.ms", "9223372036854775807"),
     ("message.timestamp.type", "log.message.timestamp.type", "CreateTime"),
+    ("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", "0.5"),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", "0"),
     ("min.insync.replicas", "min.insync.replicas", "1"),
     ("retention.bytes", "log.retention.bytes", "-1"),
     ("retention.ms", "log.retention.ms", "604800000"),
@@ -109,11 +115,12 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
     };
     match key {
         "cleanup.policy" => match value {
-            "delete" => Ok(()),
-            "compact" | "compact,delete" | "delete,compact" => {
-                Err("cleanup.policy=compact is not supported yet by runnel (log compaction is not implemented)".into())
-            }
-            _ => Err(format!("Invalid value {value} for configuration cleanup.policy")),
+            "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
+            _ => Err(format!("Invalid value {value} for configuration cleanup.policy: String must be one of: compact, delete")),
+        },
+        "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => Err(format!("Invalid value {value} for configuration {key}: Value must be between 0 and 1")),
         },
         "compression.type" => match value {
             "producer" => Ok(()),
@@ -130,7 +137,9 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
         "retention.ms" | "retention.bytes" => long(-1),
         "segment.bytes" => long(14),
         "segment.index.bytes" => long(4),
-        "segment.ms" | "flush.ms" | "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" => long(0),
+        "segment.ms" | "flush.ms" | "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" | "delete.retention.ms" | "min.compaction.lag.ms" => {
+            long(0)
+        }
         "flush.messages" | "min.insync.replicas" => long(1),
         "index.interval.bytes" | "max.message.bytes" => long(0),
         _ => Err(format!("Unknown topic config name: {key}")),
@@ -197,14 +206,21 @@ pub fn topic_settings(topic: &BTreeMap<String, String>, dynamic: &BTreeMap<Strin
     } else {
         FlushPolicy::PageCache { messages: flush_messages.parse().unwrap_or(i64::MAX), ms: flush_ms.parse().unwrap_or(i64::MAX) }
     };
+    let policy = get("cleanup.policy").0;
+    // Without `delete` in the policy, time and size retention do not apply.
+    let delete = policy.contains("delete");
     TopicSettings {
         log: LogConfig {
             segment_bytes: long("segment.bytes").max(14) as u64,
             segment_ms: long("segment.ms"),
-            retention_ms: long("retention.ms"),
-            retention_bytes: long("retention.bytes"),
+            retention_ms: if delete { long("retention.ms") } else { -1 },
+            retention_bytes: if delete { long("retention.bytes") } else { -1 },
             index_interval_bytes: long("index.interval.bytes").max(0) as u64,
             segment_index_bytes: long("segment.index.bytes").max(8) as u64,
+            compact: policy.contains("compact"),
+            delete_retention_ms: long("delete.retention.ms").max(0),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio").0.parse::<f64>().unwrap_or(0.5).clamp(0.0, 1.0),
+            min_compaction_lag_ms: long("min.compaction.lag.ms").max(0),
         },
         flush_policy,
         log_append_time: get("message.timestamp.type").0 == "LogAppendTime",

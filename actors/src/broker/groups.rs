@@ -290,8 +290,11 @@ impl Broker {
         match result {
             Err(e) => tracing::warn!(shard, "{OFFSETS_TOPIC} shard load read failed ({e}); retrying on the next tick"),
             Ok(data) => {
+                tracing::trace!(shard, next = load.next, end = load.end, bytes = data.len(), "{OFFSETS_TOPIC} shard load read");
+                let load_next = load.next;
                 let mut buf = data.clone();
-                let mut next = load.next;
+                // Move on by batches: a cleaned batch may hold fewer records than offsets, or none.
+                let mut next = load.next.max(crate::log::batch::end_of_batches(data).unwrap_or(0));
                 match RecordBatchDecoder::decode_all(&mut buf) {
                     Err(e) => tracing::warn!(shard, "cannot decode {OFFSETS_TOPIC} batch at {next}: {e}; retrying on the next tick"),
                     Ok(sets) => {
@@ -306,8 +309,14 @@ impl Broker {
                                 }
                             }
                         }
+                        if next <= load_next {
+                            // Nothing read below the end (the log moved, or a read came back
+                            // empty): never skip what was not replayed; try again on the next tick.
+                            tracing::warn!(shard, next, "{OFFSETS_TOPIC} shard load read nothing; retrying on the next tick");
+                            return true;
+                        }
                         if let Some(l) = self.group_io.loads.get_mut(&shard) {
-                            l.next = if next > l.next { next } else { l.end };
+                            l.next = next;
                         }
                         self.continue_load(cx, shard);
                     }
@@ -418,11 +427,10 @@ impl Broker {
         let mut configs = BTreeMap::new();
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         configs.insert("compression.type".to_string(), "producer".to_string());
-        configs.insert("segment.bytes".to_string(), "104857600".to_string());
-        // Compaction is not implemented yet: keep everything rather than let time or size
-        // retention delete the last commit of an idle group.
-        configs.insert("retention.ms".to_string(), "-1".to_string());
-        configs.insert("retention.bytes".to_string(), "-1".to_string());
+        // Compacted, never deleted by time or size: the latest record of every group and offset
+        // key stays (`cleanup.policy=compact` without `delete`).
+        let segment_bytes = if topic == OFFSETS_TOPIC { self.config.groups.offsets_segment_bytes } else { 100 << 20 };
+        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
         tracing::info!(topic, partitions, rf, "creating internal topic");
         let op = AdminOp::CreateTopic { name: topic.to_string(), partitions, replication_factor: rf, assignments: Vec::new(), configs, validate_only: false };
         self.admin_forget(cx, op);

@@ -58,6 +58,8 @@ pub struct PartitionView<'a> {
     pub leader_epoch: i32,
     /// In-sync replicas this replica knows.
     pub isr: &'a [i32],
+    /// Segments the log cleaner rewrote since this log was opened.
+    pub segments_cleaned: u64,
 }
 
 /// Messages the broker (and controller) actors receive.
@@ -156,6 +158,8 @@ pub struct Broker {
     pub(crate) list_offsets: BTreeMap<u64, offsets::ListOffsetsState>,
     pub(crate) timestamp_queries: BTreeMap<u64, (u64, usize, usize)>,
     last_retention_ms: u64,
+    /// When compacted logs were last checked for a cleaning pass.
+    last_cleaning_ms: u64,
     pub(crate) cluster: cluster::Cluster,
     pub(crate) group: crate::group::Coordinator,
     pub(crate) group_io: groups::GroupIo,
@@ -208,6 +212,7 @@ impl Broker {
             list_offsets: BTreeMap::new(),
             timestamp_queries: BTreeMap::new(),
             last_retention_ms: 0,
+            last_cleaning_ms: 0,
             cluster: cluster::Cluster::new(),
         }
     }
@@ -233,6 +238,7 @@ impl Broker {
                     role: p.role,
                     leader_epoch: p.leader_epoch,
                     isr: &p.isr,
+                    segments_cleaned: p.log.segments_cleaned(),
                 });
             }
         }
@@ -629,6 +635,10 @@ impl Broker {
         if retention_due {
             self.last_retention_ms = now_ms;
         }
+        let cleaning_due = now_ms >= self.last_cleaning_ms + self.config.cleaner_backoff_ms;
+        if cleaning_due {
+            self.last_cleaning_ms = now_ms;
+        }
         let uids: Vec<(String, usize)> = self.locations.values().cloned().collect();
         for (topic, index) in uids {
             self.with_partition(cx, &topic, index, |p, io| {
@@ -642,6 +652,12 @@ impl Broker {
                 }
                 if retention_due {
                     p.log.apply_retention(io, wall);
+                }
+                if cleaning_due {
+                    // Only below the high watermark: nothing a truncation may still remove.
+                    if let Some(bound) = p.clean_bound() {
+                        p.log.maybe_clean(io, bound, wall);
+                    }
                 }
             });
         }

@@ -145,6 +145,7 @@ impl Consumer {
                         self.violation(cx, format!("partition {} batch at offset {} is corrupt: {e}", p.partition_index, header.base_offset));
                     }
                 }
+                let end_of_batches = batch::end_of_batches(&records);
                 let sets = match RecordBatchDecoder::decode_all(&mut records) {
                     Ok(s) => s,
                     Err(e) => {
@@ -171,6 +172,8 @@ impl Consumer {
                     reads.entry(p.partition_index as u64).or_default().push((record.offset, value));
                     self.seen.entry(p.partition_index as u64).or_default().insert(value);
                 }
+                // Past batches the cleaner emptied or left with a gap at their end.
+                *position = (*position).max(end_of_batches.unwrap_or(0));
             }
         }
         self.events.push(ClientEvent::CompletePoll { time_ms: cx.now_ms(), process: self.config.process, reads, ok: true });

@@ -771,6 +771,7 @@ impl GroupConsumer {
                     continue;
                 }
                 let Some(mut records) = p.records.filter(|r| !r.is_empty()) else { continue };
+                let end_of_batches = crate::log::batch::end_of_batches(&records);
                 let Ok(sets) = RecordBatchDecoder::decode_all(&mut records) else {
                     self.violation(cx, format!("cannot decode records of partition {}", p.partition_index));
                     continue;
@@ -785,6 +786,8 @@ impl GroupConsumer {
                     reads.entry(p.partition_index as u64).or_default().push((record.offset, value));
                     self.seen.entry(p.partition_index as u64).or_default().insert(value);
                 }
+                // Past batches the cleaner emptied or left with a gap at their end.
+                *position = (*position).max(end_of_batches.unwrap_or(0));
             }
         }
         self.poll_done(ClientEvent::CompletePoll { time_ms: cx.now_ms(), process: self.config.process, reads, ok: true });

@@ -59,6 +59,8 @@ pub struct GroupSettings {
     pub offsets_partitions: i32,
     /// `offsets.topic.replication.factor`.
     pub offsets_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`: small segments let the cleaner compact sooner.
+    pub offsets_segment_bytes: u64,
     /// `transaction.state.log.num.partitions`.
     pub transaction_partitions: i32,
     /// `transaction.state.log.replication.factor`.
@@ -82,6 +84,7 @@ impl Default for GroupSettings {
             commit_timeout_ms: 5_000,
             offsets_partitions: 50,
             offsets_replication_factor: 3,
+            offsets_segment_bytes: 100 << 20,
             transaction_partitions: 50,
             transaction_replication_factor: 3,
             consumer_session_timeout_ms: 45_000,

@@ -195,8 +195,8 @@ pub fn check_one_with(b: &[u8], verify_crc: bool) -> Result<BatchHeader, BatchEr
     if header.records_count < 0 || header.last_offset_delta < 0 {
         return Err(BatchError::Invalid(format!("records count {} last offset delta {}", header.records_count, header.last_offset_delta)));
     }
-    if header.records_count > 0 && header.last_offset_delta != header.records_count - 1 && header.compression() == 0 && !header.is_control() {
-        // Uncompressed batches from producers always have dense relative offsets.
+    if header.records_count as i64 > header.last_offset_delta as i64 + 1 && header.compression() == 0 && !header.is_control() {
+        // More records than offsets. (Fewer is fine: compaction leaves gaps inside batches.)
         return Err(BatchError::Invalid(format!("last offset delta {} for {} records", header.last_offset_delta, header.records_count)));
     }
     // Every record takes at least 7 bytes; a count beyond that is a lie (uncompressed only).
@@ -240,6 +240,13 @@ pub fn iter_headers(data: &Bytes) -> impl Iterator<Item = (BatchHeader, std::ops
         at = range.end;
         Some((header, range))
     })
+}
+
+/// The offset after the last whole batch at the start of `data` (where a consumer fetches
+/// next), `None` if there is none. A consumer must move on by batches, not by the records it saw:
+/// a cleaned batch may end with offsets whose records are gone, or hold no record at all.
+pub fn end_of_batches(data: &Bytes) -> Option<i64> {
+    iter_headers(data).last().map(|(header, _)| header.next_offset())
 }
 
 /// One record to put in a batch: `(key, value, timestamp)`.

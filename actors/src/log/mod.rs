@@ -41,6 +41,7 @@
 //! recovers from the disk, brings it back. A read racing a segment deletion answers empty.
 
 pub mod batch;
+pub mod cleaner;
 pub mod leader_epoch;
 pub mod offset_index;
 pub mod recovery;
@@ -71,6 +72,14 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// `segment.index.bytes`: maximum size of an index file; roll when full.
     pub segment_index_bytes: u64,
+    /// `cleanup.policy` includes `compact`: the cleaner keeps the latest record of each key.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives the records it deleted.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: clean once this share of the cleanable bytes is uncleaned.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a segment is cleaned only once its newest record is this old.
+    pub min_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -82,6 +91,10 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             segment_index_bytes: 10 << 20,
+            compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
         }
     }
 }
@@ -240,6 +253,12 @@ struct ReadJob {
     len: u64,
     /// Damaged reads of this job retried so far.
     attempts: u32,
+    /// The segment was swapped for its cleaned version while the read was in flight: start the
+    /// read again on the new file.
+    restart: bool,
+    /// This job continues a read into the next segment (see [`PartitionLog::read`]): its first
+    /// batch must fit `max_bytes` too.
+    continued: bool,
 }
 
 /// How often a read that comes back damaged is retried before the read fails.
@@ -274,6 +293,8 @@ enum Pending {
     Checkpointed(Vec<i64>),
     Read(ReadJob),
     Timestamp(TimestampJob),
+    /// One of the cleaner's operations.
+    Clean(cleaner::CleanOp),
 }
 
 /// The fsyncs of one flush.
@@ -337,6 +358,16 @@ pub struct PartitionLog {
     /// fsync is issued: a truncation may only become durable once a checkpoint recording it (its
     /// recovery point, epoch cache and blob) is in place.
     checkpointed_truncations: u64,
+    /// The cleaning pass in progress (see [`cleaner`]).
+    cleaning: Option<cleaner::CleanJob>,
+    /// Cleaning passes started so far (their ids).
+    clean_jobs: u64,
+    /// End of the region the last completed cleaning pass covered.
+    cleaned_to: i64,
+    /// Segments the cleaner swapped in.
+    segments_cleaned: u64,
+    /// Reads continued into a later segment: what the earlier segments gave, by read id.
+    read_prefixes: BTreeMap<u64, Bytes>,
 }
 
 impl PartitionLog {
@@ -362,6 +393,11 @@ impl PartitionLog {
             truncations: 0,
             checkpoint_in_flight_covers: 0,
             checkpointed_truncations: 0,
+            cleaning: None,
+            clean_jobs: 0,
+            cleaned_to: 0,
+            segments_cleaned: 0,
+            read_prefixes: BTreeMap::new(),
         }
     }
 
@@ -474,7 +510,10 @@ impl PartitionLog {
     }
 
     /// Follower append (Kafka's `appendAsFollower`): store `records`, batches fetched from the
-    /// leader with their offsets and partition leader epochs already assigned, byte for byte.
+    /// leader with their offsets and partition leader epochs already assigned, byte for byte
+    /// (except a first batch that is empty and starts below the log end, which the leader's
+    /// cleaner merged: only its part from the log end is stored, see
+    /// [`cleaner::empty_batch_from`]).
     /// The first batch must start at the log end offset and every batch must follow the previous
     /// one densely, each a whole CRC-valid v2 batch, with partition leader epochs that never go
     /// below the log's latest epoch; otherwise nothing is written and the error says why. Rolls, index writes, the epoch cache (from the batches' partition leader epochs),
@@ -484,8 +523,20 @@ impl PartitionLog {
         if !self.is_ready() {
             return Err(ReplicaAppendError::NotReady);
         }
-        let batches = batch::validate_batches(records).map_err(ReplicaAppendError::Corrupt)?;
+        let mut batches = batch::validate_batches(records).map_err(ReplicaAppendError::Corrupt)?;
         let mut expected = self.log_end_offset();
+        let (first, _) = batches[0];
+        let trimmed;
+        let records = if first.records_count == 0 && first.compression() == 0 && first.base_offset < expected && expected <= first.last_offset() {
+            // The leader's cleaner merged emptied batches across our log end: keep our part.
+            let mut rest = BytesMut::from(&cleaner::empty_batch_from(&first, expected)[..]);
+            rest.extend_from_slice(&records[batches[0].1.end..]);
+            trimmed = rest.freeze();
+            batches = batch::validate_batches(&trimmed).map_err(ReplicaAppendError::Corrupt)?;
+            &trimmed
+        } else {
+            records
+        };
         let mut latest = self.epochs.latest_epoch();
         for (i, (header, _)) in batches.iter().enumerate() {
             if header.partition_leader_epoch < -1 {
@@ -722,6 +773,7 @@ impl PartitionLog {
     /// After a truncation to `end`: clamp every offset that may lie beyond it.
     fn clamp_to(&mut self, end: i64) {
         self.epochs.truncate_from_end(end);
+        self.cleaned_to = self.cleaned_to.min(end);
         self.durable_offset = self.durable_offset.min(end);
         if let Some(in_flight) = &mut self.fsync_in_flight {
             in_flight.covers = in_flight.covers.min(end);
@@ -755,7 +807,8 @@ impl PartitionLog {
 
     /// Read whole batches starting with the batch containing `offset`, up to `max_bytes` (at least
     /// one whole batch even if larger, KIP-74), never including a batch whose base offset is
-    /// `>= upper_bound` (exclusive, the high watermark), all from one segment. `Empty` if `offset`
+    /// `>= upper_bound` (exclusive, the high watermark), from one segment (from the next ones too
+    /// while what was read holds only empty batches, as a cleaned log may). `Empty` if `offset`
     /// is at or past the upper bound (or the log is not ready); `OutOfRange` if it is below the
     /// log start offset or above the log end offset; `Pending`: a [`LogEvent::ReadDone`] follows.
     /// The sparse offset index gives the start position; a second `Read` is issued when the
@@ -779,7 +832,19 @@ impl PartitionLog {
         };
         let (expected, position) = segment.entry_for(offset);
         let len = (self.config.index_interval_bytes + max_bytes).max(BATCH_HEADER_LEN as u64).min(segment.size_bytes - position);
-        let job = ReadJob { read_id, segment_base: segment.base_offset, offset, expected, max_bytes, upper_bound, position, len, attempts: 0 };
+        let job = ReadJob {
+            read_id,
+            segment_base: segment.base_offset,
+            offset,
+            expected,
+            max_bytes,
+            upper_bound,
+            position,
+            len,
+            attempts: 0,
+            restart: false,
+            continued: false,
+        };
         self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
         ReadStart::Pending
     }
@@ -863,6 +928,7 @@ impl PartitionLog {
         self.doomed.clear();
         self.fsync_in_flight = None;
         self.flush_requested = None;
+        self.cleaning = None;
         self.state = State::Deleted;
     }
 
@@ -901,6 +967,7 @@ impl PartitionLog {
             (Pending::Read(job), Ok(IoOutput::Read(data))) => self.on_read(io, job, data, &mut events),
             (Pending::Timestamp(job), Ok(IoOutput::Read(data))) => self.on_timestamp_read(io, job, data, &mut events),
             (Pending::Read(job), result) => {
+                self.read_prefixes.remove(&job.read_id);
                 events.push(LogEvent::ReadDone { read_id: job.read_id, records: Bytes::new() });
                 if self.segment(job.segment_base).is_some() {
                     self.fail(format!("read of {} segment {}: {result:?}", self.dir, job.segment_base), &mut events);
@@ -912,6 +979,7 @@ impl PartitionLog {
                     self.fail(format!("read of {} segment {}: {result:?}", self.dir, job.segment_base), &mut events);
                 }
             }
+            (Pending::Clean(op), result) => self.on_clean_io(io, op, result),
             (Pending::Fsync, Ok(_)) => self.on_fsync_done(io, &mut events),
             (Pending::Write, Ok(_)) => {}
             (Pending::Appended(offset), Ok(_)) => events.push(LogEvent::Written { offset }),
@@ -982,6 +1050,7 @@ impl PartitionLog {
         }
         tracing::error!(dir = %self.dir, %error, "partition log offline");
         self.state = State::Failed;
+        self.cleaning = None;
         self.fsync_in_flight = None;
         self.flush_requested = None;
         events.push(LogEvent::Failed { error });
@@ -1110,6 +1179,13 @@ impl PartitionLog {
     }
 
     fn on_read(&mut self, io: &mut impl DiskIo, job: ReadJob, data: Bytes, events: &mut Vec<LogEvent>) {
+        if job.restart {
+            // The segment was cleaned meanwhile: these bytes are from the old file.
+            if self.read(io, job.read_id, job.offset, job.max_bytes, job.upper_bound) != ReadStart::Pending {
+                self.read_done(io, job, Bytes::new(), events);
+            }
+            return;
+        }
         let walk = match self.segment(job.segment_base) {
             // Truncated below the offset meanwhile: nothing of what was read is in the log.
             _ if job.offset >= job.upper_bound => Walk::Done(Bytes::new()),
@@ -1117,7 +1193,7 @@ impl PartitionLog {
             None => Walk::Done(Bytes::new()), // deleted by retention or DeleteRecords meanwhile
         };
         match walk {
-            Walk::Done(records) => events.push(LogEvent::ReadDone { read_id: job.read_id, records }),
+            Walk::Done(records) => self.read_done(io, job, records, events),
             Walk::More { position, len, expected } => {
                 let job = ReadJob { position, len, expected, ..job };
                 self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
@@ -1129,9 +1205,58 @@ impl PartitionLog {
                 self.issue_read(io, job.segment_base, job.position, job.len, Pending::Read(job));
             }
             Walk::Damaged(why) => {
+                self.read_prefixes.remove(&job.read_id);
                 tracing::error!(dir = %self.dir, offset = job.offset, "read damaged {READ_ATTEMPTS} times: {why}");
                 events.push(LogEvent::ReadFailed { read_id: job.read_id, error: why });
             }
+        }
+    }
+
+    /// A read job finished with `records` (whole batches from its segment). A cleaned log may
+    /// hold segments of nothing but emptied batches; an answer of only those shows a reader no
+    /// record (librdkafka then takes it for a batch cut short and grows its fetch size until it
+    /// gives up). So while the answer so far holds no record and ends where the segment does,
+    /// the read goes on into the next segment, within `max_bytes` and below the upper bound.
+    fn read_done(&mut self, io: &mut impl DiskIo, job: ReadJob, records: Bytes, events: &mut Vec<LogEvent>) {
+        let out = match self.read_prefixes.remove(&job.read_id) {
+            None => records.clone(),
+            Some(prefix) => {
+                // A truncation since may have cut into what the earlier segments gave.
+                let kept = batch::iter_headers(&prefix).take_while(|(h, _)| h.base_offset < job.upper_bound).last().map_or(0, |(_, r)| r.end);
+                if kept < prefix.len() || records.is_empty() {
+                    prefix.slice(..kept)
+                } else {
+                    let mut joined = BytesMut::with_capacity(prefix.len() + records.len());
+                    joined.extend_from_slice(&prefix);
+                    joined.extend_from_slice(&records);
+                    joined.freeze()
+                }
+            }
+        };
+        let end = batch::end_of_batches(&out);
+        let no_record = !out.is_empty() && batch::iter_headers(&out).all(|(h, _)| h.records_count == 0);
+        let budget = job.max_bytes.saturating_sub(records.len() as u64);
+        let next = end.and_then(|end| self.segment(end)).filter(|s| s.base_offset < job.upper_bound && !s.is_empty());
+        match next {
+            Some(segment) if no_record && budget >= BATCH_HEADER_LEN as u64 && self.segment(job.segment_base).is_some_and(|s| Some(s.next_offset) == end) => {
+                let len = (self.config.index_interval_bytes + budget).max(BATCH_HEADER_LEN as u64).min(segment.size_bytes);
+                let base = segment.base_offset;
+                let next_job = ReadJob {
+                    segment_base: base,
+                    offset: base,
+                    expected: base,
+                    max_bytes: budget,
+                    position: 0,
+                    len,
+                    attempts: 0,
+                    restart: false,
+                    continued: true,
+                    ..job
+                };
+                self.read_prefixes.insert(job.read_id, out);
+                self.issue_read(io, base, 0, len, Pending::Read(next_job));
+            }
+            _ => events.push(LogEvent::ReadDone { read_id: job.read_id, records: out }),
         }
     }
 
@@ -1273,8 +1398,10 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes, epochs: &EpochCache
         let here = job.position + at as u64;
         let rest = &data[at..];
         if here >= segment_size {
-            tracing::warn!(offset = job.offset, segment = job.segment_base, "offset not found in its segment");
-            return Walk::Done(Bytes::new());
+            // The segment holds the offset (offsets are dense): a header read wrongly (a batch
+            // length or last offset delta, checked by the CRC only once the batch is returned)
+            // walked past it.
+            return Walk::Damaged(format!("offset {} not found in segment {} walking from position {}", job.offset, job.segment_base, job.position));
         }
         let Some(header) = sane_header(rest, here, segment_size) else {
             if rest.len() >= BATCH_HEADER_LEN || here + BATCH_HEADER_LEN as u64 > segment_size || (data.len() as u64) < job.len {
@@ -1286,6 +1413,9 @@ fn walk_read(job: &ReadJob, segment_size: u64, data: &Bytes, epochs: &EpochCache
             return Walk::Damaged(format!("batch at position {here} claims offset {} where the index says {expected}", header.base_offset));
         }
         let total = header.total_len();
+        if job.continued && header.next_offset() > job.offset && total as u64 > job.max_bytes {
+            return Walk::Done(Bytes::new()); // a continued read only takes what fits
+        }
         if header.next_offset() <= job.offset {
             if rest.len() < total {
                 let position = here + total as u64;

@@ -2,8 +2,8 @@
 //! work (Kafka's recovery point and log start offset checkpoints, in one file per partition).
 //!
 //! Steps, each a disk effect whose completion drives the next:
-//! 1. `List` the directory. Leftover `*.tmp` and `*.deleted` files, and index files without a
-//!    `.log`, are deleted.
+//! 1. `List` the directory. Leftover `*.tmp`, `*.deleted` and `*.cleaned` files, and index files
+//!    without a `.log`, are deleted.
 //! 2. `Read` the checkpoint: recovery point (everything below was fsynced), log start offset, the
 //!    leader epoch cache of the durable batches and the caller's blob. A checkpoint failing its
 //!    crc32 is ignored (recovery point = log start). Segments entirely below the log start offset
@@ -352,7 +352,7 @@ impl Recovery {
         for entry in entries.into_iter().filter(|e| !e.is_dir) {
             if entry.name == CHECKPOINT_FILE {
                 checkpoint_len = Some(entry.len);
-            } else if entry.name.ends_with(TMP_SUFFIX) || entry.name.ends_with(DELETED_SUFFIX) {
+            } else if entry.name.ends_with(TMP_SUFFIX) || entry.name.ends_with(DELETED_SUFFIX) || entry.name.ends_with(super::cleaner::CLEANED_SUFFIX) {
                 let path = format!("{}/{}", self.dir, entry.name);
                 self.write(io, DiskOp::Delete { path });
             } else if let Some((base_offset, kind)) = segment::parse_file_name(&entry.name) {
@@ -479,6 +479,9 @@ impl Recovery {
     fn begin_scan(&mut self, io: &mut impl DiskIo, index: usize) {
         let segment = Segment::new(self.found[index].base_offset, &self.config);
         self.scan = Some(Scan { index, segment });
+        // Each segment has its own re-read budget: damage at position 0 of several segments in a
+        // row (many small segments, e.g. after compaction) is not one position read again.
+        self.reread = (u64::MAX, 0);
         self.scan_read(io, 0, SCAN_CHUNK_BYTES);
     }
 

@@ -207,7 +207,7 @@ pub fn first_record_at_or_after(batch: &[u8], header: &BatchHeader, target: i64,
 }
 
 /// A zigzag varint (Kafka's varint/varlong) at `*at`, not reading at or past `end`.
-fn read_varint(b: &[u8], at: &mut usize, end: usize) -> Option<i64> {
+pub(crate) fn read_varint(b: &[u8], at: &mut usize, end: usize) -> Option<i64> {
     let mut value: u64 = 0;
     for shift in (0..70).step_by(7) {
         if *at >= end || shift > 63 {
