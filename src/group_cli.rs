@@ -216,11 +216,43 @@ pub enum ResetTo {
     Offset(i64),
     /// The current committed offset plus this (clamped into the log).
     ShiftBy(i64),
+    /// The first record with a timestamp at or after this (ms since the epoch); the log end if
+    /// there is none.
+    Datetime(i64),
 }
 
-/// `group reset-offsets`: move the committed offsets of `topic` (all its partitions) for an
-/// inactive group; without `execute` only print the plan, as kafka-consumer-groups.sh does.
-pub async fn group_reset_offsets(bootstrap: &str, group: &str, topic: &str, to: ResetTo, execute: bool) -> anyhow::Result<()> {
+/// Milliseconds since the epoch of `YYYY-MM-DDTHH:mm:SS[.sss]` (UTC, as kafka-consumer-groups.sh
+/// takes it; a trailing `Z` is accepted), or of a plain integer (already milliseconds).
+pub fn parse_datetime(text: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || anyhow::anyhow!("cannot read {text:?} as a date-time: use YYYY-MM-DDTHH:mm:SS.sss (UTC) or milliseconds since the epoch");
+    let t = text.trim_end_matches('Z');
+    let (date, time) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().map_err(|_| bad())).collect::<anyhow::Result<_>>()?;
+    let (hms, millis) = time.split_once('.').unwrap_or((time, "0"));
+    let h: Vec<i64> = hms.split(':').map(|x| x.parse().map_err(|_| bad())).collect::<anyhow::Result<_>>()?;
+    let millis: i64 = format!("{millis:0<3}")[..3].parse().map_err(|_| bad())?;
+    let [y, m, day] = d[..] else { return Err(bad()) };
+    let [hh, mm, ss] = h[..] else { return Err(bad()) };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || !(0..24).contains(&hh) || !(0..60).contains(&mm) || !(0..61).contains(&ss) {
+        return Err(bad());
+    }
+    // Days from 1970-01-01 to the date (proleptic Gregorian; Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + millis)
+}
+
+/// `group reset-offsets`: move the committed offsets of `topic` (all its partitions), or with no
+/// topic of every topic the group has committed offsets on, for an inactive group; without
+/// `execute` only print the plan, as kafka-consumer-groups.sh does.
+pub async fn group_reset_offsets(bootstrap: &str, group: &str, topic: Option<&str>, to: ResetTo, execute: bool) -> anyhow::Result<()> {
     let d = describe(bootstrap, group).await;
     let (state, committed) = match d {
         Ok(d) => (d.state, d.committed),
@@ -229,12 +261,26 @@ pub async fn group_reset_offsets(bootstrap: &str, group: &str, topic: &str, to: 
     if state != "Empty" && state != "Dead" {
         bail!("offsets can only be reset while the group is inactive (no members), but group {group} is {state}");
     }
+    let topics: Vec<String> = match topic {
+        Some(t) => vec![t.to_string()],
+        None => committed.keys().map(|(t, _)| t.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+    };
+    if topics.is_empty() {
+        bail!("group {group} has no committed offsets: name a topic with --topic");
+    }
     let mut c = Client::connect(bootstrap).await?;
-    let cl = cluster(&mut c, Some(vec![topic.to_string()])).await?;
-    let count = cl.partitions.get(topic).copied().filter(|n| *n > 0).with_context(|| format!("topic {topic} does not exist"))?;
-    let partitions: Vec<(String, i32)> = (0..count).map(|p| (topic.to_string(), p)).collect();
+    let cl = cluster(&mut c, Some(topics.clone())).await?;
+    let mut partitions: Vec<(String, i32)> = Vec::new();
+    for t in &topics {
+        let count = cl.partitions.get(t).copied().filter(|n| *n > 0).with_context(|| format!("topic {t} does not exist"))?;
+        partitions.extend((0..count).map(|p| (t.clone(), p)));
+    }
     let starts = offsets_at(bootstrap, &partitions, -2).await?;
     let ends = offsets_at(bootstrap, &partitions, -1).await?;
+    let at_time = match to {
+        ResetTo::Datetime(ms) => offsets_at(bootstrap, &partitions, ms).await?,
+        _ => BTreeMap::new(),
+    };
     let mut plan = Vec::new();
     for tp in &partitions {
         let (lo, hi) = (starts.get(tp).copied().unwrap_or(0), ends.get(tp).copied().unwrap_or(0));
@@ -243,6 +289,7 @@ pub async fn group_reset_offsets(bootstrap: &str, group: &str, topic: &str, to: 
             ResetTo::Latest => hi,
             ResetTo::Offset(o) => o.clamp(lo, hi),
             ResetTo::ShiftBy(n) => committed.get(tp).copied().unwrap_or(lo).saturating_add(n).clamp(lo, hi),
+            ResetTo::Datetime(_) => at_time.get(tp).copied().filter(|o| *o >= 0).unwrap_or(hi).clamp(lo, hi),
         };
         plan.push((tp.clone(), target));
     }
@@ -257,21 +304,47 @@ pub async fn group_reset_offsets(bootstrap: &str, group: &str, topic: &str, to: 
     let mut coord = coordinator(bootstrap, group).await?;
     let r = coord
         .send(
-            OffsetCommitRequest::default().with_group_id(GroupId(s(group))).with_generation_id_or_member_epoch(-1).with_member_id(s("")).with_topics(vec![
-                offset_commit_request::OffsetCommitRequestTopic::default().with_name(TopicName(s(topic))).with_partitions(
-                    plan.iter()
-                        .map(|((_, p), o)| offset_commit_request::OffsetCommitRequestPartition::default().with_partition_index(*p).with_committed_offset(*o))
-                        .collect(),
-                ),
-            ]),
+            OffsetCommitRequest::default().with_group_id(GroupId(s(group))).with_generation_id_or_member_epoch(-1).with_member_id(s("")).with_topics(
+                topics
+                    .iter()
+                    .map(|t| {
+                        offset_commit_request::OffsetCommitRequestTopic::default().with_name(TopicName(s(t))).with_partitions(
+                            plan.iter()
+                                .filter(|((pt, _), _)| pt == t)
+                                .map(|((_, p), o)| {
+                                    offset_commit_request::OffsetCommitRequestPartition::default().with_partition_index(*p).with_committed_offset(*o)
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
             8,
         )
         .await?;
     for t in r.topics {
         for p in t.partitions {
-            check(p.error_code, &format!("commit the new offset of {topic}-{}", p.partition_index), None)?;
+            check(p.error_code, &format!("commit the new offset of {}-{}", t.name.as_str(), p.partition_index), None)?;
         }
     }
-    println!("Reset the offsets of group '{group}' on {topic}.");
+    println!("Reset the offsets of group '{group}' on {}.", topics.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_datetime;
+
+    /// Kafka's CLI format in UTC, with or without millis and `Z`, and plain milliseconds; a
+    /// malformed or out-of-range time is an error.
+    #[test]
+    fn datetimes() {
+        assert_eq!(parse_datetime("1970-01-01T00:00:00.000").unwrap(), 0);
+        assert_eq!(parse_datetime("2001-09-09T01:46:40Z").unwrap(), 1_000_000_000_000);
+        assert_eq!(parse_datetime("2024-02-29T12:00:00.5").unwrap(), 1_709_208_000_500);
+        assert_eq!(parse_datetime("1700000000000").unwrap(), 1_700_000_000_000);
+        for bad in ["yesterday", "2024-13-01T00:00:00", "2024-01-01", "2024-01-01T25:00:00", "2024-01-01T00:00"] {
+            assert!(parse_datetime(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -217,20 +217,27 @@ enum GroupAction {
         /// Group id.
         group: String,
         /// Topic (all its partitions).
+        #[arg(long, required_unless_present = "all_topics", conflicts_with = "all_topics")]
+        topic: Option<String>,
+        /// Every topic the group has committed offsets on.
         #[arg(long)]
-        topic: String,
+        all_topics: bool,
         /// To the log start.
-        #[arg(long, conflicts_with_all = ["to_latest", "to_offset", "shift_by"])]
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset", "shift_by", "to_datetime"])]
         to_earliest: bool,
         /// To the log end.
-        #[arg(long, conflicts_with_all = ["to_offset", "shift_by"])]
+        #[arg(long, conflicts_with_all = ["to_offset", "shift_by", "to_datetime"])]
         to_latest: bool,
         /// To this offset.
-        #[arg(long, conflicts_with = "shift_by")]
+        #[arg(long, conflicts_with_all = ["shift_by", "to_datetime"])]
         to_offset: Option<i64>,
         /// By this many records from the committed offset (negative: back).
-        #[arg(long, allow_hyphen_values = true)]
+        #[arg(long, allow_hyphen_values = true, conflicts_with = "to_datetime")]
         shift_by: Option<i64>,
+        /// To the first record at or after this time: YYYY-MM-DDTHH:mm:SS.sss (UTC) or ms since
+        /// the epoch (the log end if there is none).
+        #[arg(long)]
+        to_datetime: Option<String>,
         /// Commit the new offsets (without it, only print them).
         #[arg(long)]
         execute: bool,
@@ -365,16 +372,17 @@ fn main() -> anyhow::Result<()> {
                 GroupAction::List { state } => runnel::group_cli::group_list(&b, state.as_deref()).await,
                 GroupAction::Describe { group, members } => runnel::group_cli::group_describe(&b, &group, members).await,
                 GroupAction::Delete { group } => runnel::group_cli::group_delete(&b, &group).await,
-                GroupAction::ResetOffsets { group, topic, to_earliest, to_latest, to_offset, shift_by, execute } => {
+                GroupAction::ResetOffsets { group, topic, all_topics: _, to_earliest, to_latest, to_offset, shift_by, to_datetime, execute } => {
                     use runnel::group_cli::ResetTo;
-                    let to = match (to_earliest, to_latest, to_offset, shift_by) {
+                    let to = match (to_earliest, to_latest, to_offset, shift_by, to_datetime) {
                         (true, ..) => ResetTo::Earliest,
                         (_, true, ..) => ResetTo::Latest,
-                        (_, _, Some(o), _) => ResetTo::Offset(o),
-                        (_, _, _, Some(n)) => ResetTo::ShiftBy(n),
-                        _ => anyhow::bail!("say where to: --to-earliest, --to-latest, --to-offset N or --shift-by N"),
+                        (_, _, Some(o), ..) => ResetTo::Offset(o),
+                        (_, _, _, Some(n), _) => ResetTo::ShiftBy(n),
+                        (_, _, _, _, Some(t)) => ResetTo::Datetime(runnel::group_cli::parse_datetime(&t)?),
+                        _ => anyhow::bail!("say where to: --to-earliest, --to-latest, --to-offset N, --shift-by N or --to-datetime T"),
                     };
-                    runnel::group_cli::group_reset_offsets(&b, &group, &topic, to, execute).await
+                    runnel::group_cli::group_reset_offsets(&b, &group, topic.as_deref(), to, execute).await
                 }
             },
             Command::Sim { .. } => unreachable!("handled above"),

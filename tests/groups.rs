@@ -354,6 +354,13 @@ fn group_cli_lists_describes_resets_and_deletes() {
     assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![2, 2]);
     cli(&["reset-offsets", "cli-g", "--topic", "cli-t", "--to-latest", "--execute"]).success("reset to latest");
     assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![10, 10]);
+    // By time, on every topic the group has offsets on: the first record at or after it.
+    cli(&["reset-offsets", "cli-g", "--all-topics", "--to-datetime", "1970-01-01T00:00:00.000", "--execute"]).success("reset to a datetime");
+    assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![0, 0]);
+    cli(&["reset-offsets", "cli-g", "--all-topics", "--to-datetime", "2999-01-01T00:00:00Z", "--execute"]).success("reset past every record");
+    assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![10, 10], "no record that late: the log end");
+    let bad = cli(&["reset-offsets", "cli-g", "--all-topics", "--to-datetime", "yesterday"]);
+    assert!(!bad.status.success() && bad.stderr.contains("YYYY-MM-DDTHH:mm:SS.sss"), "{bad:?}");
     cli(&["delete", "cli-g"]).success("group delete");
     assert_eq!(committed_of(&b, "cli-g", "cli-t"), vec![-1, -1], "deleting a group deletes its offsets");
     let again = cli(&["delete", "cli-g"]);
