@@ -208,15 +208,16 @@ impl Harness {
                 assert!(present.contains_key(offset), "latest record of key {:?} at {offset} is gone", String::from_utf8_lossy(key));
             }
         }
-        // Below the last pass's region end, only the latest of each key (within that region).
+        // Below the last pass's region end, no record is superseded by another one still there.
+        // (Only by one still there: a follower may have copied the leader's log after the
+        // leader dropped a record that superseded it in favour of one past the region.)
         let cleaned_to = self.log.cleaned_to();
         let mut seen_after: BTreeMap<&[u8], i64> = BTreeMap::new();
-        for (offset, (key, _)) in self.records.range(..cleaned_to).rev() {
+        for (offset, (key, _)) in present.range(..cleaned_to).rev() {
             if let Some(later) = seen_after.get(&key[..]) {
-                assert!(!present.contains_key(offset), "record at {offset} survived a pass though {later} supersedes it (cleaned to {cleaned_to})");
-            } else {
-                seen_after.insert(key, *offset);
+                panic!("record at {offset} survived a pass though {later} supersedes it (cleaned to {cleaned_to})");
             }
+            seen_after.insert(key, *offset);
         }
     }
 
