@@ -995,7 +995,7 @@ fn epoch_start(p: &crate::partition::Partition) -> i64 {
 /// Whether the first batch of `records` starts at `log_end`, or is an empty batch covering it.
 fn first_batch_continues(records: &Bytes, log_end: i64) -> bool {
     match crate::log::batch::BatchHeader::parse(records) {
-        Ok(h) => h.base_offset == log_end || (h.records_count == 0 && h.base_offset < log_end && log_end <= h.last_offset()),
+        Ok(h) => h.base_offset == log_end || (h.records_count == 0 && h.compression() == 0 && h.base_offset < log_end && log_end <= h.last_offset()),
         Err(_) => records.len() >= 8 && i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")) == log_end,
     }
 }

@@ -11,7 +11,8 @@
 //! - a record whose key has a later record in the region is dropped;
 //! - the latest record of a key stays, unless it is a tombstone (null value) whose batch is older
 //!   than `delete.retention.ms` (runnel dates a tombstone by its batch's max timestamp; Kafka by
-//!   when the cleaner first saw it);
+//!   when the cleaner first saw it) and the region holds no batch the cleaner cannot walk (an
+//!   older value of the key could hide in it and come back);
 //! - records without a key stay (producers cannot add them to a compacted topic; ones already
 //!   there are kept rather than guessed at);
 //! - compressed and control batches stay whole: runnel does not decompress, so their records
@@ -91,6 +92,9 @@ pub struct OffsetMap {
     latest: BTreeMap<Vec<u8>, i64>,
     /// Producer id -> base offset of its last batch in the region.
     last_batch_of: BTreeMap<i64, i64>,
+    /// The region holds a batch with records that cannot be walked (compressed, control,
+    /// malformed): an older value of any key may hide in it, so no tombstone may expire.
+    opaque: bool,
 }
 
 impl OffsetMap {
@@ -99,10 +103,15 @@ impl OffsetMap {
         if header.producer_id >= 0 {
             self.last_batch_of.insert(header.producer_id, header.base_offset);
         }
-        for record in records(batch, header).unwrap_or_default() {
-            if let Some(key) = record.key {
-                self.latest.insert(batch[key].to_vec(), record.offset);
+        match records(batch, header) {
+            Some(records) => {
+                for record in records {
+                    if let Some(key) = record.key {
+                        self.latest.insert(batch[key].to_vec(), record.offset);
+                    }
+                }
             }
+            None => self.opaque |= header.records_count > 0,
         }
     }
 
@@ -147,7 +156,7 @@ pub fn clean_segment(data: &[u8], batches: &[(BatchHeader, Range<usize>)], map: 
                         if latest > r.offset || (crate::planted!("cleaner-drops-latest") && latest == r.offset) {
                             return false;
                         }
-                        let expired = header.max_timestamp >= 0 && header.max_timestamp < tombstone_horizon_ms;
+                        let expired = !map.opaque && header.max_timestamp >= 0 && header.max_timestamp < tombstone_horizon_ms;
                         r.value.is_some() || !expired
                     })
                     .collect();
@@ -313,8 +322,9 @@ impl PartitionLog {
     /// in memory at a time), checking every batch (CRC, dense offsets, leader epoch against the
     /// cache) and giving up on a damaged read. A segment that changes is written to `.cleaned`
     /// files, fsynced, and swapped in: the old index files are renamed away, the cleaned log
-    /// renamed over the old one, the cleaned indexes renamed in. A crash at any point leaves
-    /// either segment whole (an index missing is rebuilt by recovery), and leftover `.cleaned`
+    /// renamed over the old one, the cleaned indexes renamed in (the old time index stays valid
+    /// meanwhile). A crash at any point leaves either segment whole (an offset index missing only
+    /// means reads walk that segment from its start), and leftover `.cleaned`
     /// files are deleted by recovery. Reads in flight on a swapped segment start again on the new
     /// file. A truncation, a deleted segment or a failure abandons the pass.
     pub fn maybe_clean(&mut self, io: &mut impl DiskIo, clean_bound: i64, now_wall_ms: i64) -> bool {
@@ -499,24 +509,28 @@ impl PartitionLog {
         let old = &self.segments[at];
         let old_exist = old.index_files_exist;
         let (old_size, base) = (old.size_bytes, old.base_offset);
-        let indexes = [(SegmentFile::OffsetIndex, old_exist.0, new.index_files_exist.0), (SegmentFile::TimeIndex, old_exist.1, new.index_files_exist.1)];
-        // Ops take effect in issue order: the old indexes are gone before the new log is in place.
-        for (kind, existed, _) in indexes {
-            if existed {
-                let path = new.path(&self.dir, kind);
-                self.issue(io, DiskOp::Rename { from: path.clone(), to: format!("{path}{DELETED_SUFFIX}") }, Pending::Write);
-            }
+        // Ops take effect in issue order. The old offset index (byte positions in the old file) is
+        // gone before the new log is in place; a crash before the new one is renamed in leaves
+        // none, which reads treat as "walk from the start". The time index maps timestamps to
+        // offsets, which cleaning keeps: the old one stays valid until the new one replaces it.
+        let offset_index = new.path(&self.dir, SegmentFile::OffsetIndex);
+        if old_exist.0 {
+            self.issue(io, DiskOp::Rename { from: offset_index.clone(), to: format!("{offset_index}{DELETED_SUFFIX}") }, Pending::Write);
         }
         let path = new.path(&self.dir, SegmentFile::Log);
         self.issue(io, DiskOp::Rename { from: format!("{path}{CLEANED_SUFFIX}"), to: path }, Pending::Write);
-        for (kind, existed, written) in indexes {
-            let path = new.path(&self.dir, kind);
-            if written {
-                self.issue(io, DiskOp::Rename { from: format!("{path}{CLEANED_SUFFIX}"), to: path.clone() }, Pending::Write);
-            }
-            if existed {
-                self.issue(io, DiskOp::Delete { path: format!("{path}{DELETED_SUFFIX}") }, Pending::Write);
-            }
+        if new.index_files_exist.0 {
+            self.issue(io, DiskOp::Rename { from: format!("{offset_index}{CLEANED_SUFFIX}"), to: offset_index.clone() }, Pending::Write);
+        }
+        if old_exist.0 {
+            self.issue(io, DiskOp::Delete { path: format!("{offset_index}{DELETED_SUFFIX}") }, Pending::Write);
+        }
+        let time_index = new.path(&self.dir, SegmentFile::TimeIndex);
+        if new.index_files_exist.1 {
+            self.issue(io, DiskOp::Rename { from: format!("{time_index}{CLEANED_SUFFIX}"), to: time_index }, Pending::Write);
+        } else if old_exist.1 {
+            // Nothing to replace it with (no timestamps): the old one goes.
+            self.issue(io, DiskOp::Delete { path: time_index }, Pending::Write);
         }
         let new_size = new.size_bytes;
         self.segments[at] = new;
@@ -550,6 +564,10 @@ impl PartitionLog {
     fn clean_abort(&mut self, io: &mut impl DiskIo, why: &str) {
         let Some(job) = self.cleaning.take() else { return };
         tracing::debug!(dir = %self.dir, why, "cleaning pass abandoned");
+        if job.bytes_before > 0 && self.is_ready() {
+            // Segments already swapped may hold the batch at the recovery point: record it anew.
+            self.write_checkpoint(io, Vec::new());
+        }
         if let Some((segment, _)) = job.staged {
             if !matches!(self.state, State::Deleted) {
                 for kind in SegmentFile::ALL {
@@ -693,6 +711,19 @@ mod tests {
         let (records, end) = read(&clean(&data, 21).unwrap());
         assert_eq!(records, vec![(2, Some("b".into()), Some("1".into()))]);
         assert_eq!(end, 3);
+    }
+
+    /// A tombstone does not expire while the region holds a batch the cleaner cannot walk (here
+    /// one marked compressed): the key's older value may hide in it.
+    #[test]
+    fn no_tombstone_expires_next_to_an_opaque_batch() {
+        let mut data = segment(&[(&[(Some("a"), Some("1"))], 10, NO_PRODUCER), (&[(Some("a"), None)], 20, NO_PRODUCER)]);
+        data[22] |= 0x03; // the first batch's attributes: lz4
+        let crc = crc32c::crc32c(&data[21..BatchHeader::parse(&data).unwrap().total_len()]);
+        data[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(clean(&data, 1_000), None, "the tombstone stays, and the opaque batch is kept whole");
+        let plain = segment(&[(&[(Some("a"), Some("1"))], 10, NO_PRODUCER), (&[(Some("a"), None)], 20, NO_PRODUCER)]);
+        assert_eq!(read(&clean(&plain, 1_000).unwrap()).0, vec![], "walkable: both go once the tombstone expired");
     }
 
     /// A malformed record list (a length pointing past the batch) is not walked, and a batch

@@ -1181,6 +1181,15 @@ impl PartitionLog {
     fn on_read(&mut self, io: &mut impl DiskIo, job: ReadJob, data: Bytes, events: &mut Vec<LogEvent>) {
         if job.restart {
             // The segment was cleaned meanwhile: these bytes are from the old file.
+            if job.continued {
+                // From the start of the (new) segment, still within the remaining budget.
+                let Some(size) = self.segment(job.segment_base).map(|s| s.size_bytes) else {
+                    return self.read_done(io, ReadJob { restart: false, ..job }, Bytes::new(), events);
+                };
+                let len = (self.config.index_interval_bytes + job.max_bytes).max(BATCH_HEADER_LEN as u64).min(size);
+                let job = ReadJob { restart: false, position: 0, len, expected: job.segment_base, attempts: 0, ..job };
+                return self.issue_read(io, job.segment_base, 0, len, Pending::Read(job));
+            }
             if self.read(io, job.read_id, job.offset, job.max_bytes, job.upper_bound) != ReadStart::Pending {
                 self.read_done(io, job, Bytes::new(), events);
             }
