@@ -991,11 +991,11 @@ fn epoch_start(p: &crate::partition::Partition) -> i64 {
     p.log.epoch_entries().iter().rev().find(|(e, _)| *e == p.leader_epoch).map(|(_, s)| *s).unwrap_or(0)
 }
 
-/// The base offset of the first batch in `records`.
-/// Whether the first batch of `records` starts at `log_end`, or is an empty batch covering it.
+/// Whether the first batch of `records` starts at `log_end`, or is an empty batch a cleaner
+/// merged across it (a shorter answer goes to `append_replicated`, which reports it corrupt).
 fn first_batch_continues(records: &Bytes, log_end: i64) -> bool {
     match crate::log::batch::BatchHeader::parse(records) {
-        Ok(h) => h.base_offset == log_end || (h.records_count == 0 && h.compression() == 0 && h.base_offset < log_end && log_end <= h.last_offset()),
+        Ok(h) => h.base_offset == log_end || crate::log::cleaner::straddles(&h, log_end),
         Err(_) => records.len() >= 8 && i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")) == log_end,
     }
 }

@@ -290,18 +290,16 @@ impl Broker {
         match result {
             Err(e) => tracing::warn!(shard, "{OFFSETS_TOPIC} shard load read failed ({e}); retrying on the next tick"),
             Ok(data) => {
-                tracing::trace!(shard, next = load.next, end = load.end, bytes = data.len(), "{OFFSETS_TOPIC} shard load read");
                 let load_next = load.next;
                 let mut buf = data.clone();
                 // Move on by batches: a cleaned batch may hold fewer records than offsets, or none.
-                let mut next = load.next.max(crate::log::batch::end_of_batches(data).unwrap_or(0));
+                let next = load.next.max(crate::log::batch::end_of_batches(data).unwrap_or(0));
                 match RecordBatchDecoder::decode_all(&mut buf) {
                     Err(e) => tracing::warn!(shard, "cannot decode {OFFSETS_TOPIC} batch at {next}: {e}; retrying on the next tick"),
                     Ok(sets) => {
                         for set in sets {
                             for rec in set.records {
-                                next = next.max(rec.offset + 1);
-                                if rec.offset < load.next || rec.control {
+                                if rec.offset < load_next || rec.control {
                                     continue;
                                 }
                                 if let Some(key) = rec.key.as_ref() {

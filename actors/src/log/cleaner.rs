@@ -30,7 +30,7 @@ use super::batch::{self, BatchHeader, ATTR_LOG_APPEND_TIME, BATCH_HEADER_LEN, LO
 use super::leader_epoch::EpochCache;
 use super::segment::{Segment, SegmentFile, DELETED_SUFFIX};
 use super::time_index::read_varint;
-use super::{epoch_checks_out, IndexBuffer, PartitionLog, Pending, State};
+use super::{account_batch, epoch_checks_out, IndexBuffer, PartitionLog, Pending, State};
 use crate::core::{DiskIo, DiskOp, IoOutput};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::BTreeMap;
@@ -212,13 +212,20 @@ pub fn clean_segment(data: &[u8], batches: &[(BatchHeader, Range<usize>)], map: 
     changed.then_some(out)
 }
 
+/// Whether `header` is an empty batch, merged by a cleaner, that starts below `log_end` and
+/// covers it: a follower whose log ends there keeps the part from `log_end` on
+/// ([`empty_batch_from`]).
+pub fn straddles(header: &BatchHeader, log_end: i64) -> bool {
+    header.records_count == 0 && header.compression() == 0 && header.base_offset < log_end && log_end <= header.last_offset()
+}
+
 /// The part from `from` on of an empty batch that starts below `from` and ends at or after it.
 ///
 /// Replicas clean on their own schedules, so a leader may have merged emptied batches into one
 /// that begins below a follower's log end (which is always the end of some original batch, so
 /// only a merged empty batch can straddle it); the follower keeps the part it lacks.
 pub fn empty_batch_from(header: &BatchHeader, from: i64) -> Bytes {
-    assert!(header.records_count == 0 && header.base_offset < from && from <= header.last_offset(), "trimming {header:?} at {from}");
+    assert!(straddles(header, from), "trimming {header:?} at {from}");
     Bytes::from(empty_batch(header, from, header.last_offset(), header.max_timestamp))
 }
 
@@ -460,10 +467,7 @@ impl PartitionLog {
         segment.created_ms = old.created_ms;
         let (mut offset_index, mut time_index) = (IndexBuffer::default(), IndexBuffer::default());
         for (header, range) in batch::iter_headers(&cleaned) {
-            let offset_of_max = super::time_index::offset_of_max_timestamp(&cleaned[range], &header);
-            let writes = segment.on_batch(&header, offset_of_max, self.config.index_interval_bytes);
-            offset_index.add(writes.offset_index);
-            time_index.add(writes.time_index);
+            account_batch(&mut segment, &cleaned[range], &header, self.config.index_interval_bytes, &mut offset_index, &mut time_index);
         }
         time_index.add(segment.seal());
         assert_eq!(

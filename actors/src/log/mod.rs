@@ -527,7 +527,7 @@ impl PartitionLog {
         let mut expected = self.log_end_offset();
         let (first, _) = batches[0];
         let trimmed;
-        let records = if first.records_count == 0 && first.compression() == 0 && first.base_offset < expected && expected <= first.last_offset() {
+        let records = if cleaner::straddles(&first, expected) {
             // The leader's cleaner merged emptied batches across our log end: keep our part.
             let mut rest = BytesMut::from(&cleaner::empty_batch_from(&first, expected)[..]);
             rest.extend_from_slice(&records[batches[0].1.end..]);
@@ -583,13 +583,10 @@ impl PartitionLog {
         let mut at = 0;
         for header in &headers {
             let bytes = &data[at..at + header.total_len()];
-            let offset_of_max = time_index::offset_of_max_timestamp(bytes, header);
+            let offset_of_max = account_batch(active, bytes, header, interval, &mut offset_writes, &mut time_writes);
             if header.max_timestamp > max_timestamp {
                 (max_timestamp, offset_of_max_timestamp) = (header.max_timestamp, offset_of_max);
             }
-            let writes = active.on_batch(header, offset_of_max, interval);
-            offset_writes.add(writes.offset_index);
-            time_writes.add(writes.time_index);
             at += header.total_len();
         }
         assert_eq!(at, data.len(), "log {}: batches do not cover the data", self.dir);
@@ -1183,12 +1180,10 @@ impl PartitionLog {
             // The segment was cleaned meanwhile: these bytes are from the old file.
             if job.continued {
                 // From the start of the (new) segment, still within the remaining budget.
-                let Some(size) = self.segment(job.segment_base).map(|s| s.size_bytes) else {
-                    return self.read_done(io, ReadJob { restart: false, ..job }, Bytes::new(), events);
+                return match self.segment(job.segment_base) {
+                    Some(segment) => self.continue_read(io, ReadJob { restart: false, ..job }, segment.base_offset, segment.size_bytes),
+                    None => self.read_done(io, ReadJob { restart: false, ..job }, Bytes::new(), events),
                 };
-                let len = (self.config.index_interval_bytes + job.max_bytes).max(BATCH_HEADER_LEN as u64).min(size);
-                let job = ReadJob { restart: false, position: 0, len, expected: job.segment_base, attempts: 0, ..job };
-                return self.issue_read(io, job.segment_base, 0, len, Pending::Read(job));
             }
             if self.read(io, job.read_id, job.offset, job.max_bytes, job.upper_bound) != ReadStart::Pending {
                 self.read_done(io, job, Bytes::new(), events);
@@ -1248,25 +1243,20 @@ impl PartitionLog {
         let next = end.and_then(|end| self.segment(end)).filter(|s| s.base_offset < job.upper_bound && !s.is_empty());
         match next {
             Some(segment) if no_record && budget >= BATCH_HEADER_LEN as u64 && self.segment(job.segment_base).is_some_and(|s| Some(s.next_offset) == end) => {
-                let len = (self.config.index_interval_bytes + budget).max(BATCH_HEADER_LEN as u64).min(segment.size_bytes);
-                let base = segment.base_offset;
-                let next_job = ReadJob {
-                    segment_base: base,
-                    offset: base,
-                    expected: base,
-                    max_bytes: budget,
-                    position: 0,
-                    len,
-                    attempts: 0,
-                    restart: false,
-                    continued: true,
-                    ..job
-                };
+                let (base, size) = (segment.base_offset, segment.size_bytes);
                 self.read_prefixes.insert(job.read_id, out);
-                self.issue_read(io, base, 0, len, Pending::Read(next_job));
+                self.continue_read(io, ReadJob { max_bytes: budget, ..job }, base, size);
             }
             _ => events.push(LogEvent::ReadDone { read_id: job.read_id, records: out }),
         }
+    }
+
+    /// Go on with `job` (its id, budget and upper bound) from the start of the segment at `base`
+    /// of `size` bytes, taking only batches that fit the budget.
+    fn continue_read(&mut self, io: &mut impl DiskIo, job: ReadJob, base: i64, size: u64) {
+        let len = (self.config.index_interval_bytes + job.max_bytes).max(BATCH_HEADER_LEN as u64).min(size);
+        let job = ReadJob { segment_base: base, offset: base, expected: base, position: 0, len, attempts: 0, continued: true, ..job };
+        self.issue_read(io, base, 0, len, Pending::Read(job));
     }
 
     /// The first segment at or after `from` holding offsets at or above the log start offset and
@@ -1381,6 +1371,16 @@ impl IndexBuffer {
             self.data.extend_from_slice(&bytes);
         }
     }
+}
+
+/// Account for one whole batch (`bytes`) written at the end of `segment`, collecting its index
+/// entries; returns the offset of the record carrying the batch's max timestamp.
+fn account_batch(segment: &mut Segment, bytes: &[u8], header: &BatchHeader, interval: u64, offsets: &mut IndexBuffer, times: &mut IndexBuffer) -> i64 {
+    let offset_of_max = time_index::offset_of_max_timestamp(bytes, header);
+    let writes = segment.on_batch(header, offset_of_max, interval);
+    offsets.add(writes.offset_index);
+    times.add(writes.time_index);
+    offset_of_max
 }
 
 /// The header at the start of `rest` (found at `position` in a segment of `segment_size` bytes)
