@@ -177,8 +177,8 @@ pub async fn group_describe(bootstrap: &str, group: &str, show_members: bool) ->
     partitions.dedup();
     let ends = offsets_at(bootstrap, &partitions, -1).await?;
     println!(
-        "\n{:<24} {:<24} {:>9} {:>14} {:>14} {:>8} {:<40} CLIENT-ID",
-        "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"
+        "\n{:<24} {:<24} {:>9} {:>14} {:>14} {:>8} {:<40} {:<16} CLIENT-ID",
+        "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST"
     );
     for tp in &partitions {
         let current = d.committed.get(tp).copied();
@@ -187,9 +187,10 @@ pub async fn group_describe(bootstrap: &str, group: &str, show_members: bool) ->
             (Some(c), Some(e)) => (e - c).max(0).to_string(),
             _ => "-".into(),
         };
-        let (member, _, client) = d.owners.get(tp).cloned().unwrap_or(("-".into(), "-".into(), "-".into()));
+        let (member, host, client) = d.owners.get(tp).cloned().unwrap_or(("-".into(), "-".into(), "-".into()));
+        let host = if host.is_empty() { "-".to_string() } else { host };
         let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-        println!("{group:<24} {:<24} {:>9} {:>14} {:>14} {lag:>8} {member:<40} {client}", tp.0, tp.1, show(current), show(end));
+        println!("{group:<24} {:<24} {:>9} {:>14} {:>14} {lag:>8} {member:<40} {host:<16} {client}", tp.0, tp.1, show(current), show(end));
     }
     Ok(())
 }

@@ -64,6 +64,8 @@ pub async fn serve(listener: TcpListener, broker: ActorHandle<BrokerMsg>, connec
         let _ = stream.set_nodelay(true);
         let conn = ConnId(connections.next.fetch_add(1, Ordering::Relaxed) + 1);
         tracing::debug!(conn = conn.0, %peer, "connection opened");
+        // Kafka shows a member's client host as `/address`.
+        broker.send(Addr { node: -1, actor: 0 }, BrokerMsg::Connected { conn, host: format!("/{}", peer.ip()) });
         tokio::spawn(handle(stream, conn, broker.clone(), connections.clone(), max_request_bytes));
     }
 }

@@ -333,9 +333,10 @@ fn group_cli_lists_describes_resets_and_deletes() {
     let rows: Vec<Vec<&str>> = described.stdout.lines().filter(|l| l.starts_with("cli-g")).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 2, "{}", described.stdout);
     for row in &rows {
-        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID CLIENT-ID
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
         assert_eq!(&row[1..6], &["cli-t", row[2], "6", "10", "4"], "{}", described.stdout);
         assert_ne!(row[6], "-", "the partition has an owner: {}", described.stdout);
+        assert_eq!(row[7], "/127.0.0.1", "the owner's host as the broker saw it: {}", described.stdout);
     }
     let refused = cli(&["reset-offsets", "cli-g", "--topic", "cli-t", "--to-earliest", "--execute"]);
     assert!(!refused.status.success() && refused.stderr.contains("inactive"), "{refused:?}");

@@ -850,3 +850,76 @@ fn kip848_members_follow_new_partitions() {
     let full = h.call(&kip848_join(&g, "m", "grow").with_member_epoch(beat.member_epoch).with_topic_partitions(owned(vec![0])), 1);
     assert_eq!(full.assignment.expect("a full request gets the assignment").topic_partitions[0].partitions, vec![0, 1, 2]);
 }
+
+/// KIP-848 membership survives a crash that loses every unsynced write: the restarted
+/// coordinator loads the members, their epochs and assignments from `__consumer_offsets`, so
+/// they carry on without rejoining. A static member that leaves with epoch -2 keeps its place:
+/// its return under the same instance id (with a new member id) gets its old partitions at the
+/// same group epoch, while the instance id of a member still in the group is refused.
+#[test]
+fn kip848_membership_survives_a_crash() {
+    let mut h = Harness::start(MemDisk::new());
+    create(&mut h, "t");
+    let grown = h.call(
+        &CreatePartitionsRequest::default()
+            .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default().with_name(name("t")).with_count(4).with_assignments(None)])
+            .with_timeout_ms(5_000),
+        3,
+    );
+    assert_eq!(grown.results[0].error_code, 0);
+    find_coordinator(&mut h, "members", 3);
+    let g = group("members");
+    let a = h.call(&kip848_join(&g, "a", "t"), 1);
+    assert_eq!(a.error_code, 0);
+    let b = h.call(&kip848_join(&g, "b", "t").with_instance_id(Some(sbytes("static-b"))), 1);
+    assert_eq!(b.error_code, 0);
+    let topic_id = a.assignment.as_ref().expect("assignment").topic_partitions[0].topic_id;
+    let owned = |ps: Vec<i32>| Some(vec![consumer_group_heartbeat_request::TopicPartitions::default().with_topic_id(topic_id).with_partitions(ps)]);
+    let beat = |m: &str, epoch: i32, ps: Vec<i32>| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(g.clone())
+            .with_member_id(sbytes(m))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(-1)
+            .with_topic_partitions(owned(ps))
+    };
+    // `a` owned everything; it gives up part of it, then `b` gets that part.
+    let mine =
+        |r: &ConsumerGroupHeartbeatResponse| r.assignment.as_ref().map(|x| x.topic_partitions.iter().flat_map(|t| t.partitions.clone()).collect::<Vec<i32>>());
+    let all = mine(&a).expect("a's assignment");
+    let a1 = h.call(&beat("a", a.member_epoch, all.clone()), 1);
+    let a_keeps = mine(&a1).expect("a is told what to keep");
+    assert!(a_keeps.len() < all.len(), "a must revoke some partitions");
+    let a2 = h.call(&beat("a", a1.member_epoch, a_keeps.clone()), 1);
+    assert_eq!(a2.error_code, 0);
+    let b1 = h.call(&beat("b", b.member_epoch, vec![]), 1);
+    let b_owns = mine(&b1).expect("b gets the released partitions");
+    assert!(!b_owns.is_empty());
+    let (a_epoch, b_epoch) = (a2.member_epoch, b1.member_epoch);
+
+    let mut disk = std::mem::take(&mut h.disk);
+    disk.crash(&mut Rng::new(9), true);
+    let mut h = Harness::start(disk);
+    find_coordinator(&mut h, "members", 3);
+    let d = h.call(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![g.clone()]), 0);
+    assert_eq!(d.groups[0].members.len(), 2, "both members were restored: {:?}", d.groups[0]);
+    let a3 = h.call(&beat("a", a_epoch, a_keeps.clone()), 1);
+    assert_eq!((a3.error_code, a3.member_epoch), (0, a_epoch), "a carries on at its epoch");
+    let b2 = h.call(&beat("b", b_epoch, b_owns.clone()), 1);
+    assert_eq!((b2.error_code, b2.member_epoch), (0, b_epoch), "b carries on at its epoch");
+    let full = h.call(&kip848_join(&g, "b", "t").with_member_epoch(b_epoch).with_topic_partitions(owned(b_owns.clone())), 1);
+    assert_eq!(mine(&full), Some(b_owns.clone()), "a full heartbeat returns b's restored assignment");
+
+    // The instance id of a member still in the group is refused (UNRELEASED_INSTANCE_ID).
+    let intruder = h.call(&kip848_join(&g, "b2", "t").with_instance_id(Some(sbytes("static-b"))), 1);
+    assert_eq!(intruder.error_code, 111);
+    // A static leave keeps b's place; its next incarnation takes its partitions over at once.
+    let left = h.call(&beat("b", b_epoch, b_owns.clone()).with_member_epoch(-2), 1);
+    assert_eq!((left.error_code, left.member_epoch), (0, -2));
+    let back = h.call(&kip848_join(&g, "b3", "t").with_instance_id(Some(sbytes("static-b"))), 1);
+    assert_eq!(back.error_code, 0);
+    assert_eq!((back.member_epoch, mine(&back)), (b_epoch, Some(b_owns)), "the returning static member gets its old place without a rebalance");
+    let d = h.call(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![g.clone()]), 0);
+    let ids: Vec<&str> = d.groups[0].members.iter().map(|m| m.member_id.as_str()).collect();
+    assert_eq!(ids, vec!["a", "b3"]);
+}

@@ -176,7 +176,7 @@ impl Node {
 enum ClientActor {
     Producer(Producer),
     Consumer(Consumer),
-    Group(GroupConsumer),
+    Group(Box<GroupConsumer>),
     Scripted(crate::conformance::Scripted),
 }
 
@@ -296,6 +296,8 @@ fn group_config(process: u64, bootstrap: &[Addr], consumer_protocol: bool) -> Gr
         heartbeat_interval_ms: 500,
         leave_per_mille: 10,
         consumer_protocol,
+        // Every other KIP-848 consumer is a static member.
+        instance_id: (consumer_protocol && process % 2 == 0).then(|| format!("static-{process}")),
     }
 }
 
@@ -416,7 +418,7 @@ impl World {
         for g in 0..scenario.group_consumers {
             let process = (scenario.producers + scenario.consumers + g) as u64;
             clients.push(Client {
-                actor: ClientActor::Group(GroupConsumer::new(group_config(process, &bootstrap, scenario.consumer_protocol))),
+                actor: ClientActor::Group(Box::new(GroupConsumer::new(group_config(process, &bootstrap, scenario.consumer_protocol)))),
                 cx: Cx::new(Addr { node: 4000 + g as i32, actor: 0 }, rng.next_u64()),
                 timers: BTreeMap::new(),
                 timer_generation: 0,
@@ -743,6 +745,16 @@ impl World {
         if let Some(b) = self.nodes[i].broker.as_ref() {
             let cleaned: u64 = b.partition_views().iter().map(|v| v.segments_cleaned).sum();
             *self.protocol.entry("log-segments-cleaned".to_string()).or_default() += cleaned;
+            let g = b.groups().stats();
+            for (k, v) in [
+                ("kip848-members-restored", g.members_restored),
+                ("kip848-members-continued", g.members_continued),
+                ("kip848-static-returns", g.static_returns),
+            ] {
+                if v > 0 {
+                    *self.protocol.entry(k.to_string()).or_default() += v;
+                }
+            }
         }
         if let Some(c) = self.nodes[i].controller.as_ref() {
             let s = c.snapshot_stats();
@@ -775,6 +787,11 @@ impl World {
                 }
                 self.conns.get_mut(&conn).expect("conn").next_request_seq += 1;
                 let from = Addr { node: -1, actor: 0 };
+                if seq == 0 {
+                    // The connection's first frame: the broker learns where the client is.
+                    let host = format!("/10.0.{}.1", self.conns[&conn].client);
+                    self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Connected { conn: ConnId(conn), host }));
+                }
                 self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Request { conn: ConnId(conn), seq, frame }));
             }
             Ev::NodeDisconnected { node, incarnation, conn } => {
@@ -1616,7 +1633,7 @@ impl World {
                 let mut fresh = GroupConsumer::new(group_config(process, &bootstrap, self.scenario.consumer_protocol));
                 fresh.seen = seen;
                 let cl = &mut self.clients[c];
-                cl.actor = ClientActor::Group(fresh);
+                cl.actor = ClientActor::Group(Box::new(fresh));
                 cl.timers.clear();
                 cl.timer_generation += 1;
                 let delay = 200_000 + self.rng.below(3_000_000);
@@ -1720,7 +1737,7 @@ impl World {
                 ClientActor::Group(_) => {}
             }
         }
-        let groups: Vec<&GroupConsumer> = self.clients.iter().filter_map(|c| if let ClientActor::Group(g) = &c.actor { Some(g) } else { None }).collect();
+        let groups: Vec<&GroupConsumer> = self.clients.iter().filter_map(|c| if let ClientActor::Group(g) = &c.actor { Some(g.as_ref()) } else { None }).collect();
         if !groups.is_empty() {
             // Together the group's members read everything, and the newest generation owns
             // every partition.

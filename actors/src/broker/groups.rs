@@ -76,9 +76,10 @@ impl Broker {
     /// Route a group request to the coordinator.
     pub(crate) fn on_group_request(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, body: RequestKind) {
         let now = Self::group_now(cx);
-        let r = Responder { conn, seq, request };
+        let client_host = self.client_hosts.get(&conn).cloned().unwrap_or_default();
+        let r = Responder { conn, seq, request, client_host };
         match body {
-            RequestKind::JoinGroup(j) => self.group.on_join(r, j, "", now, cx.rng()),
+            RequestKind::JoinGroup(j) => self.group.on_join(r, j, now, cx.rng()),
             RequestKind::SyncGroup(s) => self.group.on_sync(r, s, now),
             RequestKind::Heartbeat(h) => self.group.on_heartbeat(r, h, now),
             RequestKind::LeaveGroup(l) => self.group.on_leave(r, l, now),

@@ -74,6 +74,14 @@ pub enum BrokerMsg {
         /// The frame.
         frame: Bytes,
     },
+    /// A client connection opened from `host` (Kafka's `/address` form, shown as a group
+    /// member's client host).
+    Connected {
+        /// Connection.
+        conn: ConnId,
+        /// Where the client connects from.
+        host: String,
+    },
     /// A client connection closed.
     Disconnected {
         /// Connection.
@@ -130,6 +138,8 @@ enum Phase {
 /// The broker actor. See the module documentation.
 pub struct Broker {
     config: BrokerConfig,
+    /// The host each open client connection comes from.
+    pub(crate) client_hosts: BTreeMap<ConnId, String>,
     phase: Phase,
     meta_loaded: NodeMeta,
     pub(crate) topics: BTreeMap<String, Topic>,
@@ -206,6 +216,7 @@ impl Broker {
             pending_init_producer: VecDeque::new(),
             produces: BTreeMap::new(),
             fetches: BTreeMap::new(),
+            client_hosts: BTreeMap::new(),
             fetch_sessions: BTreeMap::new(),
             reads: BTreeMap::new(),
             watchers: BTreeMap::new(),
@@ -693,6 +704,9 @@ impl Actor for Broker {
     fn on_message(&mut self, cx: &mut Cx<BrokerMsg>, _from: Addr, msg: BrokerMsg) {
         match msg {
             BrokerMsg::Request { conn, seq, frame } => self.on_frame(cx, conn, seq, frame),
+            BrokerMsg::Connected { conn, host } => {
+                self.client_hosts.insert(conn, host);
+            }
             BrokerMsg::Disconnected { conn } => self.on_disconnected(conn),
             BrokerMsg::Peer(m) => {
                 if self.phase == Phase::Ready {
@@ -747,6 +761,7 @@ impl Actor for Broker {
 
 impl Broker {
     fn on_disconnected(&mut self, conn: ConnId) {
+        self.client_hosts.remove(&conn);
         // Parked fetches of a closed connection are dropped; their replies would go nowhere.
         let gone: Vec<u64> = self.fetches.iter().filter(|(_, f)| f.conn == conn && f.outstanding == 0).map(|(id, _)| *id).collect();
         for id in gone {

@@ -47,6 +47,9 @@ pub struct GroupConsumerConfig {
     /// Use the KIP-848 consumer protocol (ConsumerGroupHeartbeat, server-side assignment)
     /// instead of the classic one.
     pub consumer_protocol: bool,
+    /// `group.instance.id` (KIP-848 static membership): such a member leaves with epoch -2,
+    /// keeping its place, and each incarnation comes back under a new member id.
+    pub instance_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +228,7 @@ impl GroupConsumer {
                 process: self.config.process,
                 group: self.config.group.clone(),
                 generation: self.generation,
-                member: self.member_id.clone(),
+                member: self.owner(),
                 keys: Vec::new(),
             });
         }
@@ -396,7 +399,12 @@ impl GroupConsumer {
                 let due = now >= self.last_heartbeat_ms + self.config.heartbeat_interval_ms;
                 if due && !self.busy(ApiKey::ConsumerGroupHeartbeat) && !self.busy(ApiKey::OffsetCommit) {
                     if cx.rng().below(1000) < self.config.leave_per_mille {
-                        self.send_heartbeat(cx, coordinator, -1, false);
+                        // A static member leaves for a while (-2) and returns as a new member id.
+                        let epoch = if self.config.instance_id.is_some() { -2 } else { -1 };
+                        self.send_heartbeat(cx, coordinator, epoch, false);
+                        if epoch == -2 {
+                            self.member_id.clear();
+                        }
                         self.revoke(cx);
                         self.phase = Phase::Away;
                         self.rejoin_at = now + 500 + cx.rng().below(3_000);
@@ -421,6 +429,7 @@ impl GroupConsumer {
             .with_group_id(self.group())
             .with_member_id(sb(&self.member_id))
             .with_member_epoch(epoch)
+            .with_instance_id(self.config.instance_id.as_deref().map(sb))
             .with_rebalance_timeout_ms(if joining { self.config.session_timeout_ms } else { -1 })
             .with_subscribed_topic_names(joining.then(|| vec![TopicName(sb(&self.config.topic))]))
             .with_topic_partitions(Some(if owned.is_empty() {
@@ -457,6 +466,14 @@ impl GroupConsumer {
                 return;
             }
             error::NOT_COORDINATOR | error::COORDINATOR_NOT_AVAILABLE | error::COORDINATOR_LOAD_IN_PROGRESS => return self.lost_coordinator(cx),
+            error::UNRELEASED_INSTANCE_ID if self.config.instance_id.is_some() => {
+                // An earlier incarnation still holds the instance id (it crashed without
+                // leaving): try again once its session may have ended.
+                self.revoke(cx);
+                self.phase = Phase::Away;
+                self.rejoin_at = cx.now_ms() + 1_000;
+                return;
+            }
             code => return self.violation(cx, format!("ConsumerGroupHeartbeat failed with error {code}: {:?}", r.error_message)),
         }
         self.phase = Phase::Stable;
@@ -481,6 +498,11 @@ impl GroupConsumer {
         self.last_heartbeat_ms = 0;
     }
 
+    /// Who owns what it is given: a static member's incarnations are one owner.
+    fn owner(&self) -> String {
+        self.config.instance_id.clone().unwrap_or_else(|| self.member_id.clone())
+    }
+
     fn report_assignment(&mut self, cx: &mut Cx<ClientMsg>) {
         let keys: Vec<u64> = self.owned.iter().map(|p| *p as u64).collect();
         self.events.push(ClientEvent::GroupAssign {
@@ -488,7 +510,7 @@ impl GroupConsumer {
             process: self.config.process,
             group: self.config.group.clone(),
             generation: self.generation,
-            member: self.member_id.clone(),
+            member: self.owner(),
             keys: keys.clone(),
         });
         self.record_assign(ClientEvent::Assign { time_ms: cx.now_ms(), process: self.config.process, keys });

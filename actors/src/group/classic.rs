@@ -42,8 +42,10 @@ fn candidates(g: &Group, joining: &[(String, Bytes)], except: Option<&str>) -> V
 
 impl Coordinator {
     /// JoinGroup.
-    pub fn on_join(&mut self, r: Responder, req: JoinGroupRequest, client_host: &str, now: Now, rng: &mut Rng) {
+    pub fn on_join(&mut self, r: Responder, req: JoinGroupRequest, now: Now, rng: &mut Rng) {
         let group_id = req.group_id.0.to_string();
+        let client_host = r.client_host.clone();
+        let client_host = client_host.as_str();
         let version = r.request.version;
         if group_id.is_empty() {
             return self.reply(r, &join_error(error::INVALID_GROUP_ID));
@@ -81,7 +83,7 @@ impl Coordinator {
             g.consumer = None;
             let key = records::encode_key(&records::Key::ConsumerGroup { group: group_id.clone() });
             self.append(&group_id, vec![(key, None)], WriteKind::GroupState);
-            return self.on_join(r, req, client_host, now, rng);
+            return self.on_join(r, req, now, rng);
         }
         let existing = if member.is_empty() { instance.as_ref().and_then(|i| g.statics.get(i)).cloned() } else { Some(member.clone()) };
         let fits = match &g.protocol_type {

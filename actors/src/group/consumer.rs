@@ -16,8 +16,10 @@
 //! `group.consumer.session.timeout.ms`, or do not revoke within their rebalance timeout, are
 //! removed.
 //!
-//! What is not kept across a coordinator failover: the membership (only committed offsets are
-//! durable). Members of a group whose coordinator moved get UNKNOWN_MEMBER_ID and rejoin.
+//! The whole group — members, epochs, assignments, target — is written to `__consumer_offsets`
+//! before any member hears of a change (see [`ConsumerGroup`]), so a coordinator that takes
+//! over after a failover carries on where the members are: they keep their ids, epochs and
+//! partitions, and only their session timers start again.
 
 use super::{sb, Coordinator, Group, Lookup, Now, Responder, State};
 use crate::broker::error;
@@ -27,11 +29,15 @@ use kafka_protocol::messages::*;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
-/// Partitions by topic name.
-pub(crate) type Parts = BTreeMap<String, BTreeSet<i32>>;
+pub(crate) use super::records::Parts;
+use super::records::{ConsumerMemberValue, ConsumerState};
+use bytes::Bytes;
 
 /// The assignors a member may name.
 pub const ASSIGNORS: &[&str] = &["uniform", "range"];
+
+/// The member epoch of a static member that left and may come back (KIP-848).
+const LEFT_STATIC: i32 = -2;
 
 /// A member of a consumer-protocol group.
 #[derive(Debug, Clone)]
@@ -40,6 +46,7 @@ pub(crate) struct CMember {
     pub(crate) instance_id: Option<String>,
     pub(crate) rack_id: Option<String>,
     pub(crate) client_id: String,
+    pub(crate) client_host: String,
     pub(crate) epoch: i32,
     pub(crate) previous_epoch: i32,
     pub(crate) subscribed: BTreeSet<String>,
@@ -51,48 +58,112 @@ pub(crate) struct CMember {
     /// What it was told to give up and has not yet confirmed.
     pub(crate) revoking: Parts,
     pub(crate) revoke_deadline_ms: u64,
+    /// Loaded from `__consumer_offsets` and not heard from since.
+    pub(crate) restored: bool,
 }
 
 /// The consumer-protocol state of a group.
+///
+/// Everything but the timers is written to `__consumer_offsets` as one record whenever it
+/// changes ([`ConsumerState`]), and no heartbeat is answered before a record holding the state
+/// its answer was taken from is committed. So whatever a member has been told, a coordinator
+/// that takes over loads that state or a later one — as if the old coordinator had gone on and
+/// its later answers were lost, which the protocol already survives. A write that fails leaves
+/// the in-memory state as it is (it may still commit, being in the leader's log); the next
+/// change or tick writes the whole state again, and the answers that waited get the error.
 #[derive(Debug, Default)]
 pub(crate) struct ConsumerGroup {
     pub(crate) group_epoch: i32,
-    /// The highest group epoch written to `__consumer_offsets`, and the highest committed there:
-    /// no member is given an epoch before it is durable, so epochs keep rising across failovers.
-    pub(crate) written_epoch: i32,
-    pub(crate) durable_epoch: i32,
     pub(crate) assignment_epoch: i32,
     pub(crate) members: BTreeMap<String, CMember>,
     pub(crate) target: BTreeMap<String, Parts>,
     pub(crate) assignor: String,
-    /// Heartbeats waiting for the group epoch to be durable.
-    pub(crate) parked: Vec<Parked>,
     /// The subscribed topics' ids and partition counts when the target was last computed.
     pub(crate) fingerprint: Topics,
+    /// Counts changes of what is stored; `encoded` is the record of the state at `seq`.
+    pub(crate) seq: u64,
+    encoded: Bytes,
+    /// The newest `seq` written (and not failed), and the newest committed.
+    pub(crate) written_seq: u64,
+    pub(crate) durable_seq: u64,
+    pub(crate) in_flight: usize,
+    /// Answers waiting for the state they were taken from to be durable.
+    pub(crate) parked: Vec<Parked>,
 }
 
-/// A heartbeat answered once the group epoch is durable.
+/// A heartbeat answer sent once the state it was taken from (`seq`) is durable.
 #[derive(Debug)]
 pub(crate) struct Parked {
     pub(crate) responder: Responder,
-    member: String,
-    full: bool,
-    owned: Option<Parts>,
-    before: Parts,
-    before_epoch: i32,
-    joining: bool,
+    response: ConsumerGroupHeartbeatResponse,
+    seq: u64,
 }
 
 impl ConsumerGroup {
-    /// A group loaded from its epoch record: no members yet.
-    pub(crate) fn loaded(epoch: i32) -> ConsumerGroup {
-        ConsumerGroup {
-            group_epoch: epoch,
-            written_epoch: epoch,
-            durable_epoch: epoch,
-            assignment_epoch: epoch,
-            assignor: "uniform".into(),
-            ..Default::default()
+    /// A group loaded from its epoch record; with `state`, its members come back with fresh
+    /// session timers.
+    pub(crate) fn loaded(epoch: i32, state: Option<ConsumerState>, session_ms: u64, now: Now) -> ConsumerGroup {
+        let mut cg = ConsumerGroup { group_epoch: epoch, assignment_epoch: epoch, assignor: "uniform".into(), ..Default::default() };
+        if let Some(s) = state {
+            cg.assignment_epoch = s.assignment_epoch;
+            cg.assignor = s.assignor;
+            cg.fingerprint = s.topics.into_iter().map(|(t, id, n)| (t, (id, n))).collect();
+            for m in s.members {
+                if !m.target.is_empty() {
+                    cg.target.insert(m.id.clone(), m.target);
+                }
+                let revoke_deadline_ms = now.mono_ms + m.rebalance_timeout_ms.max(1) as u64;
+                cg.members.insert(
+                    m.id.clone(),
+                    CMember {
+                        id: m.id,
+                        instance_id: m.instance_id,
+                        rack_id: m.rack_id,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        epoch: m.epoch,
+                        previous_epoch: m.previous_epoch,
+                        subscribed: m.subscribed,
+                        assignor: m.assignor,
+                        rebalance_timeout_ms: m.rebalance_timeout_ms,
+                        deadline_ms: now.mono_ms + session_ms,
+                        assigned: m.assigned,
+                        revoking: m.revoking,
+                        revoke_deadline_ms,
+                        restored: true,
+                    },
+                );
+            }
+        }
+        cg.encoded = super::records::encode_consumer_group(cg.group_epoch, Some(&cg.stored()));
+        cg
+    }
+
+    /// What `__consumer_offsets` keeps of the group (everything but timers and waiting answers).
+    fn stored(&self) -> ConsumerState {
+        ConsumerState {
+            assignment_epoch: self.assignment_epoch,
+            assignor: self.assignor.clone(),
+            topics: self.fingerprint.iter().map(|(t, (id, n))| (t.clone(), *id, *n)).collect(),
+            members: self
+                .members
+                .values()
+                .map(|m| ConsumerMemberValue {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    epoch: m.epoch,
+                    previous_epoch: m.previous_epoch,
+                    subscribed: m.subscribed.clone(),
+                    assignor: m.assignor.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    assigned: m.assigned.clone(),
+                    revoking: m.revoking.clone(),
+                    target: self.target.get(&m.id).cloned().unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 
@@ -109,11 +180,12 @@ impl ConsumerGroup {
 
     /// Kafka's state names for a consumer group.
     pub(crate) fn state(&self) -> &'static str {
+        let active = || self.members.values().filter(|m| m.epoch != LEFT_STATIC);
         if self.members.is_empty() {
             "Empty"
         } else if self.assignment_epoch < self.group_epoch {
             "Assigning"
-        } else if self.members.values().any(|m| m.epoch < self.assignment_epoch || !m.revoking.is_empty() || self.target.get(&m.id) != Some(&m.assigned)) {
+        } else if active().any(|m| m.epoch < self.assignment_epoch || !m.revoking.is_empty() || self.target.get(&m.id) != Some(&m.assigned)) {
             "Reconciling"
         } else {
             "Stable"
@@ -249,27 +321,32 @@ impl Coordinator {
             g.consumer = Some(ConsumerGroup { assignor: "uniform".into(), ..Default::default() });
             g.protocol_type = Some("consumer".into());
         }
+        g.state_timestamp = now.wall_ms;
         let cg = g.consumer.as_mut().expect("set above");
         let mut member_id = req.member_id.to_string();
         let epoch = req.member_epoch;
-        if epoch == -1 || epoch == -2 {
-            let removed = cg.members.remove(&member_id).is_some();
-            if removed {
-                cg.group_epoch += 1;
-                cg.target.remove(&member_id);
+        let (mut continued, mut returned) = (false, false);
+        if epoch == -1 || epoch == LEFT_STATIC {
+            match cg.members.get_mut(&member_id) {
+                // A static member leaving for a while keeps its place and assignment until its
+                // session times out; its return under the same instance id takes them over.
+                Some(m) if epoch == LEFT_STATIC && m.instance_id.is_some() => {
+                    // `previous_epoch` keeps the epoch it held, for its return.
+                    (m.previous_epoch, m.epoch) = (m.epoch, LEFT_STATIC);
+                    m.revoking.clear();
+                    m.deadline_ms = now.mono_ms + session;
+                }
+                Some(_) => {
+                    cg.members.remove(&member_id);
+                    cg.target.remove(&member_id);
+                    cg.group_epoch += 1;
+                    refresh_target(cg, topics);
+                }
+                None => {}
             }
-            let write = (cg.group_epoch > cg.written_epoch).then(|| {
-                cg.written_epoch = cg.group_epoch;
-                cg.group_epoch
-            });
             let response =
                 ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(epoch).with_heartbeat_interval_ms(interval);
-            g.state_timestamp = now.wall_ms;
-            self.reply(r, &response);
-            if let Some(e) = write {
-                self.write_consumer_epoch(&group_id, e);
-            }
-            return;
+            return self.settle_and_answer(&group_id, r, response);
         }
         if epoch == 0 {
             let Some(subscribed) = req.subscribed_topic_names.as_ref() else {
@@ -278,41 +355,63 @@ impl Coordinator {
             if member_id.is_empty() {
                 member_id = uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64()).to_string();
             }
-            if let Some(i) = req.instance_id.as_ref() {
-                // A static member returning under its instance id replaces its old incarnation.
-                let old = cg.members.values().find(|m| m.instance_id.as_deref() == Some(i.as_str()) && m.id != member_id).map(|m| m.id.clone());
-                if let Some(old) = old {
-                    cg.members.remove(&old);
-                    cg.target.remove(&old);
-                }
-            }
-            let m = CMember {
+            let subscribed: BTreeSet<String> = subscribed.iter().map(|t| t.to_string()).collect();
+            let mut m = CMember {
                 id: member_id.clone(),
                 instance_id: req.instance_id.as_ref().map(|s| s.to_string()),
                 rack_id: req.rack_id.as_ref().map(|s| s.to_string()),
                 client_id: r.request.client_id.clone().unwrap_or_default(),
+                client_host: r.client_host.clone(),
                 epoch: 0,
                 previous_epoch: -1,
-                subscribed: subscribed.iter().map(|t| t.to_string()).collect(),
+                subscribed,
                 assignor: req.server_assignor.as_ref().map(|s| s.to_string()),
                 rebalance_timeout_ms: req.rebalance_timeout_ms.max(0),
                 deadline_ms: now.mono_ms + session,
                 assigned: Parts::new(),
                 revoking: Parts::new(),
                 revoke_deadline_ms: 0,
+                restored: false,
             };
-            // A rejoin after fencing starts over: whatever it had is released.
-            cg.members.insert(member_id.clone(), m);
-            cg.group_epoch += 1;
+            let old = req.instance_id.as_ref().and_then(|i| cg.members.values().find(|o| o.instance_id.as_deref() == Some(i.as_str()) && o.id != member_id));
+            match old {
+                // The instance id belongs to a member still in the group.
+                Some(o) if o.epoch != LEFT_STATIC => {
+                    let message = format!("static member {} still holds instance id {}", o.id, o.instance_id.as_deref().unwrap_or_default());
+                    return self.reply(r, &hb_error(error::UNRELEASED_INSTANCE_ID, &message));
+                }
+                // A static member returns: it takes over its old place and assignment, with no
+                // rebalance unless its subscription changed.
+                Some(o) => {
+                    let old_id = o.id.clone();
+                    let o = cg.members.remove(&old_id).expect("found above");
+                    if let Some(t) = cg.target.remove(&old_id) {
+                        cg.target.insert(member_id.clone(), t);
+                    }
+                    if o.subscribed != m.subscribed {
+                        cg.group_epoch += 1;
+                    }
+                    (m.assigned, m.epoch) = (o.assigned, o.previous_epoch.max(0));
+                    cg.members.insert(member_id.clone(), m);
+                    returned = true;
+                }
+                None => {
+                    // A rejoin after fencing starts over: whatever it had is released.
+                    cg.members.insert(member_id.clone(), m);
+                    cg.group_epoch += 1;
+                }
+            }
         } else {
             let Some(m) = cg.members.get_mut(&member_id) else {
                 return self.reply(r, &hb_error(error::UNKNOWN_MEMBER_ID, "unknown member id"));
             };
-            if epoch != m.epoch && !(epoch == m.previous_epoch && epoch >= 0) {
+            if m.epoch < 0 || (epoch != m.epoch && !(epoch == m.previous_epoch && epoch >= 0)) {
                 let message = format!("member epoch {epoch} is fenced: the member's epoch is {}", m.epoch);
                 return self.reply(r, &hb_error(error::FENCED_MEMBER_EPOCH, &message));
             }
             m.deadline_ms = now.mono_ms + session;
+            // A member loaded after a failover carries on at its epoch.
+            continued = std::mem::take(&mut m.restored);
             if req.rebalance_timeout_ms > 0 {
                 m.rebalance_timeout_ms = req.rebalance_timeout_ms;
             }
@@ -342,93 +441,80 @@ impl Coordinator {
         if cg.track_metadata(topics) {
             cg.group_epoch += 1;
         }
-        let parked = Parked {
-            responder: r,
-            member: member_id.clone(),
-            // A full request (after a lost answer, say) gets the whole assignment back.
-            full: epoch == 0 || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.topic_partitions.is_some()),
-            owned,
-            before: cg.members[&member_id].assigned.clone(),
-            before_epoch: cg.members[&member_id].epoch,
-            joining: epoch == 0,
-        };
-        g.state_timestamp = now.wall_ms;
-        self.topics = topics.clone();
-        let Some(cg) = self.group_mut(&group_id).and_then(|g| g.consumer.as_mut()) else { return };
-        if cg.durable_epoch >= cg.group_epoch {
-            return self.finish_heartbeat(&group_id, parked, now);
+        let (before, before_epoch) = (cg.members[&member_id].assigned.clone(), epoch);
+        refresh_target(cg, topics);
+        reconcile(cg, &member_id, owned.as_ref(), now);
+        let m = &cg.members[&member_id];
+        let mut response =
+            ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(m.epoch).with_heartbeat_interval_ms(interval);
+        // A full request (a join, or after a lost answer) gets the whole assignment back.
+        let full = epoch == 0 || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.topic_partitions.is_some());
+        if full || m.assigned != before || m.epoch != before_epoch {
+            response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, topics)));
         }
-        // The group epoch moved: answer once it is durable, so no member ever holds an epoch a
-        // later coordinator could hand out again.
-        cg.parked.push(parked);
-        if cg.group_epoch > cg.written_epoch {
-            cg.written_epoch = cg.group_epoch;
-            let e = cg.group_epoch;
-            self.write_consumer_epoch(&group_id, e);
-        }
+        self.stats.members_continued += u64::from(continued);
+        self.stats.static_returns += u64::from(returned);
+        self.settle_and_answer(&group_id, r, response);
     }
 
-    /// Move the member toward its target and answer its heartbeat.
-    fn finish_heartbeat(&mut self, group: &str, p: Parked, now: Now) {
-        let interval = self.settings.consumer_heartbeat_interval_ms;
-        let topics = std::mem::take(&mut self.topics);
-        let response = match self.group_mut(group).and_then(|g| g.consumer.as_mut()) {
-            Some(cg) if cg.members.contains_key(&p.member) => {
-                refresh_target(cg, &topics);
-                reconcile(cg, &p.member, p.owned.as_ref(), now);
-                let m = &cg.members[&p.member];
-                let mut response = ConsumerGroupHeartbeatResponse::default()
-                    .with_member_id(Some(sb(&p.member)))
-                    .with_member_epoch(m.epoch)
-                    .with_heartbeat_interval_ms(interval);
-                if p.joining || p.full || m.assigned != p.before || m.epoch != p.before_epoch {
-                    response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, &topics)));
-                }
-                response
-            }
-            _ => hb_error(error::UNKNOWN_MEMBER_ID, "the member left the group"),
-        };
-        self.topics = topics;
-        self.reply(p.responder, &response);
-    }
-
-    fn write_consumer_epoch(&mut self, group: &str, epoch: i32) {
-        let key = super::records::encode_key(&super::records::Key::ConsumerGroup { group: group.to_string() });
-        let value = super::records::encode_consumer_group(epoch);
-        self.append(group, vec![(key, Some(value))], super::WriteKind::ConsumerEpoch { group: group.to_string(), epoch });
-    }
-
-    /// A group epoch record committed (answer the heartbeats that waited), or failed (they get
-    /// the error; the epoch is written again with the next heartbeat).
-    pub(crate) fn consumer_epoch_done(&mut self, group: &str, epoch: i32, result: Result<(), i16>, now: Now) {
+    /// Write the group's state if it changed, then answer `r` once what it was taken from is
+    /// durable.
+    fn settle_and_answer(&mut self, group: &str, r: Responder, response: ConsumerGroupHeartbeatResponse) {
+        self.settle_consumer(group);
         let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
-        let parked = match result {
+        if cg.durable_seq >= cg.seq {
+            return self.reply(r, &response);
+        }
+        let seq = cg.seq;
+        cg.parked.push(Parked { responder: r, response, seq });
+    }
+
+    /// If the group's stored state changed (or its last write failed), write it.
+    pub(crate) fn settle_consumer(&mut self, group: &str) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        let value = super::records::encode_consumer_group(cg.group_epoch, Some(&cg.stored()));
+        if value != cg.encoded {
+            cg.seq += 1;
+            cg.encoded = value;
+        }
+        if cg.written_seq >= cg.seq {
+            return;
+        }
+        cg.written_seq = cg.seq;
+        cg.in_flight += 1;
+        let (seq, value) = (cg.seq, cg.encoded.clone());
+        let key = super::records::encode_key(&super::records::Key::ConsumerGroup { group: group.to_string() });
+        self.append(group, vec![(key, Some(value))], super::WriteKind::ConsumerState { group: group.to_string(), seq });
+    }
+
+    /// A write of the group's state committed (answer what waited for it), or failed (what
+    /// waited for it gets the error; the state is written again with the next change or tick).
+    pub(crate) fn consumer_state_done(&mut self, group: &str, seq: u64, result: Result<(), i16>) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        cg.in_flight = cg.in_flight.saturating_sub(1);
+        let ready: Vec<Parked>;
+        match result {
             Ok(()) => {
-                cg.durable_epoch = cg.durable_epoch.max(epoch);
-                if cg.durable_epoch < cg.group_epoch {
-                    if cg.written_epoch < cg.group_epoch {
-                        // It moved again meanwhile (a member left or expired): write that too.
-                        cg.written_epoch = cg.group_epoch;
-                        let e = cg.group_epoch;
-                        self.write_consumer_epoch(group, e);
-                    }
-                    return;
-                }
-                std::mem::take(&mut cg.parked)
+                cg.durable_seq = cg.durable_seq.max(seq);
+                let durable = cg.durable_seq;
+                let (now, later) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= durable);
+                cg.parked = later;
+                ready = now;
             }
             Err(code) => {
-                if cg.written_epoch == epoch {
-                    cg.written_epoch = cg.durable_epoch;
+                if cg.in_flight == 0 {
+                    cg.written_seq = cg.durable_seq;
                 }
-                let failed = std::mem::take(&mut cg.parked);
+                let (failed, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= seq);
+                cg.parked = later;
                 for p in failed {
-                    self.reply(p.responder, &hb_error(code, "the group epoch could not be written"));
+                    self.reply(p.responder, &hb_error(code, "the group's state could not be written"));
                 }
                 return;
             }
-        };
-        for p in parked {
-            self.finish_heartbeat(group, p, now);
+        }
+        for p in ready {
+            self.reply(p.responder, &p.response);
         }
     }
 
@@ -475,6 +561,7 @@ impl Coordinator {
                                     .with_rack_id(m.rack_id.as_deref().map(sb))
                                     .with_member_epoch(m.epoch)
                                     .with_client_id(sb(&m.client_id))
+                                    .with_client_host(sb(&m.client_host))
                                     .with_subscribed_topic_names(m.subscribed.iter().map(|t| TopicName(sb(t))).collect())
                                     .with_assignment(wire(&m.assigned))
                                     .with_target_assignment(wire(cg.target.get(&m.id).unwrap_or(&Parts::new())))
@@ -489,17 +576,14 @@ impl Coordinator {
         self.reply(r, &response);
     }
 
-    /// Expire consumer-protocol members that stopped heartbeating or did not revoke in time.
+    /// Expire consumer-protocol members that stopped heartbeating or did not revoke in time,
+    /// follow topic changes, and write again a state whose last write failed.
     pub(crate) fn tick_consumer_group(&mut self, group: &str, topics: &Topics, now: Now) {
         let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        let mut changed = false;
         if cg.track_metadata(topics) && !cg.members.is_empty() {
             cg.group_epoch += 1;
-            if cg.written_epoch < cg.group_epoch {
-                cg.written_epoch = cg.group_epoch;
-                let e = cg.group_epoch;
-                self.write_consumer_epoch(group, e);
-            }
-            return;
+            changed = true;
         }
         let gone: Vec<String> = cg
             .members
@@ -507,27 +591,25 @@ impl Coordinator {
             .filter(|m| m.deadline_ms <= now.mono_ms || (!m.revoking.is_empty() && m.revoke_deadline_ms <= now.mono_ms))
             .map(|m| m.id.clone())
             .collect();
-        if gone.is_empty() {
-            return;
-        }
         for id in &gone {
             tracing::debug!(group, member = id, "consumer group member expired");
             cg.members.remove(id);
             cg.target.remove(id);
         }
-        cg.group_epoch += 1;
+        if !gone.is_empty() {
+            cg.group_epoch += 1;
+            changed = true;
+        }
         refresh_target(cg, topics);
-        if cg.group_epoch > cg.written_epoch {
-            cg.written_epoch = cg.group_epoch;
-            let epoch = cg.group_epoch;
-            self.write_consumer_epoch(group, epoch);
+        if changed || (cg.in_flight == 0 && cg.written_seq < cg.seq) {
+            self.settle_consumer(group);
         }
     }
 }
 
-/// Recompute the target assignment if the group epoch moved past it and is durable.
+/// Recompute the target assignment if the group epoch moved past it.
 fn refresh_target(cg: &mut ConsumerGroup, topics: &Topics) {
-    if cg.assignment_epoch >= cg.group_epoch || cg.durable_epoch < cg.group_epoch {
+    if cg.assignment_epoch >= cg.group_epoch {
         return;
     }
     // The assignor most members ask for (the default if none).
@@ -639,6 +721,7 @@ mod tests {
             instance_id: None,
             rack_id: None,
             client_id: String::new(),
+            client_host: String::new(),
             epoch: 0,
             previous_epoch: -1,
             subscribed: ["a".to_string()].into_iter().collect(),
@@ -648,15 +731,16 @@ mod tests {
             assigned: Parts::new(),
             revoking: Parts::new(),
             revoke_deadline_ms: 0,
+            restored: false,
         };
         let mut cg = ConsumerGroup { assignor: "uniform".into(), ..Default::default() };
         cg.members.insert("x".into(), member("x"));
-        (cg.group_epoch, cg.durable_epoch) = (1, 1);
+        cg.group_epoch = 1;
         refresh_target(&mut cg, &topics);
         reconcile(&mut cg, "x", None, now);
         assert_eq!(cg.members["x"].assigned, parts("a", &[0, 1]));
         cg.members.insert("y".into(), member("y"));
-        (cg.group_epoch, cg.durable_epoch) = (2, 2);
+        cg.group_epoch = 2;
         refresh_target(&mut cg, &topics);
         reconcile(&mut cg, "y", None, now);
         assert!(cg.members["y"].assigned.is_empty(), "x still owns everything");

@@ -102,6 +102,8 @@ pub struct Responder {
     pub seq: u64,
     /// The request (its body already taken).
     pub request: Box<Request>,
+    /// Where the client connects from (`/address`; empty if the driver did not say).
+    pub client_host: String,
 }
 
 /// What the coordinator asks the broker to do.
@@ -315,8 +317,8 @@ pub(crate) enum WriteKind {
     OffsetDelete { responder: Response, group: String, partitions: Vec<(String, i32)> },
     /// Tombstones of expired offsets (and maybe the group).
     Expire { group: String, partitions: Vec<(String, i32)>, group_too: bool },
-    /// A KIP-848 group epoch: members move to it only once it is durable.
-    ConsumerEpoch { group: String, epoch: i32 },
+    /// A KIP-848 group's state (the `seq`th change): answers taken from it wait for it.
+    ConsumerState { group: String, seq: u64 },
     /// A static member took over its old place: answer once the new member id is durable.
     StaticRejoin { responder: Responder, response: kafka_protocol::messages::JoinGroupResponse },
 }
@@ -354,10 +356,20 @@ pub struct Coordinator {
     next_tenure: u64,
     last_retention_ms: u64,
     out: Vec<Out>,
+    pub(crate) stats: CoordinatorStats,
     /// Partitions of `__consumer_offsets` (from the metadata once the topic exists).
     pub partitions: i32,
-    /// The topics as last seen (KIP-848 assignments name topics by id).
-    pub(crate) topics: consumer::Topics,
+}
+
+/// Counts of what the coordinator did (for the simulator's protocol paths).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoordinatorStats {
+    /// KIP-848 members brought back by a shard load.
+    pub members_restored: u64,
+    /// Restored members whose next heartbeat carried on at their epoch.
+    pub members_continued: u64,
+    /// Static members that came back (under a new member id) to the place they left with -2.
+    pub static_returns: u64,
 }
 
 /// Where a group's requests stand on this node.
@@ -379,9 +391,14 @@ impl Coordinator {
             next_tenure: 1,
             last_retention_ms: 0,
             out: Vec::new(),
+            stats: CoordinatorStats::default(),
             partitions,
-            topics: consumer::Topics::new(),
         }
+    }
+
+    /// What the coordinator did so far.
+    pub fn stats(&self) -> CoordinatorStats {
+        self.stats
     }
 
     /// The settings.
@@ -487,11 +504,12 @@ impl Coordinator {
                         g.consumer = None;
                     }
                 }
-                Some(Some(epoch)) => {
-                    // Members are not kept: they rejoin, at epochs above every one used before.
+                Some(Some((epoch, state))) => {
+                    // The latest record is the whole group (members come back with fresh session
+                    // timers); an epoch alone (an older record) brings back no members.
                     let g = s.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now));
                     g.protocol_type = Some("consumer".into());
-                    g.consumer = Some(consumer::ConsumerGroup::loaded(epoch));
+                    g.consumer = Some(consumer::ConsumerGroup::loaded(epoch, state, self.settings.consumer_session_timeout_ms, now));
                 }
                 Some(None) => tracing::warn!(shard, group, "skipping a consumer group record that does not parse"),
             },
@@ -558,6 +576,7 @@ impl Coordinator {
     pub fn load_done(&mut self, shard: i32) {
         if let Some(s) = self.shards.get_mut(&shard) {
             s.active = true;
+            self.stats.members_restored += s.groups.values().filter_map(|g| g.consumer.as_ref()).map(|c| c.members.len() as u64).sum::<u64>();
             tracing::debug!(shard, groups = s.groups.len(), "group coordinator shard loaded");
         }
     }
@@ -607,7 +626,7 @@ impl Coordinator {
             WriteKind::Delete { batch, slot, group } => self.delete_done(batch, slot, &group, result),
             WriteKind::OffsetDelete { responder, group, partitions } => self.offset_delete_done(responder, &group, partitions, result),
             WriteKind::Expire { group, partitions, group_too } => self.expire_done(&group, partitions, group_too, result),
-            WriteKind::ConsumerEpoch { group, epoch } => self.consumer_epoch_done(&group, epoch, result, now),
+            WriteKind::ConsumerState { group, seq } => self.consumer_state_done(&group, seq, result),
         }
     }
 
@@ -646,11 +665,12 @@ impl Coordinator {
                 if let Some(c) = &g.consumer {
                     let members: Vec<_> = c.members.values().map(|m| (&m.id, m.epoch, &m.assigned, &m.revoking)).collect();
                     out.push_str(&format!(
-                        "{}: epoch {} written {} durable {} assignment {} parked {} target {:?} members {members:?}; ",
+                        "{}: epoch {} seq {} written {} durable {} assignment {} parked {} target {:?} members {members:?}; ",
                         g.id,
                         c.group_epoch,
-                        c.written_epoch,
-                        c.durable_epoch,
+                        c.seq,
+                        c.written_seq,
+                        c.durable_seq,
                         c.assignment_epoch,
                         c.parked.len(),
                         c.target

@@ -2,15 +2,18 @@
 //! tools can read a runnel log and the other way round.
 //!
 //! Every key starts with an `i16` schema version: 0 and 1 name a committed offset
-//! (group, topic, partition), 2 names a group's metadata (group). A record without a value (a
-//! tombstone) deletes what its key names. Values start with their own `i16` version; runnel writes
-//! version 3 of both values and reads versions 0–3. Strings are `i16`-length-prefixed, nullable
+//! (group, topic, partition), 2 names a group's metadata (group), 3 a KIP-848 group's epoch
+//! (group). A record without a value (a tombstone) deletes what its key names. Values start with
+//! their own `i16` version; runnel writes version 3 of offsets and group metadata and reads
+//! versions 0–3, and version 0 of the epoch record, whose membership rides in a tagged field. Strings are `i16`-length-prefixed, nullable
 //! strings use length -1, byte fields are `i32`-length-prefixed, arrays `i32`-count-prefixed.
 //!
 //! Decoding never trusts a length: a record that does not parse is skipped by the loader (and
 //! logged), never a reason to allocate or panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
 
 /// What a `__consumer_offsets` key names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +32,8 @@ pub enum Key {
         /// Group.
         group: String,
     },
-    /// A KIP-848 consumer group's epoch (Kafka's ConsumerGroupMetadata record).
+    /// A KIP-848 consumer group's epoch (Kafka's ConsumerGroupMetadata record), with runnel's
+    /// record of its members in a tagged field.
     ConsumerGroup {
         /// Group.
         group: String,
@@ -127,20 +131,149 @@ pub fn encode_key(key: &Key) -> Bytes {
     b.freeze()
 }
 
-/// Encode a consumer group's epoch (ConsumerGroupMetadataValue v0: the epoch, no tagged fields).
-pub fn encode_consumer_group(epoch: i32) -> Bytes {
+/// The tagged field of a ConsumerGroupMetadataValue that carries runnel's [`ConsumerState`].
+/// Kafka's readers skip tagged fields they do not know, so they still read the group's epoch.
+pub const CONSUMER_STATE_TAG: u32 = 10_000;
+
+/// Partitions by topic name.
+pub type Parts = BTreeMap<String, BTreeSet<i32>>;
+
+/// A KIP-848 group's membership as runnel stores it: the whole group in one record, so a write
+/// is atomic and the latest record alone is the group (Kafka spreads the same facts over its
+/// member, target-assignment and current-assignment records, types 5–8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// The group epoch the target assignment was computed at.
+    pub assignment_epoch: i32,
+    /// The assignor of the target assignment.
+    pub assignor: String,
+    /// The subscribed topics' (name, id, partition count) when the target was computed.
+    pub topics: Vec<(String, Uuid, i32)>,
+    /// The members.
+    pub members: Vec<ConsumerMemberValue>,
+}
+
+/// One KIP-848 member as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerMemberValue {
+    /// Member id.
+    pub id: String,
+    /// `group.instance.id` of a static member.
+    pub instance_id: Option<String>,
+    /// Rack.
+    pub rack_id: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Client host.
+    pub client_host: String,
+    /// Member epoch (-2: a static member that left and may come back).
+    pub epoch: i32,
+    /// The member epoch before the last bump.
+    pub previous_epoch: i32,
+    /// Subscribed topic names.
+    pub subscribed: BTreeSet<String>,
+    /// The assignor the member asked for.
+    pub assignor: Option<String>,
+    /// Rebalance timeout (ms).
+    pub rebalance_timeout_ms: i32,
+    /// What the member was told it owns.
+    pub assigned: Parts,
+    /// What it was told to give up and has not confirmed.
+    pub revoking: Parts,
+    /// Its target assignment.
+    pub target: Parts,
+}
+
+fn put_uvarint(b: &mut BytesMut, mut v: u32) {
+    while v >= 0x80 {
+        b.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    b.put_u8(v as u8);
+}
+
+fn put_parts(b: &mut BytesMut, parts: &Parts) {
+    b.put_i32(parts.len() as i32);
+    for (t, ps) in parts {
+        put_str(b, t);
+        b.put_i32(ps.len() as i32);
+        for p in ps {
+            b.put_i32(*p);
+        }
+    }
+}
+
+fn put_state(b: &mut BytesMut, s: &ConsumerState) {
+    b.put_i32(s.assignment_epoch);
+    put_str(b, &s.assignor);
+    b.put_i32(s.topics.len() as i32);
+    for (name, id, n) in &s.topics {
+        put_str(b, name);
+        b.put_slice(id.as_bytes());
+        b.put_i32(*n);
+    }
+    b.put_i32(s.members.len() as i32);
+    for m in &s.members {
+        put_str(b, &m.id);
+        put_opt_str(b, m.instance_id.as_deref());
+        put_opt_str(b, m.rack_id.as_deref());
+        put_str(b, &m.client_id);
+        put_str(b, &m.client_host);
+        b.put_i32(m.epoch);
+        b.put_i32(m.previous_epoch);
+        b.put_i32(m.subscribed.len() as i32);
+        for t in &m.subscribed {
+            put_str(b, t);
+        }
+        put_opt_str(b, m.assignor.as_deref());
+        b.put_i32(m.rebalance_timeout_ms);
+        put_parts(b, &m.assigned);
+        put_parts(b, &m.revoking);
+        put_parts(b, &m.target);
+    }
+}
+
+/// Encode a consumer group's epoch as Kafka's ConsumerGroupMetadataValue v0 (a flexible version:
+/// the epoch, then tagged fields), with the membership in tagged field [`CONSUMER_STATE_TAG`].
+pub fn encode_consumer_group(epoch: i32, state: Option<&ConsumerState>) -> Bytes {
     let mut b = BytesMut::new();
     b.put_i16(0);
     b.put_i32(epoch);
-    b.put_u8(0);
+    match state {
+        None => b.put_u8(0),
+        Some(s) => {
+            let mut body = BytesMut::new();
+            put_state(&mut body, s);
+            put_uvarint(&mut b, 1);
+            put_uvarint(&mut b, CONSUMER_STATE_TAG);
+            put_uvarint(&mut b, body.len() as u32);
+            b.put_slice(&body);
+        }
+    }
     b.freeze()
 }
 
-/// Decode a consumer group's epoch.
-pub fn decode_consumer_group(b: &[u8]) -> Option<i32> {
+/// Decode a consumer group's epoch and, if the record carries it, its membership. A record
+/// without tagged fields (Kafka's, or runnel's before it kept members) has no membership.
+pub fn decode_consumer_group(b: &[u8]) -> Option<(i32, Option<ConsumerState>)> {
     let mut r = Reader { b, at: 0 };
     (r.i16()? == 0).then_some(())?;
-    r.i32()
+    let epoch = r.i32()?;
+    if r.at == b.len() {
+        return Some((epoch, None));
+    }
+    let mut state = None;
+    for _ in 0..r.uvarint()? {
+        let tag = r.uvarint()?;
+        let size = r.uvarint()? as usize;
+        let field = r.take(size)?;
+        if tag == CONSUMER_STATE_TAG {
+            let mut f = Reader { b: field, at: 0 };
+            state = Some(f.state()?);
+            (f.at == field.len()).then_some(())?;
+        }
+    }
+    Some((epoch, state))
 }
 
 /// Encode an offset value (version 3).
@@ -208,6 +341,77 @@ impl<'a> Reader<'a> {
     }
     fn str(&mut self) -> Option<String> {
         self.opt_str()?
+    }
+    fn uvarint(&mut self) -> Option<u32> {
+        let mut v: u32 = 0;
+        for shift in (0..35).step_by(7) {
+            let byte = *self.take(1)?.first()?;
+            v |= u32::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    /// A count, bounded by what is left to read (each element takes at least `min` bytes).
+    fn count(&mut self, min: usize) -> Option<usize> {
+        let n = usize::try_from(self.i32()?).ok()?;
+        (n.checked_mul(min)? <= self.b.len() - self.at).then_some(n)
+    }
+    fn parts(&mut self) -> Option<Parts> {
+        let mut out = Parts::new();
+        for _ in 0..self.count(6)? {
+            let t = self.str()?;
+            let mut ps = BTreeSet::new();
+            for _ in 0..self.count(4)? {
+                ps.insert(self.i32()?);
+            }
+            out.insert(t, ps);
+        }
+        Some(out)
+    }
+    fn state(&mut self) -> Option<ConsumerState> {
+        let assignment_epoch = self.i32()?;
+        let assignor = self.str()?;
+        let mut topics = Vec::new();
+        for _ in 0..self.count(22)? {
+            let name = self.str()?;
+            let id = Uuid::from_slice(self.take(16)?).ok()?;
+            topics.push((name, id, self.i32()?));
+        }
+        let mut members = Vec::new();
+        for _ in 0..self.count(40)? {
+            let id = self.str()?;
+            let instance_id = self.opt_str()?;
+            let rack_id = self.opt_str()?;
+            let client_id = self.str()?;
+            let client_host = self.str()?;
+            let epoch = self.i32()?;
+            let previous_epoch = self.i32()?;
+            let mut subscribed = BTreeSet::new();
+            for _ in 0..self.count(2)? {
+                subscribed.insert(self.str()?);
+            }
+            let assignor = self.opt_str()?;
+            let rebalance_timeout_ms = self.i32()?;
+            let (assigned, revoking, target) = (self.parts()?, self.parts()?, self.parts()?);
+            members.push(ConsumerMemberValue {
+                id,
+                instance_id,
+                rack_id,
+                client_id,
+                client_host,
+                epoch,
+                previous_epoch,
+                subscribed,
+                assignor,
+                rebalance_timeout_ms,
+                assigned,
+                revoking,
+                target,
+            });
+        }
+        Some(ConsumerState { assignment_epoch, assignor, topics, members })
     }
     fn bytes(&mut self) -> Option<Bytes> {
         let n = self.i32()?;
@@ -316,6 +520,62 @@ mod tests {
             }],
         };
         assert_eq!(decode_group(&encode_group(&g)), Some(g));
+    }
+
+    fn consumer_state() -> ConsumerState {
+        let parts = |t: &str, ps: &[i32]| -> Parts { [(t.to_string(), ps.iter().copied().collect())].into_iter().collect() };
+        ConsumerState {
+            assignment_epoch: 7,
+            assignor: "uniform".into(),
+            topics: vec![("t".into(), Uuid::from_u64_pair(1, 2), 6)],
+            members: vec![ConsumerMemberValue {
+                id: "m1".into(),
+                instance_id: Some("i1".into()),
+                rack_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                epoch: 7,
+                previous_epoch: 5,
+                subscribed: ["t".to_string()].into_iter().collect(),
+                assignor: Some("range".into()),
+                rebalance_timeout_ms: 300_000,
+                assigned: parts("t", &[0, 1]),
+                revoking: parts("t", &[2]),
+                target: parts("t", &[0, 1, 3]),
+            }],
+        }
+    }
+
+    /// The epoch record carries the membership in a tagged field; one without it (Kafka's own
+    /// v0) still reads, and every cut of the encoding is refused, never a panic.
+    #[test]
+    fn consumer_group_record() {
+        let state = consumer_state();
+        let v = encode_consumer_group(9, Some(&state));
+        assert_eq!(decode_consumer_group(&v), Some((9, Some(state))));
+        assert_eq!(decode_consumer_group(&encode_consumer_group(4, None)), Some((4, None)));
+        // Kafka's layout: version 0, the epoch, an empty tagged-field section.
+        assert_eq!(&encode_consumer_group(4, None)[..], &[0, 0, 0, 0, 0, 4, 0]);
+        for cut in 7..v.len() {
+            assert_eq!(decode_consumer_group(&v[..cut]), None, "cut at {cut}");
+        }
+        // An unknown tagged field is skipped, as Kafka's readers skip runnel's.
+        let mut other = vec![0, 0, 0, 0, 0, 3, 1, 5, 2, 0xaa, 0xbb];
+        assert_eq!(decode_consumer_group(&other), Some((3, None)));
+        // A hostile member count is refused without allocating.
+        other = v.to_vec();
+        let at = other.len() - state_len_tail();
+        other[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(decode_consumer_group(&other), None);
+    }
+
+    /// Bytes from the member count to the end of the encoding of `consumer_state()`.
+    fn state_len_tail() -> usize {
+        let mut b = BytesMut::new();
+        put_state(&mut b, &ConsumerState { members: consumer_state().members, ..Default::default() });
+        let mut empty = BytesMut::new();
+        put_state(&mut empty, &ConsumerState::default());
+        b.len() - empty.len() + 4
     }
 
     /// Every prefix of a valid encoding and a hostile count decode to `None`, never a panic.
