@@ -17,8 +17,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect and negotiate versions.
+    /// Connect and negotiate versions. `addr` may list several `host:port`s separated by commas
+    /// (as `--bootstrap-server` does): the first that answers is used.
     pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+        let mut failed = None;
+        for one in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Client::connect_one(one).await {
+                Ok(c) => return Ok(c),
+                Err(e) => failed = Some(e),
+            }
+        }
+        Err(failed.unwrap_or_else(|| anyhow::anyhow!("no address to connect to in {addr:?}")))
+    }
+
+    async fn connect_one(addr: &str) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut c = Client { stream, correlation_id: 0, versions: HashMap::new() };

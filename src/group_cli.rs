@@ -124,24 +124,43 @@ struct Described {
     protocol: String,
     /// (topic, partition) -> (member id, host, client id).
     owners: BTreeMap<(String, i32), (String, String, String)>,
-    members: Vec<(String, String, String, usize)>,
+    /// (member id, host, client id, partitions, member epoch of a KIP-848 member).
+    members: Vec<(String, String, String, usize, Option<i32>)>,
     committed: BTreeMap<(String, i32), i64>,
 }
 
 async fn describe(bootstrap: &str, group: &str) -> anyhow::Result<Described> {
     let mut c = coordinator(bootstrap, group).await?;
-    let r = c.send(DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]), 5).await?;
-    let d = r.groups.into_iter().next().context("empty DescribeGroups response")?;
-    check(d.error_code, &format!("describe group {group}"), d.error_message.as_ref())?;
     let mut owners = BTreeMap::new();
     let mut members = Vec::new();
-    for m in &d.members {
-        let assigned = if d.protocol_type.as_str() == "consumer" { assignment_partitions(m.member_assignment.clone()).unwrap_or_default() } else { Vec::new() };
-        members.push((m.member_id.to_string(), m.client_host.to_string(), m.client_id.to_string(), assigned.len()));
-        for tp in assigned {
-            owners.insert(tp, (m.member_id.to_string(), m.client_host.to_string(), m.client_id.to_string()));
+    // A KIP-848 group answers ConsumerGroupDescribe; a classic one (GROUP_ID_NOT_FOUND there)
+    // answers DescribeGroups, as kafka-consumer-groups.sh tries them.
+    let r = c.send(ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(s(group))]), 0).await?;
+    let cd = r.groups.into_iter().next().context("empty ConsumerGroupDescribe response")?;
+    let (state, protocol) = if cd.error_code == 0 {
+        for m in &cd.members {
+            let assigned: Vec<(String, i32)> =
+                m.assignment.topic_partitions.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic_name.to_string(), *p))).collect();
+            members.push((m.member_id.to_string(), m.client_host.to_string(), m.client_id.to_string(), assigned.len(), Some(m.member_epoch)));
+            for tp in assigned {
+                owners.insert(tp, (m.member_id.to_string(), m.client_host.to_string(), m.client_id.to_string()));
+            }
         }
-    }
+        (cd.group_state.to_string(), cd.assignor_name.to_string())
+    } else {
+        let r = c.send(DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]), 5).await?;
+        let d = r.groups.into_iter().next().context("empty DescribeGroups response")?;
+        check(d.error_code, &format!("describe group {group}"), d.error_message.as_ref())?;
+        for m in &d.members {
+            let assigned =
+                if d.protocol_type.as_str() == "consumer" { assignment_partitions(m.member_assignment.clone()).unwrap_or_default() } else { Vec::new() };
+            members.push((m.member_id.to_string(), m.client_host.to_string(), m.client_id.to_string(), assigned.len(), None));
+            for tp in assigned {
+                owners.insert(tp, (m.member_id.to_string(), m.client_host.to_string(), m.client_id.to_string()));
+            }
+        }
+        (d.group_state.to_string(), d.protocol_data.to_string())
+    };
     let f = c.send(OffsetFetchRequest::default().with_group_id(GroupId(s(group))).with_topics(None), 7).await?;
     check(f.error_code, &format!("fetch the offsets of {group}"), None)?;
     let mut committed = BTreeMap::new();
@@ -152,7 +171,7 @@ async fn describe(bootstrap: &str, group: &str) -> anyhow::Result<Described> {
             }
         }
     }
-    Ok(Described { state: d.group_state.to_string(), protocol: d.protocol_data.to_string(), owners, members, committed })
+    Ok(Described { state, protocol, owners, members, committed })
 }
 
 /// `group describe`: state, members, and per partition the committed offset, log end and lag.
@@ -166,9 +185,10 @@ pub async fn group_describe(bootstrap: &str, group: &str, show_members: bool) ->
         if d.protocol.is_empty() { String::new() } else { format!(", assignor {}", d.protocol) }
     );
     if show_members {
-        println!("\n{:<60} {:<16} {:<24} #PARTITIONS", "CONSUMER-ID", "HOST", "CLIENT-ID");
-        for (id, host, client, n) in &d.members {
-            println!("{id:<60} {:<16} {client:<24} {n}", if host.is_empty() { "-" } else { host });
+        println!("\n{:<60} {:<16} {:<24} {:<11} EPOCH", "CONSUMER-ID", "HOST", "CLIENT-ID", "#PARTITIONS");
+        for (id, host, client, n, epoch) in &d.members {
+            let epoch = epoch.map_or("-".to_string(), |e| e.to_string());
+            println!("{id:<60} {:<16} {client:<24} {n:<11} {epoch}", if host.is_empty() { "-" } else { host });
         }
         return Ok(());
     }

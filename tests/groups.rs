@@ -5,7 +5,8 @@
 //! Three consumers in one group over a 6-partition topic own disjoint partitions covering all
 //! six; when one is killed the other two take over its partitions once its session times out;
 //! committed offsets survive the loss of the coordinator's node (the next leader of the group's
-//! `__consumer_offsets` partition loads them) and its restart.
+//! `__consumer_offsets` partition loads them) and its restart. A KIP-848 member
+//! (`group.protocol=consumer`) keeps its id, epoch and partitions across the same failover.
 
 mod common;
 
@@ -442,4 +443,80 @@ fn kip848_consumers_share_a_topic_and_take_over() {
     let committed = c.committed_offsets(tpl, Duration::from_secs(30)).expect("OffsetFetch");
     let offsets: Vec<Offset> = committed.elements().iter().map(|e| e.offset()).collect();
     assert_eq!(offsets, vec![Offset::Offset(50); 6], "every partition committed at its end");
+}
+
+/// KIP-848 membership survives a coordinator failover: the coordinator's node of a librdkafka
+/// consumer with `group.protocol=consumer` is killed -9, and the next coordinator, loading the
+/// group from `__consumer_offsets`, keeps the member at its id and epoch with every partition —
+/// it does not rejoin — while it goes on reading what is produced after the kill.
+#[test]
+fn kip848_membership_survives_coordinator_failover() {
+    let mut cluster =
+        TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3\noffsets.topic.replication.factor=3\noffsets.topic.num.partitions=10");
+    let b = cluster.bootstrap();
+    let (topic, group) = ("kip848-fo", "kip848-fo-g");
+    topic_with_records(&b, topic, 6, 3, 60);
+    let consumer: BaseConsumer = client_config(&b)
+        .set("group.id", group)
+        .set("group.protocol", "consumer")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let owned = |c: &BaseConsumer| c.assignment().map(|a| a.count()).unwrap_or(0);
+    let mut seen: BTreeSet<(i32, i64)> = BTreeSet::new();
+    let mut read_until = |c: &BaseConsumer, n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < n || owned(c) < 6 {
+            assert!(Instant::now() < deadline, "{what}: read {} of {n}, own {} partitions", seen.len(), owned(c));
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                seen.insert((m.partition(), m.offset()));
+            }
+        }
+    };
+    read_until(&consumer, 60, "before the failover");
+    // (member id, epoch) as `runnel group describe --members` shows them.
+    let member = |bootstrap: &str| -> Option<(String, String)> {
+        let out = common::run_cli(&["group", "describe", group, "--members", "--bootstrap-server", bootstrap], b"", Duration::from_secs(30));
+        let line = out.stdout.lines().skip_while(|l| !l.starts_with("CONSUMER-ID")).nth(1)?.to_string();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() == 5 && cols[3] == "6").then(|| (cols[0].to_string(), cols[4].to_string()))
+    };
+    let before = member(&b).expect("the member and its epoch");
+
+    let shard = runnel_actors::group::records::partition_for(group, 10);
+    let coordinator = leader_of(&b, "__consumer_offsets", shard);
+    eprintln!("KIP-848: killing node {coordinator}, the coordinator of {group}; member {before:?}");
+    cluster.nodes[(coordinator - 1) as usize].kill();
+    let others: Vec<String> = cluster.nodes.iter().enumerate().filter(|(i, _)| *i as i32 != coordinator - 1).map(|(_, n)| n.bootstrap()).collect();
+    let others = others.join(",");
+    let killed = Instant::now();
+    let producer: FutureProducer = client_config(&others).set("acks", "all").create().expect("producer");
+    block_on(async {
+        for i in 0..30 {
+            producer.send(FutureRecord::<(), String>::to(topic).payload(&i.to_string()).partition(i % 6), Duration::from_secs(30)).await.expect("produce");
+        }
+    });
+    read_until(&consumer, 90, "after the failover");
+    let caught_up = killed.elapsed();
+    // Give the member more than its heartbeat interval (5 s) with the new coordinator: a member
+    // the coordinator did not know would be told UNKNOWN_MEMBER_ID and rejoin at a new epoch.
+    let heartbeats = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < heartbeats {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            seen.insert((m.partition(), m.offset()));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let _ = consumer.poll(Duration::from_millis(50));
+        if let Some(m) = member(&others) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the new coordinator never described the member");
+    };
+    eprintln!("KIP-848: after the failover the member is {after:?}; the 30 records produced after the kill were read {caught_up:?} after it");
+    assert_eq!(after, before, "the member rejoined (new id or epoch) instead of carrying on");
+    assert_eq!(owned(&consumer), 6);
 }

@@ -1737,7 +1737,8 @@ impl World {
                 ClientActor::Group(_) => {}
             }
         }
-        let groups: Vec<&GroupConsumer> = self.clients.iter().filter_map(|c| if let ClientActor::Group(g) = &c.actor { Some(g.as_ref()) } else { None }).collect();
+        let groups: Vec<&GroupConsumer> =
+            self.clients.iter().filter_map(|c| if let ClientActor::Group(g) = &c.actor { Some(g.as_ref()) } else { None }).collect();
         if !groups.is_empty() {
             // Together the group's members read everything, and the newest generation owns
             // every partition.

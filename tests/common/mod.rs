@@ -397,7 +397,15 @@ impl TestCluster {
         }
         let deadline = Instant::now() + START_DEADLINE;
         for node in &mut nodes {
-            node.wait_ready(deadline);
+            // A port picked by `free_port` can be taken meanwhile as the local end of another
+            // node's outgoing connection: start again (same port) until it is free.
+            let mut tries = 0;
+            while !node.wait_ready_or_port_taken(deadline) {
+                tries += 1;
+                assert!(tries < 20, "node on port {} kept finding its ports in use; log {}", node.port, node.log_path.display());
+                std::thread::sleep(Duration::from_millis(100));
+                node.spawn_only();
+            }
         }
         TestCluster { nodes, _root: root }
     }
@@ -459,6 +467,22 @@ impl TestBroker {
     /// The `server.properties` file of a cluster node.
     pub fn config_file(&self) -> Option<&Path> {
         self.config_file.as_deref()
+    }
+
+    /// Wait until a started process is ready; false if it exited because a port it listens on
+    /// was in use (it may be started again), a panic on any other failure.
+    fn wait_ready_or_port_taken(&mut self, deadline: Instant) -> bool {
+        let port = self.port;
+        let readiness = self.readiness;
+        let child = self.child.as_mut().expect("started");
+        match wait_until_ready(child, port, readiness, deadline) {
+            Ok(()) => true,
+            Err(Exit(_)) if self.log().rsplit("==== test harness").next().is_some_and(|last| last.contains("Address already in use")) => false,
+            Err(_) => {
+                self.wait_ready(deadline);
+                true
+            }
+        }
     }
 
     /// Wait until a started process is ready (see [`Readiness`]).
