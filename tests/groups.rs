@@ -520,3 +520,40 @@ fn kip848_membership_survives_coordinator_failover() {
     assert_eq!(after, before, "the member rejoined (new id or epoch) instead of carrying on");
     assert_eq!(owned(&consumer), 6);
 }
+
+/// librdkafka with `group.protocol=consumer` subscribing by regular expression: the broker
+/// resolves the pattern (KIP-848), so the member reads every record of the matching topics and
+/// none of a topic the pattern does not match.
+#[test]
+fn kip848_regex_subscription() {
+    use common::TestBroker;
+    let broker = TestBroker::start();
+    let b = broker.bootstrap();
+    topic_with_records(&b, "kip848-re-a", 3, 1, 30);
+    topic_with_records(&b, "kip848-re-b", 2, 1, 20);
+    topic_with_records(&b, "kip848-other", 1, 1, 10);
+    let c: BaseConsumer = client_config(&b)
+        .set("group.id", "kip848-regex")
+        .set("group.protocol", "consumer")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&["^kip848-re-.*"]).expect("subscribe");
+    let mut seen: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 50 {
+        assert!(Instant::now() < deadline, "read {} of 50 records: {seen:?}", seen.len());
+        match c.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                seen.insert((m.topic().to_string(), m.partition(), m.offset()));
+            }
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    let topics: BTreeSet<&str> = seen.iter().map(|(t, ..)| t.as_str()).collect();
+    assert_eq!(topics, BTreeSet::from(["kip848-re-a", "kip848-re-b"]), "only the matching topics are read");
+    let assigned: BTreeSet<String> = c.assignment().expect("assignment").elements().iter().map(|e| e.topic().to_string()).collect();
+    assert_eq!(assigned, BTreeSet::from(["kip848-re-a".to_string(), "kip848-re-b".to_string()]));
+}

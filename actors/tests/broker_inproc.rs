@@ -923,3 +923,52 @@ fn kip848_membership_survives_a_crash() {
     let ids: Vec<&str> = d.groups[0].members.iter().map(|m| m.member_id.as_str()).collect();
     assert_eq!(ids, vec!["a", "b3"]);
 }
+
+/// KIP-848 subscriptions by regular expression: the pattern must match a topic's whole name,
+/// a topic created later that matches it joins the member's assignment on its next heartbeat,
+/// internal topics never match, and a pattern that does not compile is refused with
+/// INVALID_REGULAR_EXPRESSION.
+#[test]
+fn kip848_regex_subscriptions() {
+    let mut h = Harness::start(MemDisk::new());
+    let a = create(&mut h, "re-a");
+    create(&mut h, "other");
+    find_coordinator(&mut h, "regexes", 3);
+    let g = group("regexes");
+    let join = |pattern: &str| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(g.clone())
+            .with_member_id(sbytes("m"))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_regex(Some(sbytes(pattern)))
+            .with_topic_partitions(Some(vec![]))
+    };
+    let bad = h.call(&join("re-(["), 1);
+    assert_eq!(bad.error_code, 128, "INVALID_REGULAR_EXPRESSION: {:?}", bad.error_message);
+    let ids =
+        |r: &ConsumerGroupHeartbeatResponse| -> Vec<uuid::Uuid> { r.assignment.iter().flat_map(|x| x.topic_partitions.iter().map(|t| t.topic_id)).collect() };
+    // `re-` names no whole topic: nothing to own.
+    let prefix = h.call(&join("re-").with_member_id(sbytes("p")), 1);
+    assert_eq!((prefix.error_code, ids(&prefix)), (0, vec![]));
+    let leave = h.call(&join("re-").with_member_id(sbytes("p")).with_member_epoch(-1), 1);
+    assert_eq!(leave.error_code, 0);
+    let r = h.call(&join("re-.*|__consumer_offsets"), 1);
+    assert_eq!((r.error_code, ids(&r)), (0, vec![a]), "only re-a matches: {r:?}");
+    let b = create(&mut h, "re-b");
+    let beat = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(g.clone())
+        .with_member_id(sbytes("m"))
+        .with_member_epoch(r.member_epoch)
+        .with_rebalance_timeout_ms(-1)
+        .with_topic_partitions(Some(vec![consumer_group_heartbeat_request::TopicPartitions::default().with_topic_id(a).with_partitions(vec![0])]));
+    let grown = h.call(&beat, 1);
+    assert!(grown.member_epoch > r.member_epoch, "a new matching topic moves the group epoch");
+    let mut got = ids(&grown);
+    got.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(got, want, "re-b joined the assignment");
+    let d = h.call(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![g.clone()]), 0);
+    assert_eq!(d.groups[0].members[0].subscribed_topic_regex.as_deref(), Some("re-.*|__consumer_offsets"));
+}

@@ -298,6 +298,8 @@ fn group_config(process: u64, bootstrap: &[Addr], consumer_protocol: bool) -> Gr
         consumer_protocol,
         // Every other KIP-848 consumer is a static member.
         instance_id: (consumer_protocol && process % 2 == 0).then(|| format!("static-{process}")),
+        // Every third subscribes by a pattern the coordinator resolves.
+        regex: (consumer_protocol && process % 3 == 0).then(|| format!("{TOPIC}|{TOPIC}-never-.*")),
     }
 }
 

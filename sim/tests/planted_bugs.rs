@@ -14,7 +14,7 @@ const GATED: &[&str] = &["single-node", "small-segments", "many-clients", "clust
 /// Consumer-group bugs need group members: they rotate over the group scenarios.
 const GROUPS: &[&str] = &["groups-single", "groups-3", "groups-848"];
 /// (The cleaner's bug too: the group scenarios are the ones with a compacted topic.)
-const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted", "cleaner-drops-latest"];
+const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted", "kip848-answer-before-durable", "cleaner-drops-latest"];
 
 fn scenarios(bug: &str) -> &'static [&'static str] {
     if GROUP_BUGS.contains(&bug) {

@@ -122,5 +122,7 @@ pub const UNRELEASED_INSTANCE_ID: i16 = 111;
 pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
 /// KIP-848: the member epoch is stale.
 pub const STALE_MEMBER_EPOCH: i16 = 113;
+/// KIP-848: a subscription's regular expression does not compile.
+pub const INVALID_REGULAR_EXPRESSION: i16 = 128;
 /// The offsets of a commit do not fit in one `__consumer_offsets` batch.
 pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;

@@ -42,6 +42,8 @@ pub(crate) struct GroupWrite {
     uid: u64,
     last_offset: i64,
     deadline_ms: u64,
+    /// The coordinator was told the outcome is uncertain (its waiters were answered).
+    uncertain: bool,
 }
 
 /// A shard being replayed.
@@ -147,7 +149,7 @@ impl Broker {
         match outcome {
             Ok((uid, last_offset)) => {
                 let deadline_ms = now.mono_ms + self.group.settings().commit_timeout_ms;
-                self.group_io.writes.insert(write, GroupWrite { uid, last_offset, deadline_ms });
+                self.group_io.writes.insert(write, GroupWrite { uid, last_offset, deadline_ms, uncertain: false });
                 self.complete_group_writes(cx, Some(uid));
             }
             Err(code) => self.group.write_done(write, Err(code), now),
@@ -161,28 +163,43 @@ impl Broker {
             return;
         }
         let now = Self::group_now(cx);
-        let mut done = Vec::new();
+        // Per write, in log order: answer now with a code (uncertain), then maybe finish it.
+        type Step = (Option<i16>, Option<Result<(), i16>>);
+        let mut due: Vec<(i64, u64, Step)> = Vec::new();
         for (id, w) in &self.group_io.writes {
             if uid.is_some_and(|u| u != w.uid) {
                 continue;
             }
             let partition = self.locations.get(&w.uid).and_then(|(t, i)| self.topics.get(t)?.partitions.get(*i));
-            let result = match partition {
-                None => Some(Err(error::NOT_LEADER_OR_FOLLOWER)),
-                Some(p) if p.role != Role::Leader => Some(Err(error::NOT_LEADER_OR_FOLLOWER)),
-                Some(p) if p.high_watermark > w.last_offset => {
-                    Some(if p.isr.len() < p.min_insync_replicas { Err(error::NOT_ENOUGH_REPLICAS_AFTER_APPEND) } else { Ok(()) })
+            let step = match partition {
+                None => (None, Some(Err(error::NOT_LEADER_OR_FOLLOWER))),
+                Some(p) if p.role != Role::Leader => (None, Some(Err(error::NOT_LEADER_OR_FOLLOWER))),
+                // Committed, but with fewer in-sync replicas than asked for: applied, and whoever
+                // waits is told it is not acknowledged.
+                Some(p) if p.high_watermark > w.last_offset && p.isr.len() < p.min_insync_replicas && !w.uncertain => {
+                    (Some(error::NOT_ENOUGH_REPLICAS_AFTER_APPEND), Some(Ok(())))
                 }
-                Some(_) if now.mono_ms >= w.deadline_ms => Some(Err(error::REQUEST_TIMED_OUT)),
-                Some(_) => None,
+                Some(p) if p.high_watermark > w.last_offset => (None, Some(Ok(()))),
+                // In the log, not yet committed: answer now; the effect waits for the commit.
+                Some(_) if now.mono_ms >= w.deadline_ms && !w.uncertain => (Some(error::REQUEST_TIMED_OUT), None),
+                Some(_) => (None, None),
             };
-            if let Some(r) = result {
-                done.push((*id, r));
+            if step.0.is_some() || step.1.is_some() {
+                due.push((w.last_offset, *id, step));
             }
         }
-        for (id, result) in done {
-            self.group_io.writes.remove(&id);
-            self.group.write_done(id, result, now);
+        due.sort();
+        for (_, id, (uncertain, done)) in due {
+            if let Some(code) = uncertain {
+                if let Some(w) = self.group_io.writes.get_mut(&id) {
+                    w.uncertain = true;
+                }
+                self.group.write_uncertain(id, code, now);
+            }
+            if let Some(result) = done {
+                self.group_io.writes.remove(&id);
+                self.group.write_done(id, result, now);
+            }
         }
         self.drive_groups(cx);
     }

@@ -50,6 +50,9 @@ pub struct GroupConsumerConfig {
     /// `group.instance.id` (KIP-848 static membership): such a member leaves with epoch -2,
     /// keeping its place, and each incarnation comes back under a new member id.
     pub instance_id: Option<String>,
+    /// KIP-848: subscribe by this regular expression (resolved by the coordinator) instead of
+    /// by the topic's name; it must match the topic.
+    pub regex: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,7 +434,8 @@ impl GroupConsumer {
             .with_member_epoch(epoch)
             .with_instance_id(self.config.instance_id.as_deref().map(sb))
             .with_rebalance_timeout_ms(if joining { self.config.session_timeout_ms } else { -1 })
-            .with_subscribed_topic_names(joining.then(|| vec![TopicName(sb(&self.config.topic))]))
+            .with_subscribed_topic_names((joining && self.config.regex.is_none()).then(|| vec![TopicName(sb(&self.config.topic))]))
+            .with_subscribed_topic_regex(self.config.regex.as_deref().filter(|_| joining).map(sb))
             .with_topic_partitions(Some(if owned.is_empty() {
                 Vec::new()
             } else {

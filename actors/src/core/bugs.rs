@@ -24,6 +24,7 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
     ("isr-shrink-not-persisted", "a leader shrinks its ISR locally without committing the change through the controller"),
     ("stale-generation-commit", "OffsetCommit is accepted without checking that the member is in the group's current generation"),
     ("assignment-misrouted", "the group leader's range assignor also hands the first member's partitions to the second"),
+    ("kip848-answer-before-durable", "a KIP-848 heartbeat is answered before the group state it was taken from is committed"),
     ("cleaner-drops-latest", "the log cleaner's supersede check is off by one (>= for >), so the latest record of a key goes too"),
 ];
 

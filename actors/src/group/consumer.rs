@@ -50,6 +50,10 @@ pub(crate) struct CMember {
     pub(crate) epoch: i32,
     pub(crate) previous_epoch: i32,
     pub(crate) subscribed: BTreeSet<String>,
+    /// A subscription by regular expression (its pattern, compiled to match whole names), and
+    /// the topics it matched when last resolved.
+    pub(crate) regex: Option<(String, regex::Regex)>,
+    pub(crate) matched: BTreeSet<String>,
     pub(crate) assignor: Option<String>,
     pub(crate) rebalance_timeout_ms: i32,
     pub(crate) deadline_ms: u64,
@@ -124,6 +128,8 @@ impl ConsumerGroup {
                         epoch: m.epoch,
                         previous_epoch: m.previous_epoch,
                         subscribed: m.subscribed,
+                        regex: m.regex.and_then(|p| compile(&p).ok().map(|r| (p, r))),
+                        matched: m.matched,
                         assignor: m.assignor,
                         rebalance_timeout_ms: m.rebalance_timeout_ms,
                         deadline_ms: now.mono_ms + session_ms,
@@ -157,6 +163,8 @@ impl ConsumerGroup {
                     epoch: m.epoch,
                     previous_epoch: m.previous_epoch,
                     subscribed: m.subscribed.clone(),
+                    regex: m.regex.as_ref().map(|(p, _)| p.clone()),
+                    matched: m.matched.clone(),
                     assignor: m.assignor.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     assigned: m.assigned.clone(),
@@ -169,8 +177,8 @@ impl ConsumerGroup {
 
     /// Note the subscribed topics' metadata; true if it changed since last time.
     pub(crate) fn track_metadata(&mut self, topics: &Topics) -> bool {
-        let subscribed: BTreeSet<&String> = self.members.values().flat_map(|m| m.subscribed.iter()).collect();
-        let now: Topics = topics.iter().filter(|(t, _)| subscribed.contains(t)).map(|(t, v)| (t.clone(), *v)).collect();
+        let subscribed: BTreeSet<String> = self.members.values().flat_map(|m| m.subscription()).collect();
+        let now: Topics = topics.iter().filter(|(t, _)| subscribed.contains(*t)).map(|(t, v)| (t.clone(), *v)).collect();
         if now == self.fingerprint {
             return false;
         }
@@ -204,6 +212,39 @@ impl ConsumerGroup {
         }
         out
     }
+}
+
+impl CMember {
+    /// The topics the member subscribes to, by name and by its regular expression.
+    pub(crate) fn subscription(&self) -> BTreeSet<String> {
+        self.subscribed.union(&self.matched).cloned().collect()
+    }
+}
+
+/// Compile a KIP-848 subscription pattern. Like RE2/J's `matches()` on Kafka brokers, it must
+/// match a topic's whole name (`topic` does not match `topic-1`; `topic.*` does).
+fn compile(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).build().map_err(|e| e.to_string())
+}
+
+/// The topics `re` matches (internal topics never do).
+fn matching(re: &regex::Regex, topics: &Topics) -> BTreeSet<String> {
+    topics.keys().filter(|t| !super::is_internal(t) && re.is_match(t)).cloned().collect()
+}
+
+/// Resolve the members' regular expressions against the topics; true if some member's matches
+/// changed (a matching topic was created or deleted).
+fn resolve(cg: &mut ConsumerGroup, topics: &Topics) -> bool {
+    let mut changed = false;
+    for m in cg.members.values_mut() {
+        let Some((_, re)) = &m.regex else { continue };
+        let now = matching(re, topics);
+        if now != m.matched {
+            m.matched = now;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Topics as the metadata describes them: name -> (id, partition count).
@@ -302,9 +343,15 @@ impl Coordinator {
             return self.reply(r, &hb_error(error::UNSUPPORTED_ASSIGNOR, &message));
         }
         tracing::debug!(group = group_id, member = req.member_id.as_str(), epoch = req.member_epoch, topics = ?req.subscribed_topic_names, regex = ?req.subscribed_topic_regex, owned = ?req.topic_partitions.as_ref().map(|t| t.len()), "ConsumerGroupHeartbeat");
-        if req.subscribed_topic_regex.as_ref().is_some_and(|r| !r.is_empty()) {
-            return self.reply(r, &hb_error(error::INVALID_REQUEST, "subscribing by regular expression is not supported"));
-        }
+        // A pattern is sent when it changes; an empty one drops the member's pattern.
+        let regex = match req.subscribed_topic_regex.as_ref().map(|p| p.as_str()) {
+            None => None,
+            Some("") => Some(None),
+            Some(p) => match compile(p) {
+                Ok(re) => Some(Some((p.to_string(), re))),
+                Err(e) => return self.reply(r, &hb_error(error::INVALID_REGULAR_EXPRESSION, &format!("invalid regular expression {p:?}: {e}"))),
+            },
+        };
         let shard = match self.lookup(&group_id) {
             Lookup::Error(code) => return self.reply(r, &hb_error(code, "not the coordinator")),
             Lookup::Here(s) => s,
@@ -349,13 +396,13 @@ impl Coordinator {
             return self.settle_and_answer(&group_id, r, response);
         }
         if epoch == 0 {
-            let Some(subscribed) = req.subscribed_topic_names.as_ref() else {
-                return self.reply(r, &hb_error(error::INVALID_REQUEST, "a joining member must send its subscription"));
+            let ((Some(_), _) | (_, Some(Some(_)))) = (req.subscribed_topic_names.as_ref(), regex.as_ref()) else {
+                return self.reply(r, &hb_error(error::INVALID_REQUEST, "a joining member must send its subscription (topic names or a regular expression)"));
             };
             if member_id.is_empty() {
                 member_id = uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64()).to_string();
             }
-            let subscribed: BTreeSet<String> = subscribed.iter().map(|t| t.to_string()).collect();
+            let subscribed: BTreeSet<String> = req.subscribed_topic_names.iter().flatten().map(|t| t.to_string()).collect();
             let mut m = CMember {
                 id: member_id.clone(),
                 instance_id: req.instance_id.as_ref().map(|s| s.to_string()),
@@ -365,6 +412,8 @@ impl Coordinator {
                 epoch: 0,
                 previous_epoch: -1,
                 subscribed,
+                matched: regex.as_ref().and_then(|r| r.as_ref()).map(|(_, re)| matching(re, topics)).unwrap_or_default(),
+                regex: regex.clone().flatten(),
                 assignor: req.server_assignor.as_ref().map(|s| s.to_string()),
                 rebalance_timeout_ms: req.rebalance_timeout_ms.max(0),
                 deadline_ms: now.mono_ms + session,
@@ -388,7 +437,7 @@ impl Coordinator {
                     if let Some(t) = cg.target.remove(&old_id) {
                         cg.target.insert(member_id.clone(), t);
                     }
-                    if o.subscribed != m.subscribed {
+                    if o.subscribed != m.subscribed || o.regex.as_ref().map(|r| &r.0) != m.regex.as_ref().map(|r| &r.0) {
                         cg.group_epoch += 1;
                     }
                     (m.assigned, m.epoch) = (o.assigned, o.previous_epoch.max(0));
@@ -422,6 +471,13 @@ impl Coordinator {
                     cg.group_epoch += 1;
                 }
             }
+            if let Some(re) = regex {
+                if re.as_ref().map(|r| &r.0) != m.regex.as_ref().map(|r| &r.0) {
+                    m.matched = re.as_ref().map(|(_, r)| matching(r, topics)).unwrap_or_default();
+                    m.regex = re;
+                    cg.group_epoch += 1;
+                }
+            }
             if let Some(a) = req.server_assignor.as_ref() {
                 m.assignor = Some(a.to_string());
             }
@@ -437,8 +493,9 @@ impl Coordinator {
             }
             p
         });
-        // Subscribed topics created, deleted or grown move the group epoch too.
-        if cg.track_metadata(topics) {
+        // Subscribed topics created, deleted or grown, or matched by a pattern, move the group
+        // epoch too.
+        if resolve(cg, topics) | cg.track_metadata(topics) {
             cg.group_epoch += 1;
         }
         let (before, before_epoch) = (cg.members[&member_id].assigned.clone(), epoch);
@@ -448,7 +505,8 @@ impl Coordinator {
         let mut response =
             ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(m.epoch).with_heartbeat_interval_ms(interval);
         // A full request (a join, or after a lost answer) gets the whole assignment back.
-        let full = epoch == 0 || (req.rebalance_timeout_ms != -1 && req.subscribed_topic_names.is_some() && req.topic_partitions.is_some());
+        let subscription_sent = req.subscribed_topic_names.is_some() || req.subscribed_topic_regex.is_some();
+        let full = epoch == 0 || (req.rebalance_timeout_ms != -1 && subscription_sent && req.topic_partitions.is_some());
         if full || m.assigned != before || m.epoch != before_epoch {
             response.assignment = Some(hb::Assignment::default().with_topic_partitions(to_wire(&m.assigned, topics)));
         }
@@ -462,7 +520,7 @@ impl Coordinator {
     fn settle_and_answer(&mut self, group: &str, r: Responder, response: ConsumerGroupHeartbeatResponse) {
         self.settle_consumer(group);
         let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
-        if cg.durable_seq >= cg.seq {
+        if cg.durable_seq >= cg.seq || crate::planted!("kip848-answer-before-durable") {
             return self.reply(r, &response);
         }
         let seq = cg.seq;
@@ -485,6 +543,17 @@ impl Coordinator {
         let (seq, value) = (cg.seq, cg.encoded.clone());
         let key = super::records::encode_key(&super::records::Key::ConsumerGroup { group: group.to_string() });
         self.append(group, vec![(key, Some(value))], super::WriteKind::ConsumerState { group: group.to_string(), seq });
+    }
+
+    /// A write of the group's state is uncertain (see [`Coordinator::write_uncertain`]): the
+    /// answers that waited for it get `code`; it stays in flight until it commits or fails.
+    pub(crate) fn consumer_state_uncertain(&mut self, group: &str, seq: u64, code: i16) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        let (failed, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= seq);
+        cg.parked = later;
+        for p in failed {
+            self.reply(p.responder, &hb_error(code, "the group's state is not committed yet"));
+        }
     }
 
     /// A write of the group's state committed (answer what waited for it), or failed (what
@@ -563,6 +632,7 @@ impl Coordinator {
                                     .with_client_id(sb(&m.client_id))
                                     .with_client_host(sb(&m.client_host))
                                     .with_subscribed_topic_names(m.subscribed.iter().map(|t| TopicName(sb(t))).collect())
+                                    .with_subscribed_topic_regex(m.regex.as_ref().map(|(p, _)| sb(p)))
                                     .with_assignment(wire(&m.assigned))
                                     .with_target_assignment(wire(cg.target.get(&m.id).unwrap_or(&Parts::new())))
                                     .with_member_type(1)
@@ -581,7 +651,7 @@ impl Coordinator {
     pub(crate) fn tick_consumer_group(&mut self, group: &str, topics: &Topics, now: Now) {
         let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
         let mut changed = false;
-        if cg.track_metadata(topics) && !cg.members.is_empty() {
+        if (resolve(cg, topics) | cg.track_metadata(topics)) && !cg.members.is_empty() {
             cg.group_epoch += 1;
             changed = true;
         }
@@ -620,7 +690,7 @@ fn refresh_target(cg: &mut ConsumerGroup, topics: &Topics) {
         }
     }
     cg.assignor = votes.into_iter().max_by_key(|(_, n)| *n).map_or("uniform", |(a, _)| a).to_string();
-    let input: BTreeMap<String, (BTreeSet<String>, Parts)> = cg.members.values().map(|m| (m.id.clone(), (m.subscribed.clone(), m.assigned.clone()))).collect();
+    let input: BTreeMap<String, (BTreeSet<String>, Parts)> = cg.members.values().map(|m| (m.id.clone(), (m.subscription(), m.assigned.clone()))).collect();
     cg.target = assign(&cg.assignor, &input, topics);
     if crate::planted!("assignment-misrouted") && cg.target.len() > 1 {
         let first = cg.target.values().next().cloned().unwrap_or_default();
@@ -725,6 +795,8 @@ mod tests {
             epoch: 0,
             previous_epoch: -1,
             subscribed: ["a".to_string()].into_iter().collect(),
+            regex: None,
+            matched: BTreeSet::new(),
             assignor: None,
             rebalance_timeout_ms: 1000,
             deadline_ms: u64::MAX,

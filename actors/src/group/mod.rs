@@ -13,7 +13,9 @@
 //! only once the high watermark passes them (acks=all, so `min.insync.replicas` applies). The
 //! in-memory state changes at the same moment, so what OffsetFetch shows has always been
 //! committed, and a coordinator that takes over after a failover rebuilds exactly that state from
-//! the log.
+//! the log. A write that times out is answered with an error but stays in the leader's log: an
+//! offset commit or KIP-848 state in it still applies if it commits later in the same tenure, so
+//! the coordinator never serves less than its committed log holds.
 //!
 //! The classic protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) lives in `classic.rs`,
 //! offsets and the admin APIs in `offsets.rs`; the record layouts in `records.rs`.
@@ -35,6 +37,11 @@ use std::collections::BTreeMap;
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// The internal topic of the transaction coordinators.
 pub const TRANSACTION_TOPIC: &str = "__transaction_state";
+
+/// Whether `topic` is one of the coordinators' internal topics (never matched by a pattern).
+pub fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC || topic == TRANSACTION_TOPIC
+}
 
 /// Coordinator settings (Kafka's broker keys).
 #[derive(Clone, Debug)]
@@ -305,8 +312,9 @@ pub(crate) struct Shard {
 /// What to do when a write is committed (or fails).
 #[derive(Debug)]
 pub(crate) enum WriteKind {
-    /// Offsets of an OffsetCommit: apply and answer.
-    Commit { responder: Responder, response: kafka_protocol::messages::OffsetCommitResponse, group: String, offsets: Vec<((String, i32), OffsetValue)> },
+    /// Offsets of an OffsetCommit: apply and answer (unless already answered, see
+    /// [`Coordinator::write_uncertain`]).
+    Commit { responder: Option<Responder>, response: kafka_protocol::messages::OffsetCommitResponse, group: String, offsets: Vec<((String, i32), OffsetValue)> },
     /// The leader's assignment: complete the rebalance.
     Sync { group: String, generation: i32 },
     /// A group's metadata (e.g. it became empty); nothing waits.
@@ -600,21 +608,39 @@ impl Coordinator {
         }
     }
 
+    /// A write is in the shard's log but its outcome is not known yet: it took longer than
+    /// `offsets.commit.timeout.ms`, or the high watermark passed it while the ISR was below
+    /// `min.insync.replicas`. Whoever waits gets `code` now; an offset commit or a KIP-848 state
+    /// still applies if the high watermark passes it later in this tenure (call
+    /// [`Coordinator::write_done`] then, or with an error if the leadership ends), so what this
+    /// coordinator serves stays what its committed log says. Other writes end here, as failed.
+    pub fn write_uncertain(&mut self, write: u64, code: i16, now: Now) {
+        let Some(w) = self.writes.get_mut(&write) else { return };
+        let code = client_code(code);
+        match &mut w.kind {
+            WriteKind::Commit { responder, response, offsets, .. } => {
+                if let Some(r) = responder.take() {
+                    let mut response = response.clone();
+                    let failed: std::collections::BTreeSet<&(String, i32)> = offsets.iter().map(|(k, _)| k).collect();
+                    offsets::fail_partitions(&mut response, &failed, code);
+                    self.reply(r, &response);
+                }
+            }
+            WriteKind::ConsumerState { group, seq } => {
+                let (group, seq) = (group.clone(), *seq);
+                self.consumer_state_uncertain(&group, seq, code);
+            }
+            _ => self.write_done(write, Err(code), now),
+        }
+    }
+
     /// A write finished: `Ok` once committed, `Err(code)` with the produce error otherwise.
     pub fn write_done(&mut self, write: u64, result: Result<(), i16>, now: Now) {
         let Some(w) = self.writes.remove(&write) else { return };
         let current = self.shards.get(&w.shard).is_some_and(|s| s.active && s.tenure == w.tenure);
         // A write that outlived its tenure is not applied: the next coordinator decides from the log.
         let result = if current { result } else { Err(error::NOT_COORDINATOR) };
-        // Kafka's mapping of append errors to what group clients understand.
-        let result = result.map_err(|code| match code {
-            error::NOT_ENOUGH_REPLICAS | error::NOT_ENOUGH_REPLICAS_AFTER_APPEND | error::REQUEST_TIMED_OUT | error::UNKNOWN_TOPIC_OR_PARTITION => {
-                error::COORDINATOR_NOT_AVAILABLE
-            }
-            error::NOT_LEADER_OR_FOLLOWER | error::KAFKA_STORAGE_ERROR => error::NOT_COORDINATOR,
-            error::MESSAGE_TOO_LARGE | error::RECORD_LIST_TOO_LARGE => error::INVALID_COMMIT_OFFSET_SIZE,
-            other => other,
-        });
+        let result = result.map_err(client_code);
         match w.kind {
             WriteKind::Commit { responder, response, group, offsets } => self.commit_done(responder, response, &group, offsets, result, now),
             WriteKind::StaticRejoin { responder, response } => match result {
@@ -700,6 +726,18 @@ impl Coordinator {
         let shard = self.shard_of(group);
         let g = self.shards.get(&shard).filter(|s| s.active)?.groups.get(group)?;
         Some(g.offsets.iter().map(|(k, v)| (k.clone(), v.offset)).collect())
+    }
+}
+
+/// Kafka's mapping of append errors to what group clients understand.
+fn client_code(code: i16) -> i16 {
+    match code {
+        error::NOT_ENOUGH_REPLICAS | error::NOT_ENOUGH_REPLICAS_AFTER_APPEND | error::REQUEST_TIMED_OUT | error::UNKNOWN_TOPIC_OR_PARTITION => {
+            error::COORDINATOR_NOT_AVAILABLE
+        }
+        error::NOT_LEADER_OR_FOLLOWER | error::KAFKA_STORAGE_ERROR => error::NOT_COORDINATOR,
+        error::MESSAGE_TOO_LARGE | error::RECORD_LIST_TOO_LARGE => error::INVALID_COMMIT_OFFSET_SIZE,
+        other => other,
     }
 }
 

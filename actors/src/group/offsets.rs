@@ -42,6 +42,17 @@ pub(crate) fn subscribed_topics(metadata: &[u8]) -> BTreeSet<String> {
     out
 }
 
+/// Set `code` on the partitions of `response` named in `failed`.
+pub(crate) fn fail_partitions(response: &mut OffsetCommitResponse, failed: &BTreeSet<&(String, i32)>, code: i16) {
+    for t in &mut response.topics {
+        for p in &mut t.partitions {
+            if failed.contains(&(t.name.to_string(), p.partition_index)) {
+                p.error_code = code;
+            }
+        }
+    }
+}
+
 impl Coordinator {
     /// OffsetCommit. `known(topic, partition)` says whether the partition exists.
     pub fn on_commit(&mut self, r: Responder, req: OffsetCommitRequest, now: Now, known: impl Fn(&str, i32) -> bool) {
@@ -117,6 +128,7 @@ impl Coordinator {
             fail_all(&mut response, code);
             return self.reply(r, &response);
         }
+        tracing::debug!(group = group_id, member, generation, offsets = ?req.topics.iter().map(|t| t.partitions.iter().map(|p| (p.partition_index, p.committed_offset)).collect::<Vec<_>>()).collect::<Vec<_>>(), "OffsetCommit accepted");
         let mut offsets = Vec::new();
         let mut batch = Vec::new();
         for (ti, t) in req.topics.iter().enumerate() {
@@ -139,12 +151,12 @@ impl Coordinator {
         if batch.is_empty() {
             return self.reply(r, &response);
         }
-        self.append(&group_id, batch, WriteKind::Commit { responder: r, response, group: group_id.clone(), offsets });
+        self.append(&group_id, batch, WriteKind::Commit { responder: Some(r), response, group: group_id.clone(), offsets });
     }
 
     pub(crate) fn commit_done(
         &mut self,
-        r: Responder,
+        r: Option<Responder>,
         mut response: OffsetCommitResponse,
         group: &str,
         offsets: Vec<((String, i32), OffsetValue)>,
@@ -158,23 +170,20 @@ impl Coordinator {
                 let shard = self.shard_of(group);
                 let g = self.shards.get_mut(&shard).filter(|s| s.active).map(|s| s.groups.entry(group.to_string()).or_insert_with(|| Group::new(group, now)));
                 if let Some(g) = g {
+                    tracing::debug!(group, offsets = ?offsets.iter().map(|(k, v)| (k.1, v.offset)).collect::<Vec<_>>(), "offsets committed");
                     for (k, v) in offsets {
                         g.offsets.insert(k, v);
                     }
                 }
             }
             Err(code) => {
-                let failed: BTreeSet<(String, i32)> = offsets.into_iter().map(|(k, _)| k).collect();
-                for t in &mut response.topics {
-                    for p in &mut t.partitions {
-                        if failed.contains(&(t.name.to_string(), p.partition_index)) {
-                            p.error_code = code;
-                        }
-                    }
-                }
+                let failed: BTreeSet<&(String, i32)> = offsets.iter().map(|(k, _)| k).collect();
+                fail_partitions(&mut response, &failed, code);
             }
         }
-        self.reply(r, &response);
+        if let Some(r) = r {
+            self.reply(r, &response);
+        }
     }
 
     /// OffsetFetch (one group before v8, a list of groups from v8).
@@ -277,7 +286,7 @@ impl Coordinator {
             None => BTreeSet::new(),
         };
         if let Some(c) = &g.consumer {
-            subscribed.extend(c.members.values().flat_map(|m| m.subscribed.iter().cloned()));
+            subscribed.extend(c.members.values().flat_map(|m| m.subscription()));
         }
         let mut partitions = Vec::new();
         let mut batch = Vec::new();

@@ -172,6 +172,10 @@ pub struct ConsumerMemberValue {
     pub previous_epoch: i32,
     /// Subscribed topic names.
     pub subscribed: BTreeSet<String>,
+    /// Subscribed regular expression (KIP-848), and the topics it matched when last resolved.
+    pub regex: Option<String>,
+    /// The topics `regex` matched.
+    pub matched: BTreeSet<String>,
     /// The assignor the member asked for.
     pub assignor: Option<String>,
     /// Rebalance timeout (ms).
@@ -230,6 +234,11 @@ fn put_state(b: &mut BytesMut, s: &ConsumerState) {
         put_parts(b, &m.assigned);
         put_parts(b, &m.revoking);
         put_parts(b, &m.target);
+        put_opt_str(b, m.regex.as_deref());
+        b.put_i32(m.matched.len() as i32);
+        for t in &m.matched {
+            put_str(b, t);
+        }
     }
 }
 
@@ -380,7 +389,7 @@ impl<'a> Reader<'a> {
             topics.push((name, id, self.i32()?));
         }
         let mut members = Vec::new();
-        for _ in 0..self.count(40)? {
+        for _ in 0..self.count(46)? {
             let id = self.str()?;
             let instance_id = self.opt_str()?;
             let rack_id = self.opt_str()?;
@@ -395,6 +404,11 @@ impl<'a> Reader<'a> {
             let assignor = self.opt_str()?;
             let rebalance_timeout_ms = self.i32()?;
             let (assigned, revoking, target) = (self.parts()?, self.parts()?, self.parts()?);
+            let regex = self.opt_str()?;
+            let mut matched = BTreeSet::new();
+            for _ in 0..self.count(2)? {
+                matched.insert(self.str()?);
+            }
             members.push(ConsumerMemberValue {
                 id,
                 instance_id,
@@ -409,6 +423,8 @@ impl<'a> Reader<'a> {
                 assigned,
                 revoking,
                 target,
+                regex,
+                matched,
             });
         }
         Some(ConsumerState { assignment_epoch, assignor, topics, members })
@@ -542,6 +558,8 @@ mod tests {
                 assigned: parts("t", &[0, 1]),
                 revoking: parts("t", &[2]),
                 target: parts("t", &[0, 1, 3]),
+                regex: Some("t.*".into()),
+                matched: ["t".to_string(), "tt".to_string()].into_iter().collect(),
             }],
         }
     }
