@@ -7,6 +7,10 @@
 //!    group. The first round also creates `__consumer_offsets`.
 //! 2. rebalance on leave: two consumers share a 6-partition topic; one closes (LeaveGroup);
 //!    the time from the close until the other owns all six partitions.
+//! 3. KIP-848 (`group.protocol=consumer`): first record of a fresh consumer in a new group; then
+//!    the node coordinating its group is killed -9 and records are produced to every partition:
+//!    the time from the kill to the first of them read (the member carries on with its
+//!    partitions; partitions led by the killed node wait for their own leader election).
 //!
 //! Run: `cargo bench --bench groups`.
 
@@ -46,10 +50,15 @@ impl ConsumerContext for Ctx {
 }
 
 fn consumer(bootstrap: &str, group: &str, owned: Owned) -> BaseConsumer<Ctx> {
+    consumer_with(bootstrap, group, owned, "classic")
+}
+
+fn consumer_with(bootstrap: &str, group: &str, owned: Owned, protocol: &str) -> BaseConsumer<Ctx> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
         .set("group.id", group)
+        .set("group.protocol", protocol)
         .set("auto.offset.reset", "earliest")
         .create_with_context(Ctx(owned))
         .expect("consumer")
@@ -57,7 +66,7 @@ fn consumer(bootstrap: &str, group: &str, owned: Owned) -> BaseConsumer<Ctx> {
 
 fn main() {
     let rounds: usize = std::env::var("GROUP_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let cluster = TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3\noffsets.topic.replication.factor=3");
+    let mut cluster = TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3\noffsets.topic.replication.factor=3");
     let bootstrap = cluster.bootstrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin");
@@ -109,5 +118,43 @@ fn main() {
             break;
         }
         assert!(Instant::now() < deadline, "the other consumer never took over");
+    }
+
+    drop(b);
+
+    // KIP-848: a new group's first record, then its coordinator's node dies.
+    let started = Instant::now();
+    let k = consumer_with(&bootstrap, "bench-848", Owned::default(), "consumer");
+    k.subscribe(&["g6"]).expect("subscribe");
+    let mut read = 0;
+    loop {
+        if let Some(Ok(_)) = k.poll(Duration::from_millis(10)) {
+            if read == 0 {
+                println!("{:<52} {:>10.2}", "KIP-848 first record, new group", started.elapsed().as_secs_f64());
+            }
+            read += 1;
+            if read == 600 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "KIP-848 consumer read {read} of 600 within a minute");
+    }
+    let shard = runnel_actors::group::records::partition_for("bench-848", 50);
+    let coordinator = common::load::leader_of(&bootstrap, "__consumer_offsets", shard);
+    let killed = Instant::now();
+    cluster.nodes[(coordinator - 1) as usize].kill();
+    let others: Vec<String> = cluster.nodes.iter().enumerate().filter(|(i, _)| *i as i32 != coordinator - 1).map(|(_, n)| n.bootstrap()).collect();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", others.join(",")).set("acks", "1").create().expect("producer");
+    for i in 0..60 {
+        let v = i.to_string();
+        // Queued; partitions whose leader died are sent once a new one is elected.
+        let _ = producer.send_result(FutureRecord::<(), String>::to("g6").payload(&v).partition(i % 6));
+    }
+    loop {
+        if let Some(Ok(_)) = k.poll(Duration::from_millis(10)) {
+            println!("{:<52} {:>10.2}", "KIP-848 coordinator killed: next record read", killed.elapsed().as_secs_f64());
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(60), "the KIP-848 member read nothing within a minute of the kill");
     }
 }
