@@ -916,6 +916,9 @@ fn kip848_membership_survives_a_crash() {
     // A static leave keeps b's place; its next incarnation takes its partitions over at once.
     let left = h.call(&beat("b", b_epoch, b_owns.clone()).with_member_epoch(-2), 1);
     assert_eq!((left.error_code, left.member_epoch), (0, -2));
+    // A retried leave changes nothing; a leave of a member the group does not know is refused.
+    assert_eq!(h.call(&beat("b", b_epoch, b_owns.clone()).with_member_epoch(-2), 1).error_code, 0);
+    assert_eq!(h.call(&beat("nobody", 1, vec![]).with_member_epoch(-1), 1).error_code, 25, "UNKNOWN_MEMBER_ID");
     let back = h.call(&kip848_join(&g, "b3", "t").with_instance_id(Some(sbytes("static-b"))), 1);
     assert_eq!(back.error_code, 0);
     assert_eq!((back.member_epoch, mine(&back)), (b_epoch, Some(b_owns)), "the returning static member gets its old place without a rebalance");
@@ -946,6 +949,10 @@ fn kip848_regex_subscriptions() {
     };
     let bad = h.call(&join("re-(["), 1);
     assert_eq!(bad.error_code, 128, "INVALID_REGULAR_EXPRESSION: {:?}", bad.error_message);
+    // A pattern may not close the group that anchors it to whole names.
+    assert_eq!(h.call(&join("re-a)|(other"), 1).error_code, 128);
+    let huge = h.call(&join("re-.*").with_member_id(sbytes(&"x".repeat(5000))), 1);
+    assert_eq!(huge.error_code, 42, "INVALID_REQUEST for a 5000-byte member id");
     let ids =
         |r: &ConsumerGroupHeartbeatResponse| -> Vec<uuid::Uuid> { r.assignment.iter().flat_map(|x| x.topic_partitions.iter().map(|t| t.topic_id)).collect() };
     // `re-` names no whole topic: nothing to own.

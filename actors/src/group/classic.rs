@@ -79,6 +79,10 @@ impl Coordinator {
                 // A consumer-protocol group with members: classic members cannot join it.
                 return self.reply(r, &join_error(error::INCONSISTENT_GROUP_PROTOCOL));
             }
+            if c.in_flight > 0 || !c.parked.is_empty() {
+                // Its last state is still being written (its last member's leave): try again.
+                return self.reply(r, &join_error(error::COORDINATOR_LOAD_IN_PROGRESS));
+            }
             // An empty consumer-protocol group becomes classic again, in the log too.
             g.consumer = None;
             let key = records::encode_key(&records::Key::ConsumerGroup { group: group_id.clone() });

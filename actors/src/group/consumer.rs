@@ -17,9 +17,10 @@
 //! removed.
 //!
 //! The whole group — members, epochs, assignments, target — is written to `__consumer_offsets`
-//! before any member hears of a change (see [`ConsumerGroup`]), so a coordinator that takes
-//! over after a failover carries on where the members are: they keep their ids, epochs and
-//! partitions, and only their session timers start again.
+//! before any member is told of a change to it (see [`ConsumerGroup`]; refusals such as
+//! UNKNOWN_MEMBER_ID or FENCED_MEMBER_EPOCH grant nothing and are answered at once), so a
+//! coordinator that takes over after a failover carries on where the members are: they keep
+//! their ids, epochs and partitions, and only their session timers start again.
 
 use super::{sb, Coordinator, Group, Lookup, Now, Responder, State};
 use crate::broker::error;
@@ -38,6 +39,14 @@ pub const ASSIGNORS: &[&str] = &["uniform", "range"];
 
 /// The member epoch of a static member that left and may come back (KIP-848).
 const LEFT_STATIC: i32 = -2;
+
+/// The longest id, rack, pattern or topic name a heartbeat may carry (bytes): the group's
+/// record stores them whole.
+const MAX_FIELD_BYTES: usize = 4096;
+
+/// A group whose stored state is this large takes no new members (GROUP_MAX_SIZE_REACHED): the
+/// state is one record, and must stay below `max.message.bytes` (1 MiB by default).
+const STATE_BUDGET_BYTES: usize = 768 << 10;
 
 /// A member of a consumer-protocol group.
 #[derive(Debug, Clone)]
@@ -93,6 +102,11 @@ pub(crate) struct ConsumerGroup {
     pub(crate) in_flight: usize,
     /// Answers waiting for the state they were taken from to be durable.
     pub(crate) parked: Vec<Parked>,
+    /// Which life of the group this is (a write of an earlier life, before the group was
+    /// deleted or turned classic, is ignored when it completes).
+    pub(crate) incarnation: u64,
+    /// The topic names the members' patterns were last resolved against.
+    resolved_against: BTreeSet<String>,
 }
 
 /// A heartbeat answer sent once the state it was taken from (`seq`) is durable.
@@ -106,16 +120,14 @@ pub(crate) struct Parked {
 impl ConsumerGroup {
     /// A group loaded from its epoch record; with `state`, its members come back with fresh
     /// session timers.
-    pub(crate) fn loaded(epoch: i32, state: Option<ConsumerState>, session_ms: u64, now: Now) -> ConsumerGroup {
-        let mut cg = ConsumerGroup { group_epoch: epoch, assignment_epoch: epoch, assignor: "uniform".into(), ..Default::default() };
+    pub(crate) fn loaded(epoch: i32, state: Option<ConsumerState>, session_ms: u64, now: Now, incarnation: u64) -> ConsumerGroup {
+        let mut cg = ConsumerGroup { group_epoch: epoch, assignment_epoch: epoch, assignor: "uniform".into(), incarnation, ..Default::default() };
         if let Some(s) = state {
             cg.assignment_epoch = s.assignment_epoch;
             cg.assignor = s.assignor;
             cg.fingerprint = s.topics.into_iter().map(|(t, id, n)| (t, (id, n))).collect();
             for m in s.members {
-                if !m.target.is_empty() {
-                    cg.target.insert(m.id.clone(), m.target);
-                }
+                cg.target.insert(m.id.clone(), m.target);
                 let revoke_deadline_ms = now.mono_ms + m.rebalance_timeout_ms.max(1) as u64;
                 cg.members.insert(
                     m.id.clone(),
@@ -224,6 +236,8 @@ impl CMember {
 /// Compile a KIP-848 subscription pattern. Like RE2/J's `matches()` on Kafka brokers, it must
 /// match a topic's whole name (`topic` does not match `topic-1`; `topic.*` does).
 fn compile(pattern: &str) -> Result<regex::Regex, String> {
+    // On its own first, so a pattern cannot close the group that anchors it (`a)|(b`).
+    regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().map_err(|e| e.to_string())?;
     regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).build().map_err(|e| e.to_string())
 }
 
@@ -235,6 +249,12 @@ fn matching(re: &regex::Regex, topics: &Topics) -> BTreeSet<String> {
 /// Resolve the members' regular expressions against the topics; true if some member's matches
 /// changed (a matching topic was created or deleted).
 fn resolve(cg: &mut ConsumerGroup, topics: &Topics) -> bool {
+    // A member's matches are computed when it sends a pattern; after that only new or deleted
+    // topics change them.
+    if topics.keys().eq(cg.resolved_against.iter()) {
+        return false;
+    }
+    cg.resolved_against = topics.keys().cloned().collect();
     let mut changed = false;
     for m in cg.members.values_mut() {
         let Some((_, re)) = &m.regex else { continue };
@@ -335,8 +355,15 @@ impl Coordinator {
         let group_id = req.group_id.0.to_string();
         let session = self.settings.consumer_session_timeout_ms;
         let interval = self.settings.consumer_heartbeat_interval_ms;
+        let incarnation = self.fresh_id();
+        let max_size = self.settings.max_size;
         if group_id.is_empty() {
             return self.reply(r, &hb_error(error::INVALID_GROUP_ID, "the group id is empty"));
+        }
+        let fields = [Some(&req.member_id), req.instance_id.as_ref(), req.rack_id.as_ref(), req.subscribed_topic_regex.as_ref(), req.server_assignor.as_ref()];
+        let names = req.subscribed_topic_names.iter().flatten().map(|t| &t.0);
+        if fields.into_iter().flatten().chain(names).any(|f| f.len() > MAX_FIELD_BYTES) {
+            return self.reply(r, &hb_error(error::INVALID_REQUEST, &format!("an id, pattern or topic name is longer than {MAX_FIELD_BYTES} bytes")));
         }
         if let Some(a) = req.server_assignor.as_ref().filter(|a| !ASSIGNORS.contains(&a.as_str())) {
             let message = format!("assignor {} is not one of {ASSIGNORS:?}", a.as_str());
@@ -365,7 +392,7 @@ impl Coordinator {
                 return self.reply(r, &hb_error(error::GROUP_ID_NOT_FOUND, "the group is a classic group with members"));
             }
             // An empty (or new) group becomes a consumer-protocol group; its offsets stay.
-            g.consumer = Some(ConsumerGroup { assignor: "uniform".into(), ..Default::default() });
+            g.consumer = Some(ConsumerGroup { assignor: "uniform".into(), incarnation, ..Default::default() });
             g.protocol_type = Some("consumer".into());
         }
         g.state_timestamp = now.wall_ms;
@@ -374,7 +401,14 @@ impl Coordinator {
         let epoch = req.member_epoch;
         let (mut continued, mut returned) = (false, false);
         if epoch == -1 || epoch == LEFT_STATIC {
+            let instance = req.instance_id.as_ref().map(|i| i.as_str());
             match cg.members.get_mut(&member_id) {
+                None => return self.reply(r, &hb_error(error::UNKNOWN_MEMBER_ID, "unknown member id")),
+                Some(m) if instance.is_some() && m.instance_id.as_deref() != instance => {
+                    return self.reply(r, &hb_error(error::FENCED_INSTANCE_ID, "the instance id belongs to another member"));
+                }
+                // Already left (a retried leave): nothing changes.
+                Some(m) if m.epoch == LEFT_STATIC => {}
                 // A static member leaving for a while keeps its place and assignment until its
                 // session times out; its return under the same instance id takes them over.
                 Some(m) if epoch == LEFT_STATIC && m.instance_id.is_some() => {
@@ -389,7 +423,6 @@ impl Coordinator {
                     cg.group_epoch += 1;
                     refresh_target(cg, topics);
                 }
-                None => {}
             }
             let response =
                 ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&member_id))).with_member_epoch(epoch).with_heartbeat_interval_ms(interval);
@@ -422,16 +455,22 @@ impl Coordinator {
                 revoke_deadline_ms: 0,
                 restored: false,
             };
-            let old = req.instance_id.as_ref().and_then(|i| cg.members.values().find(|o| o.instance_id.as_deref() == Some(i.as_str()) && o.id != member_id));
+            let old = req.instance_id.as_ref().and_then(|i| cg.members.values().find(|o| o.instance_id.as_deref() == Some(i.as_str())));
+            let known = cg.members.contains_key(&member_id);
+            if !known && old.is_none() && (cg.encoded.len() > STATE_BUDGET_BYTES || cg.members.len() >= max_size) {
+                return self.reply(r, &hb_error(error::GROUP_MAX_SIZE_REACHED, "the group has reached its maximum size"));
+            }
             match old {
-                // The instance id belongs to a member still in the group.
-                Some(o) if o.epoch != LEFT_STATIC => {
+                // The instance id belongs to another member still in the group.
+                Some(o) if o.epoch != LEFT_STATIC && o.id != member_id => {
                     let message = format!("static member {} still holds instance id {}", o.id, o.instance_id.as_deref().unwrap_or_default());
                     return self.reply(r, &hb_error(error::UNRELEASED_INSTANCE_ID, &message));
                 }
-                // A static member returns: it takes over its old place and assignment, with no
-                // rebalance unless its subscription changed.
-                Some(o) => {
+                // A static member returns (under a new member id, or its old one): it takes over
+                // its old place and what it owned that is still its target, with no rebalance
+                // unless its subscription changed. (It released everything when it left, so
+                // nothing is revoked.)
+                Some(o) if o.epoch == LEFT_STATIC => {
                     let old_id = o.id.clone();
                     let o = cg.members.remove(&old_id).expect("found above");
                     if let Some(t) = cg.target.remove(&old_id) {
@@ -440,11 +479,12 @@ impl Coordinator {
                     if o.subscribed != m.subscribed || o.regex.as_ref().map(|r| &r.0) != m.regex.as_ref().map(|r| &r.0) {
                         cg.group_epoch += 1;
                     }
-                    (m.assigned, m.epoch) = (o.assigned, o.previous_epoch.max(0));
+                    let target = cg.target.get(&member_id).cloned().unwrap_or_default();
+                    (m.assigned, m.epoch) = (minus(&o.assigned, &minus(&o.assigned, &target)), o.previous_epoch.max(0));
                     cg.members.insert(member_id.clone(), m);
                     returned = true;
                 }
-                None => {
+                _ => {
                     // A rejoin after fencing starts over: whatever it had is released.
                     cg.members.insert(member_id.clone(), m);
                     cg.group_epoch += 1;
@@ -540,15 +580,15 @@ impl Coordinator {
         }
         cg.written_seq = cg.seq;
         cg.in_flight += 1;
-        let (seq, value) = (cg.seq, cg.encoded.clone());
+        let (seq, value, incarnation) = (cg.seq, cg.encoded.clone(), cg.incarnation);
         let key = super::records::encode_key(&super::records::Key::ConsumerGroup { group: group.to_string() });
-        self.append(group, vec![(key, Some(value))], super::WriteKind::ConsumerState { group: group.to_string(), seq });
+        self.append(group, vec![(key, Some(value))], super::WriteKind::ConsumerState { group: group.to_string(), incarnation, seq });
     }
 
     /// A write of the group's state is uncertain (see [`Coordinator::write_uncertain`]): the
     /// answers that waited for it get `code`; it stays in flight until it commits or fails.
-    pub(crate) fn consumer_state_uncertain(&mut self, group: &str, seq: u64, code: i16) {
-        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+    pub(crate) fn consumer_state_uncertain(&mut self, group: &str, incarnation: u64, seq: u64, code: i16) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()).filter(|c| c.incarnation == incarnation) else { return };
         let (failed, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= seq);
         cg.parked = later;
         for p in failed {
@@ -558,8 +598,8 @@ impl Coordinator {
 
     /// A write of the group's state committed (answer what waited for it), or failed (what
     /// waited for it gets the error; the state is written again with the next change or tick).
-    pub(crate) fn consumer_state_done(&mut self, group: &str, seq: u64, result: Result<(), i16>) {
-        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+    pub(crate) fn consumer_state_done(&mut self, group: &str, incarnation: u64, seq: u64, result: Result<(), i16>) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()).filter(|c| c.incarnation == incarnation) else { return };
         cg.in_flight = cg.in_flight.saturating_sub(1);
         let ready: Vec<Parked>;
         match result {
@@ -571,19 +611,25 @@ impl Coordinator {
                 ready = now;
             }
             Err(code) => {
-                if cg.in_flight == 0 {
-                    cg.written_seq = cg.durable_seq;
-                }
                 let (failed, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= seq);
                 cg.parked = later;
+                ready = Vec::new();
                 for p in failed {
                     self.reply(p.responder, &hb_error(code, "the group's state could not be written"));
                 }
-                return;
             }
         }
         for p in ready {
             self.reply(p.responder, &p.response);
+        }
+        // With nothing in flight, what is not durable yet must be written again: at once if
+        // answers wait for it, else with the next change or tick.
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
+        if cg.in_flight == 0 && cg.durable_seq < cg.seq {
+            cg.written_seq = cg.durable_seq;
+            if !cg.parked.is_empty() {
+                self.settle_consumer(group);
+            }
         }
     }
 

@@ -13,9 +13,10 @@
 //! only once the high watermark passes them (acks=all, so `min.insync.replicas` applies). The
 //! in-memory state changes at the same moment, so what OffsetFetch shows has always been
 //! committed, and a coordinator that takes over after a failover rebuilds exactly that state from
-//! the log. A write that times out is answered with an error but stays in the leader's log: an
-//! offset commit or KIP-848 state in it still applies if it commits later in the same tenure, so
-//! the coordinator never serves less than its committed log holds.
+//! the log. A write that times out (or commits after the ISR fell below `min.insync.replicas`)
+//! is answered with an error but stays in the leader's log: an offset commit or KIP-848 state in
+//! it still applies if it commits in the same tenure, so the coordinator never serves less than
+//! its committed log holds.
 //!
 //! The classic protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) lives in `classic.rs`,
 //! offsets and the admin APIs in `offsets.rs`; the record layouts in `records.rs`.
@@ -126,7 +127,9 @@ pub enum Out {
         frame: Result<Bytes, String>,
     },
     /// Append these records to partition `shard` of `__consumer_offsets` as leader, and call
-    /// [`Coordinator::write_done`] with `write` once they are below the high watermark (or failed).
+    /// [`Coordinator::write_done`] with `write` once they are below the high watermark (or failed);
+    /// [`Coordinator::write_uncertain`] first if that takes longer than
+    /// `offsets.commit.timeout.ms`, or the ISR fell below `min.insync.replicas` meanwhile.
     Append {
         /// Write id.
         write: u64,
@@ -326,7 +329,7 @@ pub(crate) enum WriteKind {
     /// Tombstones of expired offsets (and maybe the group).
     Expire { group: String, partitions: Vec<(String, i32)>, group_too: bool },
     /// A KIP-848 group's state (the `seq`th change): answers taken from it wait for it.
-    ConsumerState { group: String, seq: u64 },
+    ConsumerState { group: String, incarnation: u64, seq: u64 },
     /// A static member took over its old place: answer once the new member id is durable.
     StaticRejoin { responder: Responder, response: kafka_protocol::messages::JoinGroupResponse },
 }
@@ -517,7 +520,8 @@ impl Coordinator {
                     // timers); an epoch alone (an older record) brings back no members.
                     let g = s.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, now));
                     g.protocol_type = Some("consumer".into());
-                    g.consumer = Some(consumer::ConsumerGroup::loaded(epoch, state, self.settings.consumer_session_timeout_ms, now));
+                    self.next_id += 1;
+                    g.consumer = Some(consumer::ConsumerGroup::loaded(epoch, state, self.settings.consumer_session_timeout_ms, now, self.next_id));
                 }
                 Some(None) => tracing::warn!(shard, group, "skipping a consumer group record that does not parse"),
             },
@@ -615,6 +619,10 @@ impl Coordinator {
     /// [`Coordinator::write_done`] then, or with an error if the leadership ends), so what this
     /// coordinator serves stays what its committed log says. Other writes end here, as failed.
     pub fn write_uncertain(&mut self, write: u64, code: i16, now: Now) {
+        let Some(w) = self.writes.get(&write) else { return };
+        if !self.shards.get(&w.shard).is_some_and(|s| s.active && s.tenure == w.tenure) {
+            return self.write_done(write, Err(code), now);
+        }
         let Some(w) = self.writes.get_mut(&write) else { return };
         let code = client_code(code);
         match &mut w.kind {
@@ -626,9 +634,9 @@ impl Coordinator {
                     self.reply(r, &response);
                 }
             }
-            WriteKind::ConsumerState { group, seq } => {
-                let (group, seq) = (group.clone(), *seq);
-                self.consumer_state_uncertain(&group, seq, code);
+            WriteKind::ConsumerState { group, incarnation, seq } => {
+                let (group, incarnation, seq) = (group.clone(), *incarnation, *seq);
+                self.consumer_state_uncertain(&group, incarnation, seq, code);
             }
             _ => self.write_done(write, Err(code), now),
         }
@@ -652,7 +660,7 @@ impl Coordinator {
             WriteKind::Delete { batch, slot, group } => self.delete_done(batch, slot, &group, result),
             WriteKind::OffsetDelete { responder, group, partitions } => self.offset_delete_done(responder, &group, partitions, result),
             WriteKind::Expire { group, partitions, group_too } => self.expire_done(&group, partitions, group_too, result),
-            WriteKind::ConsumerState { group, seq } => self.consumer_state_done(&group, seq, result),
+            WriteKind::ConsumerState { group, incarnation, seq } => self.consumer_state_done(&group, incarnation, seq, result),
         }
     }
 
