@@ -113,6 +113,7 @@ impl Coordinator {
                     let unchanged = m.protocols == protocols;
                     m.id = new_id.clone();
                     m.protocols = protocols;
+                    (m.client_id, m.client_host) = (client_id.clone(), client_host.to_string());
                     m.session_timeout_ms = session;
                     m.rebalance_timeout_ms = rebalance;
                     m.deadline_ms = now.mono_ms + session as u64;
