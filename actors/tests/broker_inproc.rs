@@ -937,6 +937,8 @@ fn kip848_regex_subscriptions() {
     let a = create(&mut h, "re-a");
     create(&mut h, "other");
     find_coordinator(&mut h, "regexes", 3);
+    // Clients cannot produce to an internal topic (INVALID_TOPIC_EXCEPTION).
+    assert_eq!(h.call(&produce_request("__consumer_offsets", b"x"), 9).responses[0].partition_responses[0].error_code, 17);
     let g = group("regexes");
     let join = |pattern: &str| {
         ConsumerGroupHeartbeatRequest::default()

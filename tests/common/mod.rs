@@ -398,11 +398,9 @@ impl TestCluster {
         let deadline = Instant::now() + START_DEADLINE;
         for node in &mut nodes {
             // A port picked by `free_port` can be taken meanwhile as the local end of another
-            // node's outgoing connection: start again (same port) until it is free.
-            let mut tries = 0;
-            while !node.wait_ready_or_port_taken(deadline) {
-                tries += 1;
-                assert!(tries < 20, "node on port {} kept finding its ports in use; log {}", node.port, node.log_path.display());
+            // node's outgoing connection: start again (same port, as every node's config names
+            // it) until it is free or the deadline passes.
+            while !node.wait_ready(deadline) {
                 std::thread::sleep(Duration::from_millis(100));
                 node.spawn_only();
             }
@@ -469,29 +467,16 @@ impl TestBroker {
         self.config_file.as_deref()
     }
 
-    /// Wait until a started process is ready; false if it exited because a port it listens on
-    /// was in use (it may be started again), a panic on any other failure.
-    fn wait_ready_or_port_taken(&mut self, deadline: Instant) -> bool {
+    /// Wait until a process started by `spawn_only` is ready (see [`Readiness`]). False if it
+    /// exited because a port it listens on was taken meanwhile (start it again, as `launch` does);
+    /// any other failure panics.
+    fn wait_ready(&mut self, deadline: Instant) -> bool {
         let port = self.port;
         let readiness = self.readiness;
         let child = self.child.as_mut().expect("started");
         match wait_until_ready(child, port, readiness, deadline) {
             Ok(()) => true,
-            Err(Exit(_)) if self.log().rsplit("==== test harness").next().is_some_and(|last| last.contains("Address already in use")) => false,
-            Err(_) => {
-                self.wait_ready(deadline);
-                true
-            }
-        }
-    }
-
-    /// Wait until a started process is ready (see [`Readiness`]).
-    fn wait_ready(&mut self, deadline: Instant) {
-        let port = self.port;
-        let readiness = self.readiness;
-        let child = self.child.as_mut().expect("started");
-        match wait_until_ready(child, port, readiness, deadline) {
-            Ok(()) => {}
+            Err(Exit(_)) if Instant::now() < deadline && self.last_run_log().contains("cannot listen") => false,
             Err(Exit(status)) => panic!("node exited during startup ({status}); log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
             Err(Timeout) => panic!("node on port {port} did not serve within {START_DEADLINE:?}; log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
         }

@@ -43,7 +43,7 @@ impl Broker {
                     Err(error::NOT_LEADER_OR_FOLLOWER)
                 } else if r.transactional_id.is_some() {
                     Err(error::INVALID_REQUEST)
-                } else if name == crate::group::OFFSETS_TOPIC || name == crate::group::TRANSACTION_TOPIC {
+                } else if crate::group::is_internal(&name) {
                     // Internal topics are written by their coordinators only, as in Kafka.
                     Err(error::INVALID_TOPIC_EXCEPTION)
                 } else {

@@ -588,11 +588,18 @@ impl Coordinator {
     /// A write of the group's state is uncertain (see [`Coordinator::write_uncertain`]): the
     /// answers that waited for it get `code`; it stays in flight until it commits or fails.
     pub(crate) fn consumer_state_uncertain(&mut self, group: &str, incarnation: u64, seq: u64, code: i16) {
-        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()).filter(|c| c.incarnation == incarnation) else { return };
+        if self.group_mut(group).and_then(|g| g.consumer.as_ref()).is_some_and(|c| c.incarnation == incarnation) {
+            self.fail_parked(group, seq, code, "the group's state is not committed yet");
+        }
+    }
+
+    /// Answer the heartbeats waiting on states up to `seq` with `code`.
+    fn fail_parked(&mut self, group: &str, seq: u64, code: i16, message: &str) {
+        let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()) else { return };
         let (failed, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= seq);
         cg.parked = later;
         for p in failed {
-            self.reply(p.responder, &hb_error(code, "the group's state is not committed yet"));
+            self.reply(p.responder, &hb_error(code, message));
         }
     }
 
@@ -601,26 +608,17 @@ impl Coordinator {
     pub(crate) fn consumer_state_done(&mut self, group: &str, incarnation: u64, seq: u64, result: Result<(), i16>) {
         let Some(cg) = self.group_mut(group).and_then(|g| g.consumer.as_mut()).filter(|c| c.incarnation == incarnation) else { return };
         cg.in_flight = cg.in_flight.saturating_sub(1);
-        let ready: Vec<Parked>;
         match result {
             Ok(()) => {
                 cg.durable_seq = cg.durable_seq.max(seq);
                 let durable = cg.durable_seq;
-                let (now, later) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= durable);
+                let (ready, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= durable);
                 cg.parked = later;
-                ready = now;
-            }
-            Err(code) => {
-                let (failed, later): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut cg.parked).into_iter().partition(|p| p.seq <= seq);
-                cg.parked = later;
-                ready = Vec::new();
-                for p in failed {
-                    self.reply(p.responder, &hb_error(code, "the group's state could not be written"));
+                for p in ready {
+                    self.reply(p.responder, &p.response);
                 }
             }
-        }
-        for p in ready {
-            self.reply(p.responder, &p.response);
+            Err(code) => self.fail_parked(group, seq, code, "the group's state could not be written"),
         }
         // With nothing in flight, what is not durable yet must be written again: at once if
         // answers wait for it, else with the next change or tick.

@@ -39,7 +39,8 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// The internal topic of the transaction coordinators.
 pub const TRANSACTION_TOPIC: &str = "__transaction_state";
 
-/// Whether `topic` is one of the coordinators' internal topics (never matched by a pattern).
+/// Whether `topic` is one of the coordinators' internal topics (clients cannot produce to it; no
+/// subscription pattern matches it).
 pub fn is_internal(topic: &str) -> bool {
     topic == OFFSETS_TOPIC || topic == TRANSACTION_TOPIC
 }
