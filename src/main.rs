@@ -298,6 +298,24 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
     }
 }
 
+/// Planted-bugs builds only: activate the bugs named in `RUNNEL_PLANTED_BUGS` (comma-separated)
+/// on every runtime thread, so that the Jepsen suite can measure itself against a broken node
+/// as the simulator does. Without the variable nothing is active.
+#[cfg(feature = "planted-bugs")]
+fn plant_bugs_from_env(builder: &mut tokio::runtime::Builder) -> anyhow::Result<()> {
+    let names: Vec<String> =
+        std::env::var("RUNNEL_PLANTED_BUGS").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    runnel_actors::core::bugs::set_planted(&names).map_err(|e| anyhow::anyhow!("RUNNEL_PLANTED_BUGS: {e}"))?;
+    tracing::warn!(bugs = ?names, "planted bugs active (RUNNEL_PLANTED_BUGS)");
+    builder.on_thread_start(move || {
+        let _ = runnel_actors::core::bugs::set_planted(&names);
+    });
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Sim { action } = cli.command {
@@ -330,7 +348,10 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    #[cfg(feature = "planted-bugs")]
+    plant_bugs_from_env(&mut builder)?;
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Standalone { data_dir, listen } => {

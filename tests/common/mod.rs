@@ -239,31 +239,7 @@ fn wait_until_ready(child: &mut Child, port: u16, readiness: Readiness, deadline
     }
 }
 
-/// Send ApiVersions v0 (correlation id 1) and check for an error-free answer.
-fn api_versions_answered(addr: &SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_millis(500)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let client_id = b"runnel-test";
-    let mut body = Vec::new();
-    body.extend_from_slice(&18i16.to_be_bytes()); // api key: ApiVersions
-    body.extend_from_slice(&0i16.to_be_bytes()); // api version
-    body.extend_from_slice(&1i32.to_be_bytes()); // correlation id
-    body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    body.extend_from_slice(client_id);
-    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    if stream.write_all(&frame).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 10]; // size, correlation id, error code
-    if stream.read_exact(&mut head).is_err() {
-        return false;
-    }
-    let correlation = i32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
-    let error_code = i16::from_be_bytes(head[8..10].try_into().expect("2 bytes"));
-    correlation == 1 && error_code == 0
-}
+use runnel_jepsen::cluster::api_versions_answered;
 
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
