@@ -96,6 +96,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let transport = Transport::start(node, listen, config.peers.clone(), TransportConfig::default(), deliver)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {listen}: {e}"))?;
+        // A peer whose address refuses connections is gone: tell this node's controller (which
+        // fences it) and broker (which stops naming it as a leader meanwhile).
+        let r = router.clone();
+        let actors: Vec<u32> = [(config.roles.controller, CONTROLLER_ACTOR), (config.roles.broker, BROKER_ACTOR)]
+            .into_iter()
+            .filter_map(|(on, actor)| on.then_some(actor))
+            .collect();
+        transport.on_peer_refused(Arc::new(move |peer| {
+            for &actor in &actors {
+                let me = Addr { node, actor };
+                r.route(me, me, BrokerMsg::PeerRefused { node: peer });
+            }
+        }));
         let _ = router.transport.set(transport);
     }
     let mut stops = Vec::new();

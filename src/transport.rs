@@ -43,6 +43,11 @@
 //! - When a newer connection from the same node says hello, the older one stops delivering, so
 //!   per ordered pair of nodes messages arrive in the order they were sent, each at most once.
 //! - Dropping the last [`Transport`] handle stops its listener and every connection task.
+//! - A lost connection is redialed at once (after any backoff) even with nothing queued. A
+//!   refused connect means nothing listens at the peer's address, so its process is gone: it is
+//!   reported through [`Transport::on_peer_refused`], and the driver tells the node's controller
+//!   (which fences that broker without waiting for its session to end) and broker (which stops
+//!   naming it as a leader in Metadata meanwhile). A paused or cut-off peer is never reported.
 //!
 //! Delivering to the local node (`to.node == me`) is the driver's job, not the transport's.
 
@@ -143,7 +148,12 @@ struct Shared<M> {
     /// Newest inbound connection per dialing node; older ones stop delivering.
     inbound: Mutex<HashMap<i32, u64>>,
     next_conn: AtomicU64,
+    /// Told when a connect to a peer is refused (see [`Transport::on_peer_refused`]).
+    refused: std::sync::OnceLock<PeerRefused>,
 }
+
+/// Called with a peer's node id when nothing listens at its address.
+pub type PeerRefused = Arc<dyn Fn(i32) + Send + Sync>;
 
 /// One peer's outbound side, as the handle sees it.
 struct Peer {
@@ -239,6 +249,7 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
             deliver,
             inbound: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            refused: std::sync::OnceLock::new(),
         });
         let mut map = BTreeMap::new();
         for (peer, addr) in peers {
@@ -276,6 +287,16 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
                 true
             }
         }
+    }
+
+    /// Call `f(node)` whenever a connect to peer `node` is refused: nothing listens at its
+    /// address, so its process is gone (a live node always listens for its peers). A
+    /// connection the peer closed is redialed at once to find out, even with nothing to send,
+    /// so a crashed peer is known within a round trip rather than at the next message for it.
+    /// A silent peer (paused, or cut off) is never reported: its connects time out instead.
+    /// Set once; later calls are ignored.
+    pub fn on_peer_refused(&self, f: PeerRefused) {
+        let _ = self.inner.shared.refused.set(f);
     }
 
     /// The address `node` is dialed at, if it is a peer.
@@ -375,10 +396,13 @@ async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, mut address: watch::Rece
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut failures = 0u32;
     let mut connected_before = false;
+    // Dial once even with nothing to send: the connection was lost, maybe because the peer
+    // crashed, which a refused connect tells.
+    let mut probe = false;
     let mut jitter_seed = ((me as u32 as u64) << 32) | peer as u32 as u64;
     loop {
-        // Dial lazily: only with something to send.
-        if batch.is_empty() {
+        // Dial lazily: only with something to send (or to probe a peer that hung up).
+        if batch.is_empty() && !std::mem::take(&mut probe) {
             match rx.recv().await {
                 Some(frame) => batch.push(frame),
                 None => return,
@@ -397,6 +421,11 @@ async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, mut address: watch::Rece
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 tracing::debug!(me, peer, %addr, failures, "transport: connect failed: {e}");
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    if let Some(f) = shared.refused.get() {
+                        f(peer);
+                    }
+                }
                 failures += 1;
                 continue;
             }
@@ -421,6 +450,9 @@ async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, mut address: watch::Rece
         let reason = write_connection(&shared, peer, reader, writer, &mut batch, &mut rx, &mut address).await;
         let Some(reason) = reason else { return };
         tracing::warn!(me, peer, %addr, "transport: connection lost: {reason}");
+        // Whatever ended it, dial again at once (after any backoff) to learn whether the peer
+        // is still there.
+        probe = true;
         // A connection that dies young counts as a failure, so a peer that accepts and closes at
         // once is redialed with backoff; one that lived long, or a peer that moved, is redialed
         // at once.
@@ -684,6 +716,33 @@ mod tests {
         // Only this node's actors send through it.
         assert!(!a.send(addr(2, 0), addr(2, 1), 1));
         assert_eq!(a.stats().dropped, 3);
+    }
+
+    /// A crashed peer is reported: while it runs nothing is; when it goes away, the connection
+    /// it closed is redialed at once with nothing to send, and the refused connect is reported
+    /// without any further message for it. A peer that was never there is reported at the
+    /// first send.
+    #[tokio::test]
+    async fn refused_peers_are_reported() {
+        let ((a, _a_rx), (b, mut b_rx)) = pair().await;
+        let (tx, mut refused) = mpsc::unbounded_channel();
+        a.on_peer_refused(Arc::new(move |peer| {
+            let _ = tx.send(peer);
+        }));
+        assert!(a.send(addr(1, 0), addr(2, 0), 1));
+        assert_eq!(recv(&mut b_rx).await.2, 1);
+        assert!(refused.try_recv().is_err(), "a live peer is not reported");
+        drop(b);
+        let peer = tokio::time::timeout(Duration::from_secs(5), refused.recv()).await.expect("reported in time without another send");
+        assert_eq!(peer, Some(2));
+
+        let (c, _c_rx) = start(3, free_port(), peers(&[(4, free_port())]), TransportConfig::default()).await;
+        let (tx, mut refused) = mpsc::unbounded_channel();
+        c.on_peer_refused(Arc::new(move |peer| {
+            let _ = tx.send(peer);
+        }));
+        assert!(c.send(addr(3, 0), addr(4, 0), 1));
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), refused.recv()).await.expect("reported in time"), Some(4));
     }
 
     /// A node not given at start is unknown (its messages are dropped) until `add_peer` names

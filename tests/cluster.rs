@@ -5,7 +5,9 @@
 //! the leader of partition 0 is killed with SIGKILL and restarted, and then the active controller
 //! is killed and restarted. Afterwards every acknowledged record must be consumed exactly once,
 //! at the offset it was acknowledged with, in order per partition. It prints the failover time:
-//! from the kill to the first acknowledgement of a record sent to the killed leader's partition.
+//! from the kill to the first acknowledgement of a record sent to the killed leader's partition,
+//! and checks that the killed node was fenced because its address refused connections, not at
+//! the end of its session.
 //!
 //! The snapshot test runs the quorum with a tiny `metadata.log.max.record.bytes.between.snapshots`:
 //! the voters write checkpoints and compact the metadata log while one node is down, and the
@@ -99,6 +101,12 @@ fn failover_loses_no_acknowledged_record() {
         std::thread::sleep(Duration::from_millis(5));
     };
     eprintln!("FAILOVER leader kill -> first acknowledged produce on its partition: {} ms", failover.as_millis());
+    // The controller did not wait out the dead broker's session: the refused reconnect fenced it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.nodes.iter().any(|n| n.log().contains("its node-to-node address refuses connections")) {
+        assert!(Instant::now() < deadline, "no controller fenced the killed node on a refused connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     wait_acks(before + 500);
     cluster.nodes[(leader - 1) as usize].restart();
 

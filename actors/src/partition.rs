@@ -146,6 +146,22 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Where epoch `requested` ends in this leader's log, as a Kafka leader answers a follower
+    /// (KIP-101/KIP-279). A Kafka leader records the start of its own epoch (its log end) in its
+    /// epoch cache when it is elected; this log's cache starts an epoch with its first batch. So
+    /// while this leader has written nothing in its epoch, a request above every cached epoch
+    /// (up to the leader's own) is answered as if that entry were there: the largest cached
+    /// epoch (or the request itself in an empty cache) ending at the log end. Without this the
+    /// answer is undefined, and the follower falls back to its high watermark, which may be
+    /// below what is committed.
+    pub fn leader_end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        let latest = self.log.latest_epoch();
+        if requested >= 0 && requested <= self.leader_epoch && latest.is_none_or(|l| l < requested) {
+            return (latest.unwrap_or(requested), self.log.log_end_offset());
+        }
+        self.log.end_offset_for_epoch(requested)
+    }
+
     /// A partition whose log lives in `dir`; call [`Partition::start`] to recover it.
     pub fn new(topic: &str, index: i32, uid: u64, dir: String, config: LogConfig) -> Self {
         Partition {

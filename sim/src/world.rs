@@ -229,6 +229,9 @@ pub struct Outcome {
     pub protocol: BTreeMap<String, u64>,
 }
 
+/// Least time between two refused-connect reports from one node about another.
+const REFUSAL_INTERVAL_US: u64 = 50_000;
+
 /// The simulated world of one run.
 pub struct World {
     now_us: u64,
@@ -249,6 +252,10 @@ pub struct World {
     acked: BTreeMap<u64, i64>,
     invoked_at: BTreeMap<u64, u64>,
     faults_fired: BTreeMap<String, u64>,
+    /// When node `i` last had a connect to node `j` refused, `(i, j)` -> µs: refusals are
+    /// reported at most once per [`REFUSAL_INTERVAL_US`], as the transport's backoff spaces
+    /// its dials.
+    refusals: BTreeMap<(usize, usize), u64>,
     fault_log: Vec<(u64, String)>,
     produce_latencies: Vec<(u64, u64)>,
     /// `RUNNEL_SIM_WATCH_KEY`: print every client event touching this key (debugging).
@@ -447,6 +454,7 @@ impl World {
             acked: BTreeMap::new(),
             invoked_at: BTreeMap::new(),
             faults_fired: BTreeMap::new(),
+            refusals: BTreeMap::new(),
             fault_log: Vec::new(),
             produce_latencies: Vec::new(),
             watch_key: std::env::var("RUNNEL_SIM_WATCH_KEY").ok().and_then(|k| k.parse::<u64>().ok()),
@@ -759,6 +767,7 @@ impl World {
             }
         }
         if let Some(c) = self.nodes[i].controller.as_ref() {
+            *self.protocol.entry("broker-fenced-on-refusal".to_string()).or_default() += c.fenced_on_refusal();
             let s = c.snapshot_stats();
             for (k, v) in
                 [("metadata-snapshot-taken", s.taken), ("metadata-snapshot-installed", s.installed), ("metadata-snapshot-loaded", (s.loaded_index > 0) as u64)]
@@ -1012,6 +1021,21 @@ impl World {
                 } else if !self.reachable(i, j) {
                     // No address for it, or an address it no longer listens on: the transport
                     // drops the message (the sender retries).
+                } else if !self.nodes[j].is_up() {
+                    // A crashed node's address refuses connections (unless the link is cut, when
+                    // connects time out): the sender's driver tells its controller and broker.
+                    let last = self.refusals.get(&(i, j)).copied();
+                    let due = last.is_none_or(|at| self.now_us >= at + REFUSAL_INTERVAL_US);
+                    if due && !self.net.is_clogged(Endpoint::Node(i), Endpoint::Node(j)) {
+                        self.refusals.insert((i, j), self.now_us);
+                        let latency = self.net.latency_us(&mut self.rng);
+                        let n = &self.nodes[i];
+                        let actors = [(n.controller.is_some(), CONTROLLER_ACTOR), (n.broker.is_some(), BROKER_ACTOR)];
+                        for (_, actor) in actors.into_iter().filter(|(on, _)| *on) {
+                            let msg = BrokerMsg::PeerRefused { node: to.node };
+                            self.after(latency, Ev::NodeMessage { node: i, incarnation, actor, from: me, msg });
+                        }
+                    }
                 } else {
                     // Between nodes: a datagram, lost while the link is clogged, and subject to
                     // loss, duplication and reordering.

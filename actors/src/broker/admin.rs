@@ -7,6 +7,7 @@
 use super::config::{self, ConfigSource, TOPIC_CONFIGS};
 use super::{codec, error, Broker, BrokerMsg};
 use crate::broker::codec::Request;
+use crate::controller::image::NO_LEADER;
 use crate::controller::rpc::AdminOp;
 use crate::core::{ConnId, Cx};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -133,7 +134,7 @@ impl Broker {
         let brokers: Vec<MetadataResponseBroker> = image
             .brokers
             .values()
-            .filter(|b| !b.fenced)
+            .filter(|b| !b.fenced && !self.is_unreachable(b.id))
             .map(|b| {
                 MetadataResponseBroker::default().with_node_id(b.id.into()).with_host(s(b.host.clone())).with_port(b.port).with_rack(b.rack.clone().map(s))
             })
@@ -174,12 +175,14 @@ impl Broker {
             };
             topic.topic_id = Uuid::from_u128(t.id);
             for (i, p) in t.partitions.iter().enumerate() {
-                let offline: Vec<BrokerId> = p.replicas.iter().filter(|r| !self.cluster.image.is_active(**r)).map(|r| (*r).into()).collect();
+                let offline: Vec<BrokerId> =
+                    p.replicas.iter().filter(|r| !self.cluster.image.is_active(**r) || self.is_unreachable(**r)).map(|r| (*r).into()).collect();
+                let leader = if self.is_unreachable(p.leader) { NO_LEADER } else { p.leader };
                 topic.partitions.push(
                     MetadataResponsePartition::default()
-                        .with_error_code(if p.leader < 0 { error::LEADER_NOT_AVAILABLE } else { error::NONE })
+                        .with_error_code(if leader < 0 { error::LEADER_NOT_AVAILABLE } else { error::NONE })
                         .with_partition_index(i as i32)
-                        .with_leader_id(p.leader.into())
+                        .with_leader_id(leader.into())
                         .with_leader_epoch(p.leader_epoch)
                         .with_replica_nodes(p.replicas.iter().map(|r| (*r).into()).collect())
                         .with_isr_nodes(p.isr.iter().map(|r| (*r).into()).collect())
@@ -208,7 +211,7 @@ impl Broker {
             .image
             .brokers
             .values()
-            .filter(|b| !b.fenced)
+            .filter(|b| !b.fenced && !self.is_unreachable(b.id))
             .map(|b| {
                 DescribeClusterBroker::default().with_broker_id(b.id.into()).with_host(s(b.host.clone())).with_port(b.port).with_rack(b.rack.clone().map(s))
             })

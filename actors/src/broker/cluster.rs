@@ -208,10 +208,17 @@ impl Broker {
         if !expired.is_empty() {
             self.cluster.controller = None;
             // A combined node asks its own voter again (it always answers); a broker-only node
-            // moves on to the next voter, since the silent one may be down.
+            // moves on to the next voter, since the silent one may be down. Before it is
+            // registered, only a Register going unanswered moves it on: the metadata fetches it
+            // sends meanwhile time out on another schedule, and rotating for both could make
+            // every Register land on the same voters while the active one only ever gets fetches
+            // (found by the simulator: a broker that came back at a new address, whose answers
+            // the other voters could not send, stayed unregistered for 30 s).
+            let registering = self.cluster.epoch < 0;
+            let rotates = !registering || expired.iter().any(|id| matches!(self.cluster.rpcs.get(id), Some((Rpc::Register, _, _))));
             if self.is_voter() {
                 self.cluster.rotate = 0;
-            } else {
+            } else if rotates {
                 self.cluster.rotate += 1;
             }
         }
@@ -746,7 +753,7 @@ impl Broker {
                     resp.log_start_offset = p.log.log_start_offset();
                     let leo = p.log.log_end_offset();
                     let diverging = if q.last_fetched_epoch >= 0 {
-                        let (e, end) = p.log.end_offset_for_epoch(q.last_fetched_epoch);
+                        let (e, end) = p.leader_end_offset_for_epoch(q.last_fetched_epoch);
                         (e != q.last_fetched_epoch || end < q.fetch_offset).then_some((e, end))
                     } else {
                         None

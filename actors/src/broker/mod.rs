@@ -91,6 +91,13 @@ pub enum BrokerMsg {
     Peer(crate::controller::rpc::PeerMsg),
     /// The process was asked to stop: shut down in a controlled way (from the driver).
     Shutdown,
+    /// From the driver to the node's controller: a connect to node `node`'s node-to-node
+    /// address was refused. Nothing listens there, so that node's process is gone; the active
+    /// controller fences it at once instead of waiting out `broker.session.timeout.ms`.
+    PeerRefused {
+        /// The node that refused.
+        node: i32,
+    },
 }
 
 /// The timer that drives periodic work (flush.ms, retention, produce timeouts).
@@ -140,6 +147,10 @@ pub struct Broker {
     config: BrokerConfig,
     /// The host each open client connection comes from.
     pub(crate) client_hosts: BTreeMap<ConnId, String>,
+    /// Brokers whose node-to-node address refused a connect from this node, with the broker
+    /// epoch of the registration that was refused: gone, though the controller may not have
+    /// fenced them yet. See [`Broker::is_unreachable`].
+    unreachable: BTreeMap<i32, i64>,
     phase: Phase,
     meta_loaded: NodeMeta,
     pub(crate) topics: BTreeMap<String, Topic>,
@@ -217,6 +228,7 @@ impl Broker {
             produces: BTreeMap::new(),
             fetches: BTreeMap::new(),
             client_hosts: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
             fetch_sessions: BTreeMap::new(),
             reads: BTreeMap::new(),
             watchers: BTreeMap::new(),
@@ -714,6 +726,11 @@ impl Actor for Broker {
                 }
             }
             BrokerMsg::Shutdown => self.begin_shutdown(cx),
+            BrokerMsg::PeerRefused { node } => {
+                if let Some(b) = self.cluster.image.brokers.get(&node).filter(|b| !b.fenced) {
+                    self.unreachable.insert(node, b.epoch);
+                }
+            }
         }
     }
 
@@ -760,6 +777,16 @@ impl Actor for Broker {
 }
 
 impl Broker {
+    /// Whether `node` is a broker whose current registration refused a connect from this node:
+    /// its process is gone and the controller is about to fence it. Metadata and
+    /// DescribeCluster leave it out and report its partitions without a leader until then, so
+    /// that clients keep asking (librdkafka stops its fast leader queries at the first answer
+    /// naming a leader) and find the new leader as soon as it is chosen. A new registration
+    /// (a restart) has another epoch and is not affected.
+    pub(crate) fn is_unreachable(&self, node: i32) -> bool {
+        self.unreachable.get(&node).is_some_and(|epoch| self.cluster.image.brokers.get(&node).is_some_and(|b| !b.fenced && b.epoch == *epoch))
+    }
+
     fn on_disconnected(&mut self, conn: ConnId) {
         self.client_hosts.remove(&conn);
         // Parked fetches of a closed connection are dropped; their replies would go nowhere.

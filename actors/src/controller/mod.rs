@@ -135,6 +135,10 @@ pub struct Controller {
     /// A snapshot of our own being written; Raft is compacted to it once it is durable.
     compacting: Option<Snapshot>,
     snapshot_stats: SnapshotStats,
+    fenced_on_refusal: u64,
+    /// Brokers whose node-to-node address refused a connect, with the broker epoch of the
+    /// registration it was about (see [`Controller::on_peer_refused`]).
+    refused: BTreeMap<i32, i64>,
     persisting: Option<Vec<(i32, raft::RaftMsg)>>,
     was_leader: bool,
     term_start: u64,
@@ -160,6 +164,8 @@ impl Controller {
             bytes_since_snapshot: 0,
             compacting: None,
             snapshot_stats: SnapshotStats::default(),
+            fenced_on_refusal: 0,
+            refused: BTreeMap::new(),
             persisting: None,
             was_leader: false,
             term_start: 0,
@@ -791,6 +797,69 @@ impl Controller {
         v.map(|v| v == "true").unwrap_or(self.config.unclean_leader_election)
     }
 
+    /// Propose fencing `broker` (registered at `epoch`): the fence and the moves of its
+    /// leaderships and ISR places, in one batch.
+    fn fence(&mut self, broker: i32, epoch: i64) {
+        let me = Addr { node: self.config.node_id, actor: CONTROLLER_ACTOR };
+        let fence = MetadataRecord::FenceBroker { id: broker, epoch, fenced: true };
+        let mut after = self.pending.clone();
+        after.apply(0, &fence);
+        let saved = std::mem::replace(&mut self.pending, after);
+        let moves = self.fence_changes(broker);
+        self.pending = saved;
+        let _ = self.propose(me, 0, Reply::Nothing, |_| {
+            let mut r = vec![fence];
+            r.extend(moves);
+            r
+        });
+    }
+
+    /// The driver could not connect to `node`: nothing listens at its node-to-node address, so
+    /// its process is gone. The active controller fences it now rather than at the end of its
+    /// session; a live broker's next heartbeat would unfence it as after any fence, so a wrong
+    /// report costs availability only.
+    ///
+    /// Every voter remembers the refusal with the broker epoch it was about, so a voter that
+    /// becomes active later (the refused node may have been the active controller) still acts
+    /// on it; a restart registers anew, with another epoch, and voids it.
+    fn on_peer_refused(&mut self, node: i32) {
+        if node == self.config.node_id {
+            return;
+        }
+        let image = if self.active { &self.pending } else { &self.image };
+        let Some(b) = image.brokers.get(&node).filter(|b| !b.fenced) else { return };
+        self.refused.insert(node, b.epoch);
+        self.fence_refused();
+    }
+
+    /// While active: fence every broker whose current registration refused connections.
+    fn fence_refused(&mut self) {
+        if !self.active {
+            return;
+        }
+        let refused = std::mem::take(&mut self.refused);
+        for (node, epoch) in refused {
+            match self.pending.brokers.get(&node) {
+                Some(b) if b.epoch == epoch && !b.fenced => {
+                    tracing::info!(broker = node, "fencing broker: its node-to-node address refuses connections (the process is gone)");
+                    self.fenced_on_refusal += 1;
+                    self.fence(node, epoch);
+                }
+                // Not registered yet as this voter's pending image knows: keep it for later.
+                None => {
+                    self.refused.insert(node, epoch);
+                }
+                // Fenced already, or registered again since.
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Brokers this voter fenced, while active, because their address refused connections.
+    pub fn fenced_on_refusal(&self) -> u64 {
+        self.fenced_on_refusal
+    }
+
     fn on_tick(&mut self, cx: &mut Cx<BrokerMsg>) {
         let now = cx.now_ms();
         if let Some(raft) = self.raft.as_mut() {
@@ -807,18 +876,9 @@ impl Controller {
                 .collect();
             for (broker, epoch) in expired {
                 tracing::info!(broker, "fencing broker: no heartbeat within broker.session.timeout.ms");
-                let fence = MetadataRecord::FenceBroker { id: broker, epoch, fenced: true };
-                let mut after = self.pending.clone();
-                after.apply(0, &fence);
-                let saved = std::mem::replace(&mut self.pending, after);
-                let moves = self.fence_changes(broker);
-                self.pending = saved;
-                let _ = self.propose(me, 0, Reply::Nothing, |_| {
-                    let mut r = vec![fence];
-                    r.extend(moves);
-                    r
-                });
+                self.fence(broker, epoch);
             }
+            self.fence_refused();
             // Unclean elections where enabled: a leaderless partition whose ISR is all gone.
             let mut unclean = Vec::new();
             for (name, t) in &self.pending.topics {
@@ -861,6 +921,9 @@ impl Actor for Controller {
     }
 
     fn on_message(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, msg: BrokerMsg) {
+        if let BrokerMsg::PeerRefused { node } = msg {
+            return self.on_peer_refused(node);
+        }
         let BrokerMsg::Peer(msg) = msg else { return };
         if self.raft.is_none() {
             // Still loading: Raft peers and brokers retry.
