@@ -35,7 +35,14 @@ struct Reports {
 }
 
 struct Ctx(Arc<Reports>);
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's own log (with `CLUSTER_BENCH_RDKAFKA_DEBUG=topic,metadata,...`), stamped with
+    /// wall-clock time to line up with the nodes' logs.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        eprintln!("{}.{:06} rdkafka {level:?} {fac}: {message}", t.as_secs(), t.subsec_micros());
+    }
+}
 impl ProducerContext for Ctx {
     /// Send time in µs since the start.
     type DeliveryOpaque = usize;
@@ -56,7 +63,11 @@ impl ProducerContext for Ctx {
 }
 
 fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
-    ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Ok(debug) = std::env::var("CLUSTER_BENCH_RDKAFKA_DEBUG") {
+        config.set("debug", debug).set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    config
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
         .set("acks", "all")
@@ -70,7 +81,7 @@ fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
         // librdkafka backs retries off exponentially up to 1 s by default, which would measure
         // the client's backoff step rather than the cluster's failover.
         .set("retry.backoff.max.ms", "100")
-        .set("topic.metadata.refresh.interval.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", std::env::var("CLUSTER_BENCH_REFRESH_MS").unwrap_or_else(|_| "1000".into()))
         .create_with_context(Ctx(reports))
         .expect("producer")
 }

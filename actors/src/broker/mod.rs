@@ -728,7 +728,12 @@ impl Actor for Broker {
             BrokerMsg::Shutdown => self.begin_shutdown(cx),
             BrokerMsg::PeerRefused { node } => {
                 if let Some(b) = self.cluster.image.brokers.get(&node).filter(|b| !b.fenced) {
-                    self.unreachable.insert(node, b.epoch);
+                    if self.unreachable.insert(node, b.epoch) != Some(b.epoch) {
+                        tracing::info!(broker = node, "a broker's node-to-node address refuses connections: not naming it as a leader until it is fenced");
+                    }
+                }
+                if self.phase == Phase::Ready {
+                    self.controller_refused(cx, node);
                 }
             }
         }
@@ -783,6 +788,10 @@ impl Broker {
     /// that clients keep asking (librdkafka stops its fast leader queries at the first answer
     /// naming a leader) and find the new leader as soon as it is chosen. A new registration
     /// (a restart) has another epoch and is not affected.
+    pub(crate) fn unreachable_brokers(&self) -> Vec<i32> {
+        self.unreachable.keys().copied().filter(|n| self.is_unreachable(*n)).collect()
+    }
+
     pub(crate) fn is_unreachable(&self, node: i32) -> bool {
         self.unreachable.get(&node).is_some_and(|epoch| self.cluster.image.brokers.get(&node).is_some_and(|b| !b.fenced && b.epoch == *epoch))
     }
