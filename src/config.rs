@@ -262,6 +262,9 @@ impl ServerConfig {
                 "controller.quorum.election.timeout.ms" => {
                     c.controller.election_timeout_ms = positive(value).ok_or_else(|| bad("must be a positive integer"))?
                 }
+                "metadata.log.max.snapshot.interval.ms" => {
+                    c.controller.max_snapshot_interval_ms = value.parse().map_err(|_| bad("must be a non-negative integer (0: snapshots by size only)"))?
+                }
                 "metadata.log.max.record.bytes.between.snapshots" => {
                     c.controller.max_record_bytes_between_snapshots = positive(value).ok_or_else(|| bad("must be a positive integer"))?
                 }
@@ -406,6 +409,10 @@ mod tests {
         let c = ServerConfig::parse("metadata.log.max.record.bytes.between.snapshots=4096").unwrap();
         assert_eq!(c.controller.max_record_bytes_between_snapshots, 4096);
         assert!(ServerConfig::parse("metadata.log.max.record.bytes.between.snapshots=0").is_err());
+        assert_eq!(c.controller.max_snapshot_interval_ms, 3_600_000, "Kafka's default");
+        let c = ServerConfig::parse("metadata.log.max.snapshot.interval.ms=0").unwrap();
+        assert_eq!(c.controller.max_snapshot_interval_ms, 0, "0: by size only");
+        assert!(ServerConfig::parse("metadata.log.max.snapshot.interval.ms=-5").is_err());
         assert!(ServerConfig::parse("num.partitions=0").is_err());
         assert!(ServerConfig::parse("log.segment.bytes=abc").is_err());
     }

@@ -216,3 +216,22 @@ fn metadata_snapshots_catch_up_a_restarted_node() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `metadata.log.max.snapshot.interval.ms` on real processes: far below the size threshold
+/// (Kafka's 20 MiB), every voter writes a checkpoint once the interval has passed with records
+/// committed (the registrations, a topic).
+#[test]
+fn metadata_snapshots_on_interval() {
+    let cluster = TestCluster::start(3, "metadata.log.max.snapshot.interval.ms=1000\nmin.insync.replicas=1");
+    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = block_on(admin.create_topics(&[NewTopic::new("interval", 1, TopicReplication::Fixed(3))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while checkpoints(node).is_empty() {
+            assert!(Instant::now() < deadline, "node data {}: no checkpoint within 30 s", node.data_dir().display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

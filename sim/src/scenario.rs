@@ -53,7 +53,9 @@ const CLUSTER_3: Scenario = Scenario {
     send_interval_ms: 40,
     faults_until_ms: 40_000,
     deadline_ms: 70_000,
-    broker_settings: &[("min.insync.replicas", "2")],
+    // Time-based metadata snapshots (Kafka's default is an hour): a few per run, between the
+    // size-based ones the snapshot scenarios take.
+    broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.snapshot.interval.ms", "8000")],
 };
 
 /// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.

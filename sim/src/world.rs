@@ -361,9 +361,13 @@ impl World {
             });
             let mut controller_config = voter.then(|| ControllerConfig { node_id: id, voters: voters.clone(), ..Default::default() });
             for (k, v) in scenario.broker_settings {
-                if *k == "metadata.log.max.record.bytes.between.snapshots" {
-                    if let Some(c) = controller_config.as_mut() {
-                        c.max_record_bytes_between_snapshots = v.parse().expect("a scenario's snapshot interval is a number");
+                if let Some(c) = controller_config.as_mut() {
+                    match *k {
+                        "metadata.log.max.record.bytes.between.snapshots" => {
+                            c.max_record_bytes_between_snapshots = v.parse().expect("a scenario's snapshot size is a number")
+                        }
+                        "metadata.log.max.snapshot.interval.ms" => c.max_snapshot_interval_ms = v.parse().expect("a scenario's snapshot interval is a number"),
+                        _ => {}
                     }
                 }
             }
@@ -769,9 +773,12 @@ impl World {
         if let Some(c) = self.nodes[i].controller.as_ref() {
             *self.protocol.entry("broker-fenced-on-refusal".to_string()).or_default() += c.fenced_on_refusal();
             let s = c.snapshot_stats();
-            for (k, v) in
-                [("metadata-snapshot-taken", s.taken), ("metadata-snapshot-installed", s.installed), ("metadata-snapshot-loaded", (s.loaded_index > 0) as u64)]
-            {
+            for (k, v) in [
+                ("metadata-snapshot-taken", s.taken),
+                ("metadata-snapshot-on-interval", s.taken_on_interval),
+                ("metadata-snapshot-installed", s.installed),
+                ("metadata-snapshot-loaded", (s.loaded_index > 0) as u64),
+            ] {
                 *self.protocol.entry(k.to_string()).or_default() += v;
             }
         }

@@ -62,7 +62,13 @@ pub struct ControllerConfig {
     /// `metadata.log.max.record.bytes.between.snapshots`: a voter writes a snapshot of its image
     /// (and compacts the metadata log) after this many bytes of committed records.
     pub max_record_bytes_between_snapshots: u64,
+    /// `metadata.log.max.snapshot.interval.ms`: a voter also writes a snapshot once this long
+    /// has passed since its last one if any record was committed meanwhile (0: only by size).
+    pub max_snapshot_interval_ms: u64,
 }
+
+/// Kafka's default for `metadata.log.max.snapshot.interval.ms`: one hour.
+pub const DEFAULT_MAX_SNAPSHOT_INTERVAL_MS: u64 = 3_600_000;
 
 /// Kafka's default for `metadata.log.max.record.bytes.between.snapshots`: 20 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS: u64 = 20 * 1024 * 1024;
@@ -77,6 +83,7 @@ impl Default for ControllerConfig {
             broker_session_timeout_ms: 1500,
             unclean_leader_election: false,
             max_record_bytes_between_snapshots: DEFAULT_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS,
+            max_snapshot_interval_ms: DEFAULT_MAX_SNAPSHOT_INTERVAL_MS,
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct SnapshotStats {
     pub installed: u64,
     /// The index of the snapshot this incarnation started from (0: none).
     pub loaded_index: u64,
+    /// Of `taken`, those written because `metadata.log.max.snapshot.interval.ms` passed
+    /// (fewer bytes than the size threshold had been committed).
+    pub taken_on_interval: u64,
 }
 
 struct ParkedFetch {
@@ -132,6 +142,10 @@ pub struct Controller {
     applied_term: u64,
     /// Bytes of committed entries applied since the last snapshot (taken, installed or loaded).
     bytes_since_snapshot: u64,
+    /// When this voter last wrote a snapshot (or started).
+    last_snapshot_ms: u64,
+    /// The snapshot being written was due to the interval, not the size.
+    snapshot_on_interval: bool,
     /// A snapshot of our own being written; Raft is compacted to it once it is durable.
     compacting: Option<Snapshot>,
     snapshot_stats: SnapshotStats,
@@ -162,6 +176,8 @@ impl Controller {
             trimmed_through: 0,
             applied_term: 0,
             bytes_since_snapshot: 0,
+            last_snapshot_ms: 0,
+            snapshot_on_interval: false,
             compacting: None,
             snapshot_stats: SnapshotStats::default(),
             fenced_on_refusal: 0,
@@ -280,7 +296,11 @@ impl Controller {
     /// Start writing a snapshot of the image if enough records were applied since the last one
     /// and the store is idle; true if started (the store reports `Persisted` when done).
     fn maybe_snapshot(&mut self, cx: &mut Cx<BrokerMsg>) -> bool {
-        if self.bytes_since_snapshot < self.config.max_record_bytes_between_snapshots || self.persisting.is_some() || self.failed {
+        let now = cx.now_ms();
+        let by_size = self.bytes_since_snapshot >= self.config.max_record_bytes_between_snapshots;
+        let interval = self.config.max_snapshot_interval_ms;
+        let by_time = interval > 0 && self.bytes_since_snapshot > 0 && now.saturating_sub(self.last_snapshot_ms) >= interval;
+        if !(by_size || by_time) || self.persisting.is_some() || self.failed {
             return false;
         }
         let Some(raft) = self.raft.as_ref() else { return false };
@@ -289,6 +309,7 @@ impl Controller {
             return false;
         }
         self.bytes_since_snapshot = 0;
+        self.last_snapshot_ms = now;
         let Some(entries) = raft.entries_after(self.store.snapshot_index()) else {
             tracing::warn!(
                 node = self.config.node_id,
@@ -301,7 +322,15 @@ impl Controller {
         let snapshot = Snapshot { last_index: index, last_term: self.applied_term, data: self.image.encode() };
         match self.store.save_snapshot(cx, &snapshot, entries) {
             Ok(()) => {
-                tracing::debug!(node = self.config.node_id, index, term = self.applied_term, bytes = snapshot.data.len(), "writing a metadata snapshot");
+                tracing::debug!(
+                    node = self.config.node_id,
+                    index,
+                    term = self.applied_term,
+                    bytes = snapshot.data.len(),
+                    by_size,
+                    "writing a metadata snapshot"
+                );
+                self.snapshot_on_interval = !by_size;
                 self.compacting = Some(snapshot);
                 self.persisting = Some(Vec::new());
                 true
@@ -317,6 +346,9 @@ impl Controller {
     /// send it to followers that need them), and forget batches the log no longer holds.
     fn snapshot_saved(&mut self, snapshot: Snapshot) {
         self.snapshot_stats.taken += 1;
+        if std::mem::take(&mut self.snapshot_on_interval) {
+            self.snapshot_stats.taken_on_interval += 1;
+        }
         let floor = self.store.first_index() - 1;
         while self.history.front().is_some_and(|(o, _)| *o <= floor) {
             self.history.pop_front();
@@ -980,6 +1012,7 @@ impl Actor for Controller {
                 tracing::info!(node = c.node_id, term = hard_state.term, snapshot = self.image.offset, entries = entries.len(), "metadata log loaded");
                 let seed = cx.rng().next_u64();
                 self.raft = Some(Raft::new(config, hard_state, snapshot, entries, cx.now_ms(), seed));
+                self.last_snapshot_ms = cx.now_ms();
                 cx.set_timer(TICK, TICK_MS);
                 self.drive(cx);
             }
