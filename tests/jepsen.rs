@@ -28,6 +28,9 @@ fn jepsen_kill_pause_partition_history_is_valid() {
     assert!(s.dropped_bytes > 0, "a partition dropped nothing: {s}");
     assert!(s.sends_ok > 200 && s.polls > 200 && s.records_read > 200, "too little happened to check: {s}");
     assert!(s.final_reads_complete, "the final reads did not get to every acknowledged record: {s}");
+    // A killed node's links refuse connections, as the node would: it was fenced on that.
+    let logs: String = (1..=o.nodes).map(|n| std::fs::read_to_string(dir.path().join(format!("node-{n}.log"))).unwrap_or_default()).collect();
+    assert!(logs.contains("its node-to-node address refuses connections"), "no killed node was fenced on a refused connect");
     if !outcome.report.valid {
         // Keep the evidence: the history, the report and every node's log.
         let kept = dir.keep();

@@ -271,6 +271,16 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s process died (`true`) or is starting again (`false`): the links to it stop
+    /// or start listening, so its peers see refused connects as they would dialing it directly.
+    pub fn set_node_down(&self, id: i32, down: bool) {
+        for (&(_, to), link) in &self.links {
+            if to == id {
+                link.set_target_down(down);
+            }
+        }
+    }
+
     /// Heal every link.
     pub fn heal_links(&self) {
         for link in self.links.values() {

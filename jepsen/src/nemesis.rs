@@ -5,7 +5,8 @@
 //! comes up again.
 //!
 //! - `kill`: SIGKILL a node (nothing flushed, unsynced writes lost), then restart it over the
-//!   same data directory and wait until it serves again.
+//!   same data directory and wait until it serves again. While it is down the links to it do
+//!   not listen, so its peers get refused connects, as they would dialing it directly.
 //! - `pause`: SIGSTOP a node and SIGCONT it later: a frozen process whose connections stay open,
 //!   the fault that catches leases and timeouts trusted too far.
 //! - `partition`: cut the node-to-node links between two sides, silently (see [`crate::proxy`]):
@@ -119,6 +120,7 @@ pub fn run(cluster: &Mutex<Cluster>, kinds: &[Fault], interval: Duration, mut rn
             Fault::Kill => {
                 let mut c = cluster.lock().expect("cluster lock");
                 c.nodes[victim].kill();
+                c.set_node_down(victim as i32 + 1, true);
                 log.event(start, format!("kill node {}", victim + 1));
             }
             Fault::Pause => {
@@ -152,10 +154,12 @@ pub fn heal(cluster: &Mutex<Cluster>, log: &mut NemesisLog, start: Instant) {
     for node in c.nodes.iter_mut() {
         node.resume();
     }
-    for node in c.nodes.iter_mut() {
-        if !node.is_running() {
-            let id = node.id;
-            match node.start(Instant::now() + START_DEADLINE) {
+    for i in 0..c.nodes.len() {
+        if !c.nodes[i].is_running() {
+            let id = c.nodes[i].id;
+            // Its peers reach it again as soon as it listens: it registers through them.
+            c.set_node_down(id, false);
+            match c.nodes[i].start(Instant::now() + START_DEADLINE) {
                 Ok(()) => log.event(start, format!("node {id} restarted and serving")),
                 Err(e) => log.event(start, format!("node {id} failed to restart: {e:#}")),
             }

@@ -39,7 +39,12 @@ struct ConnState {
 
 struct Shared {
     target: SocketAddr,
+    /// The port the link listens on (given up while the target is down).
+    port: u16,
     cut: AtomicBool,
+    /// The target's process is down: the link does not listen either, so dialers get the
+    /// connection refused they would get from the target itself.
+    down: AtomicBool,
     stopped: AtomicBool,
     conns: Mutex<Vec<Conn>>,
     /// Bytes thrown away while cut (for the run's summary).
@@ -63,7 +68,9 @@ impl Link {
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             target,
+            port,
             cut: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             dropped_bytes: AtomicU64::new(0),
@@ -100,6 +107,18 @@ impl Link {
         });
     }
 
+    /// The target's process died (`true`) or is back (`false`). While it is down the link stops
+    /// listening and closes its connections, so a dialer sees what it would see dialing the
+    /// dead node directly: a closed connection, then refused connects.
+    pub fn set_target_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+        if down {
+            for c in self.shared.conns.lock().expect("conns lock").drain(..) {
+                close(&c);
+            }
+        }
+    }
+
     /// Whether the link is cut.
     pub fn is_cut(&self) -> bool {
         self.shared.cut.load(Ordering::SeqCst)
@@ -129,12 +148,36 @@ fn close(c: &Conn) {
     }
 }
 
+/// Accept connections, polling (a blocked `accept` could not give the port up while the target
+/// is down): the listener is dropped while `down` and bound again on the same port after.
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for client in listener.incoming() {
+    let mut listener = Some(listener);
+    loop {
         if shared.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(client) = client else { continue };
+        let down = shared.down.load(Ordering::SeqCst);
+        if down {
+            listener = None;
+        } else if listener.is_none() {
+            listener = TcpListener::bind(("127.0.0.1", shared.port)).ok();
+        }
+        let Some(l) = listener.as_ref() else {
+            thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        if l.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let client = match l.accept() {
+            Ok((client, _)) => client,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let _ = client.set_nonblocking(false);
         let _ = client.set_nodelay(true);
         let cut = shared.cut.load(Ordering::SeqCst);
         // While cut, the connection is accepted into the black hole: no connect to the target.
@@ -261,5 +304,30 @@ mod tests {
         let mut b = TcpStream::connect(addr).expect("connect after heal");
         b.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         assert_eq!(roundtrip(&mut b, b"again").expect("forwarded after heal"), b"again");
+
+        // A dead target: the link closes its connections and refuses new ones, then listens
+        // again on the same port once the target is back.
+        link.set_target_down(true);
+        let mut rest = Vec::new();
+        assert_eq!(b.read_to_end(&mut rest).expect("closed"), 0, "connections are closed when the target dies");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpStream::connect(addr) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                _ => assert!(std::time::Instant::now() < deadline, "the link still accepts while its target is down"),
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        link.set_target_down(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut c = loop {
+            match TcpStream::connect(addr) {
+                Ok(c) => break c,
+                Err(_) => assert!(std::time::Instant::now() < deadline, "the link does not listen again"),
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert_eq!(roundtrip(&mut c, b"back").expect("forwarded once the target is back"), b"back");
     }
 }
