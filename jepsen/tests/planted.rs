@@ -20,7 +20,7 @@ fn jepsen_catches_reads_above_the_high_watermark() {
     let dir = std::env::temp_dir().join(format!("runnel-jepsen-planted-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut o = RunOptions::new(binary, dir.clone());
-    o.time_limit = Duration::from_secs(25);
+    o.time_limit = Duration::from_secs(30);
     o.faults = vec![Fault::Partition, Fault::Kill];
     o.fault_interval = Duration::from_secs(3);
     let outcome = run(&o).expect("the run itself works");
