@@ -235,3 +235,48 @@ fn metadata_snapshots_on_interval() {
         }
     }
 }
+
+/// A broker stops sending clients to a broker whose process is gone. Two of three nodes are
+/// killed, so the quorum cannot fence them; but the survivor's connects to both are refused,
+/// and its Metadata leaves them out and reports the partitions they led without a leader
+/// (LEADER_NOT_AVAILABLE), so clients keep asking instead of waiting on a dead leader.
+#[test]
+fn metadata_leaves_out_brokers_that_refuse_connections() {
+    const TOPIC: &str = "refused";
+    let mut cluster = TestCluster::start(3, "min.insync.replicas=1");
+    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, 6, TopicReplication::Fixed(3))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let leaders: Vec<i32> = (0..6).map(|p| common::load::leader_of(&cluster.bootstrap(), TOPIC, p)).collect();
+    assert!(leaders.iter().any(|l| *l != 1), "node 1 leads every partition ({leaders:?}): nothing to check");
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+
+    let addr = cluster.nodes[0].bootstrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = addr.clone();
+        let answer = block_on(async move {
+            let mut c = runnel::client::Client::connect(&a).await?;
+            let topic = kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_static_str(TOPIC))));
+            c.send(MetadataRequest::default().with_topics(Some(vec![topic])), 12).await
+        });
+        if let Ok(m) = answer {
+            let brokers: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+            let parts: Vec<(i32, i16)> = m.topics.first().map(|t| t.partitions.iter().map(|p| (p.leader_id.0, p.error_code)).collect()).unwrap_or_default();
+            let hidden = parts.len() == 6 && parts.iter().zip(&leaders).all(|((l, e), was)| if *was == 1 { (*l, *e) == (1, 0) } else { (*l, *e) == (-1, 5) });
+            if brokers == [1] && hidden {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node 1 still names dead brokers: brokers {brokers:?}, partitions (leader, error) {parts:?}, leaders before {leaders:?}"
+            );
+        } else {
+            assert!(Instant::now() < deadline, "node 1 does not answer Metadata: {answer:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

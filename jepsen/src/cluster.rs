@@ -70,27 +70,36 @@ impl Node {
     pub fn start(&mut self, deadline: Instant) -> anyhow::Result<()> {
         loop {
             self.spawn()?;
-            let child = self.child.as_mut().expect("just spawned");
-            let addr = SocketAddr::from(([127, 0, 0, 1], self.kafka_port));
-            let mut pause = Duration::from_millis(5);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    if Instant::now() < deadline && last_run(&self.log_path).contains("cannot listen") {
-                        std::thread::sleep(Duration::from_millis(100));
-                        break;
-                    }
-                    bail!("node {} exited during startup ({status}); see {}", self.id, self.log_path.display());
-                }
-                if api_versions_answered(&addr) {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    bail!("node {} did not serve within its start deadline; see {}", self.id, self.log_path.display());
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
+            if self.wait_ready(deadline)? {
+                return Ok(());
             }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until the spawned process answers ApiVersions (true), or exits because a port it
+    /// listens on is still taken, with time left to try again (false). Any other exit, or the
+    /// deadline, is an error.
+    fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<bool> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.kafka_port));
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let child = self.child.as_mut().context("the node was not started")?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                if Instant::now() < deadline && last_run(&self.log_path).contains("cannot listen") {
+                    return Ok(false);
+                }
+                bail!("node {} exited during startup ({status}); see {}", self.id, self.log_path.display());
+            }
+            if api_versions_answered(&addr) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                bail!("node {} did not serve within its start deadline; see {}", self.id, self.log_path.display());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -247,10 +256,11 @@ impl Cluster {
         for node in &mut nodes {
             node.spawn()?;
         }
+        // All at once (a node serves only once a quorum elected a controller), then each is
+        // waited for, started again if its port was taken meanwhile.
         let deadline = Instant::now() + START_DEADLINE;
         for node in &mut nodes {
-            if !api_ready_by(node, deadline) {
-                node.kill();
+            if !node.wait_ready(deadline)? {
                 node.start(deadline)?;
             }
         }
@@ -292,19 +302,4 @@ impl Cluster {
     pub fn dropped_bytes(&self) -> u64 {
         self.links.values().map(Link::dropped_bytes).sum()
     }
-}
-
-/// Wait until an already spawned node answers, or it exits, or `deadline` passes.
-fn api_ready_by(node: &mut Node, deadline: Instant) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], node.kafka_port));
-    while Instant::now() < deadline {
-        if !node.is_running() {
-            return false;
-        }
-        if api_versions_answered(&addr) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }

@@ -130,7 +130,6 @@ impl Broker {
     }
 
     pub(crate) fn on_metadata(&mut self, cx: &mut Cx<BrokerMsg>, request: &Request, r: MetadataRequest) -> MetadataResponse {
-        tracing::debug!(unreachable = ?self.unreachable_brokers(), "metadata request");
         let image = &self.cluster.image;
         let brokers: Vec<MetadataResponseBroker> = image
             .brokers

@@ -91,9 +91,11 @@ pub enum BrokerMsg {
     Peer(crate::controller::rpc::PeerMsg),
     /// The process was asked to stop: shut down in a controlled way (from the driver).
     Shutdown,
-    /// From the driver to the node's controller: a connect to node `node`'s node-to-node
-    /// address was refused. Nothing listens there, so that node's process is gone; the active
-    /// controller fences it at once instead of waiting out `broker.session.timeout.ms`.
+    /// From the driver to the node's controller and broker: a connect to node `node`'s
+    /// node-to-node address was refused. Nothing listens there, so that node's process is gone:
+    /// the active controller fences it at once instead of waiting out
+    /// `broker.session.timeout.ms`, and the broker stops naming it as a leader meanwhile and
+    /// stops waiting on it as its controller.
     PeerRefused {
         /// The node that refused.
         node: i32,
@@ -788,10 +790,6 @@ impl Broker {
     /// that clients keep asking (librdkafka stops its fast leader queries at the first answer
     /// naming a leader) and find the new leader as soon as it is chosen. A new registration
     /// (a restart) has another epoch and is not affected.
-    pub(crate) fn unreachable_brokers(&self) -> Vec<i32> {
-        self.unreachable.keys().copied().filter(|n| self.is_unreachable(*n)).collect()
-    }
-
     pub(crate) fn is_unreachable(&self, node: i32) -> bool {
         self.unreachable.get(&node).is_some_and(|epoch| self.cluster.image.brokers.get(&node).is_some_and(|b| !b.fenced && b.epoch == *epoch))
     }

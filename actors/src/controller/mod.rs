@@ -149,6 +149,7 @@ pub struct Controller {
     /// A snapshot of our own being written; Raft is compacted to it once it is durable.
     compacting: Option<Snapshot>,
     snapshot_stats: SnapshotStats,
+    /// Brokers fenced because their address refused connections (see [`Controller::fenced_on_refusal`]).
     fenced_on_refusal: u64,
     /// Brokers whose node-to-node address refused a connect, with the broker epoch of the
     /// registration it was about (see [`Controller::on_peer_refused`]).
@@ -869,20 +870,14 @@ impl Controller {
         if !self.active {
             return;
         }
-        let refused = std::mem::take(&mut self.refused);
-        for (node, epoch) in refused {
-            match self.pending.brokers.get(&node) {
-                Some(b) if b.epoch == epoch && !b.fenced => {
-                    tracing::info!(broker = node, "fencing broker: its node-to-node address refuses connections (the process is gone)");
-                    self.fenced_on_refusal += 1;
-                    self.fence(node, epoch);
-                }
-                // Not registered yet as this voter's pending image knows: keep it for later.
-                None => {
-                    self.refused.insert(node, epoch);
-                }
-                // Fenced already, or registered again since.
-                Some(_) => {}
+        // A refusal is only recorded for a registered broker, and registrations are never
+        // removed, so each entry is acted on (or found void: fenced already, or registered
+        // again since) now.
+        for (node, epoch) in std::mem::take(&mut self.refused) {
+            if self.pending.brokers.get(&node).is_some_and(|b| b.epoch == epoch && !b.fenced) {
+                tracing::info!(broker = node, "fencing broker: its node-to-node address refuses connections (the process is gone)");
+                self.fenced_on_refusal += 1;
+                self.fence(node, epoch);
             }
         }
     }

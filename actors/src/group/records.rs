@@ -172,7 +172,7 @@ pub struct ConsumerMemberValue {
     pub previous_epoch: i32,
     /// Subscribed topic names.
     pub subscribed: BTreeSet<String>,
-    /// Subscribed regular expression (KIP-848), and the topics it matched when last resolved.
+    /// Subscribed regular expression (KIP-848).
     pub regex: Option<String>,
     /// The topics `regex` matched.
     pub matched: BTreeSet<String>,
