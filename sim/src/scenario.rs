@@ -35,6 +35,9 @@ pub struct Scenario {
     pub deadline_ms: u64,
     /// Broker settings (`server.properties` keys).
     pub broker_settings: &'static [(&'static str, &'static str)],
+    /// Broker nodes lost for good when the faults heal: chosen by the seed, they crash (or stay
+    /// down) and never restart, and the workload must still complete on the others.
+    pub lost_at_heal: usize,
 }
 
 /// Three combined broker+controller nodes, RF=3, min.insync.replicas=2: what the cluster
@@ -56,6 +59,7 @@ const CLUSTER_3: Scenario = Scenario {
     // Time-based metadata snapshots (Kafka's default is an hour): a few per run, between the
     // size-based ones the snapshot scenarios take.
     broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.snapshot.interval.ms", "8000")],
+    lost_at_heal: 0,
 };
 
 /// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.
@@ -78,6 +82,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults_until_ms: 40_000,
         deadline_ms: 60_000,
         broker_settings: &[],
+        lost_at_heal: 0,
     },
     Scenario {
         name: "small-segments",
@@ -94,6 +99,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults_until_ms: 40_000,
         deadline_ms: 60_000,
         broker_settings: &[("log.segment.bytes", "4096"), ("log.index.interval.bytes", "128")],
+        lost_at_heal: 0,
     },
     Scenario {
         name: "many-clients",
@@ -110,6 +116,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults_until_ms: 40_000,
         deadline_ms: 60_000,
         broker_settings: &[],
+        lost_at_heal: 0,
     },
     CLUSTER_3,
     Scenario {
@@ -149,6 +156,7 @@ pub const SCENARIOS: &[Scenario] = &[
         faults_until_ms: 40_000,
         deadline_ms: 70_000,
         broker_settings: &[],
+        lost_at_heal: 0,
     },
     Scenario {
         name: "groups-3",
@@ -165,6 +173,21 @@ pub const SCENARIOS: &[Scenario] = &[
         group_consumers: 3,
         consumer_protocol: true,
         partitions: 6,
+        ..CLUSTER_3
+    },
+    Scenario {
+        name: "cluster-3-node-lost",
+        description: "cluster-3 whose faults end with one node lost for good: the other two must elect a controller, fence it, move its leaderships and finish the workload without it",
+        lost_at_heal: 1,
+        ..CLUSTER_3
+    },
+    Scenario {
+        name: "groups-3-node-lost",
+        description: "groups-3 whose faults end with one node lost for good: group coordinators move to the survivors for good and the group finishes reading there",
+        consumers: 1,
+        group_consumers: 3,
+        partitions: 6,
+        lost_at_heal: 1,
         ..CLUSTER_3
     },
     Scenario {

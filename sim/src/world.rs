@@ -97,18 +97,65 @@ impl Trace {
 
 #[derive(Debug)]
 enum Ev {
-    NodeRequest { conn: u64, frame: Bytes },
-    NodeDisconnected { node: usize, incarnation: u64, conn: u64 },
-    NodeTimer { node: usize, incarnation: u64, actor: u32, id: TimerId, generation: u64 },
-    NodeMessage { node: usize, incarnation: u64, actor: u32, from: Addr, msg: BrokerMsg },
-    NodeIo { node: usize, incarnation: u64, actor: u32, done: IoDone },
-    NodeFsync { node: usize, incarnation: u64, actor: u32, token: runnel_actors::core::IoToken, ticket: crate::disk::FsyncTicket },
-    ClientResponse { conn: u64, frame: Bytes },
-    ClientDisconnected { client: usize, node: usize, conn: u64 },
-    ClientTimer { client: usize, id: TimerId, generation: u64 },
+    NodeRequest {
+        conn: u64,
+        frame: Bytes,
+    },
+    NodeDisconnected {
+        node: usize,
+        incarnation: u64,
+        conn: u64,
+    },
+    NodeTimer {
+        node: usize,
+        incarnation: u64,
+        actor: u32,
+        id: TimerId,
+        generation: u64,
+    },
+    NodeMessage {
+        node: usize,
+        incarnation: u64,
+        actor: u32,
+        from: Addr,
+        msg: BrokerMsg,
+    },
+    NodeIo {
+        node: usize,
+        incarnation: u64,
+        actor: u32,
+        done: IoDone,
+    },
+    NodeFsync {
+        node: usize,
+        incarnation: u64,
+        actor: u32,
+        token: runnel_actors::core::IoToken,
+        ticket: crate::disk::FsyncTicket,
+    },
+    ClientResponse {
+        conn: u64,
+        frame: Bytes,
+    },
+    ClientDisconnected {
+        client: usize,
+        node: usize,
+        conn: u64,
+    },
+    ClientTimer {
+        client: usize,
+        id: TimerId,
+        generation: u64,
+    },
     ClientRestart(usize),
     Fault(Fault),
     Restart(usize),
+    /// Node `from`'s transport dials node `to` again (it holds messages for it).
+    Redial {
+        from: usize,
+        incarnation: u64,
+        to: usize,
+    },
     Heal,
     Check,
 }
@@ -160,6 +207,8 @@ struct Node {
     drift_ppm: i64,
     was_ready: bool,
     restart_pending: bool,
+    /// Lost for good when the faults healed (`Scenario::lost_at_heal`): never restarts.
+    lost: bool,
     /// Metadata history offsets up to this were compared against `committed_meta`.
     meta_checked: u64,
     /// The controller's image was compared against `committed_images` up to this offset.
@@ -229,8 +278,17 @@ pub struct Outcome {
     pub protocol: BTreeMap<String, u64>,
 }
 
-/// Least time between two refused-connect reports from one node about another.
-const REFUSAL_INTERVAL_US: u64 = 50_000;
+/// Bounds of the wait between two refused-connect reports from one node about another: the
+/// real transport's `reconnect_backoff_min_ms` and `reconnect_backoff_max_ms` defaults.
+const REFUSAL_BACKOFF_MIN_US: u64 = 50_000;
+const REFUSAL_BACKOFF_MAX_US: u64 = 1_000_000;
+
+/// The real transport's redial backoff after `failures` (≥ 1) refused connects: exponential
+/// between the bounds, jittered into its upper half.
+fn refusal_backoff_us(failures: u32, rng: &mut Rng) -> u64 {
+    let exp = REFUSAL_BACKOFF_MIN_US.saturating_mul(1 << failures.saturating_sub(1).min(20)).min(REFUSAL_BACKOFF_MAX_US);
+    exp - exp / 2 + rng.below(exp / 2 + 1)
+}
 
 /// The simulated world of one run.
 pub struct World {
@@ -252,15 +310,19 @@ pub struct World {
     acked: BTreeMap<u64, i64>,
     invoked_at: BTreeMap<u64, u64>,
     faults_fired: BTreeMap<String, u64>,
-    /// When node `i` last had a connect to node `j` refused, `(i, j)` -> µs: refusals are
-    /// reported at most once per [`REFUSAL_INTERVAL_US`], as the transport's backoff spaces
-    /// its dials.
-    refusals: BTreeMap<(usize, usize), u64>,
+    /// Refused connects of node `i` to node `j`, `(i, j)` -> how many in a row. As in the real
+    /// transport, a message to a crashed node waits for the next dial, redials come after a
+    /// backoff that grows with every refusal and go on while the node is down (the messages
+    /// are never dropped), and each refused dial is reported. An entry means redials are
+    /// scheduled; a restart of either node ends them.
+    refusals: BTreeMap<(usize, usize), u32>,
     fault_log: Vec<(u64, String)>,
     produce_latencies: Vec<(u64, u64)>,
     /// `RUNNEL_SIM_WATCH_KEY`: print every client event touching this key (debugging).
     watch_key: Option<u64>,
     healed: bool,
+    /// The scenario's `lost_at_heal` nodes were lost.
+    lost_done: bool,
     completed: bool,
     /// (topic, partition, leader epoch) -> the node that led it.
     epoch_leaders: BTreeMap<(String, i32, i32), i32>,
@@ -394,6 +456,7 @@ impl World {
                 drift_ppm,
                 was_ready: false,
                 restart_pending: false,
+                lost: false,
                 meta_checked: 0,
                 image_checked: 0,
             });
@@ -406,7 +469,8 @@ impl World {
                 bootstrap: bootstrap.clone(),
                 topic: TOPIC.into(),
                 send_interval_ms: scenario.send_interval_ms,
-                stop_at_ms: scenario.faults_until_ms,
+                // With nodes to lose after the heal, sends go on long enough to run into the loss.
+                stop_at_ms: scenario.faults_until_ms + if scenario.lost_at_heal > 0 { 10_000 } else { 0 },
             };
             clients.push(Client {
                 actor: ClientActor::Producer(Producer::new(config)),
@@ -463,6 +527,7 @@ impl World {
             produce_latencies: Vec::new(),
             watch_key: std::env::var("RUNNEL_SIM_WATCH_KEY").ok().and_then(|k| k.parse::<u64>().ok()),
             healed: false,
+            lost_done: false,
             completed: false,
             epoch_leaders: BTreeMap::new(),
             term_leaders: BTreeMap::new(),
@@ -918,11 +983,12 @@ impl World {
                 // A supervisor bringing a downed node back: recovery, not a fault, so it happens
                 // after the heal too.
                 self.trace.add(&[t, 11, node as u64]);
-                if !self.nodes[node].is_up() {
+                if !self.nodes[node].is_up() && !self.nodes[node].lost {
                     self.fault_log.push((self.now_us / 1000, format!("node {} restarts", node + 1)));
                     self.start_node(node);
                 }
             }
+            Ev::Redial { from, incarnation, to } => self.redial(from, incarnation, to),
             Ev::Heal => {
                 self.trace.add(&[t, 10]);
                 self.heal();
@@ -931,10 +997,34 @@ impl World {
                 if self.nodes.len() > 1 {
                     self.check_isr();
                 }
+                self.maybe_lose_nodes();
                 self.check_completion();
                 self.after(500_000, Ev::Check);
             }
         }
+    }
+
+    /// Node `from`'s transport dials node `to`, which crashed, again: refused unless the link is
+    /// cut (then the connect times out), and reported to `from`'s controller and broker.
+    fn redial(&mut self, from: usize, incarnation: u64, to: usize) {
+        let Some(failures) = self.refusals.get(&(from, to)).copied() else { return };
+        if self.nodes[from].incarnation != incarnation || !self.nodes[from].is_up() || self.nodes[to].is_up() {
+            self.refusals.remove(&(from, to));
+            return;
+        }
+        self.trace.add(&[self.now_us, 13, from as u64, to as u64]);
+        if !self.net.is_clogged(Endpoint::Node(from), Endpoint::Node(to)) {
+            let me = Addr { node: from as i32 + 1, actor: BROKER_ACTOR };
+            let n = &self.nodes[from];
+            let actors = [(n.controller.is_some(), CONTROLLER_ACTOR), (n.broker.is_some(), BROKER_ACTOR)];
+            for (_, actor) in actors.into_iter().filter(|(on, _)| *on) {
+                let msg = BrokerMsg::PeerRefused { node: to as i32 + 1 };
+                self.after(0, Ev::NodeMessage { node: from, incarnation, actor, from: me, msg });
+            }
+        }
+        self.refusals.insert((from, to), failures + 1);
+        let wait = refusal_backoff_us(failures + 1, &mut self.rng);
+        self.after(wait, Ev::Redial { from, incarnation, to });
     }
 
     /// Hold an event for a paused node until it resumes.
@@ -946,6 +1036,8 @@ impl World {
 
     fn start_node(&mut self, i: usize) {
         self.count_snapshots(i);
+        // Its peers' transports connect again; its own transport is a new one.
+        self.refusals.retain(|(from, to), _| *from != i && *to != i);
         let id = i as i32 + 1;
         let voter = self.voters.contains(&id);
         if !voter && self.nodes[i].incarnation > 0 && self.rng.below(2) == 0 {
@@ -1031,17 +1123,10 @@ impl World {
                 } else if !self.nodes[j].is_up() {
                     // A crashed node's address refuses connections (unless the link is cut, when
                     // connects time out): the sender's driver tells its controller and broker.
-                    let last = self.refusals.get(&(i, j)).copied();
-                    let due = last.is_none_or(|at| self.now_us >= at + REFUSAL_INTERVAL_US);
-                    if due && !self.net.is_clogged(Endpoint::Node(i), Endpoint::Node(j)) {
-                        self.refusals.insert((i, j), self.now_us);
+                    if let std::collections::btree_map::Entry::Vacant(e) = self.refusals.entry((i, j)) {
+                        e.insert(0);
                         let latency = self.net.latency_us(&mut self.rng);
-                        let n = &self.nodes[i];
-                        let actors = [(n.controller.is_some(), CONTROLLER_ACTOR), (n.broker.is_some(), BROKER_ACTOR)];
-                        for (_, actor) in actors.into_iter().filter(|(on, _)| *on) {
-                            let msg = BrokerMsg::PeerRefused { node: to.node };
-                            self.after(latency, Ev::NodeMessage { node: i, incarnation, actor, from: me, msg });
-                        }
+                        self.after(latency, Ev::Redial { from: i, incarnation, to: j });
                     }
                 } else {
                     // Between nodes: a datagram, lost while the link is clogged, and subject to
@@ -1736,6 +1821,35 @@ impl World {
         runnel_actors::core::bugs::set_buggify(false);
     }
 
+    /// After the heal, once the cluster has recovered (an active controller whose image has every
+    /// partition's whole replica set in sync), the scenario's `lost_at_heal` broker nodes, chosen
+    /// by the seed, crash and never come back: the others must carry on without them. Losing a
+    /// node while it is a partition's only in-sync replica takes that partition offline, as in
+    /// Kafka without unclean election, so the loss waits for full ISRs.
+    fn maybe_lose_nodes(&mut self) {
+        if !self.healed || self.lost_done || self.scenario.lost_at_heal == 0 {
+            return;
+        }
+        let Some(image) = self.nodes.iter().filter_map(|n| n.controller.as_ref()).find(|c| c.is_active()).map(|c| c.image()) else { return };
+        let all_in_sync = image.topics.values().flat_map(|t| &t.partitions).all(|p| p.isr.len() == p.replicas.len());
+        let workload_topic = image.topics.contains_key(TOPIC);
+        if !all_in_sync || !workload_topic || !self.nodes.iter().all(|n| n.is_up()) {
+            return;
+        }
+        self.lost_done = true;
+        let brokers: Vec<usize> = (self.controller_only..self.controller_only + self.scenario.nodes).collect();
+        for _ in 0..self.scenario.lost_at_heal.min(brokers.len()) {
+            let left: Vec<usize> = brokers.iter().copied().filter(|i| !self.nodes[*i].lost).collect();
+            let i = left[self.rng.below(left.len() as u64) as usize];
+            self.fired("node-lost", format!("node {} is lost for good", i + 1));
+            *self.protocol.entry("node-lost-for-good".to_string()).or_default() += 1;
+            if self.nodes[i].is_up() {
+                self.node_down(i, true);
+            }
+            self.nodes[i].lost = true;
+        }
+    }
+
     fn all_acked(&self) -> BTreeMap<u64, Vec<u64>> {
         let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for e in &self.history {
@@ -1788,12 +1902,27 @@ impl World {
                 parts.push(format!("generation {newest} of the group owns partitions {owned:?} of {}", self.scenario.partitions));
             }
         }
-        let down = |n: &Node| match &n.config {
-            Some(_) => n.broker.as_ref().is_none_or(|b| !b.is_serving()),
-            None => n.controller.is_none(),
+        if self.scenario.lost_at_heal > 0 && !self.lost_done {
+            parts.push("the cluster never had every replica in sync again to lose a node".into());
+        }
+        // Every node serves again, but those lost for good: as it sees itself, and unfenced as
+        // the active controller sees it (a broker that lost its way to the controller keeps an
+        // old, unfenced image of itself).
+        let active = self.nodes.iter().filter_map(|n| n.controller.as_ref()).find(|c| c.is_active()).map(|c| c.image());
+        let cluster = self.nodes.len() > 1;
+        let down = |(i, n): &(usize, &Node)| {
+            !n.lost
+                && match &n.config {
+                    Some(_) => {
+                        n.broker.as_ref().is_none_or(|b| !b.is_serving())
+                            || (cluster && active.is_none_or(|image| image.brokers.get(&(*i as i32 + 1)).is_none_or(|b| b.fenced)))
+                    }
+                    None => n.controller.is_none(),
+                }
         };
-        if self.nodes.iter().any(down) {
-            parts.push("a node is not up".into());
+        let which: Vec<usize> = self.nodes.iter().enumerate().filter(down).map(|(i, _)| i + 1).collect();
+        if !which.is_empty() {
+            parts.push(format!("nodes {which:?} are not up, or fenced"));
         }
         parts.join("; ")
     }

@@ -168,6 +168,7 @@ impl Broker {
         let id = self.cluster.next_rpc;
         self.cluster.next_rpc += 1;
         let to = self.controller_addr();
+        tracing::trace!(node = self.config.node_id, ?kind, to = to.node, id, "controller rpc");
         self.cluster.rpcs.insert(id, (kind, cx.now_ms(), to.node));
         cx.send(to, BrokerMsg::Peer(PeerMsg::ToController { id, request }));
         id
@@ -268,6 +269,7 @@ impl Broker {
     /// as one is elected.
     pub(crate) fn controller_refused(&mut self, cx: &mut Cx<BrokerMsg>, node: i32) {
         let waiting: Vec<u64> = self.cluster.rpcs.iter().filter(|(_, (_, _, to))| *to == node).map(|(id, _)| *id).collect();
+        tracing::debug!(node = self.config.node_id, refused = node, waiting = waiting.len(), controller = ?self.cluster.controller, "controller refused");
         if waiting.is_empty() && self.cluster.controller != Some(node) {
             return;
         }
@@ -323,8 +325,13 @@ impl Broker {
             self.cluster.controller = Some(node);
         }
         if let ControllerResponse::NotController { leader } = response {
+            tracing::debug!(node = self.config.node_id, ?kind, from = node, ?leader, "controller rpc: not the controller");
             match leader {
-                Some(l) if Some(l) != self.cluster.controller => self.cluster.controller = Some(l),
+                // Follow the voter's hint unless it names itself (elected, not yet active) or
+                // nobody. Several requests in flight get the same answer: the second one naming
+                // the leader the first already pointed at is no reason to move on (it did, and
+                // a combined node then circled between its own voter and a dead one forever).
+                Some(l) if l != node => self.cluster.controller = Some(l),
                 _ => {
                     self.cluster.controller = None;
                     self.cluster.rotate += 1;
