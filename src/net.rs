@@ -51,8 +51,25 @@ impl Connections {
     }
 }
 
-/// Accept Kafka clients on `listener` forever, feeding frames to `broker`.
-pub async fn serve(listener: TcpListener, broker: ActorHandle<BrokerMsg>, connections: Arc<Connections>, max_request_bytes: usize) {
+/// Lists the peers whose node-to-node connection the kernel knows the peer's side closed
+/// (see [`crate::transport::Transport::closed_peers`]).
+pub type ClosedLinks = Arc<dyn Fn() -> Vec<i32> + Send + Sync>;
+
+/// Kafka API keys whose answers name brokers and leaders: Metadata and DescribeCluster.
+const NAMES_BROKERS: [i16; 2] = [3, 60];
+
+/// Accept Kafka clients on `listener` forever, feeding frames to `broker`. With `closed_links`,
+/// a Metadata or DescribeCluster request reaches the broker right after the list of peers whose
+/// connection the kernel already knows closed, so that its answer leaves out a broker that died
+/// a moment ago, before this node's transport noticed (a client that lost its own connection
+/// to that broker asks at once, and librdkafka keeps the first leader it is told).
+pub async fn serve(
+    listener: TcpListener,
+    broker: ActorHandle<BrokerMsg>,
+    connections: Arc<Connections>,
+    max_request_bytes: usize,
+    closed_links: Option<ClosedLinks>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -66,11 +83,18 @@ pub async fn serve(listener: TcpListener, broker: ActorHandle<BrokerMsg>, connec
         tracing::debug!(conn = conn.0, %peer, "connection opened");
         // Kafka shows a member's client host as `/address`.
         broker.send(Addr { node: -1, actor: 0 }, BrokerMsg::Connected { conn, host: format!("/{}", peer.ip()) });
-        tokio::spawn(handle(stream, conn, broker.clone(), connections.clone(), max_request_bytes));
+        tokio::spawn(handle(stream, conn, broker.clone(), connections.clone(), max_request_bytes, closed_links.clone()));
     }
 }
 
-async fn handle(stream: TcpStream, conn: ConnId, broker: ActorHandle<BrokerMsg>, connections: Arc<Connections>, max_request_bytes: usize) {
+async fn handle(
+    stream: TcpStream,
+    conn: ConnId,
+    broker: ActorHandle<BrokerMsg>,
+    connections: Arc<Connections>,
+    max_request_bytes: usize,
+    closed_links: Option<ClosedLinks>,
+) {
     // madsim's simulated stream has no owned halves; the generic split works for both.
     #[cfg(not(madsim))]
     let (mut reader, writer) = stream.into_split();
@@ -109,6 +133,9 @@ async fn handle(stream: TcpStream, conn: ConnId, broker: ActorHandle<BrokerMsg>,
         }
         if failed {
             break "peer closed mid-frame".into();
+        }
+        if let Some(closed) = closed_links.as_ref().filter(|_| frame.len() >= 2 && NAMES_BROKERS.contains(&i16::from_be_bytes([frame[0], frame[1]]))) {
+            broker.send(front, BrokerMsg::LinksClosed { nodes: closed() });
         }
         if !broker.send(front, BrokerMsg::Request { conn, seq, frame: frame.freeze() }) {
             break "broker stopped".into();

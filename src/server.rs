@@ -136,7 +136,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         )?;
         stops.push(("broker", broker.stopped.take().expect("fresh handle")));
         router.local.write().expect("router lock").insert(BROKER_ACTOR, broker.clone());
-        front = Some(tokio::spawn(serve(listener, broker, connections, config.max_request_bytes)));
+        let links = router.clone();
+        let closed_links: crate::net::ClosedLinks = Arc::new(move || links.transport.get().map(|t| t.closed_peers()).unwrap_or_default());
+        front = Some(tokio::spawn(serve(listener, broker, connections, config.max_request_bytes, Some(closed_links))));
     }
     tracing::info!(
         roles = %config.roles,

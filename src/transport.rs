@@ -150,6 +150,11 @@ struct Shared<M> {
     next_conn: AtomicU64,
     /// Told when a connect to a peer is refused (see [`Transport::on_peer_refused`]).
     refused: std::sync::OnceLock<PeerRefused>,
+    /// The newest outbound connection to each peer (a duplicate of its socket), kept after it
+    /// ends until another replaces it: [`Transport::closed_peers`] asks the kernel whether the
+    /// peer's side closed it.
+    #[cfg(not(madsim))]
+    links: Mutex<BTreeMap<i32, std::net::TcpStream>>,
 }
 
 /// Called with a peer's node id when nothing listens at its address.
@@ -250,6 +255,8 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
             inbound: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             refused: std::sync::OnceLock::new(),
+            #[cfg(not(madsim))]
+            links: Mutex::new(BTreeMap::new()),
         });
         let mut map = BTreeMap::new();
         for (peer, addr) in peers {
@@ -297,6 +304,30 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
     /// Set once; later calls are ignored.
     pub fn on_peer_refused(&self, f: PeerRefused) {
         let _ = self.inner.shared.refused.set(f);
+    }
+
+    /// Peers whose side closed (or reset) this node's newest connection to them, as the kernel
+    /// knows it now: a synchronous check, a non-blocking peek per peer, that does not wait for
+    /// the connection tasks to notice. A process that exits closes its sockets at once, so
+    /// this tells a crashed peer before anything else on this node can (the redial and its
+    /// refusal come a little later). A peer is listed until a new connection to it opens.
+    /// Under madsim there are no kernel sockets: always empty.
+    pub fn closed_peers(&self) -> Vec<i32> {
+        #[cfg(not(madsim))]
+        {
+            let links = self.inner.shared.links.lock().expect("links lock");
+            links
+                .iter()
+                .filter(|(_, socket)| match socket.peek(&mut [0u8; 1]) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted,
+                })
+                .map(|(peer, _)| *peer)
+                .collect()
+        }
+        #[cfg(madsim)]
+        Vec::new()
     }
 
     /// The address `node` is dialed at, if it is a peer.
@@ -436,6 +467,20 @@ async fn outbound<M>(shared: Arc<Shared<M>>, peer: i32, mut address: watch::Rece
             }
         };
         let _ = stream.set_nodelay(true);
+        #[cfg(not(madsim))]
+        {
+            use std::os::fd::AsFd;
+            // The duplicate shares the socket's non-blocking mode, so peeking never blocks.
+            match stream.as_fd().try_clone_to_owned() {
+                Ok(fd) => {
+                    shared.links.lock().expect("links lock").insert(peer, std::net::TcpStream::from(fd));
+                }
+                Err(e) => {
+                    tracing::debug!(me, peer, "transport: cannot keep a handle on the connection: {e}");
+                    shared.links.lock().expect("links lock").remove(&peer);
+                }
+            }
+        }
         if connected_before {
             Counters::add(&shared.counters.reconnects, 1);
         }
@@ -743,6 +788,46 @@ mod tests {
         }));
         assert!(c.send(addr(3, 0), addr(4, 0), 1));
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), refused.recv()).await.expect("reported in time"), Some(4));
+    }
+
+    /// A peer whose process closes its end is listed by `closed_peers` as soon as the kernel
+    /// has the close, and stays listed (through the refused redials) until a new connection to
+    /// it opens.
+    #[tokio::test]
+    async fn closed_peers_are_listed_until_a_new_connection() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (a, _a_rx) = start(1, free_port(), peers(&[(2, port)]), TransportConfig::default()).await;
+        assert!(a.closed_peers().is_empty(), "no connection yet");
+        assert!(a.send(addr(1, 0), addr(2, 0), 7));
+        // The hello is written after the connection is kept for checks.
+        let (listener, conn) = tokio::task::spawn_blocking(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.read_exact(&mut [0u8; HELLO_LEN]).expect("hello");
+            (listener, conn)
+        })
+        .await
+        .expect("accept task");
+        assert!(a.closed_peers().is_empty(), "an open connection is not listed");
+        drop(listener);
+        conn.shutdown(std::net::Shutdown::Both).expect("close");
+        drop(conn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while a.closed_peers() != [2] {
+            assert!(std::time::Instant::now() < deadline, "the closed connection is not listed");
+            tokio::task::yield_now().await;
+        }
+        // Back at the same port: the next message's dial opens a new connection, and the peer is
+        // no longer listed.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
+        assert!(a.send(addr(1, 0), addr(2, 0), 8));
+        let _conn = tokio::task::spawn_blocking(move || listener.accept().expect("accept again")).await.expect("accept task");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !a.closed_peers().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "still listed after a new connection");
+            tokio::task::yield_now().await;
+        }
     }
 
     /// A node not given at start is unknown (its messages are dropped) until `add_peer` names

@@ -338,3 +338,90 @@ fn survivors_stay_registered_when_the_controller_dies() {
         cluster.nodes[(dead - 1) as usize].restart();
     }
 }
+
+/// `request` as a size-prefixed frame (request header with client id).
+fn request_frame<R: kafka_protocol::protocol::Request>(request: R, version: i16, correlation_id: i32) -> Vec<u8> {
+    use kafka_protocol::protocol::Encodable;
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str("crash-test")));
+    let mut body = bytes::BytesMut::new();
+    header.encode(&mut body, R::header_version(version)).expect("encode header");
+    request.encode(&mut body, version).expect("encode request");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Read one response to a request `R` at `version` from a blocking stream.
+fn read_response<R: kafka_protocol::protocol::Request>(stream: &mut std::net::TcpStream, version: i16) -> R::Response {
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
+    use std::io::Read;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("response size");
+    let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).expect("response body");
+    let mut body = bytes::Bytes::from(body);
+    kafka_protocol::messages::ResponseHeader::decode(&mut body, <R::Response as HeaderVersion>::header_version(version)).expect("response header");
+    R::Response::decode(&mut body, version).expect("response")
+}
+
+/// Send a signal (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill").arg(which).arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill {which} {pid}: {status}");
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')))
+}
+
+/// A Metadata request that a node finds together with the closure of its connection to a
+/// broker that was just SIGKILLed (the node is stopped meanwhile, so both wait for it) is
+/// answered without that broker: the node checks which node-to-node connections the kernel
+/// knows closed before it answers, instead of racing its own transport. librdkafka asks for
+/// Metadata the moment it loses its connection to a leader and keeps the first leader it is
+/// told, so an answer naming the dead one cost it a second or two.
+#[test]
+fn metadata_answered_at_the_moment_of_a_crash_leaves_the_dead_broker_out() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{ApiVersionsRequest, TopicName};
+    use std::io::Write;
+    const TOPIC: &str = "crash-instant";
+    let mut cluster = TestCluster::start(3, "");
+    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, 3, TopicReplication::Fixed(3))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let observer = cluster.nodes[0].pid().expect("node 1 runs");
+    for round in 0..4 {
+        let victim = 2 + round % 2;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while describe_cluster(&cluster.nodes[0]).map(|(b, _)| b) != Some(vec![1, 2, 3]) {
+            assert!(Instant::now() < deadline, "round {round}: node 1 does not list all three brokers");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A connection node 1 has accepted and answered on.
+        let mut stream = std::net::TcpStream::connect(cluster.nodes[0].bootstrap()).expect("connect to node 1");
+        stream.write_all(&request_frame(ApiVersionsRequest::default(), 0, 1)).expect("api versions");
+        read_response::<ApiVersionsRequest>(&mut stream, 0);
+
+        signal(observer, "-STOP");
+        while !is_stopped(observer) {
+            std::thread::yield_now();
+        }
+        cluster.nodes[victim - 1].kill();
+        let topic = MetadataRequestTopic::default().with_name(Some(TopicName(kafka_protocol::protocol::StrBytes::from_static_str(TOPIC))));
+        stream.write_all(&request_frame(MetadataRequest::default().with_topics(Some(vec![topic])), 12, 2)).expect("metadata request");
+        signal(observer, "-CONT");
+        let m = read_response::<MetadataRequest>(&mut stream, 12);
+        let brokers: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+        let leaders: Vec<i32> = m.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.leader_id.0)).collect();
+        assert!(!brokers.contains(&(victim as i32)), "round {round}: node 1 names broker {victim}, killed a moment ago: brokers {brokers:?}");
+        assert!(!leaders.contains(&(victim as i32)), "round {round}: node 1 names broker {victim}, killed a moment ago, as a leader: {leaders:?}");
+        cluster.nodes[victim - 1].restart();
+    }
+}

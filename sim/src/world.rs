@@ -875,6 +875,20 @@ impl World {
                     let host = format!("/10.0.{}.1", self.conns[&conn].client);
                     self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Connected { conn: ConnId(conn), host }));
                 }
+                if frame.len() >= 2 && [3, 60].contains(&i16::from_be_bytes([frame[0], frame[1]])) {
+                    // As the real driver does before Metadata and DescribeCluster: the peers whose
+                    // connection the kernel knows closed. A crashed node's sockets close at once,
+                    // unless the link is cut (the close does not get through).
+                    let nodes: Vec<i32> = (0..self.nodes.len())
+                        .filter(|j| *j != node && !self.nodes[*j].is_up() && self.reachable(node, *j))
+                        .filter(|j| !self.net.is_clogged(Endpoint::Node(*j), Endpoint::Node(node)))
+                        .map(|j| j as i32 + 1)
+                        .collect();
+                    if !nodes.is_empty() {
+                        *self.protocol.entry("metadata-after-link-closed".to_string()).or_default() += 1;
+                    }
+                    self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::LinksClosed { nodes }));
+                }
                 self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Request { conn: ConnId(conn), seq, frame }));
             }
             Ev::NodeDisconnected { node, incarnation, conn } => {

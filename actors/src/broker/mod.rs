@@ -100,6 +100,15 @@ pub enum BrokerMsg {
         /// The node that refused.
         node: i32,
     },
+    /// From the driver, just before a Metadata or DescribeCluster request: the nodes whose
+    /// node-to-node connection from this node the kernel already knows closed by the other side
+    /// (a process that exits closes its sockets at once), which this node's transport may not
+    /// have noticed yet. Until the next such list, the broker leaves them out of its answers as
+    /// it does a broker that refused a connect.
+    LinksClosed {
+        /// The nodes, all of them each time (an empty list clears the previous one).
+        nodes: Vec<i32>,
+    },
 }
 
 /// The timer that drives periodic work (flush.ms, retention, produce timeouts).
@@ -153,6 +162,9 @@ pub struct Broker {
     /// epoch of the registration that was refused: gone, though the controller may not have
     /// fenced them yet. See [`Broker::is_unreachable`].
     unreachable: BTreeMap<i32, i64>,
+    /// Nodes whose node-to-node connection from this node was closed by their side, as the
+    /// driver last told ([`BrokerMsg::LinksClosed`]), with the registration epoch they had then.
+    closed_links: BTreeMap<i32, i64>,
     phase: Phase,
     meta_loaded: NodeMeta,
     pub(crate) topics: BTreeMap<String, Topic>,
@@ -231,6 +243,7 @@ impl Broker {
             fetches: BTreeMap::new(),
             client_hosts: BTreeMap::new(),
             unreachable: BTreeMap::new(),
+            closed_links: BTreeMap::new(),
             fetch_sessions: BTreeMap::new(),
             reads: BTreeMap::new(),
             watchers: BTreeMap::new(),
@@ -728,6 +741,20 @@ impl Actor for Broker {
                 }
             }
             BrokerMsg::Shutdown => self.begin_shutdown(cx),
+            BrokerMsg::LinksClosed { nodes } => {
+                let mut closed = BTreeMap::new();
+                for node in nodes {
+                    // Kept with the registration it was about: a restart registers anew and is
+                    // named again even if nothing has reconnected to it yet.
+                    let Some(b) = self.cluster.image.brokers.get(&node).filter(|b| !b.fenced) else { continue };
+                    let epoch = self.closed_links.get(&node).copied().unwrap_or(b.epoch);
+                    if !self.closed_links.contains_key(&node) {
+                        tracing::info!(broker = node, "a broker closed its node-to-node connection: not naming it as a leader while it stays closed");
+                    }
+                    closed.insert(node, epoch);
+                }
+                self.closed_links = closed;
+            }
             BrokerMsg::PeerRefused { node } => {
                 if let Some(b) = self.cluster.image.brokers.get(&node).filter(|b| !b.fenced) {
                     if self.unreachable.insert(node, b.epoch) != Some(b.epoch) {
@@ -784,14 +811,16 @@ impl Actor for Broker {
 }
 
 impl Broker {
-    /// Whether `node` is a broker whose current registration refused a connect from this node:
-    /// its process is gone and the controller is about to fence it. Metadata and
+    /// Whether `node` is a broker whose current registration refused a connect from this node,
+    /// or closed its connection from this node (as the kernel told just before the request
+    /// being answered): its process is gone and the controller is about to fence it. Metadata and
     /// DescribeCluster leave it out and report its partitions without a leader until then, so
     /// that clients keep asking (librdkafka stops its fast leader queries at the first answer
     /// naming a leader) and find the new leader as soon as it is chosen. A new registration
     /// (a restart) has another epoch and is not affected.
     pub(crate) fn is_unreachable(&self, node: i32) -> bool {
-        self.unreachable.get(&node).is_some_and(|epoch| self.cluster.image.brokers.get(&node).is_some_and(|b| !b.fenced && b.epoch == *epoch))
+        let current = |epoch: &i64| self.cluster.image.brokers.get(&node).is_some_and(|b| !b.fenced && b.epoch == *epoch);
+        self.closed_links.get(&node).is_some_and(current) || self.unreachable.get(&node).is_some_and(current)
     }
 
     fn on_disconnected(&mut self, conn: ConnId) {
