@@ -55,11 +55,12 @@ impl Connections {
 /// (see [`crate::transport::Transport::closed_peers`]).
 pub type ClosedLinks = Arc<dyn Fn() -> Vec<i32> + Send + Sync>;
 
-/// Kafka API keys whose answers name brokers and leaders: Metadata and DescribeCluster.
-const NAMES_BROKERS: [i16; 2] = [3, 60];
+/// Kafka API keys whose answers name brokers and leaders: Metadata, FindCoordinator and
+/// DescribeCluster.
+const NAMES_BROKERS: [i16; 3] = [3, 10, 60];
 
 /// Accept Kafka clients on `listener` forever, feeding frames to `broker`. With `closed_links`,
-/// a Metadata or DescribeCluster request reaches the broker right after the list of peers whose
+/// a Metadata, FindCoordinator or DescribeCluster request reaches the broker right after the list of peers whose
 /// connection the kernel already knows closed, so that its answer leaves out a broker that died
 /// a moment ago, before this node's transport noticed (a client that lost its own connection
 /// to that broker asks at once, and librdkafka keeps the first leader it is told).

@@ -178,7 +178,18 @@ fn compacted_topic_and_consumer_offsets() {
     let consumer: BaseConsumer = client_config(&others.join(",")).set("group.id", GROUP).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(TOPIC, 0);
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(30)).expect("committed offsets after failover");
+    // While the coordinator moves, a broker that does not lead the group's partition yet (its
+    // metadata a moment behind another's) answers NOT_COORDINATOR, a retriable error that
+    // librdkafka hands back from this call: ask again, as an application would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotCoordinator | RDKafkaErrorCode::CoordinatorNotAvailable | RDKafkaErrorCode::CoordinatorLoadInProgress,
+            )) if Instant::now() < deadline => {}
+            other => break other.expect("committed offsets after failover"),
+        }
+    };
     let offset = committed.find_partition(TOPIC, 0).expect("partition").offset();
     assert_eq!(offset, Offset::Offset(COMMITS), "the last commit after the coordinator failed over");
 }

@@ -837,6 +837,7 @@ impl World {
         }
         if let Some(c) = self.nodes[i].controller.as_ref() {
             *self.protocol.entry("broker-fenced-on-refusal".to_string()).or_default() += c.fenced_on_refusal();
+            *self.protocol.entry("controller-campaign-on-refusal".to_string()).or_default() += c.campaigns_on_refusal();
             let s = c.snapshot_stats();
             for (k, v) in [
                 ("metadata-snapshot-taken", s.taken),
@@ -875,8 +876,9 @@ impl World {
                     let host = format!("/10.0.{}.1", self.conns[&conn].client);
                     self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Connected { conn: ConnId(conn), host }));
                 }
-                if frame.len() >= 2 && [3, 60].contains(&i16::from_be_bytes([frame[0], frame[1]])) {
-                    // As the real driver does before Metadata and DescribeCluster: the peers whose
+                if frame.len() >= 2 && [3, 10, 60].contains(&i16::from_be_bytes([frame[0], frame[1]])) {
+                    // As the real driver does before Metadata, FindCoordinator and
+                    // DescribeCluster: the peers whose
                     // connection the kernel knows closed. A crashed node's sockets close at once,
                     // unless the link is cut (the close does not get through).
                     let nodes: Vec<i32> = (0..self.nodes.len())

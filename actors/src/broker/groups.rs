@@ -422,7 +422,9 @@ impl Broker {
         };
         let shard = records::partition_for(key, t.partitions.len() as i32);
         let leader = t.partitions.get(shard as usize).map_or(-1, |p| p.leader);
-        match self.cluster.image.brokers.get(&leader).filter(|b| !b.fenced) {
+        // A leader whose process is known gone (see `is_unreachable`) is not named either: the
+        // client asks again instead of dialing a dead node.
+        match self.cluster.image.brokers.get(&leader).filter(|b| !b.fenced && !self.is_unreachable(leader)) {
             Some(b) => found.with_node_id(leader.into()).with_host(StrBytes::from_string(b.host.clone())).with_port(b.port),
             None => fail(error::COORDINATOR_NOT_AVAILABLE, "the coordinator partition has no leader"),
         }

@@ -94,13 +94,15 @@ pub enum BrokerMsg {
     /// From the driver to the node's controller and broker: a connect to node `node`'s
     /// node-to-node address was refused. Nothing listens there, so that node's process is gone:
     /// the active controller fences it at once instead of waiting out
-    /// `broker.session.timeout.ms`, and the broker stops naming it as a leader meanwhile and
-    /// stops waiting on it as its controller.
+    /// `broker.session.timeout.ms`, a voter whose quorum leader it was campaigns without waiting
+    /// out its election timeout, and the broker stops naming it as a leader meanwhile and stops
+    /// waiting on it as its controller.
     PeerRefused {
         /// The node that refused.
         node: i32,
     },
-    /// From the driver, just before a Metadata or DescribeCluster request: the nodes whose
+    /// From the driver, just before a Metadata, FindCoordinator or DescribeCluster request: the
+    /// nodes whose
     /// node-to-node connection from this node the kernel already knows closed by the other side
     /// (a process that exits closes its sockets at once), which this node's transport may not
     /// have noticed yet. Until the next such list, the broker leaves them out of its answers as

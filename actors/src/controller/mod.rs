@@ -859,6 +859,9 @@ impl Controller {
         if node == self.config.node_id {
             return;
         }
+        if let Some(raft) = self.raft.as_mut() {
+            raft.leader_gone(node);
+        }
         let image = if self.active { &self.pending } else { &self.image };
         let Some(b) = image.brokers.get(&node).filter(|b| !b.fenced) else { return };
         self.refused.insert(node, b.epoch);
@@ -885,6 +888,11 @@ impl Controller {
     /// Brokers this voter fenced, while active, because their address refused connections.
     pub fn fenced_on_refusal(&self) -> u64 {
         self.fenced_on_refusal
+    }
+
+    /// Times this voter campaigned early because its leader's address refused connections.
+    pub fn campaigns_on_refusal(&self) -> u64 {
+        self.raft.as_ref().map_or(0, |r| r.leader_gone_count())
     }
 
     fn on_tick(&mut self, cx: &mut Cx<BrokerMsg>) {

@@ -281,6 +281,8 @@ pub struct Raft {
     pending_snapshot: Option<Snapshot>,
     pending_truncate: Option<u64>,
     messages: Vec<(NodeId, RaftMsg)>,
+    /// Times [`Raft::leader_gone`] brought this node's campaign forward.
+    leader_gone_count: u64,
 }
 
 impl Raft {
@@ -325,6 +327,7 @@ impl Raft {
             pending_snapshot: None,
             pending_truncate: None,
             messages: Vec::new(),
+            leader_gone_count: 0,
         };
         raft.reset_election_timer();
         if raft.cfg.voters == [raft.cfg.me] {
@@ -353,6 +356,31 @@ impl Raft {
         } else if self.now >= self.election_deadline && self.is_voter(self.cfg.me) {
             self.start_pre_vote();
         }
+    }
+
+    /// The process of voter `node` is gone (its address refused a connect). If it is the
+    /// leader this follower follows, stop counting on it: the follower grants votes at once
+    /// (no stickiness for a dead leader) and campaigns soon rather than at the end of its
+    /// election timeout. The other followers learn of the death on their own, so they would
+    /// all campaign at once and split the vote: the first of the remaining voters (by id)
+    /// campaigns within half a heartbeat interval, the next two intervals later, and so on, and
+    /// a vote granted meanwhile resets the timer as usual. Only liveness depends on this being
+    /// true: elections are safe whenever they happen.
+    pub fn leader_gone(&mut self, node: NodeId) {
+        if self.role != Role::Follower || self.leader != Some(node) || !self.is_voter(self.cfg.me) {
+            return;
+        }
+        self.leader_contact_ms = None;
+        let rank = self.cfg.voters.iter().filter(|v| **v != node && **v < self.cfg.me).count() as u64;
+        let interval = self.cfg.heartbeat_interval_ms;
+        let soon = self.now + rank * 2 * interval + self.rng.below(interval / 2 + 1);
+        self.election_deadline = self.election_deadline.min(soon);
+        self.leader_gone_count += 1;
+    }
+
+    /// Times a dead leader brought this node's campaign forward ([`Raft::leader_gone`]).
+    pub fn leader_gone_count(&self) -> u64 {
+        self.leader_gone_count
     }
 
     /// Handle a message from peer `from`.
@@ -1545,6 +1573,29 @@ mod tests {
         assert!(sim.raft(leader).is_leader(), "the healed node deposed the leader");
         assert_eq!(sim.raft(leader).term(), term);
         assert_eq!(sim.agreed_leader(), Some(leader));
+    }
+
+    /// Followers told that the leader's process is gone elect a new leader before any of them
+    /// could have reached the end of its election timeout (150 ms after the leader's last
+    /// heartbeat, at most 50 ms before the crash).
+    #[test]
+    fn a_leader_known_gone_is_replaced_before_the_election_timeout() {
+        for seed in 0..20 {
+            let mut sim = Sim::new(100 + seed, 3, quiet());
+            let leader = elect(&mut sim);
+            let term = sim.raft(leader).term();
+            sim.crash((leader - 1) as usize);
+            let crashed_at = sim.now;
+            // What the leader sent before it died arrives first (as over TCP, before the close
+            // and the refused redial).
+            sim.run(crashed_at + 6, false, false);
+            for i in (1..=3).filter(|i| *i != leader) {
+                sim.nodes[(i - 1) as usize].raft.as_mut().expect("follower runs").leader_gone(leader);
+            }
+            sim.run(crashed_at + 99, false, false);
+            let new_leader = (1..=3).filter(|i| *i != leader).find(|i| sim.raft(*i).is_leader());
+            assert!(new_leader.is_some_and(|l| sim.raft(l).term() > term), "seed {seed}: no new leader 99 ms after the crash");
+        }
     }
 
     #[test]
