@@ -250,22 +250,35 @@ fn metadata_leaves_out_brokers_that_refuse_connections() {
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
     let leaders: Vec<i32> = (0..6).map(|p| common::load::leader_of(&cluster.bootstrap(), TOPIC, p)).collect();
     assert!(leaders.iter().any(|l| *l != 1), "node 1 leads every partition ({leaders:?}): nothing to check");
-    cluster.nodes[1].kill();
-    cluster.nodes[2].kill();
-
     let addr = cluster.nodes[0].bootstrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    // Node 1's Metadata: brokers, and (leader, error) of each partition of the topic.
+    let ask = || {
         let a = addr.clone();
-        let answer = block_on(async move {
+        block_on(async move {
             let mut c = runnel::client::Client::connect(&a).await?;
             let topic = kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
                 .with_name(Some(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_static_str(TOPIC))));
             c.send(MetadataRequest::default().with_topics(Some(vec![topic])), 12).await
-        });
-        if let Ok(m) = answer {
+        })
+        .map(|m| {
             let brokers: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
             let parts: Vec<(i32, i16)> = m.topics.first().map(|t| t.partitions.iter().map(|p| (p.leader_id.0, p.error_code)).collect()).unwrap_or_default();
+            (brokers, parts)
+        })
+    };
+    // Node 1 has applied the topic and its leaders before the others die (with them, the quorum).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ask().is_ok_and(|(_, parts)| parts.iter().map(|(l, _)| *l).collect::<Vec<_>>() == leaders) {
+        assert!(Instant::now() < deadline, "node 1 does not know the topic's leaders {leaders:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = ask();
+        if let Ok((brokers, parts)) = answer {
             let hidden = parts.len() == 6 && parts.iter().zip(&leaders).all(|((l, e), was)| if *was == 1 { (*l, *e) == (1, 0) } else { (*l, *e) == (-1, 5) });
             if brokers == [1] && hidden {
                 break;
