@@ -55,22 +55,13 @@ impl Connections {
 /// (see [`crate::transport::Transport::closed_peers`]).
 pub type ClosedLinks = Arc<dyn Fn() -> Vec<i32> + Send + Sync>;
 
-/// Kafka API keys whose answers name brokers and leaders: Metadata, FindCoordinator and
-/// DescribeCluster.
-const NAMES_BROKERS: [i16; 3] = [3, 10, 60];
-
-/// Accept Kafka clients on `listener` forever, feeding frames to `broker`. With `closed_links`,
-/// a Metadata, FindCoordinator or DescribeCluster request reaches the broker right after the list of peers whose
-/// connection the kernel already knows closed, so that its answer leaves out a broker that died
-/// a moment ago, before this node's transport noticed (a client that lost its own connection
-/// to that broker asks at once, and librdkafka keeps the first leader it is told).
-pub async fn serve(
-    listener: TcpListener,
-    broker: ActorHandle<BrokerMsg>,
-    connections: Arc<Connections>,
-    max_request_bytes: usize,
-    closed_links: Option<ClosedLinks>,
-) {
+/// Accept Kafka clients on `listener` forever, feeding frames to `broker`. A request whose
+/// answer names brokers ([`runnel_actors::broker::names_brokers`]) reaches the broker right
+/// after `closed_links()`, the peers whose connection the kernel already knows closed, so that
+/// its answer leaves out a broker that died a moment ago, before this node's transport noticed
+/// (a client that lost its own connection to that broker asks at once, and librdkafka keeps the
+/// first leader it is told).
+pub async fn serve(listener: TcpListener, broker: ActorHandle<BrokerMsg>, connections: Arc<Connections>, max_request_bytes: usize, closed_links: ClosedLinks) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -94,7 +85,7 @@ async fn handle(
     broker: ActorHandle<BrokerMsg>,
     connections: Arc<Connections>,
     max_request_bytes: usize,
-    closed_links: Option<ClosedLinks>,
+    closed_links: ClosedLinks,
 ) {
     // madsim's simulated stream has no owned halves; the generic split works for both.
     #[cfg(not(madsim))]
@@ -135,8 +126,8 @@ async fn handle(
         if failed {
             break "peer closed mid-frame".into();
         }
-        if let Some(closed) = closed_links.as_ref().filter(|_| frame.len() >= 2 && NAMES_BROKERS.contains(&i16::from_be_bytes([frame[0], frame[1]]))) {
-            broker.send(front, BrokerMsg::LinksClosed { nodes: closed() });
+        if runnel_actors::broker::names_brokers(&frame) {
+            broker.send(front, BrokerMsg::LinksClosed { nodes: closed_links() });
         }
         if !broker.send(front, BrokerMsg::Request { conn, seq, frame: frame.freeze() }) {
             break "broker stopped".into();

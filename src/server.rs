@@ -138,7 +138,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         router.local.write().expect("router lock").insert(BROKER_ACTOR, broker.clone());
         let links = router.clone();
         let closed_links: crate::net::ClosedLinks = Arc::new(move || links.transport.get().map(|t| t.closed_peers()).unwrap_or_default());
-        front = Some(tokio::spawn(serve(listener, broker, connections, config.max_request_bytes, Some(closed_links))));
+        front = Some(tokio::spawn(serve(listener, broker, connections, config.max_request_bytes, closed_links)));
     }
     tracing::info!(
         roles = %config.roles,

@@ -48,6 +48,8 @@
 //!   reported through [`Transport::on_peer_refused`], and the driver tells the node's controller
 //!   (which fences that broker without waiting for its session to end) and broker (which stops
 //!   naming it as a leader in Metadata meanwhile). A paused or cut-off peer is never reported.
+//! - [`Transport::closed_peers`] asks the kernel, synchronously, which peers closed this node's
+//!   newest connection to them: a crash is known there before the connection task notices.
 //!
 //! Delivering to the local node (`to.node == me`) is the driver's job, not the transport's.
 

@@ -97,65 +97,20 @@ impl Trace {
 
 #[derive(Debug)]
 enum Ev {
-    NodeRequest {
-        conn: u64,
-        frame: Bytes,
-    },
-    NodeDisconnected {
-        node: usize,
-        incarnation: u64,
-        conn: u64,
-    },
-    NodeTimer {
-        node: usize,
-        incarnation: u64,
-        actor: u32,
-        id: TimerId,
-        generation: u64,
-    },
-    NodeMessage {
-        node: usize,
-        incarnation: u64,
-        actor: u32,
-        from: Addr,
-        msg: BrokerMsg,
-    },
-    NodeIo {
-        node: usize,
-        incarnation: u64,
-        actor: u32,
-        done: IoDone,
-    },
-    NodeFsync {
-        node: usize,
-        incarnation: u64,
-        actor: u32,
-        token: runnel_actors::core::IoToken,
-        ticket: crate::disk::FsyncTicket,
-    },
-    ClientResponse {
-        conn: u64,
-        frame: Bytes,
-    },
-    ClientDisconnected {
-        client: usize,
-        node: usize,
-        conn: u64,
-    },
-    ClientTimer {
-        client: usize,
-        id: TimerId,
-        generation: u64,
-    },
+    NodeRequest { conn: u64, frame: Bytes },
+    NodeDisconnected { node: usize, incarnation: u64, conn: u64 },
+    NodeTimer { node: usize, incarnation: u64, actor: u32, id: TimerId, generation: u64 },
+    NodeMessage { node: usize, incarnation: u64, actor: u32, from: Addr, msg: BrokerMsg },
+    NodeIo { node: usize, incarnation: u64, actor: u32, done: IoDone },
+    NodeFsync { node: usize, incarnation: u64, actor: u32, token: runnel_actors::core::IoToken, ticket: crate::disk::FsyncTicket },
+    ClientResponse { conn: u64, frame: Bytes },
+    ClientDisconnected { client: usize, node: usize, conn: u64 },
+    ClientTimer { client: usize, id: TimerId, generation: u64 },
     ClientRestart(usize),
     Fault(Fault),
     Restart(usize),
-    /// Node `from`'s transport dials node `to` again (it holds messages for it).
-    Redial {
-        from: usize,
-        incarnation: u64,
-        to: usize,
-    },
+    // Node `from`'s transport dials node `to` again (it holds messages for it).
+    Redial { from: usize, incarnation: u64, to: usize },
     Heal,
     Check,
 }
@@ -876,11 +831,10 @@ impl World {
                     let host = format!("/10.0.{}.1", self.conns[&conn].client);
                     self.node_step(node, BROKER_ACTOR, |b, cx| b.on_message(cx, from, BrokerMsg::Connected { conn: ConnId(conn), host }));
                 }
-                if frame.len() >= 2 && [3, 10, 60].contains(&i16::from_be_bytes([frame[0], frame[1]])) {
-                    // As the real driver does before Metadata, FindCoordinator and
-                    // DescribeCluster: the peers whose
-                    // connection the kernel knows closed. A crashed node's sockets close at once,
-                    // unless the link is cut (the close does not get through).
+                if runnel_actors::broker::names_brokers(&frame) {
+                    // As the real driver does: the peers whose connection the kernel knows
+                    // closed. A crashed node's sockets close at once, unless the link is cut
+                    // (the close does not get through).
                     let nodes: Vec<i32> = (0..self.nodes.len())
                         .filter(|j| *j != node && !self.nodes[*j].is_up() && self.reachable(node, *j))
                         .filter(|j| !self.net.is_clogged(Endpoint::Node(*j), Endpoint::Node(node)))
@@ -1837,6 +1791,11 @@ impl World {
         runnel_actors::core::bugs::set_buggify(false);
     }
 
+    /// The metadata image of the active controller, if one is active.
+    fn active_image(&self) -> Option<&runnel_actors::controller::image::MetadataImage> {
+        self.nodes.iter().filter_map(|n| n.controller.as_ref()).find(|c| c.is_active()).map(|c| c.image())
+    }
+
     /// After the heal, once the cluster has recovered (an active controller whose image has every
     /// partition's whole replica set in sync), the scenario's `lost_at_heal` broker nodes, chosen
     /// by the seed, crash and never come back: the others must carry on without them. Losing a
@@ -1846,7 +1805,7 @@ impl World {
         if !self.healed || self.lost_done || self.scenario.lost_at_heal == 0 {
             return;
         }
-        let Some(image) = self.nodes.iter().filter_map(|n| n.controller.as_ref()).find(|c| c.is_active()).map(|c| c.image()) else { return };
+        let Some(image) = self.active_image() else { return };
         let all_in_sync = image.topics.values().flat_map(|t| &t.partitions).all(|p| p.isr.len() == p.replicas.len());
         let workload_topic = image.topics.contains_key(TOPIC);
         if !all_in_sync || !workload_topic || !self.nodes.iter().all(|n| n.is_up()) {
@@ -1924,7 +1883,7 @@ impl World {
         // Every node serves again, but those lost for good: as it sees itself, and unfenced as
         // the active controller sees it (a broker that lost its way to the controller keeps an
         // old, unfenced image of itself).
-        let active = self.nodes.iter().filter_map(|n| n.controller.as_ref()).find(|c| c.is_active()).map(|c| c.image());
+        let active = self.active_image();
         let cluster = self.nodes.len() > 1;
         let down = |(i, n): &(usize, &Node)| {
             !n.lost

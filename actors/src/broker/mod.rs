@@ -101,16 +101,24 @@ pub enum BrokerMsg {
         /// The node that refused.
         node: i32,
     },
-    /// From the driver, just before a Metadata, FindCoordinator or DescribeCluster request: the
-    /// nodes whose
-    /// node-to-node connection from this node the kernel already knows closed by the other side
-    /// (a process that exits closes its sockets at once), which this node's transport may not
-    /// have noticed yet. Until the next such list, the broker leaves them out of its answers as
-    /// it does a broker that refused a connect.
+    /// From the driver, just before a request that names brokers (see [`names_brokers`]): the
+    /// nodes whose node-to-node connection from this node the kernel already knows closed by
+    /// the other side (a process that exits closes its sockets at once), which this node's
+    /// transport may not have noticed yet. Until the next such list, the broker leaves them out
+    /// of its answers as it does a broker that refused a connect.
     LinksClosed {
         /// The nodes, all of them each time (an empty list clears the previous one).
         nodes: Vec<i32>,
     },
+}
+
+/// Whether a client request frame (size prefix stripped) is one whose answer names brokers and
+/// leaders: Metadata, FindCoordinator or DescribeCluster. Both drivers send
+/// [`BrokerMsg::LinksClosed`] ahead of these.
+pub fn names_brokers(frame: &[u8]) -> bool {
+    use kafka_protocol::messages::ApiKey;
+    let names = [ApiKey::Metadata, ApiKey::FindCoordinator, ApiKey::DescribeCluster];
+    frame.len() >= 2 && names.iter().any(|k| *k as i16 == i16::from_be_bytes([frame[0], frame[1]]))
 }
 
 /// The timer that drives periodic work (flush.ms, retention, produce timeouts).
