@@ -31,6 +31,14 @@ fn config(cluster: &TestCluster) -> ClientConfig {
     client_config(&cluster.bootstrap())
 }
 
+/// Create `topic` with `partitions` partitions, three replicas each.
+fn create_rf3_topic(cluster: &TestCluster, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config(cluster).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = block_on(admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(3))], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+}
+
 /// The leader of `partition` as the cluster reports it.
 fn leader_of(cluster: &TestCluster, partition: i32) -> i32 {
     let consumer: BaseConsumer = config(cluster).set("group.id", "unused").create().expect("consumer");
@@ -77,10 +85,7 @@ fn active_controller(cluster: &TestCluster, skip: Option<usize>) -> i32 {
 #[test]
 fn failover_loses_no_acknowledged_record() {
     let mut cluster = TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3");
-    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))], &options)).expect("create topics");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    create_rf3_topic(&cluster, TOPIC, PARTITIONS);
 
     let load = Load::start(&cluster.bootstrap(), TOPIC, PARTITIONS);
     let wait_acks = |n: usize| load.wait_acks(n);
@@ -223,10 +228,7 @@ fn metadata_snapshots_catch_up_a_restarted_node() {
 #[test]
 fn metadata_snapshots_on_interval() {
     let cluster = TestCluster::start(3, "metadata.log.max.snapshot.interval.ms=1000\nmin.insync.replicas=1");
-    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let created = block_on(admin.create_topics(&[NewTopic::new("interval", 1, TopicReplication::Fixed(3))], &options)).expect("create topics");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    create_rf3_topic(&cluster, "interval", 1);
     for node in &cluster.nodes {
         let deadline = Instant::now() + Duration::from_secs(30);
         while checkpoints(node).is_empty() {
@@ -244,10 +246,7 @@ fn metadata_snapshots_on_interval() {
 fn metadata_leaves_out_brokers_that_refuse_connections() {
     const TOPIC: &str = "refused";
     let mut cluster = TestCluster::start(3, "min.insync.replicas=1");
-    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, 6, TopicReplication::Fixed(3))], &options)).expect("create topics");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    create_rf3_topic(&cluster, TOPIC, 6);
     let leaders: Vec<i32> = (0..6).map(|p| common::load::leader_of(&cluster.bootstrap(), TOPIC, p)).collect();
     assert!(leaders.iter().any(|l| *l != 1), "node 1 leads every partition ({leaders:?}): nothing to check");
     let addr = cluster.nodes[0].bootstrap();
@@ -407,10 +406,7 @@ fn metadata_answered_at_the_moment_of_a_crash_leaves_the_dead_broker_out() {
     use std::io::Write;
     const TOPIC: &str = "crash-instant";
     let mut cluster = TestCluster::start(3, "");
-    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let created = block_on(admin.create_topics(&[NewTopic::new(TOPIC, 3, TopicReplication::Fixed(3))], &options)).expect("create topics");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    create_rf3_topic(&cluster, TOPIC, 3);
     let observer = cluster.nodes[0].pid().expect("node 1 runs");
     for round in 0..4 {
         let victim = 2 + round % 2;
