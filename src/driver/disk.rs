@@ -1,6 +1,7 @@
-//! Real disk operations for one node: a thread that executes [`DiskOp`]s in issue order against
-//! files under the node's data directory, and sync threads for fsync so that appends keep
-//! flowing while a group commit is on the platter.
+//! Real disk operations for one node, executed in issue order against files under the node's
+//! data directory: page-cache writes and reads at once on the actor's own thread, operations that
+//! wait on the device (a rename syncs its directory) on a disk thread, and fsyncs on sync threads
+//! so that appends keep flowing while a group commit is on the platter.
 //!
 //! An `Fsync` is handed to a sync thread only when every earlier write to that file has been
 //! written, so its completion means all of them are durable. Fsyncs run on a few sync threads,
@@ -23,12 +24,16 @@ mod real {
     use std::fs::{self, File, OpenOptions};
     use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
-    use std::sync::mpsc;
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
 
     const INDEX_GROWTH: u64 = 1 << 20;
     /// Threads running fsyncs.
     const SYNC_THREADS: usize = 4;
+
+    /// Hands a file to a sync thread, which fsyncs it (fdatasync, or a full fsync for a
+    /// directory) and completes the token.
+    type SyncSender = mpsc::Sender<(IoToken, Arc<File>, bool)>;
 
     struct OpenFile {
         file: Arc<File>,
@@ -38,68 +43,135 @@ mod real {
         map_len: u64,
     }
 
-    /// Executes disk operations on a dedicated thread. Dropping it stops the thread.
+    /// The files of one node, shared by the actor's task and the disk thread (never both at once:
+    /// see [`DiskExecutor::submit`]).
+    struct Files {
+        root: PathBuf,
+        open: HashMap<String, OpenFile>,
+    }
+
+    /// Executes disk operations in issue order. Dropping it stops its threads.
     pub struct DiskExecutor {
         tx: mpsc::Sender<(IoToken, DiskOp)>,
+        files: Arc<Mutex<Files>>,
+        /// Operations handed to the disk thread and not yet executed.
+        queued: Arc<AtomicUsize>,
+        sync_txs: Vec<SyncSender>,
+        complete: Arc<dyn Fn(IoDone) + Send + Sync>,
     }
 
     impl DiskExecutor {
-        /// Start the executor; `complete` receives every completion (from the IO or sync thread).
+        /// Start the executor; `complete` receives every completion (from the caller's thread,
+        /// the disk thread or a sync thread).
         pub fn start(root: PathBuf, complete: impl Fn(IoDone) + Send + Sync + 'static) -> std::io::Result<Self> {
             fs::create_dir_all(&root)?;
-            let complete = Arc::new(complete);
-            let (tx, rx) = mpsc::channel::<(IoToken, DiskOp)>();
+            let complete: Arc<dyn Fn(IoDone) + Send + Sync> = Arc::new(complete);
             // Several sync threads: fsyncs of different files (partitions) run at once and share
             // the filesystem's journal commits instead of queueing behind each other. One file
             // always goes to the same thread, so its fsyncs complete in issue order.
             let mut sync_txs = Vec::with_capacity(SYNC_THREADS);
             for i in 0..SYNC_THREADS {
-                let (sync_tx, sync_rx) = mpsc::channel::<(IoToken, Arc<File>)>();
+                let (sync_tx, sync_rx) = mpsc::channel::<(IoToken, Arc<File>, bool)>();
                 let sync_complete = complete.clone();
                 std::thread::Builder::new().name(format!("runnel-fsync-{i}")).spawn(move || {
-                    while let Ok((token, file)) = sync_rx.recv() {
-                        let result = file.sync_data().map(|_| IoOutput::Done).map_err(io_error);
+                    while let Ok((token, file, directory)) = sync_rx.recv() {
+                        let synced = if directory { file.sync_all() } else { file.sync_data() };
+                        let result = synced.map(|_| IoOutput::Done).map_err(io_error);
                         sync_complete(IoDone { token, result });
                     }
                 })?;
                 sync_txs.push(sync_tx);
             }
+            let files = Arc::new(Mutex::new(Files { root, open: HashMap::new() }));
+            let queued = Arc::new(AtomicUsize::new(0));
+            let (tx, rx) = mpsc::channel::<(IoToken, DiskOp)>();
+            let (thread_files, thread_queued, thread_complete, thread_sync) = (files.clone(), queued.clone(), complete.clone(), sync_txs.clone());
             std::thread::Builder::new().name("runnel-disk".into()).spawn(move || {
-                let mut files: HashMap<String, OpenFile> = HashMap::new();
                 while let Ok((token, op)) = rx.recv() {
-                    if let DiskOp::Fsync { path } = &op {
-                        match open(&root, &mut files, path) {
-                            // A memory-mapped index too: on Linux, fdatasync writes back the
-                            // pages dirtied through a shared mapping (it is what msync(MS_SYNC)
-                            // does), and on a sync thread it does not hold up other writes.
-                            Ok(f) => {
-                                let _ = sync_txs[sync_thread_of(path)].send((token, f.file.clone()));
-                                continue;
-                            }
-                            Err(e) => {
-                                complete(IoDone { token, result: Err(e) });
-                                continue;
-                            }
-                        }
+                    let result = {
+                        let mut files = thread_files.lock().expect("files lock");
+                        run(&mut files, &thread_sync, token, op)
+                    };
+                    thread_queued.fetch_sub(1, Ordering::SeqCst);
+                    if let Some(result) = result {
+                        thread_complete(IoDone { token, result });
                     }
-                    let result = execute(&root, &mut files, op);
-                    complete(IoDone { token, result });
                 }
                 // Shutting down: trim preallocated index files to their logical length.
-                for f in files.values_mut() {
+                let mut files = thread_files.lock().expect("files lock");
+                for f in files.open.values_mut() {
                     if let Some(m) = f.map.take() {
                         let _ = m.flush();
                         let _ = f.file.set_len(f.map_len);
                     }
                 }
             })?;
-            Ok(DiskExecutor { tx })
+            Ok(DiskExecutor { tx, files, queued, sync_txs, complete })
         }
 
-        /// Queue an operation.
+        /// Execute or queue an operation. Writes to the page cache, reads, truncations and renames
+        /// run at once on the caller's thread: a hop to another thread and back costs two
+        /// wake-ups, which on a busy machine is most of a replicated produce's latency. What
+        /// waits on the device goes to a sync thread: an fsync, and the directory sync that
+        /// completes a rename. Operations that walk directories go to the disk thread, and while
+        /// anything is queued there, everything after it queues too, so operations always take
+        /// effect in issue order.
         pub fn submit(&self, token: IoToken, op: DiskOp) {
-            let _ = self.tx.send((token, op));
+            let slow = matches!(op, DiskOp::DeleteDir { .. } | DiskOp::List { .. });
+            if slow || self.queued.load(Ordering::SeqCst) > 0 {
+                self.queued.fetch_add(1, Ordering::SeqCst);
+                if self.tx.send((token, op)).is_err() {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+                return;
+            }
+            // Nothing is queued, so the disk thread is idle (it lowers the count only after
+            // running an operation) and the lock is free.
+            let result = {
+                let mut files = self.files.lock().expect("files lock");
+                run(&mut files, &self.sync_txs, token, op)
+            };
+            if let Some(result) = result {
+                (self.complete)(IoDone { token, result });
+            }
         }
+    }
+
+    /// Run `op`; an fsync, and a rename's sync of its directory, go to a sync thread, which
+    /// completes them (`None`).
+    fn run(files: &mut Files, sync_txs: &[SyncSender], token: IoToken, op: DiskOp) -> Option<Result<IoOutput, IoError>> {
+        let to_sync = match op {
+            // A memory-mapped index too: on Linux, fdatasync writes back the pages dirtied
+            // through a shared mapping (it is what msync(MS_SYNC) does).
+            DiskOp::Fsync { path } => open(&files.root, &mut files.open, &path).map(|f| (path, f.file.clone(), false)),
+            // The rename takes effect now, for the operations after it; its completion waits for
+            // the directory's sync, which makes it durable.
+            DiskOp::Rename { from, to } => rename(files, &from, &to),
+            op => return Some(execute(&files.root, &mut files.open, op)),
+        };
+        match to_sync {
+            Ok((path, file, directory)) => {
+                let _ = sync_txs[sync_thread_of(&path)].send((token, file, directory));
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Rename `from` to `to`; returns the directory to sync.
+    fn rename(files: &mut Files, from: &str, to: &str) -> Result<(String, Arc<File>, bool), IoError> {
+        if let Some(mut f) = files.open.remove(from) {
+            if f.map.take().is_some() {
+                // Trim the preallocated index to its logical length.
+                f.file.set_len(f.map_len).map_err(io_error)?;
+            }
+        }
+        files.open.remove(to);
+        let (src, dst) = (full_path(&files.root, from), full_path(&files.root, to));
+        fs::rename(&src, &dst).map_err(io_error)?;
+        let parent = dst.parent().unwrap_or(&files.root);
+        let dir = File::open(parent).map_err(io_error)?;
+        Ok((parent.to_string_lossy().into_owned(), Arc::new(dir), true))
     }
 
     /// The sync thread that owns `path`'s fsyncs.
@@ -145,13 +217,13 @@ mod real {
             return Ok(());
         }
         let size = needed.div_ceil(INDEX_GROWTH) * INDEX_GROWTH;
-        if let Some(m) = f.map.take() {
-            m.flush().map_err(io_error)?;
-        }
+        // Unmapping keeps what was written through the map in the page cache (an fsync writes it
+        // back), so no msync here: it would wait on the device on the actor's thread.
+        f.map = None;
         f.file.set_len(size).map_err(io_error)?;
         f.len = size;
-        // SAFETY: the index file is owned by this thread alone; nothing else maps or resizes it while
-        // the map is alive, so the mapping stays valid.
+        // SAFETY: the index file is owned by this executor alone (used by one thread at a time);
+        // nothing else maps or resizes it while the map is alive, so the mapping stays valid.
         #[allow(unsafe_code)]
         let map = unsafe { MmapMut::map_mut(&*f.file) }.map_err(io_error)?;
         f.map = Some(map);
@@ -201,36 +273,15 @@ mod real {
                 f.file.read_exact_at(&mut buf, position).map_err(io_error)?;
                 Ok(IoOutput::Read(Bytes::from(buf)))
             }
-            DiskOp::Fsync { .. } => unreachable!("handled by the caller"),
             DiskOp::Truncate { path, len } => {
                 let f = open(root, files, &path)?;
-                if let Some(m) = f.map.take() {
-                    m.flush().map_err(io_error)?;
-                }
+                f.map = None;
                 f.file.set_len(len).map_err(io_error)?;
                 f.len = len;
                 f.map_len = len;
                 Ok(IoOutput::Done)
             }
-            DiskOp::Rename { from, to } => {
-                if let Some(mut f) = files.remove(&from) {
-                    if let Some(m) = f.map.take() {
-                        m.flush().map_err(io_error)?;
-                        f.file.set_len(f.map_len).map_err(io_error)?;
-                    }
-                }
-                if let Some(mut f) = files.remove(&to) {
-                    if let Some(m) = f.map.take() {
-                        let _ = m.flush();
-                    }
-                }
-                let (src, dst) = (full_path(root, &from), full_path(root, &to));
-                fs::rename(&src, &dst).map_err(io_error)?;
-                if let Some(parent) = dst.parent() {
-                    File::open(parent).and_then(|d| d.sync_all()).map_err(io_error)?;
-                }
-                Ok(IoOutput::Done)
-            }
+            DiskOp::Fsync { .. } | DiskOp::Rename { .. } => unreachable!("handled by the caller"),
             DiskOp::Delete { path } => {
                 files.remove(&path);
                 match fs::remove_file(full_path(root, &path)) {
@@ -269,6 +320,108 @@ mod real {
                 Ok(IoOutput::List(out))
             }
         }
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::DiskExecutor;
+    use bytes::Bytes;
+    use runnel_actors::core::{DiskOp, IoDone, IoOutput, IoToken};
+    use std::collections::BTreeMap;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// An executor over a fresh directory, and the completions it reports.
+    fn executor() -> (tempfile::TempDir, DiskExecutor, mpsc::Receiver<IoDone>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (tx, rx) = mpsc::channel();
+        let executor = DiskExecutor::start(dir.path().to_path_buf(), move |done| {
+            let _ = tx.send(done);
+        })
+        .expect("executor");
+        (dir, executor, rx)
+    }
+
+    /// Submit `ops` in order and wait for all their completions, by token.
+    fn run(executor: &DiskExecutor, rx: &mpsc::Receiver<IoDone>, ops: Vec<DiskOp>) -> BTreeMap<u64, IoDone> {
+        let n = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
+            executor.submit(IoToken(i as u64), op);
+        }
+        (0..n).map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("completion")).map(|d| (d.token.0, d)).collect()
+    }
+
+    fn read(path: &str) -> DiskOp {
+        DiskOp::Read { path: path.into(), position: 0, len: 1 << 20 }
+    }
+
+    fn bytes_of(done: &IoDone) -> Bytes {
+        match &done.result {
+            Ok(IoOutput::Read(b)) => b.clone(),
+            other => panic!("expected bytes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn operations_behind_a_queued_one_keep_issue_order() {
+        let (_dir, executor, rx) = executor();
+        // The directory delete goes to the disk thread; the append after it must not run first
+        // (it would be deleted with the directory) and the read must see the append.
+        let done = run(
+            &executor,
+            &rx,
+            vec![
+                DiskOp::Append { path: "d/f".into(), data: Bytes::from_static(b"old") },
+                DiskOp::DeleteDir { path: "d".into() },
+                DiskOp::Append { path: "d/f".into(), data: Bytes::from_static(b"new") },
+                read("d/f"),
+                DiskOp::List { path: "d".into() },
+            ],
+        );
+        assert!(done.values().all(|d| d.result.is_ok()), "{done:?}");
+        assert_eq!(bytes_of(&done[&3]), Bytes::from_static(b"new"));
+        // Nothing is queued any more: the next operations run at once and see the same file.
+        let done = run(&executor, &rx, vec![DiskOp::Append { path: "d/f".into(), data: Bytes::from_static(b"er") }, read("d/f")]);
+        assert_eq!(bytes_of(&done[&1]), Bytes::from_static(b"newer"));
+    }
+
+    #[test]
+    fn a_rename_takes_effect_for_the_next_operation_and_completes_once_synced() {
+        let (dir, executor, rx) = executor();
+        let done = run(
+            &executor,
+            &rx,
+            vec![
+                DiskOp::Append { path: "p/cp.tmp".into(), data: Bytes::from_static(b"checkpoint") },
+                DiskOp::Fsync { path: "p/cp.tmp".into() },
+                DiskOp::Rename { from: "p/cp.tmp".into(), to: "p/cp".into() },
+                read("p/cp"),
+            ],
+        );
+        assert!(done.values().all(|d| d.result.is_ok()), "{done:?}");
+        assert_eq!(bytes_of(&done[&3]), Bytes::from_static(b"checkpoint"));
+        assert!(!dir.path().join("p/cp.tmp").exists() && dir.path().join("p/cp").exists());
+    }
+
+    #[test]
+    fn an_index_written_through_its_map_survives_truncation_and_growth() {
+        let (_dir, executor, rx) = executor();
+        // Past the first 1 MiB mapping, then cut back: the bytes below the cut stay.
+        let big = vec![7u8; (1 << 20) + 16];
+        let done = run(
+            &executor,
+            &rx,
+            vec![
+                DiskOp::IndexWrite { path: "i.index".into(), position: 0, data: Bytes::from_static(b"abcd") },
+                DiskOp::IndexWrite { path: "i.index".into(), position: 4, data: Bytes::from(big) },
+                DiskOp::Truncate { path: "i.index".into(), len: 6 },
+                DiskOp::IndexWrite { path: "i.index".into(), position: 6, data: Bytes::from_static(b"xy") },
+                read("i.index"),
+            ],
+        );
+        assert!(done.values().all(|d| d.result.is_ok()), "{done:?}");
+        assert_eq!(bytes_of(&done[&4]), Bytes::from_static(b"abcd\x07\x07xy"));
     }
 }
 

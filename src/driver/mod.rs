@@ -2,8 +2,9 @@
 //!
 //! Each actor gets one task and an unbounded mailbox of [`Input`]s. Effects are executed in the
 //! order the actor emitted them: replies go to the connection's writer, timers become tokio
-//! sleeps (cancelled by generation), disk operations go to the node's [`disk::DiskExecutor`]
-//! thread, whose completions come back through the mailbox.
+//! sleeps (cancelled by generation), disk operations go to the actor's [`disk::DiskExecutor`]
+//! (page-cache writes and reads run at once, in the actor's task; what waits on the device runs
+//! on its threads), whose completions come back through the mailbox.
 
 pub mod disk;
 
