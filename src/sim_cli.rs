@@ -54,7 +54,12 @@ fn print_run(r: &RunResult, wall_s: f64) {
     } else {
         println!("VIOLATIONS ({}):", o.violations.len());
         for v in o.violations.iter().take(20) {
-            println!("  [{} ms] {}: {}", v.time_ms, v.checker, v.what.lines().next().unwrap_or(""));
+            // The first line says what; the checker's examples follow, indented.
+            let mut lines = v.what.lines();
+            println!("  [{} ms] {}: {}", v.time_ms, v.checker, lines.next().unwrap_or(""));
+            for line in lines {
+                println!("    {line}");
+            }
         }
     }
     println!("replay: {}", r.config.replay_command());

@@ -273,7 +273,8 @@ impl Partition {
 
     /// Recompute the high watermark: a leader's is the minimum over the (maximal) ISR of what
     /// each member has made durable (or written, under the page-cache policy); a follower's is
-    /// the leader's, bounded by its own. It never moves backwards. Returns true if it moved.
+    /// the leader's, bounded by its own; a replica without a role keeps its own. It never moves
+    /// backwards. Returns true if it moved.
     pub fn update_high_watermark(&mut self) -> bool {
         let mut target = self.local_committable();
         match self.role {
@@ -288,7 +289,9 @@ impl Partition {
                 }
             }
             Role::Follower { .. } => target = target.min(self.leader_high_watermark),
-            Role::None => {}
+            // Not a replica (any more): nothing here is committed by its own say-so, and a
+            // produce still waiting from its time as leader must not be acknowledged by it.
+            Role::None => return false,
         }
         if target > self.high_watermark {
             tracing::trace!(node = self.me, topic = self.topic, index = self.index, role = ?self.role, isr = ?self.maximal_isr(), from = self.high_watermark, to = target, "high watermark");

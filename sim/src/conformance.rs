@@ -77,6 +77,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         deadline_ms: 120_000,
         broker_settings: &[],
         lost_at_heal: 0,
+        reassign_every_ms: 0,
     };
     World::scripted(seed, &scenario, FaultPlan::default(), frames)
 }

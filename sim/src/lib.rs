@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod check;
 pub mod conformance;
 pub mod disk;

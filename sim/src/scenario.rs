@@ -38,6 +38,9 @@ pub struct Scenario {
     /// Broker nodes lost for good when the faults heal: chosen by the seed, they crash (or stay
     /// down) and never restart, and the workload must still complete on the others.
     pub lost_at_heal: usize,
+    /// Milliseconds between partition reassignments of the workload topic while the faults run
+    /// (an administrator's AlterPartitionReassignments to seeded replica sets); 0: none.
+    pub reassign_every_ms: u64,
 }
 
 /// Three combined broker+controller nodes, RF=3, min.insync.replicas=2: what the cluster
@@ -60,6 +63,7 @@ const CLUSTER_3: Scenario = Scenario {
     // size-based ones the snapshot scenarios take.
     broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.snapshot.interval.ms", "8000")],
     lost_at_heal: 0,
+    reassign_every_ms: 0,
 };
 
 /// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.
@@ -83,6 +87,7 @@ pub const SCENARIOS: &[Scenario] = &[
         deadline_ms: 60_000,
         broker_settings: &[],
         lost_at_heal: 0,
+        reassign_every_ms: 0,
     },
     Scenario {
         name: "small-segments",
@@ -100,6 +105,7 @@ pub const SCENARIOS: &[Scenario] = &[
         deadline_ms: 60_000,
         broker_settings: &[("log.segment.bytes", "4096"), ("log.index.interval.bytes", "128")],
         lost_at_heal: 0,
+        reassign_every_ms: 0,
     },
     Scenario {
         name: "many-clients",
@@ -117,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         deadline_ms: 60_000,
         broker_settings: &[],
         lost_at_heal: 0,
+        reassign_every_ms: 0,
     },
     CLUSTER_3,
     Scenario {
@@ -126,6 +133,16 @@ pub const SCENARIOS: &[Scenario] = &[
         producers: 3,
         partitions: 5,
         send_interval_ms: 50,
+        ..CLUSTER_3
+    },
+    Scenario {
+        name: "cluster-5-reassign",
+        description: "cluster-5, and an administrator moving a partition to a seeded set of three brokers every 3 s while the faults run (AlterPartitionReassignments)",
+        nodes: 5,
+        producers: 3,
+        partitions: 5,
+        send_interval_ms: 50,
+        reassign_every_ms: 3_000,
         ..CLUSTER_3
     },
     Scenario {
@@ -157,6 +174,7 @@ pub const SCENARIOS: &[Scenario] = &[
         deadline_ms: 70_000,
         broker_settings: &[],
         lost_at_heal: 0,
+        reassign_every_ms: 0,
     },
     Scenario {
         name: "groups-3",
@@ -179,6 +197,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "cluster-3-node-lost",
         description: "cluster-3 whose faults end with one node lost for good: the other two must elect a controller, fence it, move its leaderships and finish the workload without it",
         lost_at_heal: 1,
+        reassign_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -188,6 +207,7 @@ pub const SCENARIOS: &[Scenario] = &[
         group_consumers: 3,
         partitions: 6,
         lost_at_heal: 1,
+        reassign_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {

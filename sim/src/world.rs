@@ -182,6 +182,7 @@ enum ClientActor {
     Consumer(Consumer),
     Group(Box<GroupConsumer>),
     Scripted(crate::conformance::Scripted),
+    Reassigner(crate::admin::Reassigner),
 }
 
 struct Client {
@@ -457,6 +458,23 @@ impl World {
                 conns: BTreeMap::new(),
             });
         }
+        if scenario.reassign_every_ms > 0 {
+            let reassigner = crate::admin::Reassigner::new(
+                bootstrap.clone(),
+                TOPIC,
+                scenario.partitions,
+                scenario.replication_factor as usize,
+                scenario.reassign_every_ms,
+                scenario.faults_until_ms,
+            );
+            clients.push(Client {
+                actor: ClientActor::Reassigner(reassigner),
+                cx: Cx::new(Addr { node: 5000, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conns: BTreeMap::new(),
+            });
+        }
         let net = Network::new(plan.net());
         let mut world = World {
             now_us: 0,
@@ -661,6 +679,7 @@ impl World {
             self.client_step(i, |actor, cx| match actor {
                 ClientActor::Producer(p) => p.on_start(cx),
                 ClientActor::Scripted(s) => s.on_start(cx),
+                ClientActor::Reassigner(r) => r.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
                 ClientActor::Group(g) => g.on_start(cx),
             });
@@ -759,6 +778,14 @@ impl World {
         for i in 0..self.nodes.len() {
             self.count_snapshots(i);
         }
+        for c in &self.clients {
+            if let ClientActor::Reassigner(r) = &c.actor {
+                let o = &r.outcomes;
+                for (k, v) in [("reassignment-accepted", o.accepted), ("reassignment-refused", o.refused), ("reassignment-unanswered", o.lost)] {
+                    *self.protocol.entry(k.to_string()).or_default() += v;
+                }
+            }
+        }
         self.protocol.retain(|_, v| *v > 0);
         Outcome {
             trace_hash: self.trace.hash(),
@@ -779,6 +806,7 @@ impl World {
         if let Some(b) = self.nodes[i].broker.as_ref() {
             let cleaned: u64 = b.partition_views().iter().map(|v| v.segments_cleaned).sum();
             *self.protocol.entry("log-segments-cleaned".to_string()).or_default() += cleaned;
+            *self.protocol.entry("stray-replica-deleted".to_string()).or_default() += b.stray_replicas_deleted();
             let g = b.groups().stats();
             for (k, v) in [
                 ("kip848-members-restored", g.members_restored),
@@ -929,6 +957,7 @@ impl World {
                 self.client_step(client, |a, cx| match a {
                     ClientActor::Producer(p) => p.on_timer(cx, id),
                     ClientActor::Scripted(s) => s.on_timer(cx, id),
+                    ClientActor::Reassigner(r) => r.on_timer(cx, id),
                     ClientActor::Consumer(c) => c.on_timer(cx, id),
                     ClientActor::Group(g) => g.on_timer(cx, id),
                 });
@@ -1436,7 +1465,7 @@ impl World {
         let effects = c.cx.take_effects();
         let events = match &mut c.actor {
             ClientActor::Producer(p) => p.take_events(),
-            ClientActor::Scripted(_) => Vec::new(),
+            ClientActor::Scripted(_) | ClientActor::Reassigner(_) => Vec::new(),
             ClientActor::Consumer(c) => c.take_events(),
             ClientActor::Group(g) => g.take_events(),
         };
@@ -1856,7 +1885,7 @@ impl World {
                         parts.push("the script is not finished".into());
                     }
                 }
-                ClientActor::Group(_) => {}
+                ClientActor::Group(_) | ClientActor::Reassigner(_) => {}
             }
         }
         let groups: Vec<&GroupConsumer> =
@@ -1916,6 +1945,7 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: 
     match a {
         ClientActor::Producer(p) => p.on_message(cx, from, msg),
         ClientActor::Scripted(s) => s.on_message(cx, from, msg),
+        ClientActor::Reassigner(r) => r.on_message(cx, from, msg),
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
         ClientActor::Group(g) => g.on_message(cx, from, msg),
     }

@@ -17,7 +17,7 @@
 //! ISR, one that has caught up is added back, both through AlterPartition.
 
 use super::admin::AdminResponse;
-use super::{error, Broker, BrokerMsg};
+use super::{error, Broker, BrokerMsg, Tracked};
 use crate::broker::codec::Request;
 use crate::controller::image::{MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
 use crate::controller::rpc::{
@@ -107,6 +107,8 @@ pub(crate) struct Cluster {
     /// The registration epoch whose node-to-node address was last given to the driver, per
     /// broker.
     announced: BTreeMap<i32, i64>,
+    /// Replicas whose data was deleted because the metadata moved them away.
+    pub(crate) strays_deleted: u64,
 }
 
 impl Cluster {
@@ -134,6 +136,7 @@ impl Cluster {
             started_serving: false,
             admin_waiting: Vec::new(),
             announced: BTreeMap::new(),
+            strays_deleted: 0,
         }
     }
 
@@ -387,8 +390,16 @@ impl Broker {
                 }
                 if let Some(info) = info {
                     let role = role_of(&info, me);
-                    p.set_role(role, info.leader_epoch, info.replicas, info.isr, info.partition_epoch, now);
+                    let changed = p.set_role(role, info.leader_epoch, info.replicas, info.isr, info.partition_epoch, now);
                     let uid = p.uid;
+                    if changed {
+                        // The change completed a reassignment that moved leadership away (or
+                        // this replica out): produces waiting on the old term fail here too.
+                        self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
+                        self.wake_fetches(cx, uid);
+                        self.wake_serving(cx, uid);
+                    }
+                    let Some(p) = self.partition_mut(&topic, index) else { return };
                     if p.update_high_watermark() {
                         self.on_high_watermark(cx, uid);
                     }
@@ -469,6 +480,10 @@ impl Broker {
         // incarnation's roles (leading an epoch whose unsynced tail this one may have lost):
         // take no role before then.
         let registered = self.cluster.epoch >= 0 && image.offset >= self.cluster.epoch as u64;
+        // A replica the metadata no longer assigns here (a reassignment moved it away while this
+        // broker was up or down) is deleted, as Kafka deletes a stray replica; only from a
+        // complete image, in which this broker's own registration is applied.
+        let deletes_strays = registered && self.cluster.image_caught_up(&image);
         let mut roles_changed = false;
         for (name, t) in &image.topics {
             let id = Uuid::from_u128(t.id);
@@ -498,6 +513,11 @@ impl Broker {
                 let role = if registered { role_of(info, me) } else { Role::None };
                 let changed = p.set_role(role, info.leader_epoch, info.replicas.clone(), info.isr.clone(), info.partition_epoch, now);
                 let uid = p.uid;
+                if deletes_strays && role == Role::None && p.log.log_end_offset() > 0 {
+                    tracing::info!(node = me, topic = name, partition = i, replicas = ?info.replicas, "deleting the data of a replica moved away");
+                    p.restart_at(&mut Tracked { cx, routes: &mut self.routes, uid }, 0);
+                    self.cluster.strays_deleted += 1;
+                }
                 if changed {
                     roles_changed = true;
                     tracing::debug!(node = me, topic = name, partition = i, ?role, epoch = info.leader_epoch, isr = ?info.isr, "partition role");

@@ -307,6 +307,11 @@ impl Broker {
         self.phase != Phase::Ready
     }
 
+    /// Replicas whose data this broker deleted because a reassignment moved them away.
+    pub fn stray_replicas_deleted(&self) -> u64 {
+        self.cluster.strays_deleted
+    }
+
     /// Whether the broker is registered, unfenced and has applied the controller's metadata.
     pub fn is_serving(&self) -> bool {
         let me = self.cluster.image.brokers.get(&self.config.node_id);

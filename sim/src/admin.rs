@@ -1,0 +1,140 @@
+//! An administrator moving partitions while the faults run: every so often it asks one broker,
+//! with AlterPartitionReassignments, to move a partition of the workload topic to a
+//! seeded set of brokers. The producers and consumers must not notice beyond retries; the
+//! checkers judge the result (no acknowledged record lost, replicas identical after the heal,
+//! one leader per epoch).
+
+use bytes::Bytes;
+use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+use kafka_protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use runnel_actors::client::{ClientMsg, Wire};
+use runnel_actors::core::{Actor, Addr, Cx, IoDone, TimerId};
+
+const TICK: TimerId = TimerId(1);
+
+/// What the reassigner was answered, per partition request.
+#[derive(Clone, Debug, Default)]
+pub struct ReassignOutcomes {
+    /// Requests sent.
+    pub sent: u64,
+    /// Partitions whose reassignment the controller accepted.
+    pub accepted: u64,
+    /// Partitions refused (with any error code).
+    pub refused: u64,
+    /// Requests whose connection broke before the answer.
+    pub lost: u64,
+}
+
+/// Sends one partition reassignment at a time until `until_ms`.
+pub struct Reassigner {
+    /// Broker addresses to send to (rotating after a lost connection).
+    brokers: Vec<Addr>,
+    topic: String,
+    partitions: i32,
+    replication_factor: usize,
+    interval_ms: u64,
+    until_ms: u64,
+    target: usize,
+    /// When the request in flight was sent (virtual ms).
+    waiting_since: Option<u64>,
+    wire: Wire,
+    /// What happened so far.
+    pub outcomes: ReassignOutcomes,
+}
+
+impl Reassigner {
+    /// A reassigner of `topic` over `brokers` (their node ids are their addresses' nodes).
+    pub fn new(brokers: Vec<Addr>, topic: &str, partitions: i32, replication_factor: usize, interval_ms: u64, until_ms: u64) -> Self {
+        Reassigner {
+            brokers,
+            topic: topic.to_string(),
+            partitions,
+            replication_factor,
+            interval_ms,
+            until_ms,
+            target: 0,
+            waiting_since: None,
+            wire: Wire::default(),
+            outcomes: ReassignOutcomes::default(),
+        }
+    }
+
+    fn send(&mut self, cx: &mut Cx<ClientMsg>) {
+        if let Some(since) = self.waiting_since {
+            if cx.now_ms() < since + 30_000 {
+                return;
+            }
+            // Never answered (a link cut without a reset): give up on it and its broker.
+            self.lost(cx);
+        }
+        if cx.now_ms() >= self.until_ms {
+            return;
+        }
+        let partition = (cx.rng().next_u64() % self.partitions as u64) as i32;
+        // A seeded choice of `replication_factor` distinct brokers, in a seeded order (the first
+        // is the preferred leader).
+        let mut ids: Vec<i32> = self.brokers.iter().map(|a| a.node).collect();
+        for i in (1..ids.len()).rev() {
+            let j = (cx.rng().next_u64() % (i as u64 + 1)) as usize;
+            ids.swap(i, j);
+        }
+        ids.truncate(self.replication_factor);
+        let request = AlterPartitionReassignmentsRequest::default().with_timeout_ms(30_000).with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(Some(ids.into_iter().map(BrokerId).collect()))])]);
+        let frame = self.wire.encode(&request, 0);
+        self.waiting_since = Some(cx.now_ms());
+        self.outcomes.sent += 1;
+        cx.send(self.brokers[self.target], ClientMsg::Request(frame));
+    }
+
+    fn lost(&mut self, cx: &mut Cx<ClientMsg>) {
+        if self.waiting_since.take().is_some() {
+            self.outcomes.lost += 1;
+        }
+        self.wire.disconnected();
+        self.target = (self.target + 1) % self.brokers.len();
+        cx.set_timer(TICK, self.interval_ms);
+    }
+
+    fn on_response(&mut self, frame: Bytes) {
+        let Ok((_, version, mut body)) = self.wire.match_response(frame) else { return };
+        let Ok(response) = AlterPartitionReassignmentsResponse::decode(&mut body, version) else { return };
+        for p in response.responses.iter().flat_map(|t| &t.partitions) {
+            if p.error_code == 0 && response.error_code == 0 {
+                self.outcomes.accepted += 1;
+            } else {
+                self.outcomes.refused += 1;
+            }
+        }
+    }
+}
+
+impl Actor for Reassigner {
+    type Msg = ClientMsg;
+    fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
+        cx.set_timer(TICK, self.interval_ms);
+    }
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Response(frame) => {
+                self.waiting_since = None;
+                self.on_response(frame);
+                cx.set_timer(TICK, self.interval_ms);
+            }
+            ClientMsg::Disconnected => self.lost(cx),
+            ClientMsg::Request(_) => {}
+        }
+    }
+    fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {
+        self.send(cx);
+        if self.waiting_since.is_some() {
+            // Look again when the request in flight would count as lost.
+            cx.set_timer(TICK, 30_000);
+        }
+    }
+    fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
+}
