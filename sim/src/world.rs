@@ -1387,9 +1387,9 @@ impl World {
     }
 
     /// After the workload completes: every replica's log is a byte-identical prefix of the
-    /// others'.
+    /// others', and a broker that is not a replica holds none of it.
     fn check_replicas_identical(&mut self) {
-        let mut found = Vec::new();
+        let (mut found, mut strays) = (Vec::new(), Vec::new());
         let mut partitions: Vec<(&str, i32)> = (0..self.scenario.partitions).map(|p| (TOPIC, p)).collect();
         if self.scenario.group_consumers > 0 {
             // The coordinators' records are replicated like any other.
@@ -1408,6 +1408,16 @@ impl World {
                 .flat_map(|b| b.partition_views())
                 .find(|v| v.topic == topic && v.index == p && v.role == runnel_actors::partition::Role::Leader)
                 .map(|v| (v.log_end_offset, v.isr.to_vec()));
+            // A serving broker the metadata does not list as a replica holds no data for it (a
+            // replica moved away is deleted).
+            for (i, n) in self.nodes.iter().enumerate() {
+                let Some(b) = n.broker.as_ref().filter(|b| b.is_serving()) else { continue };
+                let stray = b.partition_views().iter().any(|v| v.topic == topic && v.index == p && v.ready && v.role == runnel_actors::partition::Role::None);
+                let held: usize = n.disk.snapshot().iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).map(|(_, f)| f.len()).sum();
+                if stray && held > 0 {
+                    strays.push(format!("{topic}-{p}: node {} is not a replica but still holds {held} bytes of its log", i + 1));
+                }
+            }
             let Some((leader_end, isr)) = leader else { continue };
             for (i, n) in self.nodes.iter().enumerate() {
                 let Some(b) = n.broker.as_ref().filter(|b| b.is_ready()) else { continue };
@@ -1454,6 +1464,9 @@ impl World {
         }
         for what in found {
             self.violation("replicas-identical", what);
+        }
+        for what in strays {
+            self.violation("stray-replica-deleted", what);
         }
     }
 

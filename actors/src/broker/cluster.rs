@@ -390,20 +390,11 @@ impl Broker {
                 }
                 if let Some(info) = info {
                     let role = role_of(&info, me);
+                    // The answer may complete a reassignment that moved leadership away, or this
+                    // replica out.
                     let changed = p.set_role(role, info.leader_epoch, info.replicas, info.isr, info.partition_epoch, now);
                     let uid = p.uid;
-                    if changed {
-                        // The change completed a reassignment that moved leadership away (or
-                        // this replica out): produces waiting on the old term fail here too.
-                        self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
-                        self.wake_fetches(cx, uid);
-                        self.wake_serving(cx, uid);
-                    }
-                    let Some(p) = self.partition_mut(&topic, index) else { return };
-                    if p.update_high_watermark() {
-                        self.on_high_watermark(cx, uid);
-                    }
-                    self.complete_produces(cx, Some(uid));
+                    self.role_applied(cx, &topic, index, uid, changed);
                 }
             }
             (Rpc::ProducerIds, ControllerResponse::ProducerIds { start, len }) => {
@@ -521,16 +512,8 @@ impl Broker {
                 if changed {
                     roles_changed = true;
                     tracing::debug!(node = me, topic = name, partition = i, ?role, epoch = info.leader_epoch, isr = ?info.isr, "partition role");
-                    self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
-                    self.wake_fetches(cx, uid);
-                    self.wake_serving(cx, uid);
                 }
-                let p = &mut self.topics.get_mut(name).expect("present").partitions[i];
-                if p.update_high_watermark() {
-                    self.on_high_watermark(cx, uid);
-                } else {
-                    self.complete_produces(cx, Some(uid));
-                }
+                self.role_applied(cx, name, i as i32, uid, changed);
             }
         }
         self.cluster.image = image;
@@ -547,6 +530,23 @@ impl Broker {
         // at that leader (up to replica.fetch.wait.max.ms) to be included: fetch anew.
         self.replica_fetch_all(cx, roles_changed);
         self.groups_after_metadata(cx);
+    }
+
+    /// After `set_role` on a partition, from the metadata log or an AlterPartition answer: a new
+    /// leader or epoch fails the produces waiting on the old term and wakes the fetches parked
+    /// on it; then the high watermark is recomputed and the produces it covers are answered.
+    fn role_applied(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32, uid: u64, changed: bool) {
+        if changed {
+            self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
+            self.wake_fetches(cx, uid);
+            self.wake_serving(cx, uid);
+        }
+        let Some(p) = self.partition_mut(topic, index) else { return };
+        if p.update_high_watermark() {
+            self.on_high_watermark(cx, uid);
+        } else {
+            self.complete_produces(cx, Some(uid));
+        }
     }
 
     /// Partitions recovered after the image arrived get their roles now.
