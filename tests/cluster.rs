@@ -436,3 +436,55 @@ fn metadata_answered_at_the_moment_of_a_crash_leaves_the_dead_broker_out() {
         cluster.nodes[victim - 1].restart();
     }
 }
+
+/// Bytes in the `.log` segment files of `topic`'s `partition` on `node` (0 without a directory).
+fn log_bytes(node: &common::TestBroker, topic: &str, partition: i32) -> u64 {
+    let dir = node.data_dir().join(format!("{topic}-{partition}"));
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".log")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Partition reassignment and preferred leader election on real processes, driven by real admin
+/// clients (`tests/python/reassign.py`: kafka-python's AlterPartitionReassignments,
+/// ListPartitionReassignments and ElectLeaders, confluent-kafka's ElectLeaders) while a
+/// librdkafka idempotent acks=all producer writes: partition 0 moves from [1, 2] to [3, 1] and
+/// partition 1 from [2, 3] to [1, 3] (its leader is removed). Every acknowledged record is then
+/// consumed exactly once, and node 2, a replica of neither partition any more, deletes its copies.
+#[test]
+fn reassignment_and_preferred_election_lose_no_record() {
+    const MOVED: &str = "reassigned";
+    let Some(python) = common::python("reassignment_and_preferred_election_lose_no_record") else { return };
+    let cluster = TestCluster::start(3, "");
+    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let assignment: [&[i32]; 2] = [&[1, 2], &[2, 3]];
+    let topic = NewTopic::new(MOVED, 2, TopicReplication::Variable(&assignment)).set("min.insync.replicas", "2");
+    let created = block_on(admin.create_topics(&[topic], &options)).expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let load = Load::start(&cluster.bootstrap(), MOVED, 2);
+    load.wait_acks(500);
+    assert!(log_bytes(&cluster.nodes[1], MOVED, 0) > 0, "node 2 holds partition 0 before the move");
+    common::run_python_script(
+        &python,
+        "reassign.py",
+        &["--bootstrap".to_string(), cluster.bootstrap(), "--topic".to_string(), MOVED.to_string()],
+        Duration::from_secs(240),
+    );
+    // Writes go on to the new leaders.
+    let after = load.acked() + 500;
+    load.wait_acks(after);
+    let acked = load.finish();
+    assert_consumed_exactly_once(&cluster.bootstrap(), MOVED, 2, &acked);
+    for partition in 0..2 {
+        assert!(log_bytes(&cluster.nodes[2], MOVED, partition) > 0, "node 3, a replica of partition {partition} now, holds its records");
+        assert!(log_bytes(&cluster.nodes[0], MOVED, partition) > 0, "node 1, a replica of partition {partition} now, holds its records");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..2).any(|p| log_bytes(&cluster.nodes[1], MOVED, p) > 0) {
+        assert!(Instant::now() < deadline, "node 2 still holds data of partitions it is no longer a replica of");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

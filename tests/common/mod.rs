@@ -282,15 +282,8 @@ pub fn run_cli(args: &[&str], stdin: &[u8], timeout: Duration) -> CliOutput {
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&stdin); // closing `input` is the EOF
     });
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let stdout = read_in_background(child.stdout.take().expect("piped stdout"));
+    let stderr = read_in_background(child.stderr.take().expect("piped stderr"));
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for CLI") {
@@ -457,4 +450,69 @@ impl TestBroker {
             Err(Timeout) => panic!("node on port {port} did not serve within {START_DEADLINE:?}; log {}:\n{}", self.log_path.display(), tail(&self.log(), 40)),
         }
     }
+}
+
+/// The repository's `.venv/bin/python` (made by `.ci/run`), or None when it is missing and `CI`
+/// is not set: the caller then skips, saying so on stderr. With `CI` set a missing venv fails.
+pub fn python(test: &str) -> Option<PathBuf> {
+    let python = repository_root().join(".venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run `bash .ci/run` (it creates the venv)", python.display());
+    // Straight to the stderr handle, not eprintln!: the harness would capture (hide) that.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP {test}: {} is missing (create it with `bash .ci/run`, or python3 -m venv .venv && .venv/bin/pip install kafka-python confluent-kafka lz4 zstandard)",
+        python.display()
+    );
+    None
+}
+
+/// The checkout running the test, as cargo tells it at run time: a test binary reused from a
+/// shared target directory was compiled in another checkout, whose path env! would bake in.
+pub fn repository_root() -> PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Run `tests/python/<script>` with `python` and `args`; fail the test if it runs longer than
+/// `deadline`, exits non-zero, or prints no `, 0 failed` summary. Its output is printed.
+pub fn run_python_script(python: &Path, script: &str, args: &[String], deadline: Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(python)
+        .arg(repository_root().join("tests/python").join(script))
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdout = read_in_background(child.stdout.take().expect("piped"));
+    let stderr = read_in_background(child.stderr.take().expect("piped"));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the script") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{script} did not finish within {deadline:?}:\n{}", stdout.join().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    println!("{stdout}");
+    eprintln!("{script} took {:?}", started.elapsed());
+    assert!(status.success(), "{script} failed ({status}):\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains(", 0 failed"), "no summary line:\n{stdout}");
+}
+
+/// Read `r` to its end on a thread of its own (so a child's two pipes cannot block each other).
+fn read_in_background(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
 }
