@@ -41,6 +41,16 @@ pub struct ProducerEntry {
     pub batches: VecDeque<ProducerBatch>,
 }
 
+impl ProducerEntry {
+    /// Let go of batches below `high_watermark` beyond the last [`PRODUCER_BATCH_WINDOW`] of them
+    /// (see [`Partition::remember`]).
+    fn trim(&mut self, high_watermark: i64) {
+        while self.batches.get(PRODUCER_BATCH_WINDOW).is_some_and(|b| b.last_offset < high_watermark) {
+            self.batches.pop_front();
+        }
+    }
+}
+
 /// How the partition decides that an appended record may be acknowledged and exposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushPolicy {
@@ -200,6 +210,11 @@ impl Partition {
         self.log.start(io);
     }
 
+    /// Each idempotent producer's remembered batches (its window), by producer id.
+    pub fn producer_windows(&self) -> &BTreeMap<i64, ProducerEntry> {
+        &self.producers
+    }
+
     /// Whether recovery finished.
     pub fn is_ready(&self) -> bool {
         self.ready
@@ -208,10 +223,6 @@ impl Partition {
     /// Recovery finished: rebuild producer state and the high watermark, and fsync what recovery
     /// kept beyond the recovery point.
     pub fn on_recovered(&mut self, io: &mut impl DiskIo, now_ms: u64, checkpoint: &Bytes, replay: &[BatchHeader]) {
-        self.producers = decode_producers(checkpoint).unwrap_or_default();
-        for header in replay {
-            self.remember(header);
-        }
         // What recovery found beyond the recovery point may sit only in the page cache (the
         // process died, the machine did not): expose it only once it is fsynced again.
         self.written_offset = self.log.log_end_offset();
@@ -219,6 +230,10 @@ impl Partition {
             FlushPolicy::Fsync => self.log.durable_offset().min(self.log.log_end_offset()),
             FlushPolicy::PageCache { .. } => self.log.log_end_offset(),
         };
+        self.producers = decode_producers(checkpoint).unwrap_or_default();
+        for header in replay {
+            self.remember(header);
+        }
         self.ready = true;
         self.fresh = true;
         assert!(self.high_watermark <= self.log.log_end_offset());
@@ -364,7 +379,8 @@ impl Partition {
     }
 
     /// Cut the log to `offset` (a follower diverging from its new leader). Producer state
-    /// forgets the batches that were cut.
+    /// forgets the batches that were cut; each window then ends with the producer's last batch
+    /// left in the log, as [`Self::remember`] keeps the batches a truncation can cut.
     pub fn truncate_to(&mut self, io: &mut impl DiskIo, offset: i64) {
         if crate::planted!("skip-truncation") || !self.log.is_ready() {
             return;
@@ -375,11 +391,12 @@ impl Partition {
         }
         self.log.truncate_to(io, offset);
         let end = self.log.log_end_offset();
-        for entry in self.producers.values_mut() {
-            entry.batches.retain(|b| b.last_offset < end);
-        }
         self.written_offset = self.written_offset.min(end);
         self.high_watermark = self.high_watermark.min(end);
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|b| b.last_offset < end);
+            entry.trim(self.high_watermark);
+        }
     }
 
     /// Restart an empty log at `offset` (a follower behind the leader's log start).
@@ -532,16 +549,33 @@ impl Partition {
             let last = entry.batches.back().map(|b| b.last_sequence).unwrap_or(-1);
             let expected = if last == i32::MAX { 0 } else { last + 1 };
             if header.base_sequence != expected {
+                tracing::debug!(
+                    node = self.me,
+                    topic = self.topic,
+                    index = self.index,
+                    producer = header.producer_id,
+                    epoch = header.producer_epoch,
+                    sequence = header.base_sequence,
+                    expected,
+                    window = ?entry.batches,
+                    "out-of-order sequence"
+                );
                 return Err(error::OUT_OF_ORDER_SEQUENCE_NUMBER);
             }
         }
         Ok(None)
     }
 
+    /// Add a batch to its producer's window. The window keeps the last
+    /// [`PRODUCER_BATCH_WINDOW`] batches below the high watermark and every batch above it: a
+    /// truncation (never below the high watermark after a clean election) cuts only the latter,
+    /// and the window must then still hold the producer's last five batches left in the log
+    /// (Kafka rebuilds it from the log instead).
     fn remember(&mut self, header: &BatchHeader) {
         if header.producer_id < 0 {
             return;
         }
+        let high_watermark = self.high_watermark;
         let entry = self.producers.entry(header.producer_id).or_default();
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
@@ -554,9 +588,7 @@ impl Partition {
             last_offset: header.last_offset(),
             max_timestamp: header.max_timestamp,
         });
-        while entry.batches.len() > PRODUCER_BATCH_WINDOW {
-            entry.batches.pop_front();
-        }
+        entry.trim(high_watermark);
     }
 }
 
@@ -568,8 +600,11 @@ pub fn encode_producers(producers: &BTreeMap<i64, ProducerEntry>) -> Bytes {
     for (id, entry) in producers {
         b.put_i64(*id);
         b.put_i16(entry.epoch);
-        b.put_u8(entry.batches.len() as u8);
-        for pb in &entry.batches {
+        // The newest batches (at most 255; the window keeps more only while they are above the
+        // high watermark).
+        let skip = entry.batches.len().saturating_sub(u8::MAX as usize);
+        b.put_u8((entry.batches.len() - skip) as u8);
+        for pb in entry.batches.iter().skip(skip) {
             b.put_i32(pb.first_sequence);
             b.put_i32(pb.last_sequence);
             b.put_i64(pb.first_offset);
@@ -619,6 +654,64 @@ pub fn decode_producers(blob: &Bytes) -> Option<BTreeMap<i64, ProducerEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::mem_disk::{MemDisk, QueuedIo};
+    use crate::log::LogEvent;
+
+    /// A recovered, empty partition on node 2 of replicas [1, 2].
+    fn recovered(disk: &mut MemDisk, io: &mut QueuedIo) -> Partition {
+        let mut p = Partition::new("t", 0, 1, "t-0".into(), LogConfig::default());
+        p.me = 2;
+        p.start(io);
+        let events = disk.run(io, &mut p.log);
+        let Some(LogEvent::Recovered { checkpoint, replay }) = events.into_iter().find(|e| matches!(e, LogEvent::Recovered { .. })) else {
+            panic!("not recovered")
+        };
+        p.on_recovered(io, 0, &checkpoint, &replay);
+        p
+    }
+
+    /// A one-record batch of producer 7 (epoch 0) with `sequence`, placed at `offset` in leader
+    /// epoch 1 as a leader would have (the CRC does not cover those fields).
+    fn replicated(sequence: i32, offset: i64) -> Bytes {
+        let mut b = batch::build_batch(&[(None, Some(&b"v"[..]), 1_000)], (7, 0, sequence)).to_vec();
+        b[0..8].copy_from_slice(&offset.to_be_bytes());
+        b[12..16].copy_from_slice(&1i32.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    /// A follower whose truncation cuts a producer's newest batches (four of them here, with
+    /// the one before them its fifth-newest) still holds that producer's last five batches left
+    /// in the log: promoted to leader, it answers retries of them as duplicates with their
+    /// offsets and takes the next sequence, instead of refusing them as out of order. Batches
+    /// below the high watermark are let go beyond the last five.
+    #[test]
+    fn truncation_keeps_the_producer_window_of_what_is_left() {
+        let (mut disk, mut io) = (MemDisk::new(), QueuedIo::default());
+        let mut p = recovered(&mut disk, &mut io);
+        p.set_role(Role::Follower { leader: 1 }, 1, vec![1, 2], vec![1, 2], 0, 0);
+        for sequence in 0..10 {
+            p.append_replicated(&mut io, &replicated(sequence, sequence as i64), 0, 1_000).expect("append");
+            disk.run(&mut io, &mut p.log);
+            // The leader's high watermark, three batches behind.
+            p.high_watermark = (sequence as i64 - 3).max(0);
+        }
+        // The new leader's log ends at the high watermark, 6: the last four batches go.
+        p.truncate_to(&mut io, 6);
+        disk.run(&mut io, &mut p.log);
+        let window = |p: &Partition| -> Vec<i32> { p.producer_windows()[&7].batches.iter().map(|b| b.last_sequence).collect() };
+        assert_eq!(window(&p), vec![1, 2, 3, 4, 5], "the window must hold the last five batches left in the log");
+        p.set_role(Role::Leader, 2, vec![1, 2], vec![2], 1, 0);
+        let batch_of = |sequence: i32| batch::build_batch(&[(None, Some(&b"v"[..]), 1_000)], (7, 0, sequence));
+        for sequence in [5, 1] {
+            let dup = p.append(&mut io, &batch_of(sequence), 0, 1_000).expect("a retry is a duplicate");
+            assert_eq!((dup.first_offset, dup.last_offset), (sequence as i64, sequence as i64));
+        }
+        assert_eq!(p.append(&mut io, &batch_of(6), 0, 1_000).map(|a| a.first_offset), Ok(6));
+        disk.run(&mut io, &mut p.log);
+        p.high_watermark = 7;
+        assert_eq!(p.append(&mut io, &batch_of(7), 0, 1_000).map(|a| a.first_offset), Ok(7));
+        assert_eq!(window(&p), vec![2, 3, 4, 5, 6, 7], "five below the high watermark (7), and the one above it");
+    }
 
     /// Producer state survives an encode/decode round trip, and garbage decodes to None.
     #[test]

@@ -1389,7 +1389,7 @@ impl World {
     /// After the workload completes: every replica's log is a byte-identical prefix of the
     /// others', and a broker that is not a replica holds none of it.
     fn check_replicas_identical(&mut self) {
-        let (mut found, mut strays) = (Vec::new(), Vec::new());
+        let (mut found, mut strays, mut windows) = (Vec::new(), Vec::new(), Vec::new());
         let mut partitions: Vec<(&str, i32)> = (0..self.scenario.partitions).map(|p| (TOPIC, p)).collect();
         if self.scenario.group_consumers > 0 {
             // The coordinators' records are replicated like any other.
@@ -1435,6 +1435,13 @@ impl World {
                 for (_, f) in files {
                     bytes.extend_from_slice(&f);
                 }
+                if topic == TOPIC {
+                    if let Some(v) = b.partition_views().iter().find(|v| v.topic == topic && v.index == p) {
+                        if let Err(what) = producer_windows_match_log(&bytes, v.producers) {
+                            windows.push(format!("{topic}-{p} on node {}: {what}", i + 1));
+                        }
+                    }
+                }
                 logs.push((i, bytes));
             }
             if topic == runnel_actors::group::OFFSETS_TOPIC {
@@ -1467,6 +1474,9 @@ impl World {
         }
         for what in strays {
             self.violation("stray-replica-deleted", what);
+        }
+        for what in windows {
+            self.violation("producer-state-matches-log", what);
         }
     }
 
@@ -1526,6 +1536,11 @@ impl World {
                     if let Some(start) = self.invoked_at.remove(value) {
                         self.produce_latencies.push((now_ms, now_ms - start));
                     }
+                }
+                ClientEvent::CompleteSend { outcome: Err(e), .. } if e == "error 45" => {
+                    // OUT_OF_ORDER_SEQUENCE_NUMBER: the leader's producer state does not follow
+                    // this producer's last batch in its log.
+                    *self.protocol.entry("produce-out-of-order-sequence".into()).or_default() += 1;
                 }
                 ClientEvent::Violation { what, process, .. } => self.violation("client", format!("process {process}: {what}")),
                 ClientEvent::GroupAssign { group, generation, member, keys, .. } => self.check_group_assign(group, *generation, member, keys),
@@ -1989,6 +2004,40 @@ fn compacted_records(bytes: &[u8]) -> Result<(BTreeMap<i64, KeyedRecord>, i64), 
 
 /// Two caught-up replicas of a compacted log agree: same end, the same record wherever both hold
 /// one, and the same latest record of every key (a tombstone and no record are the same).
+/// An in-sync replica's idempotent-producer windows agree with its log: for every producer, the
+/// window ends with the producer's last batches in the log (up to five, of its latest epoch), so
+/// a retry is recognised and the next sequence accepted wherever leadership goes. (Kafka
+/// rebuilds this state from the log; runnel keeps it in memory, through truncations.)
+fn producer_windows_match_log(log: &[u8], windows: &BTreeMap<i64, runnel_actors::partition::ProducerEntry>) -> Result<(), String> {
+    // Per producer: the epoch of its newest batches and their (first, last sequence, first, last offset).
+    type Batches = (i16, Vec<(i32, i32, i64, i64)>);
+    let mut in_log: BTreeMap<i64, Batches> = BTreeMap::new();
+    let mut at = 0;
+    while at < log.len() {
+        let Ok(h) = runnel_actors::log::batch::check_one(&log[at..]) else { break };
+        at += h.total_len();
+        if h.producer_id < 0 {
+            continue;
+        }
+        let entry = in_log.entry(h.producer_id).or_insert((h.producer_epoch, Vec::new()));
+        if entry.0 != h.producer_epoch {
+            *entry = (h.producer_epoch, Vec::new());
+        }
+        entry.1.push((h.base_sequence, h.last_sequence(), h.base_offset, h.last_offset()));
+    }
+    for (pid, (epoch, batches)) in in_log {
+        let expected = &batches[batches.len().saturating_sub(runnel_actors::partition::PRODUCER_BATCH_WINDOW)..];
+        let Some(window) = windows.get(&pid) else {
+            return Err(format!("producer {pid} has batches in the log but no window"));
+        };
+        let actual: Vec<(i32, i32, i64, i64)> = window.batches.iter().map(|b| (b.first_sequence, b.last_sequence, b.first_offset, b.last_offset)).collect();
+        if window.epoch != epoch || !actual.ends_with(expected) {
+            return Err(format!("producer {pid}: the log ends with epoch {epoch} batches {expected:?}, the window is epoch {} {actual:?}", window.epoch));
+        }
+    }
+    Ok(())
+}
+
 fn same_compacted_log(a: &[u8], b: &[u8]) -> Result<(), String> {
     let (a, a_end) = compacted_records(a)?;
     let (b, b_end) = compacted_records(b)?;

@@ -60,6 +60,8 @@ pub struct PartitionView<'a> {
     pub isr: &'a [i32],
     /// Segments the log cleaner rewrote since this log was opened.
     pub segments_cleaned: u64,
+    /// Each idempotent producer's remembered batches, by producer id.
+    pub producers: &'a std::collections::BTreeMap<i64, crate::partition::ProducerEntry>,
 }
 
 /// Messages the broker (and controller) actors receive.
@@ -287,6 +289,7 @@ impl Broker {
                     leader_epoch: p.leader_epoch,
                     isr: &p.isr,
                     segments_cleaned: p.log.segments_cleaned(),
+                    producers: p.producer_windows(),
                 });
             }
         }
