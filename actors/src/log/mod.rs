@@ -54,7 +54,7 @@ use batch::{BatchError, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use bytes::{Bytes, BytesMut};
 use leader_epoch::EpochCache;
 use recovery::{Checkpoint, Progress, Recovery, CHECKPOINT_FILE, SCAN_CHUNK_BYTES, TMP_SUFFIX};
-use segment::{Segment, SegmentFile};
+use segment::{Segment, SegmentFile, Unsynced};
 use std::collections::BTreeMap;
 
 /// Per-topic log settings (Kafka's topic config names in the field docs).
@@ -1098,8 +1098,18 @@ impl PartitionLog {
     fn issue_fsync(&mut self, io: &mut impl DiskIo, checkpoint: Option<(Bytes, i64)>) {
         let covers = self.log_end_offset();
         let mut paths = Vec::new();
-        for segment in self.segments.iter_mut().chain(self.doomed.iter_mut()) {
-            let unsynced = std::mem::take(&mut segment.unsynced);
+        // The active segment's index files are fsynced only with a checkpoint: recovery rebuilds
+        // the indexes of the segment holding the recovery point (and of every later one) from
+        // the log, and the recovery point moves only when a checkpoint is written. Every other
+        // segment's indexes are synced at the first flush after they change (a roll seals them).
+        let active = self.segments.len() - 1;
+        let with_indexes = checkpoint.is_some();
+        for (i, segment) in self.segments.iter_mut().chain(self.doomed.iter_mut()).enumerate() {
+            let unsynced = if i == active && !with_indexes {
+                Unsynced { log: std::mem::take(&mut segment.unsynced.log), offset_index: false, time_index: false }
+            } else {
+                std::mem::take(&mut segment.unsynced)
+            };
             for (kind, dirty) in SegmentFile::ALL.into_iter().zip([unsynced.log, unsynced.offset_index, unsynced.time_index]) {
                 if dirty {
                     paths.push(segment.path(&self.dir, kind));
@@ -1861,6 +1871,48 @@ mod tests {
         let mut got = read(&mut disk, &mut io, &mut log, 0, 1 << 20, 5);
         got.extend(read(&mut disk, &mut io, &mut log, 3, 1 << 20, 5));
         assert_eq!(got.iter().map(|h| (h.base_offset, h.partition_leader_epoch)).collect::<Vec<_>>(), vec![(0, 2), (3, 9)]);
+    }
+
+    /// A flush without a checkpoint fsyncs only the active segment's `.log` (its index files wait
+    /// for the next checkpoint, as the recovery point does); one with a checkpoint, the indexes
+    /// too. A crash that loses the index entries written since the checkpoint loses nothing:
+    /// recovery rebuilds them, and a read in the middle of the unsynced part finds its batch.
+    #[test]
+    fn index_files_are_synced_with_checkpoints_only() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { index_interval_bytes: 0, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config.clone());
+        let fsyncs = |io: &QueuedIo| -> Vec<String> {
+            let mut paths: Vec<String> = io
+                .queue
+                .iter()
+                .filter_map(|(_, op)| if let DiskOp::Fsync { path } = op { path.rsplit('.').next().map(str::to_string) } else { None })
+                .collect();
+            paths.sort();
+            paths
+        };
+        for _ in 0..5 {
+            log.append(&mut io, &batch(2, 10, 100), 0, None, 0);
+        }
+        log.flush(&mut io, Some(Bytes::from_static(b"at 10")));
+        assert_eq!(fsyncs(&io), vec!["index", "log", "timeindex"], "a checkpoint flush syncs the indexes");
+        disk.run(&mut io, &mut log);
+        for _ in 0..5 {
+            log.append(&mut io, &batch(2, 10, 100), 0, None, 0);
+        }
+        log.flush(&mut io, None);
+        assert_eq!(fsyncs(&io), vec!["log"], "a flush without a checkpoint syncs the log only");
+        let events = disk.run(&mut io, &mut log);
+        assert_eq!(durable_events(&events), vec![20]);
+        disk.crash(&mut Rng::new(3), false);
+        let index = disk.file("t-0/00000000000000000000.index").map(|f| f.len()).unwrap_or(0);
+        assert!(index < 10 * offset_index::OFFSET_INDEX_ENTRY_LEN, "the crash kept every index entry ({index} bytes): nothing tested");
+        let (mut log, mut io, _) = open(&mut disk, config);
+        assert_eq!(log.log_end_offset(), 20);
+        for offset in [0, 12, 15, 18] {
+            let got = read(&mut disk, &mut io, &mut log, offset, 1, 20);
+            assert_eq!(got.first().map(|h| h.base_offset), Some(offset - offset % 2), "read at {offset}");
+        }
     }
 
     /// A follower behind the leader's log start restarts its log empty there.
