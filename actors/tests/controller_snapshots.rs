@@ -1,10 +1,13 @@
 //! Three controller actors (a metadata quorum without brokers) on in-memory disks, driven in
 //! virtual time: with a tiny snapshot interval, voters snapshot their image and compact the
 //! metadata log; a voter that was down while the others compacted is caught up by the leader's
-//! snapshot (InstallSnapshot), persists it and restarts from it; brokers far behind get the image.
+//! snapshot (InstallSnapshot, in chunks), persists it and restarts from it; brokers far behind
+//! get the image in chunks. The same quorum also checks a controller decision about partition
+//! reassignment.
 
 use runnel_actors::broker::BrokerMsg;
-use runnel_actors::controller::rpc::{ControllerRequest, ControllerResponse, PeerMsg, CONTROLLER_ACTOR};
+use runnel_actors::controller::image::MetadataImage;
+use runnel_actors::controller::rpc::{AdminOp, ControllerRequest, ControllerResponse, PeerMsg, CONTROLLER_ACTOR};
 use runnel_actors::controller::{Controller, ControllerConfig};
 use runnel_actors::core::mem_disk::MemDisk;
 use runnel_actors::core::{Actor, Addr, Cx, Effect, IoDone, Rng, TimerId};
@@ -160,7 +163,8 @@ fn register(broker: i32) -> ControllerRequest {
 /// gone.
 #[test]
 fn a_lagging_voter_is_caught_up_by_install_snapshot() {
-    let config = ControllerConfig { max_record_bytes_between_snapshots: 600, ..ControllerConfig::default() };
+    const CHUNK: usize = 512;
+    let config = ControllerConfig { max_record_bytes_between_snapshots: 600, snapshot_chunk_bytes: CHUNK, ..ControllerConfig::default() };
     let mut q = Quorum::new(config);
     q.run_until("an active controller", |q| q.active().is_some());
     let leader = q.active().unwrap();
@@ -178,17 +182,31 @@ fn a_lagging_voter_is_caught_up_by_install_snapshot() {
     let cps = q.checkpoints(leader);
     assert_eq!(cps.len(), 2, "two newest checkpoints kept: {cps:?}");
 
-    // History before the log start is gone: a broker starting from scratch gets the image.
-    q.ask(leader, 9_999, ControllerRequest::FetchMetadata { from: 0 });
-    match q.answers.pop() {
-        Some((9_999, ControllerResponse::Metadata { snapshot: Some(image), .. })) => assert_eq!(*image, *q.controller(leader).image()),
-        other => panic!("fetch from 0 answered {other:?}"),
-    }
+    // History before the log start is gone: a broker starting from scratch gets the image, in
+    // chunks of at most `snapshot_chunk_bytes`, each fetch saying how much it holds.
+    let mut held: Option<(u64, Vec<u8>)> = None;
+    let mut chunks = 0;
+    let image = loop {
+        let cursor = held.as_ref().map(|(offset, bytes)| (*offset, bytes.len() as u64));
+        q.ask(leader, 9_999, ControllerRequest::FetchMetadata { from: 0, image: cursor });
+        let Some((9_999, ControllerResponse::Metadata { image: Some(chunk), .. })) = q.answers.pop() else { panic!("fetch from 0 answered no image chunk") };
+        assert!(chunk.bytes.len() <= CHUNK, "a chunk of {} bytes", chunk.bytes.len());
+        let (_, bytes) = held.get_or_insert((chunk.offset, Vec::new()));
+        assert_eq!(chunk.position, bytes.len() as u64, "the chunk goes on from what is held");
+        bytes.extend_from_slice(&chunk.bytes);
+        chunks += 1;
+        if bytes.len() as u64 == chunk.total {
+            break MetadataImage::decode(bytes).expect("the image decodes");
+        }
+    };
+    assert!(chunks > 3, "the image took {chunks} chunks");
+    assert_eq!(image, *q.controller(leader).image());
 
     q.start(lagging);
     let leader_image = q.controller(leader).image().clone();
     q.run_until("the lagging voter catches up", |q| q.nodes[lagging].controller.as_ref().is_some_and(|c| c.image().offset >= leader_image.offset));
     assert_eq!(q.controller(lagging).snapshot_stats().installed, 1, "caught up through a snapshot");
+    assert!(q.controller(lagging).snapshot_stats().chunks_received > 3, "the snapshot came in chunks: {:?}", q.controller(lagging).snapshot_stats());
     // Registrations it knows only from the snapshot are announced too: a controller-only voter
     // reaches broker-only nodes at the addresses they registered.
     assert_eq!(q.nodes[lagging].announced.len(), BROKERS as usize - 1, "every other broker's address announced");
@@ -220,4 +238,67 @@ fn a_lagging_voter_is_caught_up_by_install_snapshot() {
     q.run_until("a new active controller", |q| q.active().is_some());
     let leader = q.active().unwrap();
     assert_eq!(q.controller(leader).image().brokers.len(), BROKERS as usize);
+}
+
+/// A reassignment that supersedes one in progress drops the replicas the first was adding, and
+/// the leader may be one of them (elected while being added, after the leader before it was
+/// fenced): the controller then elects a leader from what is left of the ISR instead of
+/// committing a leader outside it. (Found by the simulator: cluster-5-reassign seed 214.)
+#[test]
+fn a_superseding_reassignment_moves_leadership_off_a_dropped_replica() {
+    let mut q = Quorum::new(ControllerConfig::default());
+    q.run_until("an active controller", |q| q.active().is_some());
+    let leader = q.active().unwrap();
+    let mut next_id = 1u64;
+    let mut ask = |q: &mut Quorum, request: ControllerRequest| -> ControllerResponse {
+        let id = next_id;
+        next_id += 1;
+        q.ask(leader, id, request);
+        q.run_until("an answer", move |q| q.answers.iter().any(|(i, _)| *i == id));
+        let at = q.answers.iter().position(|(i, _)| *i == id).expect("answered");
+        q.answers.remove(at).1
+    };
+    for b in 11..=14 {
+        let ControllerResponse::Registered { epoch } = ask(&mut q, register(b)) else { panic!("broker {b} not registered") };
+        let offset = q.controller(leader).image().offset;
+        ask(&mut q, ControllerRequest::Heartbeat { broker: b, epoch, metadata_offset: offset, shutdown: false });
+    }
+    q.run_until("every broker unfenced", |q| (11..=14).all(|b| q.controller(leader).image().brokers.get(&b).is_some_and(|x| !x.fenced)));
+    let admin = |op: AdminOp| ControllerRequest::Admin(op);
+    let create = AdminOp::CreateTopic {
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: -1,
+        assignments: vec![vec![11, 12]],
+        configs: BTreeMap::new(),
+        validate_only: false,
+    };
+    ask(&mut q, admin(create));
+    let part = |q: &Quorum| q.controller(leader).image().partition("t", 0).cloned();
+    q.run_until("the topic", |q| part(q).is_some());
+    // Move it to [13, 14]; 13 catches up and joins the ISR, 14 not yet.
+    ask(&mut q, admin(AdminOp::Reassign { topic: "t".into(), index: 0, replicas: Some(vec![13, 14]) }));
+    q.run_until("the reassignment", |q| part(q).is_some_and(|p| p.adding == vec![13, 14]));
+    let p = part(&q).unwrap();
+    let epoch = q.controller(leader).image().brokers[&11].epoch;
+    let isr = ControllerRequest::AlterPartition {
+        broker: 11,
+        epoch,
+        topic: "t".into(),
+        index: 0,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        isr: vec![11, 12, 13],
+    };
+    ask(&mut q, isr);
+    q.run_until("13 in the ISR", |q| part(q).is_some_and(|p| p.isr.contains(&13)));
+    // The leader's process is gone: 13, first in the replica order, takes over.
+    q.step(leader, |c, cx| c.on_message(cx, ASKER, BrokerMsg::PeerRefused { node: 11 }));
+    q.run_until("13 leads", |q| part(q).is_some_and(|p| p.leader == 13));
+    // Back to [11, 12]: 13 leaves at once, and with it the leadership.
+    ask(&mut q, admin(AdminOp::Reassign { topic: "t".into(), index: 0, replicas: Some(vec![11, 12]) }));
+    q.run_until("the new reassignment", |q| part(q).is_some_and(|p| p.replicas == vec![11, 12]));
+    let p = part(&q).unwrap();
+    assert_eq!((p.leader, p.isr.clone()), (12, vec![12]), "{p:?}");
+    assert_eq!(q.controller(leader).image().check(), Ok(()));
 }

@@ -382,7 +382,10 @@ impl World {
                 if let Some(c) = controller_config.as_mut() {
                     match *k {
                         "metadata.log.max.record.bytes.between.snapshots" => {
-                            c.max_record_bytes_between_snapshots = v.parse().expect("a scenario's snapshot size is a number")
+                            c.max_record_bytes_between_snapshots = v.parse().expect("a scenario's snapshot size is a number");
+                            // Tiny snapshots travel in tiny chunks: every transfer to a lagging
+                            // voter takes many InstallSnapshot messages under the faults.
+                            c.snapshot_chunk_bytes = 64;
                         }
                         "metadata.log.max.snapshot.interval.ms" => c.max_snapshot_interval_ms = v.parse().expect("a scenario's snapshot interval is a number"),
                         _ => {}
@@ -807,6 +810,7 @@ impl World {
             let cleaned: u64 = b.partition_views().iter().map(|v| v.segments_cleaned).sum();
             *self.protocol.entry("log-segments-cleaned".to_string()).or_default() += cleaned;
             *self.protocol.entry("stray-replica-deleted".to_string()).or_default() += b.stray_replicas_deleted();
+            *self.protocol.entry("metadata-image-chunk-received".to_string()).or_default() += b.metadata_image_chunks();
             let g = b.groups().stats();
             for (k, v) in [
                 ("kip848-members-restored", g.members_restored),
@@ -826,6 +830,7 @@ impl World {
                 ("metadata-snapshot-taken", s.taken),
                 ("metadata-snapshot-on-interval", s.taken_on_interval),
                 ("metadata-snapshot-installed", s.installed),
+                ("metadata-snapshot-chunk-received", s.chunks_received),
                 ("metadata-snapshot-loaded", (s.loaded_index > 0) as u64),
             ] {
                 *self.protocol.entry(k.to_string()).or_default() += v;
@@ -1366,6 +1371,10 @@ impl World {
                         .partition_views()
                         .into_iter()
                         .find(|f| f.topic == v.topic && f.index == v.index && f.ready && f.role != runnel_actors::partition::Role::None)
+                        // A member that knows a newer leader epoch answers to a newer leader: this
+                        // one is deposed and its ISR stale (say, the member was moved away,
+                        // deleted its copy, and was moved back since).
+                        .filter(|f| f.leader_epoch <= v.leader_epoch)
                     {
                         if f.log_end_offset < v.high_watermark {
                             found.push(format!(

@@ -21,8 +21,8 @@ use super::{error, Broker, BrokerMsg, Tracked};
 use crate::broker::codec::Request;
 use crate::controller::image::{MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
 use crate::controller::rpc::{
-    AdminOp, ControllerRequest, ControllerResponse, PeerMsg, ReplicaFetch, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchResponse,
-    BROKER_ACTOR, CONTROLLER_ACTOR,
+    AdminOp, ControllerRequest, ControllerResponse, ImageChunk, PeerMsg, ReplicaFetch, ReplicaFetchPartition, ReplicaFetchPartitionResponse,
+    ReplicaFetchResponse, BROKER_ACTOR, CONTROLLER_ACTOR,
 };
 use crate::core::{Addr, ConnId, Cx, TimerId};
 use crate::log::ReadStart;
@@ -77,6 +77,10 @@ struct ServingFetch {
 /// The broker's cluster state.
 pub(crate) struct Cluster {
     pub(crate) image: MetadataImage,
+    /// An image arriving from the controller in chunks (`bytes` holds its first part).
+    image_transfer: Option<ImageChunk>,
+    /// Image chunks taken from the controller.
+    pub(crate) image_chunks: u64,
     /// The controller's committed offset as of the last metadata answer.
     controller_offset: u64,
     pub(crate) epoch: i64,
@@ -115,6 +119,8 @@ impl Cluster {
     pub(crate) fn new() -> Self {
         Cluster {
             image: MetadataImage::default(),
+            image_transfer: None,
+            image_chunks: 0,
             controller_offset: 0,
             epoch: -1,
             incarnation: 0,
@@ -254,8 +260,7 @@ impl Broker {
             self.rpc(cx, Rpc::Heartbeat, request);
         }
         if !self.rpc_in_flight(|k| matches!(k, Rpc::FetchMetadata)) {
-            let from = self.cluster.image.offset;
-            self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+            self.fetch_metadata(cx);
         }
         // InitProducerIds waiting on a block whose request failed or went unanswered: ask again.
         if !self.pending_init_producer.is_empty() {
@@ -366,13 +371,23 @@ impl Broker {
                     cx.stop();
                 }
             }
-            (Rpc::FetchMetadata, ControllerResponse::Metadata { snapshot, records, last }) => {
+            (Rpc::FetchMetadata, ControllerResponse::Metadata { image: Some(chunk), last, .. }) => {
                 self.cluster.controller_offset = last;
+                if let Some(image) = self.take_image_chunk(chunk) {
+                    let through = (image.offset == last).then_some(last);
+                    self.apply_metadata(cx, Some(image), Vec::new(), through);
+                }
+                if self.cluster.image_transfer.is_some() || !self.cluster.caught_up() {
+                    self.fetch_metadata(cx);
+                }
+            }
+            (Rpc::FetchMetadata, ControllerResponse::Metadata { image: None, records, last }) => {
+                self.cluster.controller_offset = last;
+                self.cluster.image_transfer = None;
                 let complete = records.len() < 500;
-                self.apply_metadata(cx, snapshot.map(|b| *b), records, complete.then_some(last));
+                self.apply_metadata(cx, None, records, complete.then_some(last));
                 if !self.cluster.caught_up() {
-                    let from = self.cluster.image.offset;
-                    self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+                    self.fetch_metadata(cx);
                 }
             }
             (Rpc::AlterPartition(topic, index), ControllerResponse::AlterPartition { error: code, info }) => {
@@ -410,6 +425,41 @@ impl Broker {
     }
 
     /// Apply committed metadata and bring local partitions in line with it.
+    /// Ask the controller for the metadata after this broker's image (or for the next chunk of
+    /// the image arriving).
+    fn fetch_metadata(&mut self, cx: &mut Cx<BrokerMsg>) {
+        let from = self.cluster.image.offset;
+        let image = self.cluster.image_transfer.as_ref().map(|t| (t.offset, t.bytes.len() as u64));
+        self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from, image });
+    }
+
+    /// Add a chunk to the image arriving (a chunk of another image, or at position 0, starts
+    /// over; one not at the end of what is held is dropped, and the next fetch says where to go
+    /// on). Returns the image once whole, if it is newer than this broker's.
+    fn take_image_chunk(&mut self, chunk: ImageChunk) -> Option<MetadataImage> {
+        let fresh = self.cluster.image_transfer.as_ref().is_none_or(|t| (t.offset, t.total) != (chunk.offset, chunk.total));
+        if fresh || chunk.position == 0 {
+            self.cluster.image_transfer = Some(ImageChunk { offset: chunk.offset, position: 0, total: chunk.total, bytes: Vec::new() });
+        }
+        let t = self.cluster.image_transfer.as_mut().expect("set above");
+        if chunk.position == t.bytes.len() as u64 {
+            t.bytes.extend_from_slice(&chunk.bytes);
+            self.cluster.image_chunks += 1;
+        }
+        if (t.bytes.len() as u64) < t.total {
+            return None;
+        }
+        let t = self.cluster.image_transfer.take().expect("set above");
+        match MetadataImage::decode(&t.bytes) {
+            Some(image) if image.offset > self.cluster.image.offset => Some(image),
+            Some(_) => None,
+            None => {
+                tracing::warn!(node = self.config.node_id, offset = t.offset, "a metadata image from the controller does not decode; fetching it again");
+                None
+            }
+        }
+    }
+
     fn apply_metadata(&mut self, cx: &mut Cx<BrokerMsg>, snapshot: Option<MetadataImage>, records: Vec<(u64, Vec<MetadataRecord>)>, through: Option<u64>) {
         if let Some(s) = snapshot {
             tracing::debug!(node = self.config.node_id, from = self.cluster.image.offset, to = s.offset, "metadata image from the controller's snapshot");
@@ -603,8 +653,7 @@ impl Broker {
             } else {
                 self.cluster.admin_waiting.push((batch, wait));
                 if !self.rpc_in_flight(|k| matches!(k, Rpc::FetchMetadata)) {
-                    let from = self.cluster.image.offset;
-                    self.rpc(cx, Rpc::FetchMetadata, ControllerRequest::FetchMetadata { from });
+                    self.fetch_metadata(cx);
                 }
             }
         }

@@ -315,6 +315,12 @@ impl Broker {
         self.cluster.strays_deleted
     }
 
+    /// Metadata image chunks taken from the controller (an image larger than the controller's
+    /// `snapshot_chunk_bytes` takes several).
+    pub fn metadata_image_chunks(&self) -> u64 {
+        self.cluster.image_chunks
+    }
+
     /// Whether the broker is registered, unfenced and has applied the controller's metadata.
     pub fn is_serving(&self) -> bool {
         let me = self.cluster.image.brokers.get(&self.config.node_id);

@@ -29,7 +29,7 @@ use crate::broker::BrokerMsg;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use image::{place_replicas, BrokerInfo, MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
 use raft::{Raft, RaftConfig, Snapshot};
-use rpc::{AdminOp, ControllerRequest, ControllerResponse, PeerMsg, CONTROLLER_ACTOR};
+use rpc::{AdminOp, ControllerRequest, ControllerResponse, ImageChunk, PeerMsg, CONTROLLER_ACTOR};
 use std::collections::{BTreeMap, VecDeque};
 use store::{RaftStore, StoreEvent};
 
@@ -65,10 +65,16 @@ pub struct ControllerConfig {
     /// `metadata.log.max.snapshot.interval.ms`: a voter also writes a snapshot once this long
     /// has passed since its last one if any record was committed meanwhile (0: only by size).
     pub max_snapshot_interval_ms: u64,
+    /// The most snapshot bytes one message to a lagging voter carries (Kafka's FetchSnapshot
+    /// fetches at most 8 MiB at a time too).
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// Kafka's default for `metadata.log.max.snapshot.interval.ms`: one hour.
 pub const DEFAULT_MAX_SNAPSHOT_INTERVAL_MS: u64 = 3_600_000;
+
+/// Snapshot bytes per message to a lagging voter (the node transport's frames hold 64 MiB).
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
 /// Kafka's default for `metadata.log.max.record.bytes.between.snapshots`: 20 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS: u64 = 20 * 1024 * 1024;
@@ -84,6 +90,7 @@ impl Default for ControllerConfig {
             unclean_leader_election: false,
             max_record_bytes_between_snapshots: DEFAULT_MAX_RECORD_BYTES_BETWEEN_SNAPSHOTS,
             max_snapshot_interval_ms: DEFAULT_MAX_SNAPSHOT_INTERVAL_MS,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -117,6 +124,9 @@ pub struct SnapshotStats {
     /// Of `taken`, those written because `metadata.log.max.snapshot.interval.ms` passed
     /// (fewer bytes than the size threshold had been committed).
     pub taken_on_interval: u64,
+    /// Snapshot chunks received from the leader (a snapshot larger than
+    /// [`ControllerConfig::snapshot_chunk_bytes`] takes several).
+    pub chunks_received: u64,
 }
 
 struct ParkedFetch {
@@ -160,6 +170,8 @@ pub struct Controller {
     active: bool,
     waiters: BTreeMap<u64, Waiter>,
     parked: Vec<ParkedFetch>,
+    /// An encoded image and its offset, kept for brokers fetching it in chunks.
+    image_cache: Option<(u64, Vec<u8>)>,
     heartbeats: BTreeMap<i32, u64>,
     failed: bool,
 }
@@ -189,6 +201,7 @@ impl Controller {
             active: false,
             waiters: BTreeMap::new(),
             parked: Vec::new(),
+            image_cache: None,
             heartbeats: BTreeMap::new(),
             failed: false,
         }
@@ -211,7 +224,7 @@ impl Controller {
 
     /// How this voter's snapshots came about.
     pub fn snapshot_stats(&self) -> SnapshotStats {
-        self.snapshot_stats
+        SnapshotStats { chunks_received: self.raft.as_ref().map_or(0, |r| r.snapshot_chunks_received()), ..self.snapshot_stats }
     }
 
     /// The committed record batches this voter still holds, oldest first.
@@ -470,7 +483,7 @@ impl Controller {
             if all || !self.active {
                 Self::answer(cx, p.to, p.id, ControllerResponse::NotController { leader: self.leader() });
             } else if newest > p.from || now >= p.deadline_ms {
-                let response = self.metadata_since(p.from);
+                let response = self.metadata_since(p.from, None);
                 Self::answer(cx, p.to, p.id, response);
             } else {
                 keep.push(p);
@@ -479,13 +492,32 @@ impl Controller {
         self.parked = keep;
     }
 
-    fn metadata_since(&self, from: u64) -> ControllerResponse {
-        if from < self.trimmed_through {
-            // The records after `from` are no longer held: start the broker from the image.
-            return ControllerResponse::Metadata { snapshot: Some(Box::new(self.image.clone())), records: Vec::new(), last: self.image.offset };
+    /// What a broker at `from` (and, while an image arrives in chunks, holding `image`) gets:
+    /// the next chunk of an image if the records after `from` are no longer held (or a transfer
+    /// is under way), otherwise the records after `from`.
+    fn metadata_since(&mut self, from: u64, image: Option<(u64, u64)>) -> ControllerResponse {
+        if from >= self.trimmed_through && image.is_none() {
+            let records: Vec<(u64, Vec<MetadataRecord>)> = self.history.iter().filter(|(o, _)| *o > from).take(500).cloned().collect();
+            return ControllerResponse::Metadata { image: None, records, last: self.image.offset };
         }
-        let records: Vec<(u64, Vec<MetadataRecord>)> = self.history.iter().filter(|(o, _)| *o > from).take(500).cloned().collect();
-        ControllerResponse::Metadata { snapshot: None, records, last: self.image.offset }
+        // The encoded image is kept while transfers go on, so that a broker's chunks all come
+        // from one image however the image moves meanwhile; a new transfer starts from it too
+        // while the records after it are still held, or else from the image as it is now.
+        let cached = self.image_cache.as_ref().map(|(o, _)| *o);
+        let (offset, position) = match image {
+            Some((offset, held)) if cached == Some(offset) => (offset, held),
+            _ => {
+                if cached.is_none_or(|o| o < self.trimmed_through) {
+                    self.image_cache = Some((self.image.offset, self.image.encode()));
+                }
+                (self.image_cache.as_ref().map_or(0, |(o, _)| *o), 0)
+            }
+        };
+        let encoded = &self.image_cache.as_ref().expect("cached above").1;
+        let start = (position as usize).min(encoded.len());
+        let end = (start + self.config.snapshot_chunk_bytes.max(1)).min(encoded.len());
+        let chunk = ImageChunk { offset, position: start as u64, total: encoded.len() as u64, bytes: encoded[start..end].to_vec() };
+        ControllerResponse::Metadata { image: Some(chunk), records: Vec::new(), last: self.image.offset }
     }
 
     fn on_request(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, id: u64, request: ControllerRequest) {
@@ -546,10 +578,10 @@ impl Controller {
                     ControllerResponse::Heartbeat { fenced: b.fenced, shutdown_ready: shutdown && b.shutting_down && !leads, stale: false },
                 );
             }
-            ControllerRequest::FetchMetadata { from: offset } => {
-                let response = self.metadata_since(offset);
+            ControllerRequest::FetchMetadata { from: offset, image } => {
+                let response = self.metadata_since(offset, image);
                 match &response {
-                    ControllerResponse::Metadata { snapshot: None, records, .. } if records.is_empty() => {
+                    ControllerResponse::Metadata { image: None, records, .. } if records.is_empty() => {
                         self.parked.push(ParkedFetch { to: from, id, from: offset, deadline_ms: now + FETCH_WAIT_MS });
                     }
                     _ => Self::answer(cx, from, id, response),
@@ -738,6 +770,21 @@ impl Controller {
                         all.extend(current.iter().copied().filter(|r| !target.contains(r)));
                         info.replicas = all;
                         info.isr.retain(|r| info.replicas.contains(r));
+                        if info.isr.is_empty() {
+                            return Self::admin_error(
+                                cx,
+                                from,
+                                id,
+                                error::INVALID_REPLICA_ASSIGNMENT,
+                                format!("Replica assignment {target:?} would leave no in-sync replica."),
+                            );
+                        }
+                        // Replicas a superseded reassignment was adding leave at once; the
+                        // leader may be one of them (elected while it was being added).
+                        if !info.isr.contains(&info.leader) {
+                            info.leader = info.replicas.iter().copied().find(|r| info.isr.contains(r) && self.pending.is_active(*r)).unwrap_or(NO_LEADER);
+                            info.leader_epoch += 1;
+                        }
                     }
                 }
                 info.partition_epoch += 1;
@@ -1011,6 +1058,7 @@ impl Actor for Controller {
                     election_timeout_max_ms: c.election_timeout_ms * 2,
                     heartbeat_interval_ms: c.raft_heartbeat_ms,
                     max_entries_per_append: 256,
+                    snapshot_chunk_bytes: c.snapshot_chunk_bytes,
                 };
                 tracing::info!(node = c.node_id, term = hard_state.term, snapshot = self.image.offset, entries = entries.len(), "metadata log loaded");
                 let seed = cx.rng().next_u64();

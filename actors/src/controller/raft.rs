@@ -139,15 +139,35 @@ pub enum RaftMsg {
         /// after which the leader should probe next (at most the follower's last index).
         match_index: u64,
     },
-    /// The leader's snapshot, for a follower whose next entry is compacted away.
+    /// A chunk of the leader's snapshot, for a follower whose next entry is compacted away
+    /// (as Kafka's FetchSnapshot, a snapshot travels in chunks of at most
+    /// [`RaftConfig::snapshot_chunk_bytes`], so its size is not bounded by one message).
     InstallSnapshot {
         /// The leader's term.
         term: u64,
-        /// The snapshot.
-        snapshot: Snapshot,
+        /// The last index the snapshot reflects.
+        last_index: u64,
+        /// The term of the entry at `last_index`.
+        last_term: u64,
+        /// Where `chunk` starts in the snapshot's data.
+        offset: u64,
+        /// The size of the snapshot's data.
+        total: u64,
+        /// `data[offset..offset + chunk.len()]`.
+        chunk: Vec<u8>,
     },
-    /// The answer to `InstallSnapshot`: the follower's log matches the leader's through
-    /// `last_index`.
+    /// A snapshot chunk was taken: the follower holds the first `received` bytes of the snapshot
+    /// at `last_index` (fewer than its total; the leader sends the next chunk from there).
+    InstallSnapshotChunkResponse {
+        /// The follower's term.
+        term: u64,
+        /// The snapshot's last index.
+        last_index: u64,
+        /// Bytes of it the follower holds, from the start.
+        received: u64,
+    },
+    /// The answer to the last chunk of `InstallSnapshot`: the follower's log matches the
+    /// leader's through `last_index`.
     InstallSnapshotResponse {
         /// The follower's term.
         term: u64,
@@ -167,6 +187,7 @@ impl RaftMsg {
             | RaftMsg::Append { term, .. }
             | RaftMsg::AppendResponse { term, .. }
             | RaftMsg::InstallSnapshot { term, .. }
+            | RaftMsg::InstallSnapshotChunkResponse { term, .. }
             | RaftMsg::InstallSnapshotResponse { term, .. } => term,
         }
     }
@@ -187,6 +208,8 @@ pub struct RaftConfig {
     pub heartbeat_interval_ms: u64,
     /// The most entries one `Append` carries.
     pub max_entries_per_append: usize,
+    /// The most snapshot bytes one `InstallSnapshot` carries.
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// A node's role.
@@ -232,6 +255,16 @@ impl Ready {
     }
 }
 
+/// A snapshot arriving in chunks.
+#[derive(Clone, Debug)]
+struct Receiving {
+    last_index: u64,
+    last_term: u64,
+    total: u64,
+    /// The first bytes of its data, in order.
+    data: Vec<u8>,
+}
+
 /// The leader's view of one follower.
 #[derive(Clone, Debug)]
 struct Progress {
@@ -248,6 +281,10 @@ struct Progress {
     sent_upto: u64,
     /// When the follower last answered in this term (check-quorum).
     last_response_ms: u64,
+    /// Snapshot transfer: `(last_index of the snapshot, bytes the follower holds)`.
+    snapshot_sent: (u64, u64),
+    /// The end of the outstanding snapshot chunk (only its answer frees the slot).
+    snapshot_sent_to: u64,
 }
 
 /// One Raft node. See the module documentation.
@@ -279,6 +316,10 @@ pub struct Raft {
     /// Storage reported durable through this index (for the leader's own vote on commits).
     persisted: u64,
     pending_snapshot: Option<Snapshot>,
+    /// A snapshot being received from the leader, chunk by chunk.
+    receiving: Option<Receiving>,
+    /// Snapshot chunks received that added data.
+    chunks_received: u64,
     pending_truncate: Option<u64>,
     messages: Vec<(NodeId, RaftMsg)>,
     /// Times [`Raft::leader_gone`] brought this node's campaign forward.
@@ -297,6 +338,7 @@ impl Raft {
         cfg.election_timeout_max_ms = cfg.election_timeout_max_ms.max(cfg.election_timeout_min_ms + 1);
         cfg.heartbeat_interval_ms = cfg.heartbeat_interval_ms.max(1);
         cfg.max_entries_per_append = cfg.max_entries_per_append.max(1);
+        cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.max(1);
         let (snap_index, snap_term) = snapshot.as_ref().map_or((0, 0), |s| (s.last_index, s.last_term));
         let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > snap_index).collect();
         for (k, e) in entries.iter().enumerate() {
@@ -325,6 +367,8 @@ impl Raft {
             handed: last,
             persisted: last,
             pending_snapshot: None,
+            receiving: None,
+            chunks_received: 0,
             pending_truncate: None,
             messages: Vec::new(),
             leader_gone_count: 0,
@@ -452,7 +496,10 @@ impl Raft {
             }
             RaftMsg::Append { prev_index, prev_term, entries, commit, .. } => self.on_append(from, prev_index, prev_term, entries, commit),
             RaftMsg::AppendResponse { success, match_index, .. } => self.on_append_response(from, success, match_index),
-            RaftMsg::InstallSnapshot { snapshot, .. } => self.on_install_snapshot(from, snapshot),
+            RaftMsg::InstallSnapshot { last_index, last_term, offset, total, chunk, .. } => {
+                self.on_snapshot_chunk(from, last_index, last_term, offset, total, chunk)
+            }
+            RaftMsg::InstallSnapshotChunkResponse { last_index, received, .. } => self.on_snapshot_chunk_response(from, last_index, received),
             RaftMsg::InstallSnapshotResponse { last_index, .. } => self.on_append_response(from, true, last_index),
             RaftMsg::PreVote { .. } | RaftMsg::PreVoteResponse { .. } => {}
         }
@@ -548,6 +595,11 @@ impl Raft {
     /// The index of the last entry in the log (or the snapshot's).
     pub fn last_index(&self) -> u64 {
         self.snap_index + self.entries.len() as u64
+    }
+
+    /// Snapshot chunks received from leaders that added data.
+    pub fn snapshot_chunks_received(&self) -> u64 {
+        self.chunks_received
     }
 
     /// The last index the snapshot covers (0 without one).
@@ -682,7 +734,21 @@ impl Raft {
             .voters
             .iter()
             .filter(|&&v| v != self.cfg.me)
-            .map(|&v| (v, Progress { next, matched: 0, inflight: false, sent_prev: 0, sent_upto: 0, last_response_ms: now }))
+            .map(|&v| {
+                (
+                    v,
+                    Progress {
+                        next,
+                        matched: 0,
+                        inflight: false,
+                        sent_prev: 0,
+                        sent_upto: 0,
+                        last_response_ms: now,
+                        snapshot_sent: (0, 0),
+                        snapshot_sent_to: 0,
+                    },
+                )
+            })
             .collect();
         self.entries.push(Entry { term: self.hard.term, index: next, data: Vec::new() });
         self.next_heartbeat = self.now + self.cfg.heartbeat_interval_ms;
@@ -703,9 +769,25 @@ impl Raft {
             return;
         }
         let next = p.next;
+        let snapshot_sent = p.snapshot_sent;
         let (msg, sent_prev, sent_upto) = if next <= self.snap_index {
-            let snapshot = self.snapshot.clone().expect("a compacted log has a snapshot");
-            (RaftMsg::InstallSnapshot { term: self.hard.term, snapshot }, self.snap_index, self.snap_index)
+            let snapshot = self.snapshot.as_ref().expect("a compacted log has a snapshot");
+            // Resume where the follower is, in this snapshot; a newer snapshot starts over.
+            let offset = if snapshot_sent.0 == snapshot.last_index { snapshot_sent.1.min(snapshot.data.len() as u64) } else { 0 };
+            let end = (offset as usize + self.cfg.snapshot_chunk_bytes).min(snapshot.data.len());
+            let msg = RaftMsg::InstallSnapshot {
+                term: self.hard.term,
+                last_index: snapshot.last_index,
+                last_term: snapshot.last_term,
+                offset,
+                total: snapshot.data.len() as u64,
+                chunk: snapshot.data[offset as usize..end].to_vec(),
+            };
+            if let Some(p) = self.progress.get_mut(&peer) {
+                p.snapshot_sent = (snapshot.last_index, offset);
+                p.snapshot_sent_to = end as u64;
+            }
+            (msg, self.snap_index, self.snap_index)
         } else {
             let prev_index = next - 1;
             let prev_term = self.term_at(prev_index).expect("prev index is in the log");
@@ -849,10 +931,64 @@ impl Raft {
         }
     }
 
-    fn on_install_snapshot(&mut self, from: NodeId, snap: Snapshot) {
+    /// A chunk of the leader's snapshot: gather the chunks in order (a chunk of another
+    /// snapshot, or one at offset 0, starts over), answer with what is held, and install the
+    /// snapshot once whole.
+    fn on_snapshot_chunk(&mut self, from: NodeId, last_index: u64, last_term: u64, offset: u64, total: u64, chunk: Vec<u8>) {
         if !self.heard_from_leader(from) {
             return;
         }
+        let term = self.hard.term;
+        if last_index <= self.commit {
+            // Already have it: everything through our commit index matches the leader.
+            let last_index = self.commit;
+            self.send(from, RaftMsg::InstallSnapshotResponse { term, last_index });
+            return;
+        }
+        let same = self.receiving.as_ref().is_some_and(|r| (r.last_index, r.last_term, r.total) == (last_index, last_term, total));
+        if !same || offset == 0 {
+            self.receiving = Some(Receiving { last_index, last_term, total, data: Vec::new() });
+        }
+        let r = self.receiving.as_mut().expect("set above");
+        let held = r.data.len() as u64;
+        if offset <= held && offset + chunk.len() as u64 > held {
+            // Take what is new (a resent chunk may overlap what is held).
+            r.data.extend_from_slice(&chunk[(held - offset) as usize..]);
+            self.chunks_received += 1;
+        }
+        let received = r.data.len() as u64;
+        if received < total {
+            self.send(from, RaftMsg::InstallSnapshotChunkResponse { term, last_index, received });
+            return;
+        }
+        let r = self.receiving.take().expect("set above");
+        let mut data = r.data;
+        data.truncate(total as usize);
+        self.on_install_snapshot(from, Snapshot { last_index, last_term, data });
+    }
+
+    fn on_snapshot_chunk_response(&mut self, from: NodeId, last_index: u64, received: u64) {
+        if self.role != Role::Leader || self.snapshot.as_ref().map(|s| s.last_index) != Some(last_index) {
+            return;
+        }
+        let now = self.now;
+        let Some(p) = self.progress.get_mut(&from) else { return };
+        p.last_response_ms = now;
+        if p.snapshot_sent.0 != last_index {
+            return;
+        }
+        if received >= p.snapshot_sent_to || received < p.snapshot_sent.1 {
+            // The outstanding chunk's answer (or a later one's), or the follower holds less than
+            // it starts at (it restarted, or this is a late answer to an older chunk): go on
+            // from what the follower holds. Its answers always say what it holds, so a late
+            // answer only costs a chunk sent again.
+            p.snapshot_sent.1 = received;
+            p.inflight = false;
+            self.send_append(from, false);
+        }
+    }
+
+    fn on_install_snapshot(&mut self, from: NodeId, snap: Snapshot) {
         let term = self.hard.term;
         if snap.last_index <= self.commit {
             // Already have it: everything through our commit index matches the leader.
@@ -895,10 +1031,10 @@ mod tests {
     const TICK_MS: u64 = 25;
 
     fn config(me: NodeId, n: usize) -> RaftConfig {
-        config_with(me, n, 4)
+        config_with(me, n, 4, 1 << 20)
     }
 
-    fn config_with(me: NodeId, n: usize, max_entries_per_append: usize) -> RaftConfig {
+    fn config_with(me: NodeId, n: usize, max_entries_per_append: usize, snapshot_chunk_bytes: usize) -> RaftConfig {
         RaftConfig {
             me,
             voters: (1..=n as NodeId).collect(),
@@ -906,6 +1042,7 @@ mod tests {
             election_timeout_max_ms: 300,
             heartbeat_interval_ms: 50,
             max_entries_per_append,
+            snapshot_chunk_bytes,
         }
     }
 
@@ -975,6 +1112,8 @@ mod tests {
         /// Mean time between fault actions.
         fault_every_ms: u64,
         max_entries_per_append: usize,
+        /// Snapshot bytes per InstallSnapshot: small ones make every transfer take many chunks.
+        snapshot_chunk_bytes: usize,
     }
 
     struct Sim {
@@ -1015,8 +1154,14 @@ mod tests {
                 seed,
             };
             for i in 0..n {
-                let raft =
-                    Raft::new(config_with(i as NodeId + 1, n, faults.max_entries_per_append), HardState::default(), None, Vec::new(), 0, seed * 31 + i as u64);
+                let raft = Raft::new(
+                    config_with(i as NodeId + 1, n, faults.max_entries_per_append, faults.snapshot_chunk_bytes),
+                    HardState::default(),
+                    None,
+                    Vec::new(),
+                    0,
+                    seed * 31 + i as u64,
+                );
                 sim.nodes.push(Node {
                     raft: Some(raft),
                     store: Store::default(),
@@ -1192,7 +1337,14 @@ mod tests {
             node.sm = st.snap.as_ref().map_or(Vec::new(), |s| decode_sm(&s.data));
             node.last_commit = 0;
             let seed = self.seed * 31 + i as u64 + 1000 * node.incarnation;
-            node.raft = Some(Raft::new(config_with(i as NodeId + 1, self.n, self.faults.max_entries_per_append), st.hs, st.snap, st.entries, self.now, seed));
+            node.raft = Some(Raft::new(
+                config_with(i as NodeId + 1, self.n, self.faults.max_entries_per_append, self.faults.snapshot_chunk_bytes),
+                st.hs,
+                st.snap,
+                st.entries,
+                self.now,
+                seed,
+            ));
             self.flush(i);
         }
 
@@ -1385,6 +1537,7 @@ mod tests {
             compaction: pick.below(2) == 0,
             fault_every_ms: [30, 100, 200][pick.below(3) as usize],
             max_entries_per_append: [1, 2, 4, 64][pick.below(4) as usize],
+            snapshot_chunk_bytes: [100, 1000, 1 << 20][pick.below(3) as usize],
         };
         let mut sim = Sim::new(seed, n, faults);
         let fault_end = 3_000 + pick.below(7_000);
@@ -1426,15 +1579,11 @@ mod tests {
             }
         }
         sim.check_logs();
-        // A healthy cluster keeps its leader (pre-vote + check-quorum + stickiness).
-        assert!(sim.raft(leader).is_leader() && sim.raft(leader).term() == term, "seed {seed}: leader changed in a healthy cluster");
-        assert!(sim.proposals.len() > first_proposal, "seed {seed}: no proposal accepted after healing");
-        let last = sim.raft(leader).last_index();
         if std::env::var_os("RAFT_DEBUG").is_some() {
             for node in &sim.nodes {
                 let r = node.raft.as_ref().unwrap();
                 eprintln!(
-                    "node {} role {:?} term {} commit {} last {} snap {} persisted {} handed {} progress {:?}",
+                    "node {} role {:?} term {} commit {} last {} snap {} persisted {} handed {} receiving {:?} progress {:?}",
                     r.cfg.me,
                     r.role,
                     r.term(),
@@ -1443,10 +1592,15 @@ mod tests {
                     r.snap_index,
                     r.persisted,
                     r.handed,
+                    r.receiving.as_ref().map(|x| (x.last_index, x.last_term, x.total, x.data.len())),
                     r.progress
                 );
             }
         }
+        // A healthy cluster keeps its leader (pre-vote + check-quorum + stickiness).
+        assert!(sim.raft(leader).is_leader() && sim.raft(leader).term() == term, "seed {seed}: leader changed in a healthy cluster");
+        assert!(sim.proposals.len() > first_proposal, "seed {seed}: no proposal accepted after healing");
+        let last = sim.raft(leader).last_index();
         for node in &sim.nodes {
             let r = node.raft.as_ref().unwrap();
             assert_eq!(r.commit_index(), last, "seed {seed}: node {} did not commit everything", r.cfg.me);
@@ -1500,6 +1654,7 @@ mod tests {
             compaction: false,
             fault_every_ms: 100,
             max_entries_per_append: 4,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 

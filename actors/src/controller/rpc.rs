@@ -5,7 +5,7 @@
 //! Every request that expects an answer carries an id the asker chose; answers echo it. A lost
 //! message is retried by the asker's timer, so each handler is idempotent or fenced by epochs.
 
-use super::image::{MetadataImage, MetadataRecord, PartitionInfo};
+use super::image::{MetadataRecord, PartitionInfo};
 use super::raft::RaftMsg;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,6 +137,8 @@ pub enum ControllerRequest {
     FetchMetadata {
         /// Last applied offset.
         from: u64,
+        /// While an image arrives in chunks: `(its offset, bytes held)`, to go on from there.
+        image: Option<(u64, u64)>,
     },
     /// AlterPartition (ISR change) from a partition leader.
     AlterPartition {
@@ -164,6 +166,21 @@ pub enum ControllerRequest {
     Admin(AdminOp),
 }
 
+/// A chunk of an encoded [`MetadataImage`] ([`MetadataImage::encode`]): images travel in
+/// chunks of at most the controller's `snapshot_chunk_bytes`, so their size is not bounded by
+/// one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageChunk {
+    /// The image's offset.
+    pub offset: u64,
+    /// Where `bytes` start in the encoded image.
+    pub position: u64,
+    /// The encoded image's size.
+    pub total: u64,
+    /// `encoded[position..position + bytes.len()]`.
+    pub bytes: Vec<u8>,
+}
+
 /// The controller's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ControllerResponse {
@@ -189,8 +206,8 @@ pub enum ControllerResponse {
     /// Metadata since the asked offset: a snapshot if the log before it was compacted away, then
     /// records with their offsets.
     Metadata {
-        /// Full image to start from.
-        snapshot: Option<Box<MetadataImage>>,
+        /// A chunk of the full image to start from (the records after `from` are no longer held).
+        image: Option<ImageChunk>,
         /// Committed records after the snapshot/offset, in order.
         records: Vec<(u64, Vec<MetadataRecord>)>,
         /// The controller's committed offset: the broker has caught up once it applied this.
