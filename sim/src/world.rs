@@ -1863,7 +1863,7 @@ impl World {
     }
 
     /// After the heal, once the cluster has recovered (an active controller whose image has every
-    /// partition's whole replica set in sync), the scenario's `lost_at_heal` broker nodes, chosen
+    /// partition's whole replica set in sync, and the workload's topics exist), the scenario's `lost_at_heal` broker nodes, chosen
     /// by the seed, crash and never come back: the others must carry on without them. Losing a
     /// node while it is a partition's only in-sync replica takes that partition offline, as in
     /// Kafka without unclean election, so the loss waits for full ISRs.
@@ -1873,7 +1873,11 @@ impl World {
         }
         let Some(image) = self.active_image() else { return };
         let all_in_sync = image.topics.values().flat_map(|t| &t.partitions).all(|p| p.isr.len() == p.replicas.len());
-        let workload_topic = image.topics.contains_key(TOPIC);
+        // Group scenarios also wait for the offsets topic: created after the loss, it would need
+        // more live brokers than its replication factor leaves (Kafka refuses that too, and the
+        // group could never form; groups-3-node-lost seed 3091).
+        let workload_topic =
+            image.topics.contains_key(TOPIC) && (self.scenario.group_consumers == 0 || image.topics.contains_key(runnel_actors::group::OFFSETS_TOPIC));
         if !all_in_sync || !workload_topic || !self.nodes.iter().all(|n| n.is_up()) {
             return;
         }
