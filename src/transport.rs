@@ -10,8 +10,9 @@
 //! address at once: a connection to the old one is dropped, and a backoff wait is cut short.
 //!
 //! # Wire format
-//! A connection starts with a 16-byte hello from the dialer:
-//! `[b"RNLT"][u32 BE version = 1][i32 BE dialing node id][i32 BE node id it meant to reach]`.
+//! A connection starts with a 24-byte hello from the dialer:
+//! `[b"RNLT"][u32 BE version = 2][i32 BE dialing node id][i32 BE node id it meant to reach]
+//! [u64 BE incarnation]`, the incarnation drawn when the dialing process started its transport.
 //! The acceptor closes a connection whose hello has another magic or version, or names another
 //! node as the target. Then come frames, all integers big-endian:
 //! `[u32 length of the rest][u32 crc32fast of the payload][payload]`, where the length counts the
@@ -40,8 +41,12 @@
 //!   undecodable payload, or a frame whose `from.node` is not the hello's node or whose `to.node`
 //!   is not this node. It warns and counts the frame ([`TransportStats::bad_frames`]); the dialer
 //!   then reconnects.
-//! - When a newer connection from the same node says hello, the older one stops delivering, so
-//!   per ordered pair of nodes messages arrive in the order they were sent, each at most once.
+//! - When a newer connection from the same node and incarnation says hello, the older one stops
+//!   delivering, so per ordered pair of node processes messages arrive in the order they were
+//!   sent, each at most once. Connections from different incarnations of a node all deliver: a
+//!   restarted process's old connections end by themselves, and a second process started with a
+//!   node id already in use (a misconfiguration the controller refuses to register) cannot cut
+//!   the first one's connections off.
 //! - Dropping the last [`Transport`] handle stops its listener and every connection task.
 //! - A lost connection is redialed at once (after any backoff) even with nothing queued. A
 //!   refused connect means nothing listens at the peer's address, so its process is gone: it is
@@ -70,9 +75,9 @@ use tokio::sync::{mpsc, watch};
 /// First bytes of every connection.
 pub const HELLO_MAGIC: [u8; 4] = *b"RNLT";
 /// Version of the hello and frame format.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 /// Size of the hello.
-pub const HELLO_LEN: usize = 16;
+pub const HELLO_LEN: usize = 24;
 /// A batch stops collecting queued frames once it holds this many bytes.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
@@ -147,8 +152,10 @@ struct Shared<M> {
     config: TransportConfig,
     counters: Counters,
     deliver: Deliver<M>,
-    /// Newest inbound connection per dialing node; older ones stop delivering.
-    inbound: Mutex<HashMap<i32, u64>>,
+    /// Newest inbound connection per dialing node and incarnation; older ones stop delivering.
+    inbound: Mutex<HashMap<(i32, u64), u64>>,
+    /// This process's incarnation, sent in every hello.
+    incarnation: u64,
     next_conn: AtomicU64,
     /// Told when a connect to a peer is refused (see [`Transport::on_peer_refused`]).
     refused: std::sync::OnceLock<PeerRefused>,
@@ -212,14 +219,22 @@ pub fn encode_frame<M: serde::Serialize>(from: Addr, to: Addr, msg: &M, max_fram
     Ok(frame)
 }
 
-/// The hello a dialer `from` sends to `to`.
-pub fn encode_hello(from: i32, to: i32) -> [u8; HELLO_LEN] {
+/// The hello a dialer `from` (in its `incarnation`) sends to `to`.
+pub fn encode_hello(from: i32, to: i32, incarnation: u64) -> [u8; HELLO_LEN] {
     let mut hello = [0u8; HELLO_LEN];
     hello[0..4].copy_from_slice(&HELLO_MAGIC);
     hello[4..8].copy_from_slice(&WIRE_VERSION.to_be_bytes());
     hello[8..12].copy_from_slice(&from.to_be_bytes());
     hello[12..16].copy_from_slice(&to.to_be_bytes());
+    hello[16..24].copy_from_slice(&incarnation.to_be_bytes());
     hello
+}
+
+/// An incarnation for a transport listening on `listen`: the start time (ns) mixed with the
+/// process id and the address, so two processes (or two starts) differ.
+fn incarnation(listen: SocketAddr) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    mix(nanos ^ ((std::process::id() as u64) << 32) ^ listen.port() as u64)
 }
 
 /// Resolves when the transport is dropped.
@@ -255,6 +270,7 @@ impl<M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Transpo
             counters: Counters::default(),
             deliver,
             inbound: Mutex::new(HashMap::new()),
+            incarnation: incarnation(listen),
             next_conn: AtomicU64::new(0),
             refused: std::sync::OnceLock::new(),
             #[cfg(not(madsim))]
@@ -529,7 +545,7 @@ where
     let counters = &shared.counters;
     let write_timeout = Duration::from_millis(shared.config.write_timeout_ms);
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    let mut hello = Some(encode_hello(shared.me, peer));
+    let mut hello = Some(encode_hello(shared.me, peer, shared.incarnation));
     let mut probe = [0u8; 64];
     loop {
         // Take everything already queued (up to a bound) into this batch.
@@ -631,19 +647,22 @@ async fn inbound<M: serde::de::DeserializeOwned>(shared: &Shared<M>, conn: u64, 
     }
     let from_node = i32::from_be_bytes(hello[8..12].try_into().expect("4 bytes"));
     let to_node = i32::from_be_bytes(hello[12..16].try_into().expect("4 bytes"));
+    let incarnation = u64::from_be_bytes(hello[16..24].try_into().expect("8 bytes"));
     if to_node != me {
         return bad(format!("node {from_node} dialed node {to_node}, this is node {me}"));
     }
-    shared.inbound.lock().expect("inbound lock").insert(from_node, conn);
-    let reason = read_frames(shared, conn, from_node, &mut reader).await;
+    let key = (from_node, incarnation);
+    shared.inbound.lock().expect("inbound lock").insert(key, conn);
+    let reason = read_frames(shared, conn, key, &mut reader).await;
     let mut newest = shared.inbound.lock().expect("inbound lock");
-    if newest.get(&from_node) == Some(&conn) {
-        newest.remove(&from_node);
+    if newest.get(&key) == Some(&conn) {
+        newest.remove(&key);
     }
     reason
 }
 
-async fn read_frames<M: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(shared: &Shared<M>, conn: u64, from_node: i32, reader: &mut R) -> String {
+async fn read_frames<M: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(shared: &Shared<M>, conn: u64, key: (i32, u64), reader: &mut R) -> String {
+    let from_node = key.0;
     let me = shared.me;
     let counters = &shared.counters;
     let max = max_payload(shared.config.max_frame_bytes);
@@ -685,7 +704,7 @@ async fn read_frames<M: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(share
         if fnode != from_node || tnode != me {
             return bad(format!("frame from node {fnode} to node {tnode} on a connection from node {from_node} to node {me}"));
         }
-        if shared.inbound.lock().expect("inbound lock").get(&from_node) != Some(&conn) {
+        if shared.inbound.lock().expect("inbound lock").get(&key) != Some(&conn) {
             return "superseded by a newer connection from the same node".into();
         }
         Counters::add(&counters.received, 1);
@@ -948,6 +967,37 @@ mod tests {
         matches!(tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 
+    /// Connections from two incarnations of one node id (a second process started with an id in
+    /// use) both deliver: the newer one does not cut the older one off. A newer connection of the
+    /// same incarnation (a reconnect) does supersede its older one.
+    #[tokio::test]
+    async fn a_second_incarnation_does_not_supersede_the_first() {
+        let ((_a, _a_rx), (b, mut b_rx)) = pair().await;
+        let target = b.local_addr();
+        let max = TransportConfig::default().max_frame_bytes;
+        let connect = |incarnation: u64| async move {
+            let mut raw = TcpStream::connect(target).await.unwrap();
+            raw.write_all(&encode_hello(1, 2, incarnation)).await.unwrap();
+            raw
+        };
+        let send = |n: u64| encode_frame(addr(1, 7), addr(2, 8), &n, max).unwrap();
+        let mut first = connect(7).await;
+        first.write_all(&send(1)).await.unwrap();
+        assert_eq!(recv(&mut b_rx).await.2, 1);
+        let mut second = connect(8).await;
+        second.write_all(&send(2)).await.unwrap();
+        assert_eq!(recv(&mut b_rx).await.2, 2);
+        first.write_all(&send(3)).await.unwrap();
+        assert_eq!(recv(&mut b_rx).await.2, 3, "the first incarnation's connection still delivers");
+        let mut again = connect(7).await;
+        again.write_all(&send(4)).await.unwrap();
+        assert_eq!(recv(&mut b_rx).await.2, 4);
+        first.write_all(&send(5)).await.unwrap();
+        assert!(disconnected(&mut first).await, "a reconnect of the same incarnation supersedes its older connection");
+        second.write_all(&send(6)).await.unwrap();
+        assert_eq!(recv(&mut b_rx).await.2, 6, "frame 5 was not delivered; the other incarnation still is");
+    }
+
     #[tokio::test]
     async fn bad_input_closes_the_connection_and_the_listener_keeps_serving() {
         let ((a, _a_rx), (b, mut b_rx)) = pair().await;
@@ -956,7 +1006,7 @@ mod tests {
 
         // A well-formed raw connection is served, then a bad CRC closes it.
         let mut raw = TcpStream::connect(target).await.unwrap();
-        raw.write_all(&encode_hello(1, 2)).await.unwrap();
+        raw.write_all(&encode_hello(1, 2, 7)).await.unwrap();
         raw.write_all(&encode_frame(addr(1, 7), addr(2, 8), &99u64, max).unwrap()).await.unwrap();
         assert_eq!(recv(&mut b_rx).await, (addr(1, 7), addr(2, 8), 99));
         let mut frame = encode_frame(addr(1, 7), addr(2, 8), &100u64, max).unwrap();
@@ -966,14 +1016,14 @@ mod tests {
 
         // An oversized frame is refused from its header alone.
         let mut raw = TcpStream::connect(target).await.unwrap();
-        raw.write_all(&encode_hello(1, 2)).await.unwrap();
+        raw.write_all(&encode_hello(1, 2, 7)).await.unwrap();
         raw.write_all(&((max + 5) as u32).to_be_bytes()).await.unwrap();
         raw.write_all(&[0u8; 4]).await.unwrap();
         assert!(disconnected(&mut raw).await, "oversized frame must close the connection");
 
         // A correct CRC over an undecodable payload.
         let mut raw = TcpStream::connect(target).await.unwrap();
-        raw.write_all(&encode_hello(1, 2)).await.unwrap();
+        raw.write_all(&encode_hello(1, 2, 7)).await.unwrap();
         let junk = [0xffu8; 3];
         raw.write_all(&7u32.to_be_bytes()).await.unwrap();
         raw.write_all(&crc32fast::hash(&junk).to_be_bytes()).await.unwrap();
@@ -982,10 +1032,10 @@ mod tests {
 
         // A hello for another node, and one that is not a hello at all.
         let mut raw = TcpStream::connect(target).await.unwrap();
-        raw.write_all(&encode_hello(1, 3)).await.unwrap();
+        raw.write_all(&encode_hello(1, 3, 7)).await.unwrap();
         assert!(disconnected(&mut raw).await, "hello for another node must close the connection");
         let mut raw = TcpStream::connect(target).await.unwrap();
-        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: runnel\r\n\r\n").await.unwrap();
         assert!(disconnected(&mut raw).await, "garbage hello must close the connection");
 
         assert_eq!(b.stats().bad_frames, 5);

@@ -158,3 +158,65 @@ fn separate_roles_survive_broker_and_controller_kills() {
     let acked = load.finish();
     assert_consumed_exactly_once(&cluster.bootstrap(), TOPIC, PARTITIONS, &acked);
 }
+
+/// A second process started with a `node.id` a live broker already holds is refused by the
+/// controller (Kafka's DUPLICATE_BROKER_REGISTRATION: another incarnation's session is live)
+/// and keeps retrying; the cluster goes on listing the original broker, unfenced and at its own
+/// address, through two broker sessions. (The refusal goes to the node id, which the node
+/// transport routes to the registered original, so the intruder itself sees its registrations
+/// go unanswered; the controller logs each refusal.)
+#[test]
+fn a_duplicate_node_id_is_refused() {
+    // Broker-only ids (a voter's id could not be reused by a broker-only node at all).
+    let cluster = TestCluster::start_split(CONTROLLERS, 2, "");
+    let original = cluster.nodes[CONTROLLERS].bootstrap();
+    let text = std::fs::read_to_string(cluster.nodes[CONTROLLERS].config_file().expect("config")).expect("read config");
+    let voters = text.lines().find(|l| l.starts_with("controller.quorum.voters=")).expect("voters line");
+    let dir = tempfile::tempdir().expect("dir");
+    let (kafka, replication) = (free_port(), free_port());
+    let config_path = dir.path().join("intruder.properties");
+    std::fs::write(
+        &config_path,
+        format!(
+            "node.id={}\nprocess.roles=broker\nlisteners=PLAINTEXT://127.0.0.1:{kafka},REPLICATION://127.0.0.1:{replication}\ninter.broker.listener.name=REPLICATION\ncontroller.listener.names=CONTROLLER\n{voters}\nlog.dirs={}\n",
+            CONTROLLERS + 1,
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let log_path = dir.path().join("intruder.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut intruder = std::process::Command::new(common::runnel_binary())
+        .args(["server", "--config"])
+        .arg(&config_path)
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the intruder");
+    let refusals = |cluster: &TestCluster| cluster.nodes[..CONTROLLERS].iter().map(|n| n.log().matches("refusing a registration").count()).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refusals(&cluster) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the intruder was not refused; its log:\n{}",
+            common::tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two broker sessions (1.5 s each): the original keeps its registration throughout.
+    let watched = Instant::now();
+    let consumer: BaseConsumer = config(&cluster).create().expect("consumer");
+    while watched.elapsed() < Duration::from_secs(3) {
+        let m = consumer.fetch_metadata(None, Duration::from_secs(5)).expect("metadata");
+        let listed = m.brokers().iter().find(|b| b.id() == CONTROLLERS as i32 + 1).map(|b| format!("{}:{}", b.host(), b.port()));
+        assert_eq!(listed.as_deref(), Some(original.as_str()), "broker {} must stay the original node, unfenced", CONTROLLERS + 1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(intruder.try_wait().expect("intruder status").is_none(), "the intruder keeps retrying rather than exiting");
+    intruder.kill().expect("kill the intruder");
+    let _ = intruder.wait();
+    let intruder_log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(!intruder_log.contains("registered with the controller"), "the intruder registered:\n{}", common::tail(&intruder_log, 30));
+    eprintln!("the controller refused the intruder {} times", refusals(&cluster));
+}

@@ -34,11 +34,12 @@ struct Quorum {
     answers: Vec<(u64, ControllerResponse)>,
     rng: Rng,
     config: ControllerConfig,
+    next_request: u64,
 }
 
 impl Quorum {
     fn new(config: ControllerConfig) -> Quorum {
-        let mut q = Quorum { nodes: Vec::new(), now: 1, mail: VecDeque::new(), answers: Vec::new(), rng: Rng::new(7), config };
+        let mut q = Quorum { nodes: Vec::new(), now: 1, mail: VecDeque::new(), answers: Vec::new(), rng: Rng::new(7), config, next_request: 0 };
         for i in 0..VOTERS {
             q.nodes.push(Node { controller: None, cx: Cx::new(Self::addr(i), 0), disk: MemDisk::new(), timers: BTreeMap::new(), announced: BTreeSet::new() });
             q.start(i);
@@ -147,6 +148,17 @@ impl Quorum {
         self.step(i, |c, cx| c.on_message(cx, ASKER, BrokerMsg::Peer(PeerMsg::ToController { id, request })));
     }
 
+    /// Send `request` to node `i` and run until it is answered; the answer.
+    fn request(&mut self, i: usize, request: ControllerRequest) -> ControllerResponse {
+        // Ids of their own, above those the tests pick.
+        self.next_request += 1;
+        let id = 1_000_000 + self.next_request;
+        self.ask(i, id, request);
+        self.run_until("an answer", move |q| q.answers.iter().any(|(a, _)| *a == id));
+        let at = self.answers.iter().position(|(a, _)| *a == id).expect("answered");
+        self.answers.remove(at).1
+    }
+
     fn checkpoints(&self, i: usize) -> Vec<String> {
         self.nodes[i].disk.paths().into_iter().filter(|p| p.ends_with(".checkpoint")).collect()
     }
@@ -249,15 +261,7 @@ fn a_superseding_reassignment_moves_leadership_off_a_dropped_replica() {
     let mut q = Quorum::new(ControllerConfig::default());
     q.run_until("an active controller", |q| q.active().is_some());
     let leader = q.active().unwrap();
-    let mut next_id = 1u64;
-    let mut ask = |q: &mut Quorum, request: ControllerRequest| -> ControllerResponse {
-        let id = next_id;
-        next_id += 1;
-        q.ask(leader, id, request);
-        q.run_until("an answer", move |q| q.answers.iter().any(|(i, _)| *i == id));
-        let at = q.answers.iter().position(|(i, _)| *i == id).expect("answered");
-        q.answers.remove(at).1
-    };
+    let ask = |q: &mut Quorum, request: ControllerRequest| q.request(leader, request);
     for b in 11..=14 {
         let ControllerResponse::Registered { epoch } = ask(&mut q, register(b)) else { panic!("broker {b} not registered") };
         let offset = q.controller(leader).image().offset;
@@ -301,4 +305,32 @@ fn a_superseding_reassignment_moves_leadership_off_a_dropped_replica() {
     let p = part(&q).unwrap();
     assert_eq!((p.leader, p.isr.clone()), (12, vec![12]), "{p:?}");
     assert_eq!(q.controller(leader).image().check(), Ok(()));
+}
+
+/// A registration under a live broker's id from another incarnation (a second process, or the
+/// same broker restarted before its session ended) is refused with DUPLICATE_BROKER_REGISTRATION;
+/// once the old session ends (no heartbeat for `broker.session.timeout.ms`), the new incarnation
+/// registers with a new epoch.
+#[test]
+fn a_second_incarnation_waits_for_the_first_ones_session() {
+    let mut q = Quorum::new(ControllerConfig::default());
+    q.run_until("an active controller", |q| q.active().is_some());
+    let leader = q.active().unwrap();
+    let register_as =
+        |incarnation: u64| ControllerRequest::Register { broker: 11, incarnation, host: "h".into(), port: 9092, peer: "broker-11:9094".into(), rack: None };
+    let ask = |q: &mut Quorum, request: ControllerRequest| q.request(leader, request);
+    let ControllerResponse::Registered { epoch } = ask(&mut q, register_as(1)) else { panic!("not registered") };
+    let offset = q.controller(leader).image().offset;
+    ask(&mut q, ControllerRequest::Heartbeat { broker: 11, epoch, metadata_offset: offset, shutdown: false });
+    q.run_until("broker 11 unfenced", |q| q.controller(leader).image().brokers.get(&11).is_some_and(|b| !b.fenced));
+    match ask(&mut q, register_as(2)) {
+        ControllerResponse::RegisterRefused { error } => assert_eq!(error, 101, "DUPLICATE_BROKER_REGISTRATION"),
+        other => panic!("a second incarnation during a live session got {other:?}"),
+    }
+    assert_eq!(q.controller(leader).image().brokers[&11].incarnation, 1);
+    // No more heartbeats: the session ends, the broker is fenced, the new incarnation gets in.
+    q.run_until("broker 11 fenced", |q| q.controller(leader).image().brokers.get(&11).is_some_and(|b| b.fenced));
+    let ControllerResponse::Registered { epoch: new_epoch } = ask(&mut q, register_as(2)) else { panic!("not registered after the session") };
+    assert!(new_epoch > epoch);
+    assert_eq!(q.controller(leader).image().brokers[&11].incarnation, 2);
 }

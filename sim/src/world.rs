@@ -825,6 +825,10 @@ impl World {
         if let Some(c) = self.nodes[i].controller.as_ref() {
             *self.protocol.entry("broker-fenced-on-refusal".to_string()).or_default() += c.fenced_on_refusal();
             *self.protocol.entry("controller-campaign-on-refusal".to_string()).or_default() += c.campaigns_on_refusal();
+            if c.duplicate_registrations() > 0 {
+                // A restarted broker waited for its previous incarnation's session to end.
+                *self.protocol.entry("duplicate-registration-refused".to_string()).or_default() += c.duplicate_registrations();
+            }
             let s = c.snapshot_stats();
             for (k, v) in [
                 ("metadata-snapshot-taken", s.taken),

@@ -33,6 +33,8 @@ use uuid::Uuid;
 
 /// How long a controller RPC may stay unanswered.
 const RPC_TIMEOUT_MS: u64 = 800;
+/// How long a broker waits before registering again after DUPLICATE_BROKER_REGISTRATION.
+const REGISTER_RETRY_MS: u64 = 250;
 /// How long a replica fetch may stay unanswered before it is sent again.
 const REPLICA_FETCH_TIMEOUT_MS: u64 = 2_000;
 /// Bytes per partition in one replica fetch.
@@ -85,6 +87,8 @@ pub(crate) struct Cluster {
     controller_offset: u64,
     pub(crate) epoch: i64,
     incarnation: u64,
+    /// No registration before this (monotonic ms): the last one was refused as a duplicate.
+    register_after_ms: u64,
     pub(crate) controller: Option<i32>,
     rotate: usize,
     next_rpc: u64,
@@ -124,6 +128,7 @@ impl Cluster {
             controller_offset: 0,
             epoch: -1,
             incarnation: 0,
+            register_after_ms: 0,
             controller: None,
             rotate: 0,
             next_rpc: 1,
@@ -237,7 +242,7 @@ impl Broker {
             self.rpc_failed(cx, kind, error::REQUEST_TIMED_OUT, "The controller did not answer in time.");
         }
         if self.cluster.epoch < 0 {
-            if !self.rpc_in_flight(|k| matches!(k, Rpc::Register)) {
+            if !self.rpc_in_flight(|k| matches!(k, Rpc::Register)) && now >= self.cluster.register_after_ms {
                 let c = &self.config;
                 let request = ControllerRequest::Register {
                     broker: c.node_id,
@@ -353,6 +358,16 @@ impl Broker {
                 self.cluster.epoch = epoch;
                 self.cluster.last_heartbeat_ms = 0;
                 self.reconcile(cx);
+            }
+            (Rpc::Register, ControllerResponse::RegisterRefused { error }) => {
+                // Another live broker holds this node id (or this node's previous incarnation's
+                // session has not ended yet): try again later, as Kafka's brokers do.
+                tracing::warn!(
+                    node = self.config.node_id,
+                    error,
+                    "registration refused: another live broker is registered with this node.id (DUPLICATE_BROKER_REGISTRATION); retrying"
+                );
+                self.cluster.register_after_ms = cx.now_ms() + REGISTER_RETRY_MS;
             }
             (Rpc::Heartbeat, ControllerResponse::Heartbeat { fenced, shutdown_ready, stale }) => {
                 if stale {

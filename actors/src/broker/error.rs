@@ -68,6 +68,8 @@ pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 /// This node is not the active controller.
 pub const NOT_CONTROLLER: i16 = 41;
+/// KRaft: another live broker is registered with this node id.
+pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
 /// The broker epoch in a broker's request is stale.
 pub const STALE_BROKER_EPOCH: i16 = 77;
 /// Preferred leader is not available for election.

@@ -173,6 +173,8 @@ pub struct Controller {
     /// An encoded image and its offset, kept for brokers fetching it in chunks.
     image_cache: Option<(u64, Vec<u8>)>,
     heartbeats: BTreeMap<i32, u64>,
+    /// Registrations refused because another live broker held the id.
+    duplicate_registrations: u64,
     failed: bool,
 }
 
@@ -203,6 +205,7 @@ impl Controller {
             parked: Vec::new(),
             image_cache: None,
             heartbeats: BTreeMap::new(),
+            duplicate_registrations: 0,
             failed: false,
         }
     }
@@ -225,6 +228,11 @@ impl Controller {
     /// How this voter's snapshots came about.
     pub fn snapshot_stats(&self) -> SnapshotStats {
         SnapshotStats { chunks_received: self.raft.as_ref().map_or(0, |r| r.snapshot_chunks_received()), ..self.snapshot_stats }
+    }
+
+    /// Registrations this node refused as active controller (DUPLICATE_BROKER_REGISTRATION).
+    pub fn duplicate_registrations(&self) -> u64 {
+        self.duplicate_registrations
     }
 
     /// The committed record batches this voter still holds, oldest first.
@@ -533,6 +541,16 @@ impl Controller {
                 if self.pending.brokers.get(&broker).is_some_and(|b| b.incarnation == incarnation) {
                     // The registration is in flight; the broker retries and gets the committed answer.
                     return;
+                }
+                // Another process (a different incarnation) holds this id while its session lasts:
+                // unfenced, not shutting down, heard from within `broker.session.timeout.ms`. As in
+                // Kafka, a restarted broker waits for its old session to end.
+                let live = self.pending.brokers.get(&broker).is_some_and(|b| !b.fenced && !b.shutting_down)
+                    && self.heartbeats.get(&broker).is_some_and(|t| now.saturating_sub(*t) <= self.config.broker_session_timeout_ms);
+                if live {
+                    self.duplicate_registrations += 1;
+                    tracing::warn!(broker, "refusing a registration: another live broker is registered with this id");
+                    return Self::answer(cx, from, id, ControllerResponse::RegisterRefused { error: crate::broker::error::DUPLICATE_BROKER_REGISTRATION });
                 }
                 self.heartbeats.insert(broker, now);
                 let moves = self.fence_changes(broker);

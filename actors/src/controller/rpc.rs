@@ -194,6 +194,11 @@ pub enum ControllerResponse {
         /// The broker epoch.
         epoch: i64,
     },
+    /// Registration refused (DUPLICATE_BROKER_REGISTRATION: another live broker holds the id).
+    RegisterRefused {
+        /// Kafka error code.
+        error: i16,
+    },
     /// Heartbeat answer.
     Heartbeat {
         /// The broker is fenced.
