@@ -186,14 +186,24 @@ fn a_duplicate_node_id_is_refused() {
     .expect("write config");
     let log_path = dir.path().join("intruder.log");
     let log = std::fs::File::create(&log_path).expect("log");
-    let mut intruder = std::process::Command::new(common::runnel_binary())
-        .args(["server", "--config"])
-        .arg(&config_path)
-        .env("NO_COLOR", "1")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start the intruder");
+    /// Killed on drop, so a failing assertion leaks no process.
+    struct Intruder(std::process::Child);
+    impl Drop for Intruder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut intruder = Intruder(
+        std::process::Command::new(common::runnel_binary())
+            .args(["server", "--config"])
+            .arg(&config_path)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the intruder"),
+    );
     let refusals = |cluster: &TestCluster| cluster.nodes[..CONTROLLERS].iter().map(|n| n.log().matches("refusing a registration").count()).sum::<usize>();
     let deadline = Instant::now() + Duration::from_secs(30);
     while refusals(&cluster) == 0 {
@@ -213,9 +223,8 @@ fn a_duplicate_node_id_is_refused() {
         assert_eq!(listed.as_deref(), Some(original.as_str()), "broker {} must stay the original node, unfenced", CONTROLLERS + 1);
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(intruder.try_wait().expect("intruder status").is_none(), "the intruder keeps retrying rather than exiting");
-    intruder.kill().expect("kill the intruder");
-    let _ = intruder.wait();
+    assert!(intruder.0.try_wait().expect("intruder status").is_none(), "the intruder keeps retrying rather than exiting");
+    drop(intruder);
     let intruder_log = std::fs::read_to_string(&log_path).expect("log");
     assert!(!intruder_log.contains("registered with the controller"), "the intruder registered:\n{}", common::tail(&intruder_log, 30));
     eprintln!("the controller refused the intruder {} times", refusals(&cluster));
