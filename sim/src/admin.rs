@@ -24,6 +24,9 @@ pub struct ReassignOutcomes {
     pub refused: u64,
     /// Requests whose connection broke before the answer.
     pub lost: u64,
+    /// Requests not answered within 30 s on a connection that stayed up (a link cut without a
+    /// reset, or a broker that never answers).
+    pub timed_out: u64,
 }
 
 /// Sends one partition reassignment at a time until `until_ms`.
@@ -66,7 +69,7 @@ impl Reassigner {
                 return;
             }
             // Never answered (a link cut without a reset): give up on it and its broker.
-            self.lost(cx);
+            self.give_up(cx, true);
         }
         if cx.now_ms() >= self.until_ms {
             return;
@@ -91,9 +94,15 @@ impl Reassigner {
         cx.send(self.brokers[self.target], ClientMsg::Request(frame));
     }
 
-    fn lost(&mut self, cx: &mut Cx<ClientMsg>) {
+    /// Stop waiting for the request in flight (its connection broke, or `timed_out`) and move on
+    /// to the next broker.
+    fn give_up(&mut self, cx: &mut Cx<ClientMsg>, timed_out: bool) {
         if self.waiting_since.take().is_some() {
-            self.outcomes.lost += 1;
+            if timed_out {
+                self.outcomes.timed_out += 1;
+            } else {
+                self.outcomes.lost += 1;
+            }
         }
         self.wire.disconnected();
         self.target = (self.target + 1) % self.brokers.len();
@@ -125,7 +134,7 @@ impl Actor for Reassigner {
                 self.on_response(frame);
                 cx.set_timer(TICK, self.interval_ms);
             }
-            ClientMsg::Disconnected => self.lost(cx),
+            ClientMsg::Disconnected => self.give_up(cx, false),
             ClientMsg::Request(_) => {}
         }
     }

@@ -784,7 +784,12 @@ impl World {
         for c in &self.clients {
             if let ClientActor::Reassigner(r) = &c.actor {
                 let o = &r.outcomes;
-                for (k, v) in [("reassignment-accepted", o.accepted), ("reassignment-refused", o.refused), ("reassignment-unanswered", o.lost)] {
+                for (k, v) in [
+                    ("reassignment-accepted", o.accepted),
+                    ("reassignment-refused", o.refused),
+                    ("reassignment-connection-lost", o.lost),
+                    ("reassignment-unanswered", o.timed_out),
+                ] {
                     *self.protocol.entry(k.to_string()).or_default() += v;
                 }
             }
@@ -1423,9 +1428,18 @@ impl World {
                 .map(|v| (v.log_end_offset, v.isr.to_vec()));
             // A serving broker the metadata does not list as a replica holds no data for it (a
             // replica moved away is deleted).
+            // Judged on the metadata the active controller has committed: a broker whose image
+            // is behind it (a reassignment's completion it has only seen in an AlterPartition
+            // answer, say) deletes the data once that metadata reaches it.
+            let committed = self.active_image().map(|i| i.offset).unwrap_or(u64::MAX);
             for (i, n) in self.nodes.iter().enumerate() {
-                let Some(b) = n.broker.as_ref().filter(|b| b.is_serving()) else { continue };
-                let stray = b.partition_views().iter().any(|v| v.topic == topic && v.index == p && v.ready && v.role == runnel_actors::partition::Role::None);
+                let Some(b) = n.broker.as_ref().filter(|b| b.is_serving() && b.metadata_offset() >= committed) else { continue };
+                // A log a failed write took offline is deleted when its broker restarts (as Kafka
+                // handles an offline log directory), not before.
+                let stray = b
+                    .partition_views()
+                    .iter()
+                    .any(|v| v.topic == topic && v.index == p && v.ready && v.log_online && v.role == runnel_actors::partition::Role::None);
                 let held: usize = n.disk.snapshot().iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).map(|(_, f)| f.len()).sum();
                 if stray && held > 0 {
                     strays.push(format!("{topic}-{p}: node {} is not a replica but still holds {held} bytes of its log", i + 1));

@@ -62,6 +62,8 @@ pub struct PartitionView<'a> {
     pub segments_cleaned: u64,
     /// Each idempotent producer's remembered batches, by producer id.
     pub producers: &'a std::collections::BTreeMap<i64, crate::partition::ProducerEntry>,
+    /// The log is online (false after a failed write or fsync took it offline).
+    pub log_online: bool,
 }
 
 /// Messages the broker (and controller) actors receive.
@@ -290,6 +292,7 @@ impl Broker {
                     isr: &p.isr,
                     segments_cleaned: p.log.segments_cleaned(),
                     producers: p.producer_windows(),
+                    log_online: p.log.is_ready(),
                 });
             }
         }
@@ -319,6 +322,11 @@ impl Broker {
     /// `snapshot_chunk_bytes` takes several).
     pub fn metadata_image_chunks(&self) -> u64 {
         self.cluster.image_chunks
+    }
+
+    /// The offset of the metadata image this broker applied.
+    pub fn metadata_offset(&self) -> u64 {
+        self.cluster.image.offset
     }
 
     /// Whether the broker is registered, unfenced and has applied the controller's metadata.
