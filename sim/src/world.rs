@@ -1434,12 +1434,7 @@ impl World {
             let committed = self.active_image().map(|i| i.offset).unwrap_or(u64::MAX);
             for (i, n) in self.nodes.iter().enumerate() {
                 let Some(b) = n.broker.as_ref().filter(|b| b.is_serving() && b.metadata_offset() >= committed) else { continue };
-                // A log a failed write took offline is deleted when its broker restarts (as Kafka
-                // handles an offline log directory), not before.
-                let stray = b
-                    .partition_views()
-                    .iter()
-                    .any(|v| v.topic == topic && v.index == p && v.ready && v.log_online && v.role == runnel_actors::partition::Role::None);
+                let stray = b.partition_views().iter().any(|v| v.topic == topic && v.index == p && v.ready && v.role == runnel_actors::partition::Role::None);
                 let held: usize = n.disk.snapshot().iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).map(|(_, f)| f.len()).sum();
                 if stray && held > 0 {
                     strays.push(format!("{topic}-{p}: node {} is not a replica but still holds {held} bytes of its log", i + 1));
@@ -1564,7 +1559,7 @@ impl World {
                         self.produce_latencies.push((now_ms, now_ms - start));
                     }
                 }
-                ClientEvent::CompleteSend { outcome: Err(e), .. } if e == "error 45" => {
+                ClientEvent::CompleteSend { outcome: Err(e), .. } if *e == format!("error {}", runnel_actors::broker::error::OUT_OF_ORDER_SEQUENCE_NUMBER) => {
                     // OUT_OF_ORDER_SEQUENCE_NUMBER: the leader's producer state does not follow
                     // this producer's last batch in its log.
                     *self.protocol.entry("produce-out-of-order-sequence".into()).or_default() += 1;

@@ -439,7 +439,6 @@ impl Broker {
         }
     }
 
-    /// Apply committed metadata and bring local partitions in line with it.
     /// Ask the controller for the metadata after this broker's image (or for the next chunk of
     /// the image arriving).
     fn fetch_metadata(&mut self, cx: &mut Cx<BrokerMsg>) {
@@ -475,6 +474,7 @@ impl Broker {
         }
     }
 
+    /// Apply committed metadata and bring local partitions in line with it.
     fn apply_metadata(&mut self, cx: &mut Cx<BrokerMsg>, snapshot: Option<MetadataImage>, records: Vec<(u64, Vec<MetadataRecord>)>, through: Option<u64>) {
         if let Some(s) = snapshot {
             tracing::debug!(node = self.config.node_id, from = self.cluster.image.offset, to = s.offset, "metadata image from the controller's snapshot");

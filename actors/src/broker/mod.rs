@@ -62,8 +62,6 @@ pub struct PartitionView<'a> {
     pub segments_cleaned: u64,
     /// Each idempotent producer's remembered batches, by producer id.
     pub producers: &'a std::collections::BTreeMap<i64, crate::partition::ProducerEntry>,
-    /// The log is online (false after a failed write or fsync took it offline).
-    pub log_online: bool,
 }
 
 /// Messages the broker (and controller) actors receive.
@@ -292,7 +290,6 @@ impl Broker {
                     isr: &p.isr,
                     segments_cleaned: p.log.segments_cleaned(),
                     producers: p.producer_windows(),
-                    log_online: p.log.is_ready(),
                 });
             }
         }

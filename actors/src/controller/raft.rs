@@ -988,14 +988,9 @@ impl Raft {
         }
     }
 
+    /// Install a whole snapshot beyond this node's commit index (checked by the caller).
     fn on_install_snapshot(&mut self, from: NodeId, snap: Snapshot) {
         let term = self.hard.term;
-        if snap.last_index <= self.commit {
-            // Already have it: everything through our commit index matches the leader.
-            let last_index = self.commit;
-            self.send(from, RaftMsg::InstallSnapshotResponse { term, last_index });
-            return;
-        }
         let idx = snap.last_index;
         if self.term_at(idx) == Some(snap.last_term) {
             // Keep the matching suffix.
