@@ -766,10 +766,7 @@ impl Controller {
                         info.isr.retain(|r| !p.adding.contains(r));
                         info.adding.clear();
                         info.removing.clear();
-                        if !info.isr.contains(&info.leader) {
-                            info.leader = info.isr.first().copied().unwrap_or(NO_LEADER);
-                            info.leader_epoch += 1;
-                        }
+                        self.lead_from_isr(&mut info);
                         if info.isr.is_empty() {
                             info.isr = vec![p.replicas[0]];
                         }
@@ -797,18 +794,23 @@ impl Controller {
                                 format!("Replica assignment {target:?} would leave no in-sync replica."),
                             );
                         }
-                        // Replicas a superseded reassignment was adding leave at once; the
-                        // leader may be one of them (elected while it was being added).
-                        if !info.isr.contains(&info.leader) {
-                            info.leader = info.replicas.iter().copied().find(|r| info.isr.contains(r) && self.pending.is_active(*r)).unwrap_or(NO_LEADER);
-                            info.leader_epoch += 1;
-                        }
+                        self.lead_from_isr(&mut info);
                     }
                 }
                 info.partition_epoch += 1;
                 let info = Self::finish_reassignment(&info).unwrap_or(info);
                 let _ = self.propose(from, id, Reply::Admin, |_| vec![MetadataRecord::ChangePartition { topic, index, info }]);
             }
+        }
+    }
+
+    /// After a reassignment (cancelled, or superseded by another) dropped the replicas being
+    /// added, the leader may have been one of them (elected while it was being added): lead from
+    /// the first active ISR member in replica order, or leave the partition without a leader.
+    fn lead_from_isr(&self, info: &mut PartitionInfo) {
+        if !info.isr.contains(&info.leader) {
+            info.leader = info.replicas.iter().copied().find(|r| info.isr.contains(r) && self.pending.is_active(*r)).unwrap_or(NO_LEADER);
+            info.leader_epoch += 1;
         }
     }
 
