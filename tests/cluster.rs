@@ -447,12 +447,18 @@ fn log_bytes(node: &common::TestBroker, topic: &str, partition: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `node` has a directory for `topic`'s `partition`.
+fn has_dir(node: &common::TestBroker, topic: &str, partition: i32) -> bool {
+    node.data_dir().join(format!("{topic}-{partition}")).is_dir()
+}
+
 /// Partition reassignment and preferred leader election on real processes, driven by real admin
 /// clients (`tests/python/reassign.py`: kafka-python's AlterPartitionReassignments,
 /// ListPartitionReassignments and ElectLeaders, confluent-kafka's ElectLeaders) while a
 /// librdkafka idempotent acks=all producer writes: partition 0 moves from [1, 2] to [3, 1] and
 /// partition 1 from [2, 3] to [1, 3] (its leader is removed). Every acknowledged record is then
-/// consumed exactly once, and node 2, a replica of neither partition any more, deletes its copies.
+/// consumed exactly once, and node 2, a replica of neither partition any more, deletes its copies
+/// (their directories). A broker never creates a directory for a partition it is not a replica of.
 #[test]
 fn reassignment_and_preferred_election_lose_no_record() {
     const MOVED: &str = "reassigned";
@@ -467,6 +473,8 @@ fn reassignment_and_preferred_election_lose_no_record() {
     let load = Load::start(&cluster.bootstrap(), MOVED, 2);
     load.wait_acks(500);
     assert!(log_bytes(&cluster.nodes[1], MOVED, 0) > 0, "node 2 holds partition 0 before the move");
+    assert!(!has_dir(&cluster.nodes[2], MOVED, 0), "node 3 has a directory for partition 0, which it is not a replica of");
+    assert!(!has_dir(&cluster.nodes[0], MOVED, 1), "node 1 has a directory for partition 1, which it is not a replica of");
     common::run_python_script(
         &python,
         "reassign.py",
@@ -483,7 +491,7 @@ fn reassignment_and_preferred_election_lose_no_record() {
         assert!(log_bytes(&cluster.nodes[0], MOVED, partition) > 0, "node 1, a replica of partition {partition} now, holds its records");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (0..2).any(|p| log_bytes(&cluster.nodes[1], MOVED, p) > 0) {
+    while (0..2).any(|p| has_dir(&cluster.nodes[1], MOVED, p)) {
         assert!(Instant::now() < deadline, "node 2 still holds data of partitions it is no longer a replica of");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -215,6 +215,13 @@ impl Partition {
         &self.producers
     }
 
+    /// Whether this node holds the partition's log: started (recovering or recovered). A broker
+    /// keeps a log only for the partitions it is a replica of (or, at startup, has a directory
+    /// for); the others are known from the metadata but have nothing on disk.
+    pub fn is_hosted(&self) -> bool {
+        self.log.is_started()
+    }
+
     /// Whether recovery finished.
     pub fn is_ready(&self) -> bool {
         self.ready

@@ -1431,13 +1431,22 @@ impl World {
             // Judged on the metadata the active controller has committed: a broker whose image
             // is behind it (a reassignment's completion it has only seen in an AlterPartition
             // answer, say) deletes the data once that metadata reaches it.
+            // A broker never assigned the partition never had a directory for it.
             let committed = self.active_image().map(|i| i.offset).unwrap_or(u64::MAX);
+            let assigned: Option<Vec<i32>> = self
+                .active_image()
+                .and_then(|im| im.topics.get(topic))
+                .and_then(|t| t.partitions.get(p as usize))
+                .map(|info| info.replicas.iter().chain(&info.adding).copied().collect());
             for (i, n) in self.nodes.iter().enumerate() {
-                let Some(b) = n.broker.as_ref().filter(|b| b.is_serving() && b.metadata_offset() >= committed) else { continue };
-                let stray = b.partition_views().iter().any(|v| v.topic == topic && v.index == p && v.ready && v.role == runnel_actors::partition::Role::None);
-                let held: usize = n.disk.snapshot().iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).map(|(_, f)| f.len()).sum();
-                if stray && held > 0 {
-                    strays.push(format!("{topic}-{p}: node {} is not a replica but still holds {held} bytes of its log", i + 1));
+                let Some(assigned) = &assigned else { break };
+                if assigned.contains(&(i as i32 + 1)) || !n.broker.as_ref().is_some_and(|b| b.is_serving() && b.metadata_offset() >= committed) {
+                    continue;
+                }
+                let files: Vec<String> =
+                    n.disk.snapshot().iter().filter(|(path, _)| path.starts_with(&dir)).map(|(path, f)| format!("{path} ({} bytes)", f.len())).collect();
+                if !files.is_empty() {
+                    strays.push(format!("{topic}-{p}: node {} is not a replica (replicas {assigned:?}) but holds {}", i + 1, files.join(", ")));
                 }
             }
             let Some((leader_end, isr)) = leader else { continue };

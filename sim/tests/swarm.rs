@@ -124,6 +124,10 @@ fn regression_seeds_stay_clean() {
     // 228 (cluster-5-reassign): not a bug; the stray-replica check judged a broker whose image
     // was behind the active controller's (it had seen its removal only in an AlterPartition
     // answer). It now judges brokers whose image has every committed record.
+    // 197 (cluster-5-reassign): once stray replicas were deleted directory and all (rather than
+    // emptied), a consumer fetch waiting on a read of a log deleted under it was never answered,
+    // and the connection's later requests queued behind it. A deleted partition's log is now
+    // kept until its reads complete, and they are answered.
     const REGRESSIONS: &[(u64, &str)] = &[
         (105_419, "many-clients"),
         (71_339, "groups-848"),
@@ -136,6 +140,7 @@ fn regression_seeds_stay_clean() {
         (42, "cluster-5-reassign"),
         (3_091, "groups-3-node-lost"),
         (228, "cluster-5-reassign"),
+        (197, "cluster-5-reassign"),
     ];
     for &(seed, scenario) in REGRESSIONS {
         let sc = runnel_sim::scenario::scenario(scenario).expect("scenario");

@@ -17,7 +17,7 @@
 //! ISR, one that has caught up is added back, both through AlterPartition.
 
 use super::admin::AdminResponse;
-use super::{error, Broker, BrokerMsg, Tracked};
+use super::{error, Broker, BrokerMsg};
 use crate::broker::codec::Request;
 use crate::controller::image::{MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
 use crate::controller::rpc::{
@@ -536,11 +536,11 @@ impl Broker {
         // incarnation's roles (leading an epoch whose unsynced tail this one may have lost):
         // take no role before then.
         let registered = self.cluster.epoch >= 0 && image.offset >= self.cluster.epoch as u64;
-        // A replica the metadata no longer assigns here (a reassignment moved it away while this
-        // broker was up or down) is deleted, as Kafka deletes a stray replica; only from a
-        // complete image, in which this broker's own registration is applied.
+        // Strays (below) are deleted only from a complete image, in which this broker's own
+        // registration is applied.
         let deletes_strays = registered && self.cluster.image_caught_up(&image);
         let mut roles_changed = false;
+        let mut strays = Vec::new();
         for (name, t) in &image.topics {
             let id = Uuid::from_u128(t.id);
             match self.topics.get(name) {
@@ -562,6 +562,10 @@ impl Broker {
                 meta_dirty = true;
             }
             for (i, info) in t.partitions.iter().enumerate() {
+                // A broker holds a log only for the partitions it is a replica of.
+                if info.replicas.contains(&me) {
+                    self.host_partition(cx, name, i);
+                }
                 let Some(p) = self.topics.get_mut(name).and_then(|x| x.partitions.get_mut(i)) else { continue };
                 if !p.is_ready() {
                     continue;
@@ -569,10 +573,8 @@ impl Broker {
                 let role = if registered { role_of(info, me) } else { Role::None };
                 let changed = p.set_role(role, info.leader_epoch, info.replicas.clone(), info.isr.clone(), info.partition_epoch, now);
                 let uid = p.uid;
-                if deletes_strays && role == Role::None && p.log.log_end_offset() > 0 {
-                    tracing::info!(node = me, topic = name, partition = i, replicas = ?info.replicas, "deleting the data of a replica moved away");
-                    p.restart_at(&mut Tracked { cx, routes: &mut self.routes, uid }, 0);
-                    self.cluster.strays_deleted += 1;
+                if deletes_strays && role == Role::None {
+                    strays.push((name.clone(), i, info.replicas.clone()));
                 }
                 if changed {
                     roles_changed = true;
@@ -582,6 +584,14 @@ impl Broker {
             }
         }
         self.cluster.image = image;
+        // A replica the metadata no longer assigns here (a reassignment moved it away while this
+        // broker was up or down, or it was never assigned and only had a directory) is deleted,
+        // directory and all, as Kafka deletes a stray replica.
+        for (name, index, replicas) in strays {
+            tracing::info!(node = me, topic = name, partition = index, ?replicas, "deleting a replica moved away");
+            self.unhost_partition(cx, &name, index);
+            self.cluster.strays_deleted += 1;
+        }
         if meta_dirty {
             self.meta_changed(cx);
         }

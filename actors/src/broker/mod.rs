@@ -183,6 +183,9 @@ pub struct Broker {
     pub(crate) dynamic_broker: BTreeMap<String, String>,
     pub(crate) topic_names: BTreeMap<Uuid, String>,
     pub(crate) locations: BTreeMap<u64, (String, usize)>,
+    /// Partitions deleted (with their topic, or as a stray) while operations of their log were
+    /// in flight, by uid: kept until those complete, so that the reads among them are answered.
+    retired: BTreeMap<u64, Partition>,
     routes: BTreeMap<IoToken, Route>,
     queued: VecDeque<(ConnId, u64, Bytes)>,
     pub(crate) next_id: u64,
@@ -240,6 +243,7 @@ impl Broker {
             dynamic_broker: BTreeMap::new(),
             topic_names: BTreeMap::new(),
             locations: BTreeMap::new(),
+            retired: BTreeMap::new(),
             routes: BTreeMap::new(),
             queued: VecDeque::new(),
             next_id: 1000,
@@ -373,30 +377,96 @@ impl Broker {
         Ok(p)
     }
 
-    /// Add a topic (creation or recovery) and start its partitions' logs.
+    /// Add a topic (creation or recovery). Its partitions' logs are started by
+    /// [`host_partition`](Broker::host_partition), for the replicas this broker holds.
     pub(crate) fn add_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, id: Uuid, partitions: i32, configs: BTreeMap<String, String>, created_version: u64) {
         self.topics.insert(name.to_string(), Topic { id, partitions: Vec::new(), configs, created_version });
         self.topic_names.insert(id, name.to_string());
         self.grow_topic(cx, name, partitions);
     }
 
-    /// Add partitions to `name` until it has `count`.
-    pub(crate) fn grow_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, count: i32) {
+    /// Add partitions to `name` until it has `count` (not hosted yet).
+    pub(crate) fn grow_topic(&mut self, _cx: &mut Cx<BrokerMsg>, name: &str, count: i32) {
+        let existing = self.topics[name].partitions.len() as i32;
+        for index in existing..count {
+            let p = self.new_partition(name, index);
+            self.topics.get_mut(name).expect("topic just checked").partitions.push(p);
+        }
+    }
+
+    /// A partition of `name` with a fresh uid, configured from the topic, its log not started.
+    fn new_partition(&mut self, name: &str, index: i32) -> Partition {
         let settings = {
             let t = &self.topics[name];
             config::topic_settings(&t.configs, &self.dynamic_broker, &self.config)
         };
-        let existing = self.topics[name].partitions.len() as i32;
-        for index in existing..count {
-            let uid = self.next_uid;
-            self.next_uid += 1;
-            let mut p = Partition::new(name, index, uid, format!("{name}-{index}"), settings.log.clone());
-            p.me = self.config.node_id;
-            apply_settings(&mut p, &settings);
-            let mut io = Tracked { cx, routes: &mut self.routes, uid };
-            p.start(&mut io);
-            self.locations.insert(uid, (name.to_string(), index as usize));
-            self.topics.get_mut(name).expect("topic just checked").partitions.push(p);
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        let mut p = Partition::new(name, index, uid, format!("{name}-{index}"), settings.log.clone());
+        p.me = self.config.node_id;
+        apply_settings(&mut p, &settings);
+        self.locations.insert(uid, (name.to_string(), index as usize));
+        p
+    }
+
+    /// Start the log of partition `index` of `name` (recovering what its directory holds, or
+    /// creating it) unless it is already hosted. Its role is applied once it is recovered.
+    pub(crate) fn host_partition(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, index: usize) {
+        let Some(p) = self.topics.get_mut(name).and_then(|t| t.partitions.get_mut(index)) else { return };
+        if p.is_hosted() {
+            return;
+        }
+        let mut io = Tracked { cx, routes: &mut self.routes, uid: p.uid };
+        p.start(&mut io);
+    }
+
+    /// Stop hosting partition `index` of `name`: delete its directory and forget its state (a
+    /// replica moved away). Completions of its log's operations still in flight are dropped: the
+    /// partition gets a new uid.
+    pub(crate) fn unhost_partition(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, index: usize) {
+        if !self.topics.get(name).is_some_and(|t| t.partitions.get(index).is_some_and(|p| p.is_hosted())) {
+            return;
+        }
+        let fresh = self.new_partition(name, index as i32);
+        let old = std::mem::replace(&mut self.topics.get_mut(name).expect("checked").partitions[index], fresh);
+        self.retire(cx, old);
+    }
+
+    /// Delete a partition's directory; keep the partition while its log waits on completions.
+    fn retire(&mut self, cx: &mut Cx<BrokerMsg>, mut p: Partition) {
+        self.locations.remove(&p.uid);
+        let mut io = Tracked { cx, routes: &mut self.routes, uid: p.uid };
+        p.log.delete_all(&mut io);
+        if p.log.has_pending_io() {
+            self.retired.insert(p.uid, p);
+        }
+    }
+
+    /// A completion for a retired partition's log: only answers to reads still matter.
+    fn on_retired_io(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64, done: IoDone) {
+        let Some(mut p) = self.retired.remove(&uid) else { return };
+        let mut io = Tracked { cx, routes: &mut self.routes, uid };
+        let events = p.log.on_io(&mut io, done);
+        if p.log.has_pending_io() {
+            self.retired.insert(uid, p);
+        }
+        for event in events {
+            let r = match event {
+                LogEvent::ReadDone { read_id, records } => (read_id, Ok(records)),
+                LogEvent::ReadFailed { read_id, error } => (read_id, Err(error)),
+                LogEvent::TimestampFound { query_id, found } => {
+                    self.on_timestamp_found(cx, query_id, found);
+                    continue;
+                }
+                LogEvent::Failed { error } => {
+                    tracing::warn!(uid, "a deleted partition's log failed: {error}");
+                    continue;
+                }
+                _ => continue,
+            };
+            if !self.on_serving_read(cx, r.0, &r.1) && !self.on_group_load_read(cx, r.0, &r.1) {
+                self.on_read_done(cx, r.0, r.1);
+            }
         }
     }
 
@@ -412,12 +482,14 @@ impl Broker {
 
     /// Remove a topic and delete its data.
     pub(crate) fn remove_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str) {
-        let Some(mut t) = self.topics.remove(name) else { return };
+        let Some(t) = self.topics.remove(name) else { return };
         self.topic_names.remove(&t.id);
-        for p in &mut t.partitions {
-            self.locations.remove(&p.uid);
-            let mut io = Tracked { cx, routes: &mut self.routes, uid: p.uid };
-            p.log.delete_all(&mut io);
+        for p in t.partitions {
+            if p.is_hosted() {
+                self.retire(cx, p);
+            } else {
+                self.locations.remove(&p.uid);
+            }
         }
     }
 
@@ -503,8 +575,16 @@ impl Broker {
                         self.disk(cx, DiskOp::DeleteDir { path: e.name.clone() }, Route::Cleanup);
                     }
                 }
+                // Every partition with a directory is recovered; whether it is still a replica
+                // here is known once the metadata image arrives (a stray is deleted then).
                 for (name, t) in &m.topics {
                     self.add_topic(cx, name, t.id, t.partitions, t.configs.clone(), 0);
+                    for index in 0..t.partitions.max(0) as usize {
+                        let dir = format!("{name}-{index}");
+                        if entries.iter().any(|e| e.is_dir && e.name == dir) {
+                            self.host_partition(cx, name, index);
+                        }
+                    }
                 }
                 self.phase = Phase::Recovering;
                 self.check_recovered(cx);
@@ -514,7 +594,7 @@ impl Broker {
     }
 
     fn check_recovered(&mut self, cx: &mut Cx<BrokerMsg>) {
-        if self.phase != Phase::Recovering || !self.topics.values().all(|t| t.partitions.iter().all(|p| p.is_ready())) {
+        if self.phase != Phase::Recovering || !self.topics.values().all(|t| t.partitions.iter().all(|p| p.is_ready() || !p.is_hosted())) {
             return;
         }
         self.phase = Phase::Ready;
@@ -814,7 +894,7 @@ impl Actor for Broker {
         };
         match route {
             Route::Partition(uid) => {
-                let Some((topic, index)) = self.locations.get(&uid).cloned() else { return };
+                let Some((topic, index)) = self.locations.get(&uid).cloned() else { return self.on_retired_io(cx, uid, done) };
                 let events = self.with_partition(cx, &topic, index, |p, io| p.log.on_io(io, done)).unwrap_or_default();
                 self.on_partition_events(cx, uid, events);
             }

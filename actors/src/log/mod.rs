@@ -420,6 +420,17 @@ impl PartitionLog {
         self.state = State::Recovering(recovery);
     }
 
+    /// Whether [`start`](PartitionLog::start) was called: the log has (or is recovering) a
+    /// directory on disk.
+    pub fn is_started(&self) -> bool {
+        !matches!(self.state, State::Created)
+    }
+
+    /// Whether operations this log issued are still waiting for their completions.
+    pub fn has_pending_io(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Whether the log is recovered and online (accepts appends and reads).
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready)
