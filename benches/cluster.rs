@@ -10,6 +10,13 @@
 //!    partition's leader killed with SIGKILL; the time from the kill to the first acknowledged
 //!    record of partition 0 (the killed node is restarted before the next round).
 //!
+//! Every paced phase also reports the machine's own pauses: a probe thread sleeps 1 ms at a time
+//! and counts each wake-up more than [`PAUSE_MS`] late, when nothing on the machine (brokers,
+//! client, kernel) ran for that long. On a small virtual machine the host stops the guest's
+//! CPUs now and then, and a record in flight then waits for as long as the pause lasts, whatever
+//! the brokers do; the column says how much of a run's tail that can explain.
+//! `CLUSTER_BENCH_REPEAT` (default 1) runs each paced phase that many times, a row each.
+//!
 //! Run: `cargo bench --bench cluster` (it builds and starts the release binary).
 
 #[path = "../tests/common/mod.rs"]
@@ -92,9 +99,46 @@ fn percentiles(mut v: Vec<u64>) -> [f64; 3] {
     [at(0.5), at(0.99), at(0.999)]
 }
 
+/// A wake-up this much later than asked counts as a machine pause.
+const PAUSE_MS: f64 = 4.0;
+
+/// Watches for machine pauses while it lives: a thread that sleeps 1 ms at a time (about a
+/// thousand cheap wake-ups a second) and records by how much each wake-up was late.
+struct PauseProbe {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<f64>>>,
+}
+
+impl PauseProbe {
+    fn start() -> PauseProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut pauses = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                let late = asked.elapsed().as_secs_f64() * 1e3 - 1.0;
+                if late > PAUSE_MS {
+                    pauses.push(late);
+                }
+            }
+            pauses
+        });
+        PauseProbe { stop, thread: Some(thread) }
+    }
+
+    /// Stop; the pauses seen (ms late each).
+    fn finish(mut self) -> Vec<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().expect("pause probe")).unwrap_or_default()
+    }
+}
+
 /// Produce `records` records of `size` bytes round-robin over `partitions` (or only to
-/// `partition`), at `rate` records/s if given; returns (seconds, latencies in µs, errors).
-fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions: i32, rate: Option<u64>) -> (f64, Vec<u64>, u64) {
+/// `partition`), at `rate` records/s if given; returns (seconds, latencies in µs, errors, machine
+/// pauses in ms).
+fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions: i32, rate: Option<u64>) -> (f64, Vec<u64>, u64, Vec<f64>) {
     // Dirty pages left by the build or an earlier phase are written back first, so that their
     // writeback does not land in this phase's numbers.
     let _ = std::process::Command::new("sync").status();
@@ -109,6 +153,7 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
     }
     p.flush(Duration::from_secs(60)).expect("warm-up flush");
     reports.acks.lock().expect("lock").clear();
+    let probe = PauseProbe::start();
     let start = Instant::now();
     *reports.start.lock().expect("lock") = Some(start);
     for i in 0..records {
@@ -138,14 +183,18 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
     }
     p.flush(Duration::from_secs(120)).expect("flush");
     let seconds = start.elapsed().as_secs_f64();
+    let pauses = probe.finish();
     let acks = reports.acks.lock().expect("lock");
     if let Ok(path) = std::env::var("CLUSTER_BENCH_DUMP") {
         // One line per acknowledged record: partition, delivered at (ms since start), latency (ms).
         let lines: Vec<String> = acks.iter().map(|(part, l, at)| format!("{part} {:.3} {:.3}", (*at - start).as_secs_f64() * 1e3, *l as f64 / 1e3)).collect();
-        std::fs::write(format!("{path}.{topic}"), lines.join("\n")).expect("write latency dump");
+        // The first line: the start in Unix milliseconds, to line up with the nodes' logs.
+        let unix_start =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1e3 - start.elapsed().as_secs_f64() * 1e3;
+        std::fs::write(format!("{path}.{topic}"), format!("# start {unix_start:.3}\n{}", lines.join("\n"))).expect("write latency dump");
     }
     let lat = acks.iter().map(|(_, l, _)| *l).collect();
-    (seconds, lat, reports.errors.load(Ordering::Relaxed))
+    (seconds, lat, reports.errors.load(Ordering::Relaxed), pauses)
 }
 
 fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
@@ -182,13 +231,14 @@ fn main() {
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
 
     println!(
-        "\n{:<34} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "\n{:<34} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}  machine pauses >4 ms (count, sum, longest)",
         "phase", "records", "seconds", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
-    let row = |name: &str, records: usize, (secs, lat, errors): (f64, Vec<u64>, u64)| {
+    let row = |name: &str, records: usize, (secs, lat, errors, pauses): (f64, Vec<u64>, u64, Vec<f64>)| {
         let [p50, p99, p999] = percentiles(lat);
+        let longest = pauses.iter().copied().fold(0.0, f64::max);
         println!(
-            "{:<34} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+            "{:<34} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6}  {}, {:.0} ms, {:.0} ms",
             name,
             records,
             secs,
@@ -197,7 +247,10 @@ fn main() {
             p50,
             p99,
             p999,
-            errors
+            errors,
+            pauses.len(),
+            pauses.iter().sum::<f64>(),
+            longest
         );
     };
     let n: usize = std::env::var("CLUSTER_BENCH_UNBOUNDED").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
@@ -207,10 +260,15 @@ fn main() {
     let rate = (mbps * 1e6 / 1024.0) as u64;
     let seconds: u64 = std::env::var("CLUSTER_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let n = (rate * seconds) as usize;
+    let repeat: usize = std::env::var("CLUSTER_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     if std::env::var("CLUSTER_BENCH_FSYNC").map_or(true, |v| v != "0") {
-        row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, produce(&bootstrap, "rf3", n, 1024, 3, Some(rate)));
+        for _ in 0..repeat {
+            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, produce(&bootstrap, "rf3", n, 1024, 3, Some(rate)));
+        }
     }
-    row("same, page-cache durability", n, produce(&bootstrap, "rf3-pagecache", n, 1024, 3, Some(rate)));
+    for _ in 0..repeat {
+        row("same, page-cache durability", n, produce(&bootstrap, "rf3-pagecache", n, 1024, 3, Some(rate)));
+    }
 
     // Failover.
     let (mut times, mut moves) = (Vec::new(), Vec::new());
