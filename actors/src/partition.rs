@@ -238,9 +238,14 @@ impl Partition {
             FlushPolicy::PageCache { .. } => self.log.log_end_offset(),
         };
         self.producers = decode_producers(checkpoint).unwrap_or_default();
+        // The recovered high watermark is what this replica holds, not what its ISR committed: a
+        // truncation after the restart may still cut below it. The replayed batches are kept
+        // whole, as batches above a high watermark are; the first real one lets go of the old.
+        let recovered = std::mem::replace(&mut self.high_watermark, self.log.log_start_offset());
         for header in replay {
             self.remember(header);
         }
+        self.high_watermark = recovered;
         self.ready = true;
         self.fresh = true;
         assert!(self.high_watermark <= self.log.log_end_offset());
@@ -666,8 +671,13 @@ mod tests {
 
     /// A recovered, empty partition on node 2 of replicas [1, 2].
     fn recovered(disk: &mut MemDisk, io: &mut QueuedIo) -> Partition {
+        recovered_with(disk, io, FlushPolicy::Fsync)
+    }
+
+    fn recovered_with(disk: &mut MemDisk, io: &mut QueuedIo, policy: FlushPolicy) -> Partition {
         let mut p = Partition::new("t", 0, 1, "t-0".into(), LogConfig::default());
         p.me = 2;
+        p.flush_policy = policy;
         p.start(io);
         let events = disk.run(io, &mut p.log);
         let Some(LogEvent::Recovered { checkpoint, replay }) = events.into_iter().find(|e| matches!(e, LogEvent::Recovered { .. })) else {
@@ -718,6 +728,31 @@ mod tests {
         p.high_watermark = 7;
         assert_eq!(p.append(&mut io, &batch_of(7), 0, 1_000).map(|a| a.first_offset), Ok(7));
         assert_eq!(window(&p), vec![2, 3, 4, 5, 6, 7], "five below the high watermark (7), and the one above it");
+    }
+
+    /// The same after a restart, under Kafka's page-cache policy: recovery replays a producer's
+    /// batches and must not trim its window at the high watermark it recovers (its whole log, as
+    /// far as it knows), since the ISR may not have committed that; a truncation right after the
+    /// restart then still leaves the last five batches in the log in the window.
+    #[test]
+    fn a_restart_keeps_the_producer_window_of_what_a_truncation_leaves() {
+        let page_cache = FlushPolicy::PageCache { messages: i64::MAX, ms: i64::MAX };
+        let (mut disk, mut io) = (MemDisk::new(), QueuedIo::default());
+        let mut p = recovered_with(&mut disk, &mut io, page_cache);
+        p.set_role(Role::Follower { leader: 1 }, 1, vec![1, 2], vec![1, 2], 0, 0);
+        for sequence in 0..10 {
+            p.append_replicated(&mut io, &replicated(sequence, sequence as i64), 0, 1_000).expect("append");
+            disk.run(&mut io, &mut p.log);
+        }
+        // The process restarts (the machine does not): all ten batches are replayed.
+        let mut p = recovered_with(&mut disk, &mut io, page_cache);
+        assert_eq!(p.high_watermark, 10, "recovery's own high watermark: the whole log");
+        p.set_role(Role::Follower { leader: 1 }, 2, vec![1, 2], vec![1], 0, 0);
+        // The new leader's log ends at 6: the last four batches go.
+        p.truncate_to(&mut io, 6);
+        disk.run(&mut io, &mut p.log);
+        let window: Vec<i32> = p.producer_windows()[&7].batches.iter().map(|b| b.last_sequence).collect();
+        assert!(window.ends_with(&[1, 2, 3, 4, 5]), "the window must hold the last five batches left in the log: {window:?}");
     }
 
     /// Producer state survives an encode/decode round trip, and garbage decodes to None.
