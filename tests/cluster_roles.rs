@@ -164,7 +164,8 @@ fn separate_roles_survive_broker_and_controller_kills() {
 /// and keeps retrying; the cluster goes on listing the original broker, unfenced and at its own
 /// address, through two broker sessions. (The refusal goes to the node id, which the node
 /// transport routes to the registered original, so the intruder itself sees its registrations
-/// go unanswered; the controller logs each refusal.)
+/// go unanswered; the controller logs each refusal, and the intruder warns after 5 s that it is
+/// still unregistered, naming a duplicate node.id as a cause.)
 #[test]
 fn a_duplicate_node_id_is_refused() {
     // Broker-only ids (a voter's id could not be reused by a broker-only node at all).
@@ -224,6 +225,12 @@ fn a_duplicate_node_id_is_refused() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(intruder.0.try_wait().expect("intruder status").is_none(), "the intruder keeps retrying rather than exiting");
+    // The intruder tells its operator why it is stuck.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("still no registration") {
+        assert!(Instant::now() < deadline, "the intruder never warned that it has no registration");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(intruder);
     let intruder_log = std::fs::read_to_string(&log_path).expect("log");
     assert!(!intruder_log.contains("registered with the controller"), "the intruder registered:\n{}", common::tail(&intruder_log, 30));

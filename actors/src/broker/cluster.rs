@@ -35,6 +35,8 @@ use uuid::Uuid;
 const RPC_TIMEOUT_MS: u64 = 800;
 /// How long a broker waits before registering again after DUPLICATE_BROKER_REGISTRATION.
 const REGISTER_RETRY_MS: u64 = 250;
+/// A broker still unregistered this long after it began says so (again every as long).
+const REGISTER_WARN_MS: u64 = 5_000;
 /// How long a replica fetch may stay unanswered before it is sent again.
 const REPLICA_FETCH_TIMEOUT_MS: u64 = 2_000;
 /// Bytes per partition in one replica fetch.
@@ -89,6 +91,10 @@ pub(crate) struct Cluster {
     incarnation: u64,
     /// No registration before this (monotonic ms): the last one was refused as a duplicate.
     register_after_ms: u64,
+    /// When this broker last had no registration and began to seek one, and when it last
+    /// warned that it still has none (monotonic ms).
+    unregistered_since_ms: Option<u64>,
+    register_warned_ms: u64,
     pub(crate) controller: Option<i32>,
     rotate: usize,
     next_rpc: u64,
@@ -129,6 +135,8 @@ impl Cluster {
             epoch: -1,
             incarnation: 0,
             register_after_ms: 0,
+            unregistered_since_ms: None,
+            register_warned_ms: 0,
             controller: None,
             rotate: 0,
             next_rpc: 1,
@@ -242,6 +250,7 @@ impl Broker {
             self.rpc_failed(cx, kind, error::REQUEST_TIMED_OUT, "The controller did not answer in time.");
         }
         if self.cluster.epoch < 0 {
+            self.warn_if_long_unregistered(now);
             if !self.rpc_in_flight(|k| matches!(k, Rpc::Register)) && now >= self.cluster.register_after_ms {
                 let c = &self.config;
                 let request = ControllerRequest::Register {
@@ -356,6 +365,7 @@ impl Broker {
             (Rpc::Register, ControllerResponse::Registered { epoch }) => {
                 tracing::info!(node = self.config.node_id, epoch, "registered with the controller");
                 self.cluster.epoch = epoch;
+                self.cluster.unregistered_since_ms = None;
                 self.cluster.last_heartbeat_ms = 0;
                 self.reconcile(cx);
             }
@@ -706,6 +716,23 @@ impl Broker {
         self.cluster.pid_requested = true;
         let broker = self.config.node_id;
         self.rpc(cx, Rpc::ProducerIds, ControllerRequest::AllocateProducerIds { broker });
+    }
+
+    /// Registration can go unanswered for good: no voter reachable, or another live process
+    /// registered with this node.id (the controller's refusal, addressed to the node id, reaches
+    /// that process, not this one). Say so every [`REGISTER_WARN_MS`] while it lasts.
+    fn warn_if_long_unregistered(&mut self, now: u64) {
+        let since = *self.cluster.unregistered_since_ms.get_or_insert(now);
+        if now.saturating_sub(since) < REGISTER_WARN_MS || now.saturating_sub(self.cluster.register_warned_ms) < REGISTER_WARN_MS {
+            return;
+        }
+        self.cluster.register_warned_ms = now;
+        tracing::warn!(
+            node = self.config.node_id,
+            seconds = now.saturating_sub(since) / 1000,
+            "still no registration: either no voter in controller.quorum.voters answers, or another live process uses node.id {} (the controller refuses this one with DUPLICATE_BROKER_REGISTRATION and answers that process)",
+            self.config.node_id
+        );
     }
 
     // ---- follower side ----
