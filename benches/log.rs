@@ -44,7 +44,7 @@ fn append(c: &mut Criterion) {
             disk.run(&mut io, &mut log);
             n += 1;
             if n % 1000 == 0 {
-                log.apply_retention(&mut io, 0);
+                log.apply_retention(&mut io, 0, i64::MAX);
                 disk.run(&mut io, &mut log);
             }
             info.last_offset
@@ -60,7 +60,7 @@ fn append(c: &mut Criterion) {
                 log.flush(&mut io, None);
             }
             if n % 1000 == 0 {
-                log.apply_retention(&mut io, 0);
+                log.apply_retention(&mut io, 0, i64::MAX);
             }
             disk.run(&mut io, &mut log);
             info.last_offset

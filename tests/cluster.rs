@@ -41,10 +41,15 @@ fn create_rf3_topic(cluster: &TestCluster, topic: &str, partitions: i32) {
 
 /// The leader of `partition` as the cluster reports it.
 fn leader_of(cluster: &TestCluster, partition: i32) -> i32 {
+    leader_of_topic(cluster, TOPIC, partition)
+}
+
+/// The leader of `topic`'s `partition` as the cluster reports it.
+fn leader_of_topic(cluster: &TestCluster, topic: &str, partition: i32) -> i32 {
     let consumer: BaseConsumer = config(cluster).set("group.id", "unused").create().expect("consumer");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(m) = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(5)) {
+        if let Ok(m) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             if let Some(p) = m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == partition)) {
                 if p.leader() > 0 {
                     return p.leader();
@@ -495,4 +500,49 @@ fn reassignment_and_preferred_election_lose_no_record() {
         assert!(Instant::now() < deadline, "node 2 still holds data of partitions it is no longer a replica of");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// DeleteRecords reaches the followers: they take the leader's log start offset from its replica
+/// fetch answers, so records deleted on the leader stay deleted when a follower becomes leader
+/// (before, the new leader's low watermark went back to 0).
+#[test]
+fn deleted_records_stay_deleted_after_failover() {
+    const DELETED: &str = "deleted";
+    const CUT: i64 = 100;
+    let mut cluster = TestCluster::start(3, "min.insync.replicas=2");
+    create_rf3_topic(&cluster, DELETED, 1);
+    let load = Load::start(&cluster.bootstrap(), DELETED, 1);
+    load.wait_acks(CUT as usize + 50);
+    load.finish();
+    let admin: AdminClient<DefaultClientContext> = config(&cluster).create().expect("admin");
+    let mut cut = rdkafka::TopicPartitionList::new();
+    cut.add_partition_offset(DELETED, 0, rdkafka::Offset::Offset(CUT)).expect("offset");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let deleted = block_on(admin.delete_records(&cut, &options)).expect("DeleteRecords");
+    let low = deleted.find_partition(DELETED, 0).expect("partition 0");
+    assert!(low.error().is_ok(), "DeleteRecords failed: {:?}", low.error());
+    assert_eq!(low.offset(), rdkafka::Offset::Offset(CUT), "the low watermark after DeleteRecords");
+    // More acknowledged records: acks=all means both followers fetched them, in answers that
+    // carried the new log start offset.
+    let load = Load::start(&cluster.bootstrap(), DELETED, 1);
+    load.wait_acks(20);
+    load.finish();
+    let leader = leader_of_topic(&cluster, DELETED, 0);
+    cluster.nodes[(leader - 1) as usize].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader_of_topic(&cluster, DELETED, 0) == leader {
+        assert!(Instant::now() < deadline, "no new leader after the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let consumer: BaseConsumer = config(&cluster).set("group.id", "watermarks").create().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (low, high) = loop {
+        match consumer.fetch_watermarks(DELETED, 0, Duration::from_secs(5)) {
+            Ok(w) => break w,
+            Err(e) => assert!(Instant::now() < deadline, "no watermarks from the new leader: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(low, CUT, "the new leader's low watermark: records deleted on the old leader came back (high watermark {high})");
+    assert!(high > CUT, "the new leader kept the records after the cut (high watermark {high})");
 }

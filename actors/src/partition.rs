@@ -142,6 +142,8 @@ pub struct Partition {
     pub followers: BTreeMap<i32, FollowerState>,
     /// Follower only: the leader's high watermark as last heard.
     pub leader_high_watermark: i64,
+    /// Follower only: the leader's log start offset as last heard (-1: none yet).
+    pub leader_log_start_offset: i64,
     /// `min.insync.replicas`.
     pub min_insync_replicas: usize,
     /// Recovered and not yet given a role: the high watermark recovery computed is only this
@@ -195,6 +197,7 @@ impl Partition {
             pending_isr: None,
             followers: BTreeMap::new(),
             leader_high_watermark: 0,
+            leader_log_start_offset: -1,
             min_insync_replicas: 1,
             fresh: false,
             written_offset: 0,
@@ -220,6 +223,18 @@ impl Partition {
     /// for); the others are known from the metadata but have nothing on disk.
     pub fn is_hosted(&self) -> bool {
         self.log.is_started()
+    }
+
+    /// A follower: advance the log start offset to the leader's (from its last fetch answer),
+    /// at most to this replica's high watermark, deleting the segments below it.
+    pub fn follow_log_start(&mut self, io: &mut impl DiskIo) {
+        if !matches!(self.role, Role::Follower { .. }) {
+            return;
+        }
+        let target = self.leader_log_start_offset.min(self.high_watermark);
+        if target > self.log.log_start_offset() {
+            let _ = self.log.delete_records(io, target);
+        }
     }
 
     /// Whether recovery finished.

@@ -545,7 +545,7 @@ impl Harness {
             Op::Retention { advance_ms } => {
                 self.now_ms += advance_ms;
                 let before = self.log.log_start_offset();
-                self.log.apply_retention(&mut self.io, self.now_ms);
+                self.log.apply_retention(&mut self.io, self.now_ms, i64::MAX);
                 assert!(self.log.log_start_offset() >= before);
                 self.log_start_offset = self.log.log_start_offset();
             }

@@ -824,6 +824,7 @@ impl Broker {
                 continue;
             }
             p.leader_high_watermark = part.high_watermark;
+            p.leader_log_start_offset = part.log_start_offset;
             if !part.records.is_empty() {
                 let records = part.records.clone();
                 let result = self.with_partition(cx, &topic, index as usize, |p, io| {
@@ -844,6 +845,10 @@ impl Broker {
                     self.on_high_watermark(cx, uid);
                 }
             }
+            // The leader's log start (DeleteRecords, retention) is the follower's too, as far as
+            // its own high watermark: records deleted there must not come back if this replica
+            // becomes leader.
+            self.with_partition(cx, &topic, index as usize, |p, io| p.follow_log_start(io));
         }
         if progress {
             self.replica_fetch_all(cx, false);

@@ -798,7 +798,8 @@ impl Broker {
                     p.flush(io, now_ms);
                 }
                 if retention_due {
-                    p.log.apply_retention(io, wall);
+                    let high_watermark = p.high_watermark;
+                    p.log.apply_retention(io, wall, high_watermark);
                 }
                 if cleaning_due {
                     // Only below the high watermark: nothing a truncation may still remove.

@@ -910,10 +910,10 @@ impl PartitionLog {
     }
 
     /// Retention: roll the active segment if `segment.ms` elapsed, then delete the oldest
-    /// non-active segments expired by `retention.ms` or beyond `retention.bytes`, advancing the
-    /// log start offset (see [`retention`]). The new log start offset is checkpointed before the
-    /// files are deleted.
-    pub fn apply_retention(&mut self, io: &mut impl DiskIo, now_wall_ms: i64) {
+    /// non-active segments expired by `retention.ms` or beyond `retention.bytes` and wholly below
+    /// `high_watermark`, advancing the log start offset (see [`retention`]). The new log start
+    /// offset is checkpointed before the files are deleted.
+    pub fn apply_retention(&mut self, io: &mut impl DiskIo, now_wall_ms: i64, high_watermark: i64) {
         if !self.is_ready() {
             return;
         }
@@ -921,7 +921,7 @@ impl PartitionLog {
         if !active.is_empty() && active.created_ms.is_some_and(|created| now_wall_ms.saturating_sub(created) > self.config.segment_ms) {
             self.roll(io);
         }
-        let expired = retention::expired_segments(&self.segments, &self.config, now_wall_ms);
+        let expired = retention::expired_segments(&self.segments, &self.config, now_wall_ms, high_watermark);
         if expired > 0 {
             self.delete_oldest(io, expired);
         }
@@ -1713,7 +1713,7 @@ mod tests {
         }
         disk.run(&mut io, &mut log);
         let segments_before = log.segments.len();
-        log.apply_retention(&mut io, 0);
+        log.apply_retention(&mut io, 0, i64::MAX);
         disk.run(&mut io, &mut log);
         assert!(log.segments.len() < segments_before);
         assert!(log.size_bytes() >= 1000);

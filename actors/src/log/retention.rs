@@ -12,9 +12,11 @@ use super::segment::Segment;
 use super::LogConfig;
 
 /// How many of the oldest segments (never the last) are expired by `retention.ms` and
-/// `retention.bytes` at `now_wall_ms`.
-pub fn expired_segments(segments: &[Segment], config: &LogConfig, now_wall_ms: i64) -> usize {
-    let candidates = segments.len().saturating_sub(1);
+/// `retention.bytes` at `now_wall_ms`, among those wholly below `upper_bound` (the high
+/// watermark: as in Kafka, a segment holding records the ISR has not committed is kept, so the
+/// log start offset never passes the high watermark).
+pub fn expired_segments(segments: &[Segment], config: &LogConfig, now_wall_ms: i64, upper_bound: i64) -> usize {
+    let candidates = segments[..segments.len().saturating_sub(1)].iter().take_while(|s| s.next_offset <= upper_bound).count();
     let mut count = 0;
     if config.retention_ms >= 0 {
         let cutoff = now_wall_ms.saturating_sub(config.retention_ms);
@@ -59,10 +61,22 @@ mod tests {
     fn by_time() {
         let config = LogConfig { retention_ms: 100, ..LogConfig::default() };
         let segs = vec![segment(0, 10, 10, 50), segment(10, 20, 10, 60), segment(20, 30, 10, 500), segment(30, 40, 10, 40)];
-        assert_eq!(expired_segments(&segs, &config, 200), 2);
-        assert_eq!(expired_segments(&segs, &config, 10_000), 3);
+        assert_eq!(expired_segments(&segs, &config, 200, i64::MAX), 2);
+        assert_eq!(expired_segments(&segs, &config, 10_000, i64::MAX), 3);
         let segs = vec![segment(0, 10, 10, -1), segment(10, 20, 10, 60), segment(20, 30, 10, 70)];
-        assert_eq!(expired_segments(&segs, &config, 10_000), 0);
+        assert_eq!(expired_segments(&segs, &config, 10_000, i64::MAX), 0);
+    }
+
+    /// Neither rule deletes a segment with records at or above the high watermark.
+    #[test]
+    fn bounded_by_the_high_watermark() {
+        let segs = vec![segment(0, 10, 10, 1), segment(10, 20, 10, 1), segment(20, 30, 10, 1), segment(30, 40, 10, 1)];
+        let by_time = LogConfig { retention_ms: 100, ..LogConfig::default() };
+        assert_eq!(expired_segments(&segs, &by_time, 10_000, 20), 2);
+        assert_eq!(expired_segments(&segs, &by_time, 10_000, 19), 1);
+        assert_eq!(expired_segments(&segs, &by_time, 10_000, 0), 0);
+        let by_size = LogConfig { retention_ms: -1, retention_bytes: 0, ..LogConfig::default() };
+        assert_eq!(expired_segments(&segs, &by_size, 0, 25), 2);
     }
 
     /// Size retention deletes oldest segments only while the remainder stays >= retention.bytes.
@@ -70,9 +84,9 @@ mod tests {
     fn by_size() {
         let config = LogConfig { retention_ms: -1, retention_bytes: 25, ..LogConfig::default() };
         let segs = vec![segment(0, 10, 10, 1), segment(10, 20, 10, 1), segment(20, 30, 10, 1), segment(30, 40, 10, 1)];
-        assert_eq!(expired_segments(&segs, &config, 0), 1);
+        assert_eq!(expired_segments(&segs, &config, 0, i64::MAX), 1);
         let config = LogConfig { retention_bytes: 0, ..config };
-        assert_eq!(expired_segments(&segs, &config, 0), 3);
+        assert_eq!(expired_segments(&segs, &config, 0, i64::MAX), 3);
     }
 
     /// DeleteRecords selects segments whose next offset is at or below the new log start.
