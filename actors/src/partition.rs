@@ -142,8 +142,6 @@ pub struct Partition {
     pub followers: BTreeMap<i32, FollowerState>,
     /// Follower only: the leader's high watermark as last heard.
     pub leader_high_watermark: i64,
-    /// Follower only: the leader's log start offset as last heard (-1: none yet).
-    pub leader_log_start_offset: i64,
     /// `min.insync.replicas`.
     pub min_insync_replicas: usize,
     /// Recovered and not yet given a role: the high watermark recovery computed is only this
@@ -197,7 +195,6 @@ impl Partition {
             pending_isr: None,
             followers: BTreeMap::new(),
             leader_high_watermark: 0,
-            leader_log_start_offset: -1,
             min_insync_replicas: 1,
             fresh: false,
             written_offset: 0,
@@ -225,13 +222,13 @@ impl Partition {
         self.log.is_started()
     }
 
-    /// A follower: advance the log start offset to the leader's (from its last fetch answer),
-    /// at most to this replica's high watermark, deleting the segments below it.
-    pub fn follow_log_start(&mut self, io: &mut impl DiskIo) {
+    /// A follower: advance the log start offset to the leader's `leader_log_start` (from a fetch
+    /// answer), at most to this replica's high watermark, deleting the segments below it.
+    pub fn follow_log_start(&mut self, io: &mut impl DiskIo, leader_log_start: i64) {
         if !matches!(self.role, Role::Follower { .. }) {
             return;
         }
-        let target = self.leader_log_start_offset.min(self.high_watermark);
+        let target = leader_log_start.min(self.high_watermark);
         if target > self.log.log_start_offset() {
             let _ = self.log.delete_records(io, target);
         }
@@ -256,11 +253,9 @@ impl Partition {
         // The recovered high watermark is what this replica holds, not what its ISR committed: a
         // truncation after the restart may still cut below it. The replayed batches are kept
         // whole, as batches above a high watermark are; the first real one lets go of the old.
-        let recovered = std::mem::replace(&mut self.high_watermark, self.log.log_start_offset());
         for header in replay {
-            self.remember(header);
+            self.remember(header, self.log.log_start_offset());
         }
-        self.high_watermark = recovered;
         self.ready = true;
         self.fresh = true;
         assert!(self.high_watermark <= self.log.log_end_offset());
@@ -384,7 +379,7 @@ impl Partition {
     pub fn append_replicated(&mut self, io: &mut impl DiskIo, records: &Bytes, now_ms: u64, wall_clock_ms: i64) -> Result<(), String> {
         let info = self.log.append_replicated(io, records, wall_clock_ms).map_err(|e| format!("{e:?}"))?;
         for header in &info.headers {
-            self.remember(header);
+            self.remember(header, self.high_watermark);
         }
         self.unflushed_messages += info.last_offset - info.first_offset + 1;
         match self.flush_policy {
@@ -490,7 +485,7 @@ impl Partition {
         let append_time = self.log_append_time.then_some(wall_clock_ms);
         let info: AppendInfo = self.log.append(io, records, self.leader_epoch, append_time, wall_clock_ms);
         for header in &info.headers {
-            self.remember(header);
+            self.remember(header, self.high_watermark);
         }
         let count = info.last_offset - info.first_offset + 1;
         tracing::trace!(
@@ -594,15 +589,14 @@ impl Partition {
     }
 
     /// Add a batch to its producer's window. The window keeps the last
-    /// [`PRODUCER_BATCH_WINDOW`] batches below the high watermark and every batch above it: a
-    /// truncation (never below the high watermark after a clean election) cuts only the latter,
-    /// and the window must then still hold the producer's last five batches left in the log
-    /// (Kafka rebuilds it from the log instead).
-    fn remember(&mut self, header: &BatchHeader) {
+    /// [`PRODUCER_BATCH_WINDOW`] batches below `high_watermark` (what is committed, as far as
+    /// this replica knows) and every batch above it: a truncation (never below the high watermark
+    /// after a clean election) cuts only the latter, and the window must then still hold the
+    /// producer's last five batches left in the log (Kafka rebuilds it from the log instead).
+    fn remember(&mut self, header: &BatchHeader, high_watermark: i64) {
         if header.producer_id < 0 {
             return;
         }
-        let high_watermark = self.high_watermark;
         let entry = self.producers.entry(header.producer_id).or_default();
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;

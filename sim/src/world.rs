@@ -1426,18 +1426,15 @@ impl World {
                 .flat_map(|b| b.partition_views())
                 .find(|v| v.topic == topic && v.index == p && v.role == runnel_actors::partition::Role::Leader)
                 .map(|v| (v.log_end_offset, v.isr.to_vec()));
-            // A serving broker the metadata does not list as a replica holds no data for it (a
-            // replica moved away is deleted).
-            // Judged on the metadata the active controller has committed: a broker whose image
-            // is behind it (a reassignment's completion it has only seen in an AlterPartition
-            // answer, say) deletes the data once that metadata reaches it.
-            // A broker never assigned the partition never had a directory for it.
-            let committed = self.active_image().map(|i| i.offset).unwrap_or(u64::MAX);
-            let assigned: Option<Vec<i32>> = self
-                .active_image()
-                .and_then(|im| im.topics.get(topic))
-                .and_then(|t| t.partitions.get(p as usize))
-                .map(|info| info.replicas.iter().chain(&info.adding).copied().collect());
+            // A serving broker the metadata does not list as a replica has no file of it: a
+            // replica moved away is deleted, directory and all, and one never assigned never had
+            // a directory. Judged on the metadata the active controller has committed: a broker
+            // whose image is behind it (a reassignment's completion it has only seen in an
+            // AlterPartition answer, say) deletes the data once that metadata reaches it.
+            let image = self.active_image();
+            let committed = image.map(|i| i.offset).unwrap_or(u64::MAX);
+            let assigned: Option<Vec<i32>> =
+                image.and_then(|im| im.topics.get(topic)).and_then(|t| t.partitions.get(p as usize)).map(|info| info.replicas.clone());
             for (i, n) in self.nodes.iter().enumerate() {
                 let Some(assigned) = &assigned else { break };
                 if assigned.contains(&(i as i32 + 1)) || !n.broker.as_ref().is_some_and(|b| b.is_serving() && b.metadata_offset() >= committed) {

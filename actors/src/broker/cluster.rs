@@ -558,12 +558,12 @@ impl Broker {
                 Some(_) => {}
                 None => {
                     let version = self.meta_version + 1;
-                    self.add_topic(cx, name, id, t.partitions.len() as i32, t.configs.clone(), version);
+                    self.add_topic(name, id, t.partitions.len() as i32, t.configs.clone(), version);
                     meta_dirty = true;
                 }
             }
             if self.topics[name].partitions.len() < t.partitions.len() {
-                self.grow_topic(cx, name, t.partitions.len() as i32);
+                self.grow_topic(name, t.partitions.len() as i32);
                 meta_dirty = true;
             }
             if self.topics[name].configs != t.configs {
@@ -824,7 +824,6 @@ impl Broker {
                 continue;
             }
             p.leader_high_watermark = part.high_watermark;
-            p.leader_log_start_offset = part.log_start_offset;
             if !part.records.is_empty() {
                 let records = part.records.clone();
                 let result = self.with_partition(cx, &topic, index as usize, |p, io| {
@@ -848,7 +847,7 @@ impl Broker {
             // The leader's log start (DeleteRecords, retention) is the follower's too, as far as
             // its own high watermark: records deleted there must not come back if this replica
             // becomes leader.
-            self.with_partition(cx, &topic, index as usize, |p, io| p.follow_log_start(io));
+            self.with_partition(cx, &topic, index as usize, |p, io| p.follow_log_start(io, part.log_start_offset));
         }
         if progress {
             self.replica_fetch_all(cx, false);

@@ -379,14 +379,14 @@ impl Broker {
 
     /// Add a topic (creation or recovery). Its partitions' logs are started by
     /// [`host_partition`](Broker::host_partition), for the replicas this broker holds.
-    pub(crate) fn add_topic(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, id: Uuid, partitions: i32, configs: BTreeMap<String, String>, created_version: u64) {
+    pub(crate) fn add_topic(&mut self, name: &str, id: Uuid, partitions: i32, configs: BTreeMap<String, String>, created_version: u64) {
         self.topics.insert(name.to_string(), Topic { id, partitions: Vec::new(), configs, created_version });
         self.topic_names.insert(id, name.to_string());
-        self.grow_topic(cx, name, partitions);
+        self.grow_topic(name, partitions);
     }
 
     /// Add partitions to `name` until it has `count` (not hosted yet).
-    pub(crate) fn grow_topic(&mut self, _cx: &mut Cx<BrokerMsg>, name: &str, count: i32) {
+    pub(crate) fn grow_topic(&mut self, name: &str, count: i32) {
         let existing = self.topics[name].partitions.len() as i32;
         for index in existing..count {
             let p = self.new_partition(name, index);
@@ -421,8 +421,7 @@ impl Broker {
     }
 
     /// Stop hosting partition `index` of `name`: delete its directory and forget its state (a
-    /// replica moved away). Completions of its log's operations still in flight are dropped: the
-    /// partition gets a new uid.
+    /// replica moved away). It gets a new uid; the old one is [retired](Broker::retire).
     pub(crate) fn unhost_partition(&mut self, cx: &mut Cx<BrokerMsg>, name: &str, index: usize) {
         if !self.topics.get(name).is_some_and(|t| t.partitions.get(index).is_some_and(|p| p.is_hosted())) {
             return;
@@ -432,9 +431,13 @@ impl Broker {
         self.retire(cx, old);
     }
 
-    /// Delete a partition's directory; keep the partition while its log waits on completions.
+    /// Forget a partition; if it is hosted, delete its directory and keep it while its log waits
+    /// on completions.
     fn retire(&mut self, cx: &mut Cx<BrokerMsg>, mut p: Partition) {
         self.locations.remove(&p.uid);
+        if !p.is_hosted() {
+            return;
+        }
         let mut io = Tracked { cx, routes: &mut self.routes, uid: p.uid };
         p.log.delete_all(&mut io);
         if p.log.has_pending_io() {
@@ -451,22 +454,20 @@ impl Broker {
             self.retired.insert(uid, p);
         }
         for event in events {
-            let r = match event {
-                LogEvent::ReadDone { read_id, records } => (read_id, Ok(records)),
-                LogEvent::ReadFailed { read_id, error } => (read_id, Err(error)),
-                LogEvent::TimestampFound { query_id, found } => {
-                    self.on_timestamp_found(cx, query_id, found);
-                    continue;
-                }
-                LogEvent::Failed { error } => {
-                    tracing::warn!(uid, "a deleted partition's log failed: {error}");
-                    continue;
-                }
-                _ => continue,
-            };
-            if !self.on_serving_read(cx, r.0, &r.1) && !self.on_group_load_read(cx, r.0, &r.1) {
-                self.on_read_done(cx, r.0, r.1);
+            match event {
+                LogEvent::ReadDone { read_id, records } => self.deliver_read(cx, read_id, Ok(records)),
+                LogEvent::ReadFailed { read_id, error } => self.deliver_read(cx, read_id, Err(error)),
+                LogEvent::TimestampFound { query_id, found } => self.on_timestamp_found(cx, query_id, found),
+                LogEvent::Failed { error } => tracing::warn!(uid, "a deleted partition's log failed: {error}"),
+                _ => {}
             }
+        }
+    }
+
+    /// A log read finished: hand it to the replica fetch, group load or client fetch it was for.
+    fn deliver_read(&mut self, cx: &mut Cx<BrokerMsg>, read_id: u64, records: Result<Bytes, String>) {
+        if !self.on_serving_read(cx, read_id, &records) && !self.on_group_load_read(cx, read_id, &records) {
+            self.on_read_done(cx, read_id, records);
         }
     }
 
@@ -485,11 +486,7 @@ impl Broker {
         let Some(t) = self.topics.remove(name) else { return };
         self.topic_names.remove(&t.id);
         for p in t.partitions {
-            if p.is_hosted() {
-                self.retire(cx, p);
-            } else {
-                self.locations.remove(&p.uid);
-            }
+            self.retire(cx, p);
         }
     }
 
@@ -577,11 +574,11 @@ impl Broker {
                 }
                 // Every partition with a directory is recovered; whether it is still a replica
                 // here is known once the metadata image arrives (a stray is deleted then).
+                let dirs: BTreeSet<&str> = entries.iter().filter(|e| e.is_dir).map(|e| e.name.as_str()).collect();
                 for (name, t) in &m.topics {
-                    self.add_topic(cx, name, t.id, t.partitions, t.configs.clone(), 0);
+                    self.add_topic(name, t.id, t.partitions, t.configs.clone(), 0);
                     for index in 0..t.partitions.max(0) as usize {
-                        let dir = format!("{name}-{index}");
-                        if entries.iter().any(|e| e.is_dir && e.name == dir) {
+                        if dirs.contains(format!("{name}-{index}").as_str()) {
                             self.host_partition(cx, name, index);
                         }
                     }
@@ -644,18 +641,8 @@ impl Broker {
                     }
                     self.follower_progress(cx, uid);
                 }
-                LogEvent::ReadDone { read_id, records } => {
-                    let r = Ok(records);
-                    if !self.on_serving_read(cx, read_id, &r) && !self.on_group_load_read(cx, read_id, &r) {
-                        self.on_read_done(cx, read_id, r);
-                    }
-                }
-                LogEvent::ReadFailed { read_id, error } => {
-                    let r = Err(error);
-                    if !self.on_serving_read(cx, read_id, &r) && !self.on_group_load_read(cx, read_id, &r) {
-                        self.on_read_done(cx, read_id, r);
-                    }
-                }
+                LogEvent::ReadDone { read_id, records } => self.deliver_read(cx, read_id, Ok(records)),
+                LogEvent::ReadFailed { read_id, error } => self.deliver_read(cx, read_id, Err(error)),
                 LogEvent::TimestampFound { query_id, found } => self.on_timestamp_found(cx, query_id, found),
                 LogEvent::Failed { error } => {
                     tracing::error!(topic, index, "partition log failed: {error}");
