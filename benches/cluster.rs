@@ -15,7 +15,8 @@
 //! client, kernel) ran for that long. On a small virtual machine the host stops the guest's
 //! CPUs now and then, and a record in flight then waits for as long as the pause lasts, whatever
 //! the brokers do; the column says how much of a run's tail that can explain.
-//! `CLUSTER_BENCH_REPEAT` (default 1) runs each paced phase that many times, a row each.
+//! `CLUSTER_BENCH_REPEAT` (default 1) runs each paced phase that many times, a row each;
+//! `CLUSTER_BENCH_LINGER_MS` (default 1) sets the producer's `linger.ms`.
 //!
 //! Run: `cargo bench --bench cluster` (it builds and starts the release binary).
 
@@ -79,7 +80,7 @@ fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
         .set("broker.address.family", "v4")
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "1")
+        .set("linger.ms", std::env::var("CLUSTER_BENCH_LINGER_MS").unwrap_or_else(|_| "1".into()))
         .set("compression.type", "none")
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")

@@ -141,7 +141,8 @@ fn script() -> Vec<Step> {
         step(
             15,
             2,
-            DeleteRecordsRequest::default().with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
+            // (A timeout: the answer waits for the new log start to be on disk.)
+            DeleteRecordsRequest::default().with_timeout_ms(30_000).with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
                 .with_name(name("conf"))
                 .with_partitions(vec![delete_records_request::DeleteRecordsPartition::default().with_partition_index(0).with_offset(1)])]),
             |_| {},

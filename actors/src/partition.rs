@@ -99,6 +99,15 @@ pub struct FollowerState {
     pub durable_offset: i64,
     /// Last time the follower had fetched up to the leader's log end.
     pub last_caught_up_ms: u64,
+    /// The follower's durable log start offset, as its last fetch reported (-1: not heard).
+    pub log_start_offset: i64,
+}
+
+impl FollowerState {
+    /// A follower not heard from yet, given a full lag window from `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        FollowerState { log_end_offset: -1, durable_offset: -1, last_caught_up_ms: now_ms, log_start_offset: -1 }
+    }
 }
 
 /// A replica of one partition.
@@ -357,7 +366,7 @@ impl Partition {
                 // Every follower gets a full lag window from the moment this replica leads.
                 for r in &replicas {
                     if *r != self.me {
-                        self.followers.insert(*r, FollowerState { log_end_offset: -1, durable_offset: -1, last_caught_up_ms: now_ms });
+                        self.followers.insert(*r, FollowerState::new(now_ms));
                     }
                 }
             }

@@ -137,7 +137,7 @@ impl Harness {
     fn handle(&mut self, events: Vec<LogEvent>) {
         for event in events {
             match event {
-                LogEvent::Written { .. } => {}
+                LogEvent::Written { .. } | LogEvent::LogStartDurable { .. } => {}
                 LogEvent::Durable { offset } => {
                     assert!(offset >= self.durable, "durable offset went back");
                     self.durable = offset;

@@ -181,6 +181,8 @@ struct Harness {
     /// Every epoch cache entry any history had: what recovery may remember below the log start.
     seen_epochs: std::collections::BTreeSet<(i32, i64)>,
     log_start_offset: i64,
+    /// Largest log start offset acknowledged LogStartDurable: no recovery may go below it.
+    durable_log_start: i64,
     /// Largest offset acknowledged Durable.
     durable: i64,
     now_ms: i64,
@@ -204,6 +206,7 @@ impl Harness {
             epoch_prefix: (Vec::new(), i64::MIN),
             seen_epochs: Default::default(),
             log_start_offset: 0,
+            durable_log_start: 0,
             durable: 0,
             now_ms: 0,
             next_id: 0,
@@ -267,6 +270,8 @@ impl Harness {
         }
         let expected_replay: Vec<i64> = on_disk.iter().map(|b| b.0).filter(|&base| base >= replay_from).collect();
         assert_eq!(replay.iter().map(|h| h.base_offset).collect::<Vec<_>>(), expected_replay, "replay after the blob");
+        assert!(start >= self.durable_log_start, "log start {start} went back below the durable log start {}", self.durable_log_start);
+        assert!(self.log.durable_log_start_offset() <= start, "durable log start {} past the start {start}", self.log.durable_log_start_offset());
         let max_start = self.lineages.iter().map(|l| l.log_start_offset).max().unwrap_or(i64::MIN).max(self.log_start_offset);
         assert!(start <= max_start.max(end), "log start {start} beyond the model's {}", self.log_start_offset);
         // Every batch on disk comes from some history, byte for byte. (Where an unsynced
@@ -299,6 +304,7 @@ impl Harness {
         self.batches = recovered;
         self.lineages.clear();
         self.log_start_offset = start;
+        self.durable_log_start = self.log.durable_log_start_offset();
         self.epoch_prefix = (remembered, start);
         self.durable = self.durable.max(self.log.durable_offset());
         self.check_whole_log();
@@ -352,6 +358,11 @@ impl Harness {
                     self.durable = offset;
                     // Data past a divergence point is durable: that truncation is durable.
                     self.lineages.retain(|l| l.diverges_at >= offset);
+                }
+                LogEvent::LogStartDurable { offset } => {
+                    assert!(offset > self.durable_log_start, "durable log start did not move up: {} -> {offset}", self.durable_log_start);
+                    assert!(offset <= self.log.log_start_offset(), "durable log start {offset} past the log start {}", self.log.log_start_offset());
+                    self.durable_log_start = offset;
                 }
                 LogEvent::ReadDone { read_id, records } => {
                     let (offset, max_bytes, upper, truncated) = self.reads.remove(&read_id).expect("known read id");

@@ -1,15 +1,26 @@
-//! An administrator moving partitions while the faults run: every so often it asks one broker,
-//! with AlterPartitionReassignments, to move a partition of the workload topic to a
-//! seeded set of brokers. The producers and consumers must not notice beyond retries; the
-//! checkers judge the result (no acknowledged record lost, replicas identical after the heal,
-//! one leader per epoch).
+//! Administrators acting while the faults run.
+//!
+//! - [`Reassigner`]: every so often it asks one broker, with AlterPartitionReassignments, to move
+//!   a partition of the workload topic to a seeded set of brokers. The producers and consumers
+//!   must not notice beyond retries; the checkers judge the result (no acknowledged record lost,
+//!   replicas identical after the heal, one leader per epoch).
+//! - [`RecordDeleter`]: every so often it asks a partition's leader, with DeleteRecords, to
+//!   delete the records below an offset a little past the last low watermark it was told. What
+//!   it was acknowledged must stay deleted (no leader of the current epoch has a lower log
+//!   start, whatever crashed or failed over), and the consumers move past it.
 
 use bytes::Bytes;
 use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
-use kafka_protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId, TopicName};
+use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use runnel_actors::client::{ClientMsg, Wire};
+use runnel_actors::broker::error;
+use runnel_actors::client::{leaders, topic_metadata_request, ClientMsg, Wire};
 use runnel_actors::core::{Actor, Addr, Cx, IoDone, TimerId};
+use std::collections::BTreeMap;
 
 const TICK: TimerId = TimerId(1);
 
@@ -144,6 +155,161 @@ impl Actor for Reassigner {
             // Look again when the request in flight would count as lost.
             cx.set_timer(TICK, 30_000);
         }
+    }
+    fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
+}
+
+/// What the record deleter was answered.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOutcomes {
+    /// DeleteRecords requests sent.
+    pub sent: u64,
+    /// Acknowledged deletions: (partition, low watermark, virtual ms of the answer).
+    pub acknowledged: Vec<(i32, i64, u64)>,
+    /// Refused as beyond the high watermark (OFFSET_OUT_OF_RANGE).
+    pub out_of_range: u64,
+    /// Answered REQUEST_TIMED_OUT (a live replica did not follow in time).
+    pub timed_out: u64,
+    /// Refused by a broker that does not lead the partition (any more).
+    pub not_leader: u64,
+    /// Requests whose connection broke before the answer, or that stayed unanswered for 30 s.
+    pub lost: u64,
+}
+
+/// Deletes records of the workload topic now and then until `until_ms`: asks one broker for
+/// the partitions' leaders, then the leader of a seeded partition to delete the records below
+/// the last low watermark it was told for it plus a seeded step.
+pub struct RecordDeleter {
+    brokers: Vec<Addr>,
+    topic: String,
+    partitions: i32,
+    interval_ms: u64,
+    until_ms: u64,
+    /// The broker asked for metadata next.
+    target: usize,
+    /// Leaders from the last metadata answer.
+    leaders: BTreeMap<i32, i32>,
+    /// The last low watermark acknowledged, per partition.
+    low: BTreeMap<i32, i64>,
+    /// When the request in flight was sent (virtual ms).
+    waiting_since: Option<u64>,
+    wire: Wire,
+    /// What happened so far.
+    pub outcomes: DeleteOutcomes,
+}
+
+impl RecordDeleter {
+    /// A deleter of `topic` over `brokers`.
+    pub fn new(brokers: Vec<Addr>, topic: &str, partitions: i32, interval_ms: u64, until_ms: u64) -> Self {
+        RecordDeleter {
+            brokers,
+            topic: topic.to_string(),
+            partitions,
+            interval_ms,
+            until_ms,
+            target: 0,
+            leaders: BTreeMap::new(),
+            low: BTreeMap::new(),
+            waiting_since: None,
+            wire: Wire::default(),
+            outcomes: DeleteOutcomes::default(),
+        }
+    }
+
+    /// Start a round: ask for the leaders (unless a request is in flight or the faults are over).
+    fn tick(&mut self, cx: &mut Cx<ClientMsg>) {
+        if let Some(since) = self.waiting_since {
+            if cx.now_ms() < since + 30_000 {
+                return cx.set_timer(TICK, since + 30_000 - cx.now_ms());
+            }
+            // Never answered (a link cut without a reset): give up on it.
+            self.give_up(cx);
+        }
+        if cx.now_ms() >= self.until_ms {
+            return;
+        }
+        let to = self.brokers[self.target];
+        let frame = self.wire.encode_for(to.node, &topic_metadata_request(&self.topic), 12);
+        self.waiting_since = Some(cx.now_ms());
+        cx.send(to, ClientMsg::Request(frame));
+    }
+
+    /// Send a DeleteRecords to the leader of a seeded partition, if it has one.
+    fn delete(&mut self, cx: &mut Cx<ClientMsg>) -> bool {
+        let partition = (cx.rng().next_u64() % self.partitions as u64) as i32;
+        let Some(&leader) = self.leaders.get(&partition) else { return false };
+        let offset = self.low.get(&partition).copied().unwrap_or(0) + 1 + (cx.rng().next_u64() % 40) as i64;
+        let request = DeleteRecordsRequest::default().with_timeout_ms(5_000).with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+            .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(partition).with_offset(offset)])]);
+        let frame = self.wire.encode_for(leader, &request, 2);
+        self.waiting_since = Some(cx.now_ms());
+        self.outcomes.sent += 1;
+        cx.send(Addr { node: leader, actor: 0 }, ClientMsg::Request(frame));
+        true
+    }
+
+    /// The request in flight is lost (its connection broke, or it stayed unanswered): forget
+    /// the leaders and ask the next broker next time.
+    fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
+        if self.waiting_since.take().is_some() {
+            self.outcomes.lost += 1;
+        }
+        self.wire.disconnected();
+        self.leaders.clear();
+        self.target = (self.target + 1) % self.brokers.len();
+        cx.set_timer(TICK, self.interval_ms);
+    }
+
+    fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
+        self.waiting_since = None;
+        let Ok((key, version, mut body)) = self.wire.match_response(frame) else { return cx.set_timer(TICK, self.interval_ms) };
+        if key == ApiKey::Metadata as i16 {
+            if let Some((_, leaders)) = MetadataResponse::decode(&mut body, version).ok().as_ref().and_then(leaders) {
+                self.leaders = leaders;
+                if self.delete(cx) {
+                    return;
+                }
+            }
+            self.target = (self.target + 1) % self.brokers.len();
+            return cx.set_timer(TICK, self.interval_ms);
+        }
+        if let Ok(response) = DeleteRecordsResponse::decode(&mut body, version) {
+            for p in response.topics.iter().flat_map(|t| &t.partitions) {
+                match p.error_code {
+                    error::NONE => {
+                        let low = self.low.entry(p.partition_index).or_insert(0);
+                        *low = (*low).max(p.low_watermark);
+                        self.outcomes.acknowledged.push((p.partition_index, p.low_watermark, cx.now_ms()));
+                    }
+                    error::OFFSET_OUT_OF_RANGE => self.outcomes.out_of_range += 1,
+                    error::REQUEST_TIMED_OUT => self.outcomes.timed_out += 1,
+                    _ => self.outcomes.not_leader += 1,
+                }
+            }
+        }
+        cx.set_timer(TICK, self.interval_ms);
+    }
+}
+
+impl Actor for RecordDeleter {
+    type Msg = ClientMsg;
+    fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
+        cx.set_timer(TICK, self.interval_ms);
+    }
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Response(frame) => self.on_response(cx, frame),
+            ClientMsg::Disconnected => {
+                if self.waiting_since.is_some() {
+                    self.give_up(cx);
+                }
+            }
+            ClientMsg::Request(_) => {}
+        }
+    }
+    fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {
+        self.tick(cx);
     }
     fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
 }

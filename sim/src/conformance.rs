@@ -78,6 +78,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         broker_settings: &[],
         lost_at_heal: 0,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
     };
     World::scripted(seed, &scenario, FaultPlan::default(), frames)
 }

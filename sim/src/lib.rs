@@ -106,12 +106,14 @@ pub fn run(config: &RunConfig) -> Result<RunResult, String> {
                 produce_latencies: Vec::new(),
                 completed: false,
                 protocol: Default::default(),
+                deleted_below: Default::default(),
             }
         }
     };
     activate_bugs(&[])?;
     let history = check::history(&outcome.history);
-    let report = runnel_checker::check(&history, &runnel_checker::Options::default());
+    let options = runnel_checker::Options { deleted_below: outcome.deleted_below.clone(), ..Default::default() };
+    let report = runnel_checker::check(&history, &options);
     if !report.valid {
         outcome.violations.push(Violation { time_ms: outcome.sim_time_ms, checker: "history".into(), what: report.to_string() });
     }

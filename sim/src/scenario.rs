@@ -41,6 +41,9 @@ pub struct Scenario {
     /// Milliseconds between partition reassignments of the workload topic while the faults run
     /// (an administrator's AlterPartitionReassignments to seeded replica sets); 0: none.
     pub reassign_every_ms: u64,
+    /// Milliseconds between DeleteRecords of a seeded partition of the workload topic while the
+    /// faults run (an administrator deleting a little past the last low watermark); 0: none.
+    pub delete_records_every_ms: u64,
 }
 
 /// Three combined broker+controller nodes, RF=3, min.insync.replicas=2: what the cluster
@@ -64,6 +67,7 @@ const CLUSTER_3: Scenario = Scenario {
     broker_settings: &[("min.insync.replicas", "2"), ("metadata.log.max.snapshot.interval.ms", "8000")],
     lost_at_heal: 0,
     reassign_every_ms: 0,
+    delete_records_every_ms: 0,
 };
 
 /// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.
@@ -88,6 +92,7 @@ pub const SCENARIOS: &[Scenario] = &[
         broker_settings: &[],
         lost_at_heal: 0,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
     },
     Scenario {
         name: "small-segments",
@@ -106,6 +111,7 @@ pub const SCENARIOS: &[Scenario] = &[
         broker_settings: &[("log.segment.bytes", "4096"), ("log.index.interval.bytes", "128")],
         lost_at_heal: 0,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
     },
     Scenario {
         name: "many-clients",
@@ -124,6 +130,7 @@ pub const SCENARIOS: &[Scenario] = &[
         broker_settings: &[],
         lost_at_heal: 0,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
     },
     CLUSTER_3,
     Scenario {
@@ -143,6 +150,7 @@ pub const SCENARIOS: &[Scenario] = &[
         partitions: 5,
         send_interval_ms: 50,
         reassign_every_ms: 3_000,
+        delete_records_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -175,6 +183,7 @@ pub const SCENARIOS: &[Scenario] = &[
         broker_settings: &[],
         lost_at_heal: 0,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
     },
     Scenario {
         name: "groups-3",
@@ -198,6 +207,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "cluster-3 whose faults end with one node lost for good: the other two must elect a controller, fence it, move its leaderships and finish the workload without it",
         lost_at_heal: 1,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -208,6 +218,19 @@ pub const SCENARIOS: &[Scenario] = &[
         partitions: 6,
         lost_at_heal: 1,
         reassign_every_ms: 0,
+        delete_records_every_ms: 0,
+        ..CLUSTER_3
+    },
+    Scenario {
+        name: "cluster-3-delete-records",
+        description: "cluster-3 with 4 KiB segments, retention by size, and an administrator deleting records (DeleteRecords) of a seeded partition every 1.5 s while the faults run: deleted records stay deleted across failovers and crashes, consumers move past them",
+        delete_records_every_ms: 1_500,
+        broker_settings: &[
+            ("min.insync.replicas", "2"),
+            ("log.segment.bytes", "4096"),
+            ("log.retention.bytes", "24576"),
+            ("log.retention.check.interval.ms", "2000"),
+        ],
         ..CLUSTER_3
     },
     Scenario {

@@ -183,6 +183,7 @@ enum ClientActor {
     Group(Box<GroupConsumer>),
     Scripted(crate::conformance::Scripted),
     Reassigner(crate::admin::Reassigner),
+    Deleter(crate::admin::RecordDeleter),
 }
 
 struct Client {
@@ -232,6 +233,9 @@ pub struct Outcome {
     /// Protocol paths the run exercised, with counts (metadata snapshots taken, installed from
     /// the leader, loaded at start), so a swarm can show that faults reached them.
     pub protocol: BTreeMap<String, u64>,
+    /// Per workload partition, the offset below which records were deleted by the end
+    /// (DeleteRecords, retention): the history checker does not ask for them to be read.
+    pub deleted_below: BTreeMap<u64, i64>,
 }
 
 /// Bounds of the wait between two refused-connect reports from one node about another: the
@@ -478,6 +482,17 @@ impl World {
                 conns: BTreeMap::new(),
             });
         }
+        if scenario.delete_records_every_ms > 0 {
+            let deleter =
+                crate::admin::RecordDeleter::new(bootstrap.clone(), TOPIC, scenario.partitions, scenario.delete_records_every_ms, scenario.faults_until_ms);
+            clients.push(Client {
+                actor: ClientActor::Deleter(deleter),
+                cx: Cx::new(Addr { node: 5001, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conns: BTreeMap::new(),
+            });
+        }
         let net = Network::new(plan.net());
         let mut world = World {
             now_us: 0,
@@ -683,6 +698,7 @@ impl World {
                 ClientActor::Producer(p) => p.on_start(cx),
                 ClientActor::Scripted(s) => s.on_start(cx),
                 ClientActor::Reassigner(r) => r.on_start(cx),
+                ClientActor::Deleter(d) => d.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
                 ClientActor::Group(g) => g.on_start(cx),
             });
@@ -778,10 +794,26 @@ impl World {
     }
 
     fn into_outcome(mut self) -> Outcome {
+        let deleted_below = self.deleted_below();
         for i in 0..self.nodes.len() {
             self.count_snapshots(i);
         }
         for c in &self.clients {
+            if let ClientActor::Deleter(d) = &c.actor {
+                let o = &d.outcomes;
+                for (k, v) in [
+                    ("delete-records-acknowledged", o.acknowledged.len() as u64),
+                    ("delete-records-out-of-range", o.out_of_range),
+                    ("delete-records-timed-out", o.timed_out),
+                    ("delete-records-not-leader", o.not_leader),
+                    ("delete-records-lost", o.lost),
+                ] {
+                    *self.protocol.entry(k.to_string()).or_default() += v;
+                }
+            }
+            if let ClientActor::Consumer(consumer) = &c.actor {
+                *self.protocol.entry("consumer-reset-to-log-start".to_string()).or_default() += consumer.reset_count;
+            }
             if let ClientActor::Reassigner(r) = &c.actor {
                 let o = &r.outcomes;
                 for (k, v) in [
@@ -806,6 +838,7 @@ impl World {
             produce_latencies: self.produce_latencies,
             completed: self.completed,
             protocol: self.protocol,
+            deleted_below,
         }
     }
 
@@ -972,6 +1005,7 @@ impl World {
                     ClientActor::Producer(p) => p.on_timer(cx, id),
                     ClientActor::Scripted(s) => s.on_timer(cx, id),
                     ClientActor::Reassigner(r) => r.on_timer(cx, id),
+                    ClientActor::Deleter(d) => d.on_timer(cx, id),
                     ClientActor::Consumer(c) => c.on_timer(cx, id),
                     ClientActor::Group(g) => g.on_timer(cx, id),
                 });
@@ -1268,6 +1302,9 @@ impl World {
                 self.violation("one-leader-per-epoch", format!("{}-{} epoch {}: led by node {prev} and node {node}", key.0, key.1, key.2));
             }
         }
+        if self.scenario.delete_records_every_ms > 0 {
+            self.check_deletions_kept(i);
+        }
         let Some(b) = self.nodes[i].broker.as_ref() else { return };
         if !b.is_ready() {
             return;
@@ -1288,7 +1325,9 @@ impl World {
                     ),
                 ));
             }
-            if v.high_watermark > v.durable_offset {
+            // (Records below the log start are not exposed: a log restarted empty at a later
+            // start, behind a leader's deletions, is not durable there until its checkpoint is.)
+            if v.high_watermark > v.durable_offset.max(v.log_start_offset) {
                 found.push((
                     "durability",
                     format!("{}-{}: high watermark {} above the durable offset {}", v.topic, v.index, v.high_watermark, v.durable_offset),
@@ -1310,6 +1349,60 @@ impl World {
         for (checker, what) in found {
             self.violation(checker, what);
         }
+    }
+
+    /// The highest low watermark DeleteRecords acknowledged, per workload partition.
+    fn acknowledged_deletions(&self) -> BTreeMap<i32, i64> {
+        let mut lows = BTreeMap::new();
+        for c in &self.clients {
+            if let ClientActor::Deleter(d) = &c.actor {
+                for &(partition, low, _) in &d.outcomes.acknowledged {
+                    let l = lows.entry(partition).or_insert(low);
+                    *l = (*l).max(low);
+                }
+            }
+        }
+        lows
+    }
+
+    /// Records DeleteRecords acknowledged as deleted stay deleted: the leader of a partition's
+    /// newest epoch (as far as any node has seen) never starts its log below an acknowledged
+    /// low watermark, across crashes, restarts and failovers. (A deposed leader of an older
+    /// epoch, fenced while it was deleted, may still hold them, as in Kafka.)
+    fn check_deletions_kept(&mut self, i: usize) {
+        let Some(b) = self.nodes[i].broker.as_ref().filter(|b| b.is_ready()) else { return };
+        let lows = self.acknowledged_deletions();
+        let mut found = Vec::new();
+        for v in b.partition_views().into_iter().filter(|v| v.topic == TOPIC && v.ready && v.role == runnel_actors::partition::Role::Leader) {
+            let Some(&low) = lows.get(&v.index) else { continue };
+            let newest =
+                self.epoch_leaders.range((TOPIC.to_string(), v.index, i32::MIN)..=(TOPIC.to_string(), v.index, i32::MAX)).next_back().map(|(k, _)| k.2);
+            if newest == Some(v.leader_epoch) && v.log_start_offset < low {
+                found.push(format!(
+                    "{TOPIC}-{}: node {} leads epoch {} from log start {}, below the acknowledged DeleteRecords low watermark {low}",
+                    v.index,
+                    i + 1,
+                    v.leader_epoch,
+                    v.log_start_offset
+                ));
+            }
+        }
+        for what in found {
+            self.violation("deleted-records-stay-deleted", what);
+        }
+    }
+
+    /// Per workload partition, the offset below which records are gone: the highest log start
+    /// any ready replica has, and at least every acknowledged DeleteRecords.
+    fn deleted_below(&self) -> BTreeMap<u64, i64> {
+        let mut below: BTreeMap<u64, i64> = self.acknowledged_deletions().into_iter().map(|(p, low)| (p as u64, low)).collect();
+        for b in self.nodes.iter().filter_map(|n| n.broker.as_ref()).filter(|b| b.is_ready()) {
+            for v in b.partition_views().into_iter().filter(|v| v.topic == TOPIC && v.ready && v.log_start_offset > 0) {
+                let l = below.entry(v.index as u64).or_insert(0);
+                *l = (*l).max(v.log_start_offset);
+            }
+        }
+        below
     }
 
     /// The metadata quorum: one Raft leader per term, committed entries never change.
@@ -1465,7 +1558,10 @@ impl World {
                 }
                 if topic == TOPIC {
                     if let Some(v) = b.partition_views().iter().find(|v| v.topic == topic && v.index == p) {
-                        if let Err(what) = producer_windows_match_log(&bytes, v.producers) {
+                        // The log is what lies at and above the log start: batches below it that
+                        // a segment still holds are deleted, and so is their producer state (as
+                        // in Kafka), which recovery does not replay.
+                        if let Err(what) = producer_windows_match_log(batches_from(&bytes, v.log_start_offset).0, v.producers) {
                             windows.push(format!("{topic}-{p} on node {}: {what}", i + 1));
                         }
                     }
@@ -1482,6 +1578,10 @@ impl World {
                 }
                 continue;
             }
+            // Deletions (DeleteRecords, retention) remove whole segments from the start, on each
+            // replica on its own schedule: compare from the first batch every replica still has.
+            let common = logs.iter().map(|(_, bytes)| batches_from(bytes, i64::MIN).1).max().unwrap_or(0);
+            let logs: Vec<(usize, &[u8])> = logs.iter().map(|(i, bytes)| (*i, batches_from(bytes, common).0)).collect();
             for w in logs.windows(2) {
                 let len = w[0].1.len().min(w[1].1.len());
                 if w[0].1[..len] != w[1].1[..len] {
@@ -1491,8 +1591,8 @@ impl World {
                         "{topic}-{p}: logs of nodes {} and {} differ at byte {at} ({:?} vs {:?})",
                         w[0].0 + 1,
                         w[1].0 + 1,
-                        around(&w[0].1),
-                        around(&w[1].1)
+                        around(w[0].1),
+                        around(w[1].1)
                     ));
                 }
             }
@@ -1516,7 +1616,7 @@ impl World {
         let effects = c.cx.take_effects();
         let events = match &mut c.actor {
             ClientActor::Producer(p) => p.take_events(),
-            ClientActor::Scripted(_) | ClientActor::Reassigner(_) => Vec::new(),
+            ClientActor::Scripted(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) => Vec::new(),
             ClientActor::Consumer(c) => c.take_events(),
             ClientActor::Group(g) => g.take_events(),
         };
@@ -1914,11 +2014,15 @@ impl World {
         }
     }
 
+    /// Every acknowledged value, per key, but those deleted since (below the log start).
     fn all_acked(&self) -> BTreeMap<u64, Vec<u64>> {
+        let deleted_below = self.deleted_below();
         let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for e in &self.history {
-            if let ClientEvent::CompleteSend { key, value, outcome: Ok(_), .. } = e {
-                out.entry(*key).or_default().push(*value);
+            if let ClientEvent::CompleteSend { key, value, outcome: Ok(offset), .. } = e {
+                if deleted_below.get(key).is_none_or(|below| offset >= below) {
+                    out.entry(*key).or_default().push(*value);
+                }
             }
         }
         out
@@ -1945,7 +2049,7 @@ impl World {
                         parts.push("the script is not finished".into());
                     }
                 }
-                ClientActor::Group(_) | ClientActor::Reassigner(_) => {}
+                ClientActor::Group(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) => {}
             }
         }
         let groups: Vec<&GroupConsumer> =
@@ -2006,6 +2110,7 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: 
         ClientActor::Producer(p) => p.on_message(cx, from, msg),
         ClientActor::Scripted(s) => s.on_message(cx, from, msg),
         ClientActor::Reassigner(r) => r.on_message(cx, from, msg),
+        ClientActor::Deleter(d) => d.on_message(cx, from, msg),
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
         ClientActor::Group(g) => g.on_message(cx, from, msg),
     }
@@ -2068,6 +2173,22 @@ fn producer_windows_match_log(log: &[u8], windows: &BTreeMap<i64, runnel_actors:
         }
     }
     Ok(())
+}
+
+/// The bytes of `log` (concatenated batches) from its first batch that ends at or above offset
+/// `from`, and the base offset of its first batch (0 for an empty log).
+fn batches_from(log: &[u8], from: i64) -> (&[u8], i64) {
+    let mut at = 0;
+    let mut first = None;
+    while at < log.len() {
+        let Ok(h) = runnel_actors::log::batch::check_one(&log[at..]) else { break };
+        first.get_or_insert(h.base_offset);
+        if h.last_offset() >= from {
+            break;
+        }
+        at += h.total_len();
+    }
+    (&log[at..], first.unwrap_or(0))
 }
 
 fn same_compacted_log(a: &[u8], b: &[u8]) -> Result<(), String> {

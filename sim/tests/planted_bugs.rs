@@ -16,8 +16,13 @@ const GROUPS: &[&str] = &["groups-single", "groups-3", "groups-848"];
 /// (The cleaner's bug too: the group scenarios are the ones with a compacted topic.)
 const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted", "kip848-answer-before-durable", "cleaner-drops-latest"];
 
+/// DeleteRecords bugs need an administrator deleting records.
+const DELETE_BUGS: &[&str] = &["delete-records-before-replicas"];
+
 fn scenarios(bug: &str) -> &'static [&'static str] {
-    if GROUP_BUGS.contains(&bug) {
+    if DELETE_BUGS.contains(&bug) {
+        &["cluster-3-delete-records"]
+    } else if GROUP_BUGS.contains(&bug) {
         GROUPS
     } else {
         GATED

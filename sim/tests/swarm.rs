@@ -18,6 +18,7 @@ const GATED: &[&str] = &[
     "cluster-3",
     "cluster-5",
     "cluster-5-reassign",
+    "cluster-3-delete-records",
     "cluster-split",
     "cluster-3-snapshots",
     "cluster-3-node-lost",
@@ -74,6 +75,19 @@ fn fault_free_runs_complete() {
         assert!(r.outcome.violations.is_empty(), "{}: {:?}", sc.name, r.outcome.violations);
         assert!(r.history_ops > 1000, "{}: only {} ops", sc.name, r.history_ops);
     }
+}
+
+/// The DeleteRecords scenario deletes for real: without faults its administrator is acknowledged
+/// deletions, retention and DeleteRecords move every partition's log start, and the consumers
+/// still read everything above it.
+#[test]
+fn delete_records_scenario_deletes() {
+    let sc = runnel_sim::scenario::scenario("cluster-3-delete-records").expect("scenario");
+    let r = run(&RunConfig { seed: 5, scenario: sc, faults: Some(vec![]), bugs: vec![] }).unwrap();
+    assert!(r.outcome.completed && r.outcome.violations.is_empty(), "{:?}", r.outcome.violations);
+    assert!(r.outcome.protocol.get("delete-records-acknowledged").is_some_and(|n| *n >= 10), "{:?}", r.outcome.protocol);
+    assert_eq!(r.outcome.deleted_below.len(), sc.partitions as usize, "every partition lost its first records: {:?}", r.outcome.deleted_below);
+    assert!(r.outcome.deleted_below.values().all(|below| *below > 0));
 }
 
 /// Seeds that once found real bugs stay clean (each names the bug it found).

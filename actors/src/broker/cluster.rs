@@ -623,6 +623,7 @@ impl Broker {
     fn role_applied(&mut self, cx: &mut Cx<BrokerMsg>, topic: &str, index: i32, uid: u64, changed: bool) {
         if changed {
             self.fail_waiting_produces(cx, uid, error::NOT_LEADER_OR_FOLLOWER);
+            self.fail_waiting_deletes(cx, uid);
             self.wake_fetches(cx, uid);
             self.wake_serving(cx, uid);
         }
@@ -755,6 +756,7 @@ impl Broker {
                     leader_epoch: p.leader_epoch,
                     fetch_offset: p.log.log_end_offset(),
                     durable_offset: p.local_committable(),
+                    log_start_offset: p.log.durable_log_start_offset(),
                     last_fetched_epoch: p.log.latest_epoch().unwrap_or(-1),
                 });
             }
@@ -920,9 +922,11 @@ impl Broker {
                         // Ahead of the leader without a diverging epoch: cut to the leader's end.
                         resp.diverging = Some((p.log.latest_epoch().unwrap_or(-1), leo));
                     } else {
-                        let fs = p.followers.entry(follower).or_insert(FollowerState { log_end_offset: -1, durable_offset: -1, last_caught_up_ms: now });
+                        let fs = p.followers.entry(follower).or_insert(FollowerState::new(now));
                         fs.log_end_offset = q.fetch_offset;
                         fs.durable_offset = q.durable_offset.min(q.fetch_offset);
+                        let log_start_moved = q.log_start_offset > fs.log_start_offset;
+                        fs.log_start_offset = q.log_start_offset;
                         if q.fetch_offset >= leo {
                             fs.last_caught_up_ms = now;
                         }
@@ -936,13 +940,22 @@ impl Broker {
                         // safe on the follower as the high watermark requires: durable under the
                         // fsync policy (a follower whose unsynced tail is lost must not be a
                         // member the high watermark already passed).
+                        // It also holds the leader's deletions (DeleteRecords, retention) durably: a
+                        // member elected leader must not serve records deleted here.
                         let vouched = p.follower_committable(follower);
-                        let expand = !p.isr.contains(&follower) && p.pending_isr.is_none() && vouched >= p.high_watermark && vouched >= epoch_start(p);
+                        let expand = !p.isr.contains(&follower)
+                            && p.pending_isr.is_none()
+                            && vouched >= p.high_watermark
+                            && vouched >= epoch_start(p)
+                            && q.log_start_offset >= p.log.log_start_offset();
                         if moved {
                             self.on_high_watermark(cx, uid);
                         }
                         if expand {
                             self.propose_isr(cx, &q.topic, q.index, Some(follower), None);
+                        }
+                        if log_start_moved {
+                            self.complete_deletes(cx, Some(uid));
                         }
                     }
                     if let Some(p) = self.partition_mut(&q.topic, q.index) {
@@ -969,6 +982,7 @@ impl Broker {
             let Ok(p) = self.ready_partition(&q.topic, q.index) else { continue };
             let leo = p.log.log_end_offset();
             resp.high_watermark = p.high_watermark;
+            resp.log_start_offset = p.log.log_start_offset();
             if q.fetch_offset >= leo {
                 continue;
             }
@@ -1033,6 +1047,18 @@ impl Broker {
         let Some(ids) = self.cluster.serving_watch.remove(&uid) else { return };
         for id in ids {
             if self.cluster.serving.get(&id).is_some_and(|s| s.parked) {
+                self.evaluate_serving(cx, id);
+            }
+        }
+    }
+
+    /// The leader's log start moved (DeleteRecords): parked replica fetches on `uid` are
+    /// answered now, data or not, so the followers learn the new log start at once.
+    pub(crate) fn answer_serving_now(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
+        let Some(ids) = self.cluster.serving_watch.remove(&uid) else { return };
+        for id in ids {
+            if let Some(s) = self.cluster.serving.get_mut(&id).filter(|s| s.parked) {
+                s.deadline_ms = 0;
                 self.evaluate_serving(cx, id);
             }
         }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod meta;
 
 mod admin;
+mod delete_records;
 mod fetch;
 mod groups;
 mod offsets;
@@ -201,6 +202,8 @@ pub struct Broker {
     pending_init_producer: VecDeque<(ConnId, u64, Box<Request>)>,
     // request state
     pub(crate) produces: BTreeMap<u64, produce::PendingProduce>,
+    /// DeleteRecords requests waiting for their low watermarks.
+    pub(crate) deletes: BTreeMap<u64, delete_records::PendingDelete>,
     pub(crate) fetches: BTreeMap<u64, fetch::FetchState>,
     pub(crate) fetch_sessions: BTreeMap<i32, fetch::FetchSession>,
     pub(crate) reads: BTreeMap<u64, (u64, usize)>,
@@ -256,6 +259,7 @@ impl Broker {
             next_producer_id: 0,
             pending_init_producer: VecDeque::new(),
             produces: BTreeMap::new(),
+            deletes: BTreeMap::new(),
             fetches: BTreeMap::new(),
             client_hosts: BTreeMap::new(),
             unreachable: BTreeMap::new(),
@@ -641,6 +645,11 @@ impl Broker {
                     }
                     self.follower_progress(cx, uid);
                 }
+                LogEvent::LogStartDurable { .. } => {
+                    // A follower reports it in its next fetch; a leader may answer DeleteRecords.
+                    self.follower_progress(cx, uid);
+                    self.complete_deletes(cx, Some(uid));
+                }
                 LogEvent::ReadDone { read_id, records } => self.deliver_read(cx, read_id, Ok(records)),
                 LogEvent::ReadFailed { read_id, error } => self.deliver_read(cx, read_id, Err(error)),
                 LogEvent::TimestampFound { query_id, found } => self.on_timestamp_found(cx, query_id, found),
@@ -691,7 +700,7 @@ impl Broker {
             RequestKind::CreateTopics(r) => return self.on_create_topics(cx, conn, seq, request, r),
             RequestKind::DeleteTopics(r) => return self.on_delete_topics(cx, conn, seq, request, r),
             RequestKind::CreatePartitions(r) => return self.on_create_partitions(cx, conn, seq, request, r),
-            RequestKind::DeleteRecords(r) => codec::respond(&request, &self.on_delete_records(cx, r)),
+            RequestKind::DeleteRecords(r) => return self.on_delete_records(cx, conn, seq, request, r),
             RequestKind::DescribeConfigs(r) => codec::respond(&request, &self.on_describe_configs(r)),
             RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, request, r),
             RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, request, r),
@@ -797,6 +806,9 @@ impl Broker {
             });
         }
         self.expire_produces(cx);
+        // Also answers those whose waits ended with a replica's broker fenced.
+        self.complete_deletes(cx, None);
+        self.expire_deletes(cx);
         if self.phase == Phase::Ready {
             self.cluster_tick(cx);
             self.group_tick(cx);

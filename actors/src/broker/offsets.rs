@@ -1,15 +1,11 @@
-//! ListOffsets (earliest, latest, max timestamp, by timestamp), OffsetForLeaderEpoch and
-//! DeleteRecords.
+//! ListOffsets (earliest, latest, max timestamp, by timestamp) and OffsetForLeaderEpoch.
 
 use super::{codec, error, Broker, BrokerMsg};
 use crate::broker::codec::Request;
 use crate::core::{ConnId, Cx};
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
-use kafka_protocol::messages::{
-    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
-};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -127,36 +123,6 @@ impl Broker {
                     }
                 }
                 tr.partitions.push(e);
-            }
-            response.topics.push(tr);
-        }
-        response
-    }
-
-    pub(crate) fn on_delete_records(&mut self, cx: &mut Cx<BrokerMsg>, r: DeleteRecordsRequest) -> DeleteRecordsResponse {
-        let mut response = DeleteRecordsResponse::default();
-        for t in r.topics {
-            let name = t.name.0.to_string();
-            let mut tr = DeleteRecordsTopicResult::default().with_name(t.name.clone());
-            for q in t.partitions {
-                let mut pr = DeleteRecordsPartitionResult::default().with_partition_index(q.partition_index).with_low_watermark(-1);
-                match self.ready_partition(&name, q.partition_index) {
-                    Err(e) => pr.error_code = e,
-                    Ok(p) => {
-                        let hw = p.high_watermark;
-                        let target = if q.offset == -1 { hw } else { q.offset };
-                        if target < 0 || target > hw {
-                            pr.error_code = error::OFFSET_OUT_OF_RANGE;
-                        } else {
-                            let result = self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.delete_records(io, target));
-                            match result {
-                                Some(Ok(low)) => pr.low_watermark = low,
-                                _ => pr.error_code = error::OFFSET_OUT_OF_RANGE,
-                            }
-                        }
-                    }
-                }
-                tr.partitions.push(pr);
             }
             response.topics.push(tr);
         }

@@ -2,6 +2,11 @@
 //! loop, recording each poll. It checks on its own what a client can see directly: no record at
 //! or above the high watermark of the response that carried it, every batch passes its CRC,
 //! and offsets only move forward.
+//!
+//! In a cluster, a position out of range sends it to the metadata again (a deposed leader may be
+//! behind) and asks the leader for the partition's earliest offset (ListOffsets), as a client
+//! with `auto.offset.reset=earliest` does: a position below it (records deleted by DeleteRecords
+//! or retention) moves up to it; one above it stays.
 
 use super::{decode, parse_value, ready_topic, topic_metadata_request, ClientEvent, ClientMsg, Wire};
 use crate::broker::error;
@@ -9,7 +14,7 @@ use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use crate::log::batch;
 use kafka_protocol::messages::*;
 use kafka_protocol::records::RecordBatchDecoder;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const RETRY_TIMER: TimerId = TimerId(1);
 
@@ -47,6 +52,12 @@ pub struct Consumer {
     events: Vec<ClientEvent>,
     /// Every value read, per key (for liveness checks).
     pub seen: BTreeMap<u64, std::collections::BTreeSet<u64>>,
+    /// Partitions whose position was out of range: their earliest offset is asked for.
+    resets: BTreeSet<i32>,
+    /// A ListOffsets is in flight.
+    listing: bool,
+    /// Positions moved up to a partition's earliest offset.
+    pub reset_count: u64,
 }
 
 impl Consumer {
@@ -66,6 +77,9 @@ impl Consumer {
             setup_pending: false,
             events: Vec::new(),
             seen: BTreeMap::new(),
+            resets: BTreeSet::new(),
+            listing: false,
+            reset_count: 0,
         }
     }
 
@@ -84,6 +98,16 @@ impl Consumer {
             }
             return;
         }
+        if let Some(&first) = self.resets.first() {
+            if let Some(node) = self.leaders.get(&first).copied().filter(|n| *n >= 0 && !self.listing) {
+                // The earliest offsets of the partitions out of range that `first`'s leader leads.
+                let mine: Vec<i32> = self.resets.iter().copied().filter(|p| self.leaders.get(p) == Some(&node)).collect();
+                let request = list_earliest_request(&self.config.topic, &mine, &self.epochs);
+                let frame = self.wire.encode_for(node, &request, 4);
+                self.listing = true;
+                cx.send(Addr { node, actor: 0 }, ClientMsg::Request(frame));
+            }
+        }
         if self.polling {
             return;
         }
@@ -93,7 +117,9 @@ impl Consumer {
         nodes.dedup();
         let node = nodes[self.next_leader % nodes.len()];
         self.next_leader += 1;
-        let mine: BTreeMap<i32, i64> = self.positions.iter().filter(|(p, _)| self.leaders.get(p) == Some(&node)).map(|(p, o)| (*p, *o)).collect();
+        // (Not those waiting for their earliest offset.)
+        let mine: BTreeMap<i32, i64> =
+            self.positions.iter().filter(|(p, _)| self.leaders.get(p) == Some(&node) && !self.resets.contains(p)).map(|(p, o)| (*p, *o)).collect();
         self.polling = true;
         self.polling_node = Some(node);
         self.events.push(ClientEvent::InvokePoll { time_ms: cx.now_ms(), process: self.config.process });
@@ -116,10 +142,12 @@ impl Consumer {
                     error::NONE => {}
                     error::OFFSET_OUT_OF_RANGE if self.config.bootstrap.len() > 1 => {
                         // In a cluster a deposed leader that has not heard yet (a zombie) may be
-                        // behind: ask for metadata again. Records that really vanished show up in
-                        // the history check as lost or skipped.
+                        // behind: ask for metadata again. Below the log start, the position moves
+                        // up to it. Records that really vanished show up in the history check as
+                        // lost or skipped (unless deleted).
                         self.leaders.clear();
                         self.boot += 1;
+                        self.resets.insert(p.partition_index);
                         retry = true;
                         continue;
                     }
@@ -186,6 +214,43 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// The earliest offsets asked for after an out-of-range fetch: a position below one moves up
+    /// to it; a partition whose leader could not answer is asked again after a metadata refresh.
+    fn on_earliest(&mut self, r: ListOffsetsResponse) {
+        for p in r.topics.iter().flat_map(|t| &t.partitions) {
+            if p.error_code != error::NONE {
+                self.leaders.clear();
+                self.boot += 1;
+                continue;
+            }
+            self.resets.remove(&p.partition_index);
+            let position = self.positions.entry(p.partition_index).or_insert(0);
+            if p.offset > *position {
+                *position = p.offset;
+                self.reset_count += 1;
+            }
+        }
+    }
+}
+
+/// A ListOffsets (v4) asking for the earliest offset of `partitions` of `topic`, with the
+/// leader epochs the client knows.
+fn list_earliest_request(topic: &str, partitions: &[i32], epochs: &BTreeMap<i32, i32>) -> ListOffsetsRequest {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::protocol::StrBytes;
+    ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partitions(
+            partitions
+                .iter()
+                .map(|p| {
+                    ListOffsetsPartition::default().with_partition_index(*p).with_current_leader_epoch(epochs.get(p).copied().unwrap_or(-1)).with_timestamp(-2)
+                })
+                .collect(),
+        )])
+}
+
 impl Actor for Consumer {
     type Msg = ClientMsg;
 
@@ -228,12 +293,21 @@ impl Actor for Consumer {
                         Ok(r) => self.on_fetch(cx, r),
                         Err(e) => self.violation(cx, format!("bad fetch response: {e}")),
                     },
+                    Ok(ApiKey::ListOffsets) => {
+                        self.listing = false;
+                        match decode::<ListOffsetsResponse>(body, version) {
+                            Ok(r) => self.on_earliest(r),
+                            Err(e) => self.violation(cx, format!("bad list offsets response: {e}")),
+                        }
+                        cx.set_timer(RETRY_TIMER, 50);
+                    }
                     _ => self.violation(cx, format!("unexpected response to api {key}")),
                 }
             }
             ClientMsg::Disconnected => {
                 self.wire.disconnected_from(from.node);
                 self.setup_pending = false;
+                self.listing = self.listing && self.wire.in_flight.values().any(|(k, _, _)| *k == ApiKey::ListOffsets as i16);
                 self.leaders.clear();
                 self.boot += 1;
                 if self.polling && self.polling_node == Some(from.node) {

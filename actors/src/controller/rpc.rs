@@ -269,6 +269,9 @@ pub struct ReplicaFetchPartition {
     pub fetch_offset: i64,
     /// Offset below which the follower's log is fsynced.
     pub durable_offset: i64,
+    /// The follower's durable log start offset (what its checkpoint records): DeleteRecords
+    /// is answered once every live replica's reaches the requested offset.
+    pub log_start_offset: i64,
     /// Epoch of the last batch the follower has (-1 if none).
     pub last_fetched_epoch: i32,
 }

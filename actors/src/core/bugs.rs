@@ -25,6 +25,10 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
     ("stale-generation-commit", "OffsetCommit is accepted without checking that the member is in the group's current generation"),
     ("assignment-misrouted", "the group leader's range assignor also hands the first member's partitions to the second"),
     ("kip848-answer-before-durable", "a KIP-848 heartbeat is answered before the group state it was taken from is committed"),
+    (
+        "delete-records-before-replicas",
+        "DeleteRecords is answered once the leader moved its log start in memory, before it is on disk and before the followers have it",
+    ),
     ("cleaner-drops-latest", "the log cleaner's supersede check is off by one (>= for >), so the latest record of a key goes too"),
 ];
 

@@ -120,6 +120,12 @@ pub enum LogEvent {
         /// Exclusive upper bound of the durable prefix.
         offset: i64,
     },
+    /// A checkpoint recording a higher log start offset is in place: a crash can no longer
+    /// bring back the records below `offset` (DeleteRecords waits for this on every replica).
+    LogStartDurable {
+        /// The durable log start offset.
+        offset: i64,
+    },
     /// A read kept coming back damaged: the partition answers KAFKA_STORAGE_ERROR.
     ReadFailed {
         /// The id passed to [`PartitionLog::read`].
@@ -329,6 +335,10 @@ pub struct PartitionLog {
     /// Sorted by base offset, contiguous; the last is the active segment. Empty until recovered.
     segments: Vec<Segment>,
     log_start_offset: i64,
+    /// The log start offset of the last checkpoint in place: what a crash cannot take back.
+    durable_log_start_offset: i64,
+    /// The log start offset the checkpoint write in flight records.
+    checkpoint_in_flight_log_start: i64,
     durable_offset: i64,
     /// Every operation issued and not completed, by token (a BTreeMap: no hash order can leak).
     pending: BTreeMap<IoToken, Pending>,
@@ -380,6 +390,8 @@ impl PartitionLog {
             state: State::Created,
             segments: Vec::new(),
             log_start_offset: 0,
+            durable_log_start_offset: 0,
+            checkpoint_in_flight_log_start: 0,
             durable_offset: 0,
             pending: BTreeMap::new(),
             fsync_in_flight: None,
@@ -439,6 +451,12 @@ impl PartitionLog {
     /// Offset of the first record still in the log.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
+    }
+
+    /// The log start offset a checkpoint in place records: records below it stay deleted
+    /// across a crash. At most [`PartitionLog::log_start_offset`].
+    pub fn durable_log_start_offset(&self) -> i64 {
+        self.durable_log_start_offset
     }
 
     /// Offset the next appended record will get.
@@ -950,6 +968,7 @@ impl PartitionLog {
                     Progress::Done(recovered) => {
                         self.segments = recovered.segments;
                         self.log_start_offset = recovered.log_start_offset;
+                        self.durable_log_start_offset = recovered.checkpointed_log_start_offset;
                         self.durable_offset = recovered.recovery_point;
                         self.checkpoint_blob = recovered.checkpoint.clone();
                         self.checkpoint_offset = recovered.recovery_point;
@@ -1001,6 +1020,10 @@ impl PartitionLog {
             (Pending::Checkpointed(deletions), Ok(_)) => {
                 self.checkpoint_in_flight = false;
                 self.checkpointed_truncations = self.checkpointed_truncations.max(self.checkpoint_in_flight_covers);
+                if self.checkpoint_in_flight_log_start > self.durable_log_start_offset {
+                    self.durable_log_start_offset = self.checkpoint_in_flight_log_start;
+                    events.push(LogEvent::LogStartDurable { offset: self.durable_log_start_offset });
+                }
                 if !matches!(self.state, State::Deleted) {
                     for base_offset in deletions {
                         let Some(at) = self.doomed.iter().position(|s| s.base_offset == base_offset) else { continue };
@@ -1173,6 +1196,7 @@ impl PartitionLog {
         }
         self.checkpoint_in_flight = true;
         self.checkpoint_in_flight_covers = self.truncations;
+        self.checkpoint_in_flight_log_start = self.log_start_offset;
         // The recovery point is where the blob was taken (never above the durable offset): recovery
         // replays every batch after it.
         let recovery_point = self.checkpoint_offset.min(self.durable_offset);
@@ -1522,7 +1546,8 @@ mod tests {
 
     fn read(disk: &mut MemDisk, io: &mut QueuedIo, log: &mut PartitionLog, offset: i64, max_bytes: u64, upper: i64) -> Vec<BatchHeader> {
         assert_eq!(log.read(io, 7, offset, max_bytes, upper), ReadStart::Pending);
-        let events: Vec<LogEvent> = disk.run(io, log).into_iter().filter(|e| !matches!(e, LogEvent::Written { .. })).collect();
+        let events: Vec<LogEvent> =
+            disk.run(io, log).into_iter().filter(|e| !matches!(e, LogEvent::Written { .. } | LogEvent::LogStartDurable { .. })).collect();
         let [LogEvent::ReadDone { read_id: 7, records }] = &events[..] else { panic!("{events:?}") };
         batch::validate_batches(records).map(|v| v.into_iter().map(|(h, _)| h).collect()).unwrap_or_default()
     }
@@ -1721,6 +1746,11 @@ mod tests {
         assert_eq!(log.read(&mut io, 1, log.log_start_offset() - 1, 100, 20), ReadStart::OutOfRange);
         assert_eq!(log.delete_records(&mut io, 21), Err(()));
         assert_eq!(log.delete_records(&mut io, 17), Ok(17));
+        // Durable once the checkpoint recording it is in place, and said so.
+        assert!(log.durable_log_start_offset() < 17, "durable before its checkpoint: {}", log.durable_log_start_offset());
+        let events = disk.run(&mut io, &mut log);
+        assert!(events.iter().any(|e| matches!(e, LogEvent::LogStartDurable { offset: 17 })), "{events:?}");
+        assert_eq!(log.durable_log_start_offset(), 17);
         assert_eq!(read(&mut disk, &mut io, &mut log, 17, 100, 20)[0].base_offset, 17);
         assert_eq!(log.delete_records(&mut io, 20), Ok(20));
         disk.run(&mut io, &mut log);

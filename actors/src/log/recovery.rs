@@ -56,6 +56,9 @@ pub const TMP_SUFFIX: &str = ".tmp";
 /// Size of the chunks a segment is scanned in.
 pub const SCAN_CHUNK_BYTES: u64 = 1 << 20;
 
+/// Reads of a checkpoint that fails its check before it is given up (a latent sector error is
+/// transient; a checkpoint damaged on disk is ignored after the last).
+const CHECKPOINT_READ_ATTEMPTS: u32 = 3;
 const CHECKPOINT_MAGIC_V1: &[u8; 4] = b"RNC1";
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RNC2";
 const CHECKPOINT_FIXED_LEN: usize = 4 + 8 + 8 + 4 + 4;
@@ -163,6 +166,10 @@ pub struct Recovered {
     pub segments: Vec<Segment>,
     /// The log start offset.
     pub log_start_offset: i64,
+    /// The log start offset the checkpoint on disk records (0 without one), at most
+    /// `log_start_offset`: what a crash cannot take back. (The recovered start may be higher,
+    /// from the first segment found, without being recorded anywhere.)
+    pub checkpointed_log_start_offset: i64,
     /// Everything below is known durable (clamped to the recovered log).
     pub recovery_point: i64,
     /// The checkpoint's blob (empty without a valid checkpoint).
@@ -207,9 +214,19 @@ impl Found {
 #[derive(Debug)]
 enum Op {
     List,
-    ReadCheckpoint,
-    LoadIndex { segment: usize, kind: SegmentFile },
-    ScanRead { position: u64, len: u64 },
+    /// A read of the checkpoint (`len` bytes), its `attempt`-th.
+    ReadCheckpoint {
+        len: u64,
+        attempt: u32,
+    },
+    LoadIndex {
+        segment: usize,
+        kind: SegmentFile,
+    },
+    ScanRead {
+        position: u64,
+        len: u64,
+    },
     Write,
 }
 
@@ -307,13 +324,22 @@ impl Recovery {
         };
         match (op, output) {
             (Op::List, IoOutput::List(entries)) => self.on_list(io, entries),
-            (Op::ReadCheckpoint, IoOutput::Read(data)) => {
-                match Checkpoint::decode(&data) {
-                    Ok(checkpoint) => self.checkpoint = Some(checkpoint),
-                    Err(error) => tracing::warn!(dir = %self.dir, %error, "ignoring checkpoint"),
+            (Op::ReadCheckpoint { len, attempt }, IoOutput::Read(data)) => match Checkpoint::decode(&data) {
+                Ok(checkpoint) => {
+                    self.checkpoint = Some(checkpoint);
+                    self.after_checkpoint(io);
                 }
-                self.after_checkpoint(io);
-            }
+                // A read that came back damaged (a latent sector error) may read right again: the
+                // log start offset is recorded nowhere else.
+                Err(error) if attempt + 1 < CHECKPOINT_READ_ATTEMPTS => {
+                    tracing::warn!(dir = %self.dir, %error, attempt = attempt + 1, "damaged checkpoint read, reading again");
+                    self.read_checkpoint(io, len, attempt + 1);
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %self.dir, %error, "ignoring checkpoint");
+                    self.after_checkpoint(io);
+                }
+            },
             (Op::LoadIndex { segment, kind }, IoOutput::Read(data)) => {
                 self.loaded.insert((segment, kind as u8), data);
                 self.loads_remaining -= 1;
@@ -367,13 +393,15 @@ impl Recovery {
         }
         self.found = found.into_values().filter(|f| f.lens[0].is_some()).collect();
         match checkpoint_len {
-            Some(len) => {
-                let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
-                let token = io.disk(DiskOp::Read { path, position: 0, len });
-                self.pending.insert(token, Op::ReadCheckpoint);
-            }
+            Some(len) => self.read_checkpoint(io, len, 0),
             None => self.after_checkpoint(io),
         }
+    }
+
+    fn read_checkpoint(&mut self, io: &mut impl DiskIo, len: u64, attempt: u32) {
+        let path = format!("{}/{CHECKPOINT_FILE}", self.dir);
+        let token = io.disk(DiskOp::Read { path, position: 0, len });
+        self.pending.insert(token, Op::ReadCheckpoint { len, attempt });
     }
 
     fn after_checkpoint(&mut self, io: &mut impl DiskIo) {
@@ -689,6 +717,7 @@ impl Recovery {
         Recovered {
             segments: std::mem::take(&mut self.segments),
             log_start_offset: self.log_start_offset,
+            checkpointed_log_start_offset: self.checkpoint.as_ref().map_or(0, |c| c.log_start_offset).min(self.log_start_offset),
             recovery_point: self.recovery_point,
             checkpoint: self.checkpoint.as_ref().map(|c| c.blob.clone()).unwrap_or_default(),
             replay: std::mem::take(&mut self.replay),

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::analysis::Analysis;
-use crate::history::{Key, OpType, F};
+use crate::history::{Key, Offset, OpType, F};
 use crate::report::{AbortedRead, Duplicate, InconsistentOffsets, InternalOrder, LostWrite, NoWriterOfValue, PrecommittedRead, ProcessOrder, Unseen};
 
 /// Check: inconsistent-offsets. Offsets claimed by two or more values.
@@ -74,7 +74,13 @@ pub(crate) fn precommitted_reads(analysis: &Analysis) -> Vec<PrecommittedRead> {
 ///
 /// "First" and "last" appearances matter when the log is inconsistent: a value seen at two
 /// offsets bounds the read prefix by its first, and is owed by its last.
-pub(crate) fn lost_writes(analysis: &Analysis) -> Vec<LostWrite> {
+/// Whether the value at dense index `index` of `key` sits below the key's deletion bound.
+fn deleted(analysis: &Analysis, deleted_below: &BTreeMap<Key, Offset>, key: Key, index: usize) -> bool {
+    let Some(&below) = deleted_below.get(&key) else { return false };
+    analysis.order(key).and_then(|order| order.offsets.get(index)).is_some_and(|&offset| offset < below)
+}
+
+pub(crate) fn lost_writes(analysis: &Analysis, deleted_below: &BTreeMap<Key, Offset>) -> Vec<LostWrite> {
     let Some(ok_reads) = analysis.reads_by_type.get(&OpType::Ok) else { return Vec::new() };
     let mut errors = Vec::new();
     for (&key, read) in ok_reads {
@@ -100,7 +106,7 @@ pub(crate) fn lost_writes(analysis: &Analysis) -> Vec<LostWrite> {
         let Some(bound) = read.iter().filter_map(|v| first_index.get(v).copied()).max() else { continue };
         let max_read = last_index_values[bound].first().and_then(|value| analysis.first_reader_of.get(&key)?.get(value).copied());
         for &value in last_index_values[..=bound].iter().flatten() {
-            if read.contains(&value) {
+            if read.contains(&value) || deleted(analysis, deleted_below, key, first_index[&value]) {
                 continue;
             }
             // Values known only from polls of unreadable ops have no writer; check 'no-writer' reports those.
@@ -168,7 +174,9 @@ pub(crate) struct PollOrder {
 /// where its last ok poll of that key stopped. Assign/subscribe (ok or info) forget keys no
 /// longer owned. Info/fail polls are checked but do not move the position: a client that
 /// aborts must rewind.
-pub(crate) fn poll_order(analysis: &Analysis) -> PollOrder {
+/// Moving past values below the key's deletion bound (to the log start, after they were
+/// deleted) is no skip.
+pub(crate) fn poll_order(analysis: &Analysis, deleted_below: &BTreeMap<Key, Offset>) -> PollOrder {
     let mut found = PollOrder::default();
     for ops in by_process(analysis).values() {
         let mut last_reads: BTreeMap<Key, usize> = BTreeMap::new();
@@ -190,7 +198,7 @@ pub(crate) fn poll_order(analysis: &Analysis) -> PollOrder {
                         let (delta, indices) = delta(analysis, key, before, after);
                         let (Some((i, j)), Some(v), Some(w)) = (indices, before, after) else { continue };
                         let ops = [analysis.index(last), analysis.index(pos)];
-                        if delta > 1 {
+                        if delta > 1 && !(i + 1..j).all(|index| deleted(analysis, deleted_below, key, index)) {
                             found.skips.push(ProcessOrder { key, values: [v, w], delta, skipped: skipped(analysis, key, i, j), ops });
                         } else if delta < 1 {
                             found.nonmonotonic.push(ProcessOrder { key, values: [v, w], delta, skipped: Vec::new(), ops });
@@ -301,8 +309,9 @@ pub(crate) fn nonmonotonic_sends(analysis: &Analysis) -> Vec<ProcessOrder> {
     errors
 }
 
-/// Check 9: unseen. Values ok sends acknowledged that no ok poll/txn ever returned.
-pub(crate) fn unseen(analysis: &Analysis) -> Option<Unseen> {
+/// Check 9: unseen. Values ok sends acknowledged that no ok poll/txn ever returned (but those
+/// below their key's deletion bound).
+pub(crate) fn unseen(analysis: &Analysis, deleted_below: &BTreeMap<Key, Offset>) -> Option<Unseen> {
     let mut sent: BTreeMap<Key, BTreeSet<u64>> = BTreeMap::new();
     let mut polled: BTreeMap<Key, BTreeSet<u64>> = BTreeMap::new();
     let mut time_ns = 0;
@@ -324,6 +333,8 @@ pub(crate) fn unseen(analysis: &Analysis) -> Option<Unseen> {
             Some(polled) => values.difference(polled).copied().collect(),
             None => values.into_iter().collect(),
         };
+        let missing: Vec<u64> =
+            missing.into_iter().filter(|&v| analysis.index_of(key, v).is_none_or(|index| !deleted(analysis, deleted_below, key, index))).collect();
         if !missing.is_empty() {
             unseen.unseen.insert(key, missing.len());
             unseen.messages.insert(key, missing);
@@ -534,6 +545,34 @@ mod tests {
         assert_eq!(remaining, vec![[D, G]]);
         let still_x = Hb::new().keys(0, Invoke, F::Assign, &[X, Y]).keys(0, Ok, F::Assign, &[X, Y]);
         assert_eq!(errors(&poll_skip_history(still_x)).poll_skip.count, 2);
+    }
+
+    #[test]
+    fn values_below_the_deletion_bound_may_go_unread() {
+        // Proves that with x deleted below offset 4 a consumer moving from b (2) to d (4) past
+        // the unread c (3) is neither a poll skip nor a lost write nor unseen, while the same
+        // history without the bound is all three; and that the skip from d to g over 6 (above
+        // the bound) is still a poll skip.
+        let history = poll_skip_history(Hb::new());
+        let bounded = Options { deleted_below: [(X, 4)].into_iter().collect(), ..Options::default() };
+        let plain = analyze(&history, &Options::default()).errors;
+        assert_eq!(plain.poll_skip.count, 2);
+        let kept = analyze(&history, &bounded).errors;
+        assert_eq!(kept.poll_skip.errs.iter().map(|e| e.values).collect::<Vec<_>>(), vec![[D, G]]);
+        assert!(kept.lost_write.errs.iter().all(|e| e.value != C), "c was deleted, not lost: {:?}", kept.lost_write.errs);
+
+        let unread = Hb::new()
+            .op(0, Invoke, F::Send, vec![send(X, A), send(X, B)])
+            .op(0, Ok, F::Send, vec![sent(X, 0, A), sent(X, 1, B)])
+            .op(0, Invoke, F::Poll, vec![Mop::poll()])
+            .op(0, Ok, F::Poll, vec![polled(X, &[(1, B)])])
+            .history();
+        let plain = analyze(&unread, &Options::default()).errors;
+        assert_eq!(plain.lost_write.count, 1, "a below the highest read is lost without a bound");
+        assert!(plain.unseen.is_some());
+        let bounded = analyze(&unread, &Options { deleted_below: [(X, 1)].into_iter().collect(), ..Options::default() }).errors;
+        assert_eq!(bounded.lost_write.count, 0);
+        assert!(bounded.unseen.is_none(), "a was deleted unread");
     }
 
     /// Sends 0..=5 to x, then process 1 polls 0, and runs `polls` as txns.

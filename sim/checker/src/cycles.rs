@@ -374,7 +374,7 @@ mod tests {
     use crate::test_support::*;
     use crate::{analyze, History};
 
-    const WW_DEPS: Options = Options { ww_deps: true, sub_via_subscribe: false };
+    const WW_DEPS: Options = Options { ww_deps: true, sub_via_subscribe: false, deleted_below: std::collections::BTreeMap::new() };
 
     /// Two concurrent sends to x and y; `b_offsets` places b's sends as `(x, y)`.
     fn write_cycle(b_offsets: (i64, i64)) -> History {

@@ -50,7 +50,7 @@ pub fn check(history: &History, options: &Options) -> Report {
 /// Like [`check`], but keeps every error record (Jepsen's `:all-errors`).
 pub fn analyze(history: &History, options: &Options) -> Report {
     let analysis = Analysis::new(history.ops());
-    let poll_order = checks::poll_order(&analysis);
+    let poll_order = checks::poll_order(&analysis, &options.deleted_below);
     let internal_polls = checks::internal_poll_order(&analysis);
     let internal_sends = checks::internal_send_order(&analysis);
     let cycles = cycles::cycles(&analysis, options.ww_deps);
@@ -59,7 +59,7 @@ pub fn analyze(history: &History, options: &Options) -> Report {
         duplicate: Condensed::all(checks::duplicates(&analysis)),
         g1a: Condensed::all(checks::aborted_reads(&analysis)),
         precommitted_read: Condensed::all(checks::precommitted_reads(&analysis)),
-        lost_write: Condensed::all(checks::lost_writes(&analysis)),
+        lost_write: Condensed::all(checks::lost_writes(&analysis, &options.deleted_below)),
         no_writer_of_value: Condensed::all(checks::no_writer_of_value(&analysis)),
         poll_skip: Condensed::all(poll_order.skips),
         nonmonotonic_poll: Condensed::all(poll_order.nonmonotonic),
@@ -68,7 +68,7 @@ pub fn analyze(history: &History, options: &Options) -> Report {
         int_send_skip: Condensed::all(internal_sends.skips),
         int_nonmonotonic_send: Condensed::all(internal_sends.nonmonotonic),
         nonmonotonic_send: Condensed::all(checks::nonmonotonic_sends(&analysis)),
-        unseen: checks::unseen(&analysis),
+        unseen: checks::unseen(&analysis, &options.deleted_below),
         cycles: cycles.by_kind,
         cycles_exist: BTreeMap::new(),
         empty_transaction_graph: cycles.empty_graph,

@@ -291,7 +291,7 @@ proptest! {
     fn correct_logs_produce_valid_histories(steps in proptest::collection::vec(step(4), 0..120), ww_deps: bool, sub_via_subscribe: bool) {
         // Proves no check fires on a correct system, whatever the interleaving and faults.
         let (history, _) = model_history(4, steps);
-        let report = check(&history, &Options { ww_deps, sub_via_subscribe });
+        let report = check(&history, &Options { ww_deps, sub_via_subscribe, ..Options::default() });
         prop_assert!(report.valid, "{report}\n{:#?}", history.ops());
     }
 
@@ -308,7 +308,7 @@ proptest! {
             steps.insert(at, fault);
         }
         let (history, broken) = model_history(4, steps);
-        let report = check(&history, &Options { ww_deps, sub_via_subscribe: true });
+        let report = check(&history, &Options { ww_deps, sub_via_subscribe: true, ..Options::default() });
         prop_assert!(!broken || !report.valid, "{report}\n{:#?}", history.ops());
     }
 }
@@ -325,7 +325,7 @@ fn large_histories_check_quickly() {
     };
     let (history, _) = model_history(8, runner_steps);
     let started = std::time::Instant::now();
-    let report = check(&history, &Options { ww_deps: true, sub_via_subscribe: false });
+    let report = check(&history, &Options { ww_deps: true, ..Options::default() });
     let elapsed = started.elapsed();
     assert!(report.valid, "{report}");
     eprintln!("checked {} ops in {elapsed:?}", history.ops().len());

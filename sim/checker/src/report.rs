@@ -127,7 +127,7 @@ impl fmt::Display for ErrorType {
 }
 
 /// Which histories count as valid: the test's configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Options {
     /// Infer write-write dependencies from log order (Jepsen's `--ww-deps`). With them, G1c is
     /// expected (writes are not isolated in Kafka), so G1c becomes allowed.
@@ -135,6 +135,12 @@ pub struct Options {
     /// Consumers used `subscribe` (Jepsen's `--sub-via subscribe`): a rebalance between polls may
     /// legitimately move a consumer, so poll-skip and nonmonotonic-poll become allowed.
     pub sub_via_subscribe: bool,
+    /// Per key, the offset below which records were deleted (DeleteRecords, retention; not in
+    /// Jepsen): a value below it that nobody read is neither a lost write nor unseen, and a
+    /// consumer moving past such values (to the log start) is no poll skip. Records deleted
+    /// after they were read must still have been read in order.
+    #[serde(default)]
+    pub deleted_below: BTreeMap<Key, Offset>,
 }
 
 impl Options {
