@@ -130,7 +130,7 @@ impl Broker {
                 pr.low_watermark = low;
             }
             if d.waiting.is_empty() {
-                self.answer_delete(cx, id, None);
+                self.answer_delete(cx, id);
             }
         }
     }
@@ -147,7 +147,7 @@ impl Broker {
                 u != uid
             });
             if d.waiting.is_empty() {
-                self.answer_delete(cx, id, None);
+                self.answer_delete(cx, id);
             }
         }
     }
@@ -158,16 +158,16 @@ impl Broker {
         let now = cx.now_ms();
         let expired: Vec<u64> = self.deletes.iter().filter(|(_, d)| d.deadline_ms <= now).map(|(id, _)| *id).collect();
         for id in expired {
-            self.answer_delete(cx, id, Some(error::REQUEST_TIMED_OUT));
+            self.answer_delete(cx, id);
         }
     }
 
-    /// Send the answer of pending DeleteRecords `id`, with `code` for the partitions still
-    /// waiting.
-    fn answer_delete(&mut self, cx: &mut Cx<BrokerMsg>, id: u64, code: Option<i16>) {
+    /// Send the answer of pending DeleteRecords `id`; partitions still waiting are answered
+    /// REQUEST_TIMED_OUT.
+    fn answer_delete(&mut self, cx: &mut Cx<BrokerMsg>, id: u64) {
         let Some(mut d) = self.deletes.remove(&id) else { return };
         for &(_, _, t, s) in &d.waiting {
-            d.response.topics[t].partitions[s].error_code = code.unwrap_or(error::REQUEST_TIMED_OUT);
+            d.response.topics[t].partitions[s].error_code = error::REQUEST_TIMED_OUT;
         }
         let frame = codec::respond(&d.request, &d.response);
         self.send(cx, d.conn, d.seq, frame);
