@@ -265,6 +265,12 @@ impl Partition {
         for header in replay {
             self.remember(header, self.log.log_start_offset());
         }
+        // The checkpoint's blob may predate deletions (DeleteRecords, retention) that recovery
+        // does not replay: a producer whose newest batch lies below the log start may have
+        // written more there since, so its state is dropped (Kafka evicts such producers too)
+        // and its next batch is taken at its own sequence.
+        let log_start = self.log.log_start_offset();
+        self.producers.retain(|_, entry| entry.batches.back().is_some_and(|b| b.last_offset >= log_start));
         self.ready = true;
         self.fresh = true;
         assert!(self.high_watermark <= self.log.log_end_offset());
@@ -549,12 +555,9 @@ impl Partition {
             if header.producer_id < 0 {
                 continue;
             }
-            let Some(entry) = self.producers.get(&header.producer_id) else {
-                if header.base_sequence != 0 {
-                    return Err(error::OUT_OF_ORDER_SEQUENCE_NUMBER);
-                }
-                continue;
-            };
+            // A producer this replica keeps no state for (all its batches deleted, or it never
+            // wrote here) starts at any sequence, as Kafka has accepted since KIP-360.
+            let Some(entry) = self.producers.get(&header.producer_id) else { continue };
             if header.producer_epoch < entry.epoch {
                 return Err(error::INVALID_PRODUCER_EPOCH);
             }
@@ -771,6 +774,31 @@ mod tests {
         disk.run(&mut io, &mut p.log);
         let window: Vec<i32> = p.producer_windows()[&7].batches.iter().map(|b| b.last_sequence).collect();
         assert!(window.ends_with(&[1, 2, 3, 4, 5]), "the window must hold the last five batches left in the log: {window:?}");
+    }
+
+    /// A restart after DeleteRecords moved the log start past a producer's batches that the
+    /// checkpoint's blob predates (the blob is refreshed at most once a second): recovery does
+    /// not replay them, so the producer's state is dropped and its next sequence is accepted
+    /// (with the stale state, the expected sequence was 1 and the batch was refused as out of
+    /// order).
+    #[test]
+    fn deletions_past_a_stale_checkpoint_forget_the_producer() {
+        let (mut disk, mut io) = (MemDisk::new(), QueuedIo::default());
+        let mut p = recovered(&mut disk, &mut io);
+        p.set_role(Role::Leader, 1, vec![2], vec![2], 0, 0);
+        let batch_of = |sequence: i32| batch::build_batch(&[(None, Some(&b"v"[..]), 1_000)], (7, 0, sequence));
+        for sequence in 0..5 {
+            assert_eq!(p.append(&mut io, &batch_of(sequence), 1, 1_000).map(|a| a.first_offset), Ok(sequence as i64));
+            disk.run(&mut io, &mut p.log);
+        }
+        assert_eq!(p.log.delete_records(&mut io, 5), Ok(5));
+        disk.run(&mut io, &mut p.log);
+        let mut p = recovered(&mut disk, &mut io);
+        assert_eq!(p.log.log_start_offset(), 5);
+        assert!(p.producer_windows().get(&7).is_none(), "stale state kept: {:?}", p.producer_windows());
+        p.set_role(Role::Leader, 2, vec![2], vec![2], 0, 0);
+        assert_eq!(p.append(&mut io, &batch_of(5), 1, 1_000).map(|a| a.first_offset), Ok(5));
+        assert_eq!(p.append(&mut io, &batch_of(7), 1, 1_000).map(|a| a.first_offset), Err(error::OUT_OF_ORDER_SEQUENCE_NUMBER), "known again: in order");
     }
 
     /// Producer state survives an encode/decode round trip, and garbage decodes to None.
