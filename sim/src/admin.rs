@@ -176,6 +176,18 @@ pub struct DeleteOutcomes {
     pub lost: u64,
 }
 
+impl DeleteOutcomes {
+    /// The highest low watermark acknowledged, per partition.
+    pub fn low_watermarks(&self) -> BTreeMap<i32, i64> {
+        let mut lows = BTreeMap::new();
+        for &(partition, low, _) in &self.acknowledged {
+            let l = lows.entry(partition).or_insert(low);
+            *l = (*l).max(low);
+        }
+        lows
+    }
+}
+
 /// Deletes records of the workload topic now and then until `until_ms`: asks one broker for
 /// the partitions' leaders, then the leader of a seeded partition to delete the records below
 /// the last low watermark it was told for it plus a seeded step.
@@ -189,8 +201,6 @@ pub struct RecordDeleter {
     target: usize,
     /// Leaders from the last metadata answer.
     leaders: BTreeMap<i32, i32>,
-    /// The last low watermark acknowledged, per partition.
-    low: BTreeMap<i32, i64>,
     /// When the request in flight was sent (virtual ms).
     waiting_since: Option<u64>,
     wire: Wire,
@@ -209,7 +219,6 @@ impl RecordDeleter {
             until_ms,
             target: 0,
             leaders: BTreeMap::new(),
-            low: BTreeMap::new(),
             waiting_since: None,
             wire: Wire::default(),
             outcomes: DeleteOutcomes::default(),
@@ -238,7 +247,7 @@ impl RecordDeleter {
     fn delete(&mut self, cx: &mut Cx<ClientMsg>) -> bool {
         let partition = (cx.rng().next_u64() % self.partitions as u64) as i32;
         let Some(&leader) = self.leaders.get(&partition) else { return false };
-        let offset = self.low.get(&partition).copied().unwrap_or(0) + 1 + (cx.rng().next_u64() % 40) as i64;
+        let offset = self.outcomes.low_watermarks().get(&partition).copied().unwrap_or(0) + 1 + (cx.rng().next_u64() % 40) as i64;
         let request = DeleteRecordsRequest::default().with_timeout_ms(5_000).with_topics(vec![DeleteRecordsTopic::default()
             .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
             .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(partition).with_offset(offset)])]);
@@ -277,11 +286,7 @@ impl RecordDeleter {
         if let Ok(response) = DeleteRecordsResponse::decode(&mut body, version) {
             for p in response.topics.iter().flat_map(|t| &t.partitions) {
                 match p.error_code {
-                    error::NONE => {
-                        let low = self.low.entry(p.partition_index).or_insert(0);
-                        *low = (*low).max(p.low_watermark);
-                        self.outcomes.acknowledged.push((p.partition_index, p.low_watermark, cx.now_ms()));
-                    }
+                    error::NONE => self.outcomes.acknowledged.push((p.partition_index, p.low_watermark, cx.now_ms())),
                     error::OFFSET_OUT_OF_RANGE => self.outcomes.out_of_range += 1,
                     error::REQUEST_TIMED_OUT => self.outcomes.timed_out += 1,
                     _ => self.outcomes.not_leader += 1,

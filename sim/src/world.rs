@@ -1353,16 +1353,8 @@ impl World {
 
     /// The highest low watermark DeleteRecords acknowledged, per workload partition.
     fn acknowledged_deletions(&self) -> BTreeMap<i32, i64> {
-        let mut lows = BTreeMap::new();
-        for c in &self.clients {
-            if let ClientActor::Deleter(d) = &c.actor {
-                for &(partition, low, _) in &d.outcomes.acknowledged {
-                    let l = lows.entry(partition).or_insert(low);
-                    *l = (*l).max(low);
-                }
-            }
-        }
-        lows
+        let deleter = self.clients.iter().find_map(|c| if let ClientActor::Deleter(d) = &c.actor { Some(d) } else { None });
+        deleter.map(|d| d.outcomes.low_watermarks()).unwrap_or_default()
     }
 
     /// Records DeleteRecords acknowledged as deleted stay deleted: the leader of a partition's
