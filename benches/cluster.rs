@@ -15,8 +15,11 @@
 //! client, kernel) ran for that long. On a small virtual machine the host stops the guest's
 //! CPUs now and then, and a record in flight then waits for as long as the pause lasts, whatever
 //! the brokers do; the column says how much of a run's tail that can explain.
-//! `CLUSTER_BENCH_REPEAT` (default 1) runs each paced phase that many times, a row each;
-//! `CLUSTER_BENCH_LINGER_MS` (default 1) sets the producer's `linger.ms`.
+//! `CLUSTER_BENCH_REPEAT` (default 1) runs each paced phase that many times, a row each, every
+//! run on a fresh topic deleted afterwards; `CLUSTER_BENCH_LINGER_MS` (default 1) sets the
+//! producer's `linger.ms`; `CLUSTER_BENCH_NETWORK_THREADS` (default 1) each node's
+//! `num.network.threads`; `CLUSTER_BENCH_NODELAY` (default true) the producer's
+//! `socket.nagle.disable`.
 //!
 //! Run: `cargo bench --bench cluster` (it builds and starts the release binary).
 
@@ -82,6 +85,7 @@ fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
         .set("enable.idempotence", "true")
         .set("linger.ms", std::env::var("CLUSTER_BENCH_LINGER_MS").unwrap_or_else(|_| "1".into()))
         .set("compression.type", "none")
+        .set("socket.nagle.disable", std::env::var("CLUSTER_BENCH_NODELAY").unwrap_or_else(|_| "true".into()))
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")
         .set("message.timeout.ms", "120000")
@@ -215,19 +219,19 @@ fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
 fn main() {
     let mbps: f64 = std::env::var("CLUSTER_BENCH_MBPS").ok().and_then(|v| v.parse().ok()).unwrap_or(50.0);
     let failovers: usize = std::env::var("CLUSTER_BENCH_FAILOVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let mut cluster = TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3");
+    // Three nodes and the client share the machine: one runtime thread per node (on 2 cores,
+    // a thread per core per node cost about 15% more broker CPU and a quarter more context
+    // switches). `CLUSTER_BENCH_NETWORK_THREADS` changes it.
+    let threads = std::env::var("CLUSTER_BENCH_NETWORK_THREADS").unwrap_or_else(|_| "1".into());
+    let mut cluster = TestCluster::start(3, &format!("min.insync.replicas=2\ndefault.replication.factor=3\nnum.network.threads={threads}"));
     let bootstrap = cluster.bootstrap();
     eprintln!("cluster up: {bootstrap}");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     // `rf3` uses runnel's default durability (acknowledged = fsynced on every ISR member);
-    // `rf3-pagecache` sets `flush.messages`, which selects Kafka's own default (acknowledged =
-    // written to every ISR member's page cache, fsync left to the OS).
-    let topics = [
-        NewTopic::new("rf3", 3, TopicReplication::Fixed(3)),
-        NewTopic::new("rf3-pagecache", 3, TopicReplication::Fixed(3)).set("flush.messages", "9223372036854775807"),
-        NewTopic::new("rf3-failover", 3, TopicReplication::Fixed(3)),
-    ];
+    // a topic with `flush.messages` set selects Kafka's own default (acknowledged = written to
+    // every ISR member's page cache, fsync left to the OS).
+    let topics = [NewTopic::new("rf3", 3, TopicReplication::Fixed(3)), NewTopic::new("rf3-failover", 3, TopicReplication::Fixed(3))];
     let created = rt.block_on(admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))).expect("create");
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
 
@@ -262,13 +266,28 @@ fn main() {
     let seconds: u64 = std::env::var("CLUSTER_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let n = (rate * seconds) as usize;
     let repeat: usize = std::env::var("CLUSTER_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    // Every paced run writes a topic of its own, deleted after the run: a run neither inherits
+    // the logs of the runs before it nor leaves them in the page cache.
+    let paced = |topic: &str, pagecache: bool| {
+        let mut new = NewTopic::new(topic, 3, TopicReplication::Fixed(3));
+        if pagecache {
+            new = new.set("flush.messages", "9223372036854775807");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let created = rt.block_on(admin.create_topics([&new], &opts)).expect("create");
+        assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+        let result = produce(&bootstrap, topic, n, 1024, 3, Some(rate));
+        let deleted = rt.block_on(admin.delete_topics(&[topic], &opts)).expect("delete");
+        assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+        result
+    };
     if std::env::var("CLUSTER_BENCH_FSYNC").map_or(true, |v| v != "0") {
-        for _ in 0..repeat {
-            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, produce(&bootstrap, "rf3", n, 1024, 3, Some(rate)));
+        for r in 0..repeat {
+            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, paced(&format!("rf3-paced-{r}"), false));
         }
     }
-    for _ in 0..repeat {
-        row("same, page-cache durability", n, produce(&bootstrap, "rf3-pagecache", n, 1024, 3, Some(rate)));
+    for r in 0..repeat {
+        row("same, page-cache durability", n, paced(&format!("rf3-pagecache-{r}"), true));
     }
 
     // Failover.

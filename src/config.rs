@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// Where this node listens for other nodes: the controller listener on a voter, the
     /// `inter.broker.listener.name` listener on a broker-only node. `None`: a single node.
     pub peer_listener: Option<SocketAddr>,
+    /// `num.network.threads`: the threads of the node's runtime, which do the network IO and run
+    /// the actors; `None`: one per CPU. Several nodes sharing a small machine do better with one
+    /// each (fewer threads waking one another).
+    pub network_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +106,7 @@ impl Default for ServerConfig {
             controller: ControllerConfig::default(),
             peers: BTreeMap::new(),
             peer_listener: None,
+            network_threads: None,
         }
     }
 }
@@ -242,6 +247,7 @@ impl ServerConfig {
                 "num.partitions" => c.broker.num_partitions = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "default.replication.factor" => c.broker.default_replication_factor = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "auto.create.topics.enable" => c.broker.auto_create_topics = value.parse().map_err(|_| bad("must be true or false"))?,
+                "num.network.threads" => c.network_threads = Some(positive(value).ok_or_else(|| bad("must be a positive integer"))?),
                 "socket.request.max.bytes" => c.max_request_bytes = positive(value).ok_or_else(|| bad("must be a positive integer"))?,
                 "log.retention.check.interval.ms" => c.broker.retention_check_interval_ms = value.parse().map_err(|_| bad("not an integer"))?,
                 "broker.rack" => c.broker.rack = Some(value.to_string()),
@@ -415,6 +421,9 @@ mod tests {
         assert!(ServerConfig::parse("metadata.log.max.snapshot.interval.ms=-5").is_err());
         assert!(ServerConfig::parse("num.partitions=0").is_err());
         assert!(ServerConfig::parse("log.segment.bytes=abc").is_err());
+        assert_eq!(c.network_threads, None, "one thread per CPU unless asked");
+        assert_eq!(ServerConfig::parse("num.network.threads=1").unwrap().network_threads, Some(1));
+        assert!(ServerConfig::parse("num.network.threads=0").is_err());
     }
 
     const VOTERS: &str = "controller.quorum.voters=1@127.0.0.1:19091,2@127.0.0.1:19092,3@127.0.0.1:19093\ncontroller.listener.names=CONTROLLER\n";

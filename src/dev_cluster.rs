@@ -92,9 +92,13 @@ pub fn node_properties(id: usize, layout: Layout, dir: &Path, kafka_port: u16, p
         }
         (_, None) => ("controller", format!("CONTROLLER://127.0.0.1:{}", peer(id))),
     };
+    // The nodes share this machine: their runtimes split its CPUs rather than each taking all.
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = (cpus / n).max(1);
     let mut text = format!(
         "# runnel dev-cluster node {id} of {n}\n\
          node.id={id}\n\
+         num.network.threads={threads}\n\
          process.roles={roles}\n\
          listeners={listeners}\n\
          controller.listener.names=CONTROLLER\n\
@@ -166,6 +170,8 @@ mod tests {
             assert_eq!(c.roles, ProcessRoles::COMBINED);
             assert_eq!(c.broker.default_replication_factor, 3);
             assert_eq!(c.broker.topic_defaults.get("min.insync.replicas").map(String::as_str), Some("2"));
+            let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+            assert_eq!(c.network_threads, Some((cpus / 3).max(1)), "the nodes split the machine's CPUs");
         }
     }
 

@@ -349,6 +349,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A node's configuration is read before its runtime is built: `num.network.threads` sizes it.
+    let mut server_config = None;
+    if let Command::Server { config } = &cli.command {
+        let text = std::fs::read_to_string(config).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
+        let parsed = ServerConfig::parse(&text)?;
+        if let Some(threads) = parsed.network_threads {
+            builder.worker_threads(threads);
+        }
+        server_config = Some(parsed);
+    }
     #[cfg(feature = "planted-bugs")]
     plant_bugs_from_env(&mut builder)?;
     let runtime = builder.enable_all().build()?;
@@ -364,10 +374,7 @@ fn main() -> anyhow::Result<()> {
                 config.broker.groups.transaction_replication_factor = 1;
                 runnel::server::run(config).await
             }
-            Command::Server { config } => {
-                let text = std::fs::read_to_string(&config).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
-                runnel::server::run(ServerConfig::parse(&text)?).await
-            }
+            Command::Server { .. } => runnel::server::run(server_config.expect("parsed above")).await,
             Command::DevCluster { nodes, controllers, brokers, dir, kafka_port, peer_port } => {
                 let layout = match (controllers, brokers) {
                     (Some(controllers), Some(brokers)) => runnel::dev_cluster::Layout::Separate { controllers, brokers },

@@ -545,3 +545,27 @@ fn deleted_records_stay_deleted_after_failover() {
     assert_eq!(low, CUT, "the new leader's low watermark: records deleted on the old leader came back (high watermark {high})");
     assert!(high > CUT, "the new leader kept the records after the cut (high watermark {high})");
 }
+
+/// Threads named `name` in process `pid`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// `num.network.threads` sizes a node's runtime, and a cluster of single-threaded nodes (what
+/// dev-cluster writes on a small machine) replicates an acks=all load without losing a record.
+#[test]
+fn network_threads_size_each_nodes_runtime() {
+    let cluster = TestCluster::start(3, "min.insync.replicas=2\ndefault.replication.factor=3\nnum.network.threads=1");
+    for node in &cluster.nodes {
+        assert_eq!(threads_named(node.pid().expect("running"), "tokio-rt-worker"), 1, "one runtime thread per node");
+    }
+    create_rf3_topic(&cluster, "one-thread", PARTITIONS);
+    let load = Load::start(&cluster.bootstrap(), "one-thread", PARTITIONS);
+    load.wait_acks(1000);
+    let acked = load.finish();
+    assert_consumed_exactly_once(&cluster.bootstrap(), "one-thread", PARTITIONS, &acked);
+}
