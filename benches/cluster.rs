@@ -30,7 +30,7 @@ use common::TestCluster;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::BaseProducer;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -202,10 +202,117 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
     (seconds, lat, reports.errors.load(Ordering::Relaxed), pauses)
 }
 
+/// One connection of [`raw_produce`]: requests written and not answered yet, oldest first
+/// (correlation id, written at, records), in the order the broker answers them.
+type InFlight = Arc<Mutex<std::collections::VecDeque<(i32, Instant, usize)>>>;
+
+/// The cluster's side of acks=all latency, without a client library's batching and threads:
+/// `records` records of `size` bytes round-robin over `partitions`, at `rate` records/s in 1 ms
+/// steps, each step's records of a partition sent at once as one batch in one ProduceRequest
+/// (acks=all, v9) on a connection to the partition's leader, requests pipelined. A record's
+/// latency is its request's, from the write to the answer. Returns what [`produce`] does.
+fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rate: u64) -> (f64, Vec<u64>, u64, Vec<f64>) {
+    use kafka_protocol::messages::{produce_request, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+    let _ = std::process::Command::new("sync").status();
+    let partitions = leaders.len();
+    // One connection per partition (each to its leader), a reader thread each.
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(records)));
+    let errors = Arc::new(AtomicU64::new(0));
+    for leader in leaders {
+        let stream = std::net::TcpStream::connect(leader).expect("connect to the leader");
+        stream.set_nodelay(true).expect("nodelay");
+        let in_flight: InFlight = Arc::default();
+        let (mut read, queue, latencies, errors) = (stream.try_clone().expect("clone"), in_flight.clone(), latencies.clone(), errors.clone());
+        readers.push(std::thread::spawn(move || loop {
+            let mut len = [0u8; 4];
+            if read.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            read.read_exact(&mut body).expect("read a response");
+            let answered = Instant::now();
+            let mut body = bytes::Bytes::from(body);
+            let header = ResponseHeader::decode(&mut body, 1).expect("response header");
+            let response = ProduceResponse::decode(&mut body, 9).expect("produce response");
+            let (id, written, count) = queue.lock().expect("lock").pop_front().expect("an answer to a request written");
+            assert_eq!(header.correlation_id, id, "answers come in request order");
+            if response.responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0) {
+                errors.fetch_add(count as u64, Ordering::Relaxed);
+            } else {
+                let us = (answered - written).as_micros() as u64;
+                latencies.lock().expect("lock").extend(std::iter::repeat_n(us, count));
+            }
+        }));
+        writers.push((stream, in_flight));
+    }
+    let payload = vec![b'x'; size];
+    let topic_name = TopicName(StrBytes::from_string(topic.to_string()));
+    let mut correlation = 0;
+    let mut send = |partition: usize, count: usize| {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let plain: Vec<runnel_actors::log::batch::PlainRecord<'_>> = (0..count).map(|_| (None, Some(&payload[..]), now_ms)).collect();
+        let batch = runnel_actors::log::batch::build_batch(&plain, (-1, -1, -1));
+        correlation += 1;
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(topic_name.clone())
+            .with_partition_data(vec![produce_request::PartitionProduceData::default().with_index(partition as i32).with_records(Some(batch))])]);
+        let mut buf = bytes::BytesMut::new();
+        RequestHeader::default().with_request_api_key(0).with_request_api_version(9).with_correlation_id(correlation).encode(&mut buf, 2).expect("header");
+        request.encode(&mut buf, 9).expect("produce request");
+        let (stream, in_flight) = &mut writers[partition];
+        // Queued before the write: the answer can arrive before `write_all` returns.
+        in_flight.lock().expect("lock").push_back((correlation, Instant::now(), count));
+        stream.write_all(&(buf.len() as u32).to_be_bytes()).expect("write");
+        stream.write_all(&buf).expect("write");
+    };
+    let probe = PauseProbe::start();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < records {
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(records);
+        let mut counts = vec![0; partitions];
+        for i in sent..due {
+            counts[i % partitions] += 1;
+        }
+        for (partition, count) in counts.into_iter().enumerate().filter(|(_, c)| *c > 0) {
+            send(partition, count);
+        }
+        sent = due;
+        let next = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep((next - now).max(Duration::from_millis(1)));
+        }
+    }
+    drop(send);
+    // Every request answered, then the connections closed (which ends the readers).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while writers.iter().any(|(_, q)| !q.lock().expect("lock").is_empty()) {
+        assert!(Instant::now() < deadline, "requests unanswered after 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let pauses = probe.finish();
+    for (stream, _) in &writers {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    for r in readers {
+        r.join().expect("reader");
+    }
+    let latencies = std::mem::take(&mut *latencies.lock().expect("lock"));
+    (seconds, latencies, errors.load(Ordering::Relaxed), pauses)
+}
+
 fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "bench").create().expect("consumer");
+    // A producer, not a consumer: a consumer's group would have the cluster create
+    // `__consumer_offsets` (50 more RF=3 partitions in every replica fetch).
+    let c: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("metadata client");
     loop {
-        if let Ok(m) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        if let Ok(m) = c.client().fetch_metadata(Some(topic), Duration::from_secs(5)) {
             if let Some(p) = m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == partition)) {
                 if p.leader() > 0 {
                     return p.leader();
@@ -268,7 +375,8 @@ fn main() {
     let repeat: usize = std::env::var("CLUSTER_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     // Every paced run writes a topic of its own, deleted after the run: a run neither inherits
     // the logs of the runs before it nor leaves them in the page cache.
-    let paced = |topic: &str, pagecache: bool| {
+    // `raw`: librdkafka replaced by [`raw_produce`], the cluster's side of the latency.
+    let paced = |topic: &str, pagecache: bool, raw: bool| {
         let mut new = NewTopic::new(topic, 3, TopicReplication::Fixed(3));
         if pagecache {
             new = new.set("flush.messages", "9223372036854775807");
@@ -276,18 +384,34 @@ fn main() {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let created = rt.block_on(admin.create_topics([&new], &opts)).expect("create");
         assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-        let result = produce(&bootstrap, topic, n, 1024, 3, Some(rate));
+        let result = if raw {
+            let leaders: Vec<String> = (0..3).map(|p| cluster.nodes[(leader_of(&bootstrap, topic, p) - 1) as usize].bootstrap()).collect();
+            // Warm-up until every leader accepts: connections and a new topic's partitions ready.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while raw_produce(&leaders, topic, 30, 1024, 1000).2 > 0 {
+                assert!(Instant::now() < deadline, "the leaders of {topic} refuse produce requests");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            raw_produce(&leaders, topic, n, 1024, rate)
+        } else {
+            produce(&bootstrap, topic, n, 1024, 3, Some(rate))
+        };
         let deleted = rt.block_on(admin.delete_topics(&[topic], &opts)).expect("delete");
         assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
         result
     };
     if std::env::var("CLUSTER_BENCH_FSYNC").map_or(true, |v| v != "0") {
         for r in 0..repeat {
-            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, paced(&format!("rf3-paced-{r}"), false));
+            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, paced(&format!("rf3-paced-{r}"), false, false));
         }
     }
     for r in 0..repeat {
-        row("same, page-cache durability", n, paced(&format!("rf3-pagecache-{r}"), true));
+        row("same, page-cache durability", n, paced(&format!("rf3-pagecache-{r}"), true, false));
+    }
+    if std::env::var("CLUSTER_BENCH_RAW").map_or(true, |v| v != "0") {
+        for r in 0..repeat {
+            row("same, pipelined requests, no client", n, paced(&format!("rf3-raw-{r}"), true, true));
+        }
     }
 
     // Failover.
@@ -313,12 +437,13 @@ fn main() {
         let leader = leader_of(&bootstrap, "rf3-failover", 0);
         // Watches Metadata for the new leader: the cluster's side of the failover, apart from
         // how soon the producer notices.
-        let watcher: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "bench-watch").create().expect("consumer");
-        let _ = watcher.fetch_metadata(Some("rf3-failover"), Duration::from_secs(5));
+        let watcher: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("metadata client");
+        let _ = watcher.client().fetch_metadata(Some("rf3-failover"), Duration::from_secs(5));
         let killed = Instant::now();
         cluster.nodes[(leader - 1) as usize].kill();
         let moved = loop {
             let now_leader = watcher
+                .client()
                 .fetch_metadata(Some("rf3-failover"), Duration::from_millis(500))
                 .ok()
                 .and_then(|m| m.topics().first().and_then(|t| t.partitions().iter().find(|p| p.id() == 0).map(|p| p.leader())));
