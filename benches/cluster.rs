@@ -19,7 +19,8 @@
 //! run on a fresh topic deleted afterwards; `CLUSTER_BENCH_LINGER_MS` (default 1) sets the
 //! producer's `linger.ms`; `CLUSTER_BENCH_NETWORK_THREADS` (default 1) each node's
 //! `num.network.threads`; `CLUSTER_BENCH_NODELAY` (default true) the producer's
-//! `socket.nagle.disable`.
+//! `socket.nagle.disable`; `CLUSTER_BENCH_IDLE_PARTITIONS` (default 0) adds a topic of that many
+//! idle RF=3 partitions, which every replica fetch carries along.
 //!
 //! Run: `cargo bench --bench cluster` (it builds and starts the release binary).
 
@@ -288,7 +289,6 @@ fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rat
             std::thread::sleep((next - now).max(Duration::from_millis(1)));
         }
     }
-    drop(send);
     // Every request answered, then the connections closed (which ends the readers).
     let deadline = Instant::now() + Duration::from_secs(120);
     while writers.iter().any(|(_, q)| !q.lock().expect("lock").is_empty()) {
@@ -365,6 +365,14 @@ fn main() {
             longest
         );
     };
+    // Idle partitions every follower fetches along with the busy ones (a cluster that uses
+    // consumer groups has 50 for `__consumer_offsets`): what they cost the replication.
+    let idle: i32 = std::env::var("CLUSTER_BENCH_IDLE_PARTITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if idle > 0 {
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let created = rt.block_on(admin.create_topics(&[NewTopic::new("idle", idle, TopicReplication::Fixed(3))], &opts)).expect("create");
+        assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    }
     let n: usize = std::env::var("CLUSTER_BENCH_UNBOUNDED").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     if n > 0 {
         row("RF=3 acks=all 1 KiB, unbounded", n, produce(&bootstrap, "rf3", n, 1024, 3, None));

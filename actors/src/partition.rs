@@ -331,7 +331,9 @@ impl Partition {
         let mut target = self.local_committable();
         match self.role {
             Role::Leader => {
-                for r in self.maximal_isr() {
+                // The maximal ISR, without building it (this runs for every partition of every
+                // replica fetch): a member in both lists counts once, and min does not mind.
+                for &r in self.isr.iter().chain(self.pending_isr.iter().flatten()) {
                     if r != self.me {
                         target = target.min(self.follower_committable(r));
                     }

@@ -849,6 +849,16 @@ impl World {
             *self.protocol.entry("log-segments-cleaned".to_string()).or_default() += cleaned;
             *self.protocol.entry("stray-replica-deleted".to_string()).or_default() += b.stray_replicas_deleted();
             *self.protocol.entry("metadata-image-chunk-received".to_string()).or_default() += b.metadata_image_chunks();
+            let f = b.fetch_session_stats();
+            for (k, v) in [
+                ("replica-fetch-full", f.full),
+                ("replica-fetch-incremental", f.incremental),
+                ("replica-fetch-incremental-partitions", f.incremental_partitions),
+                ("replica-fetch-session-partitions", f.session_partitions),
+                ("replica-fetch-session-refused", f.refused),
+            ] {
+                *self.protocol.entry(k.to_string()).or_default() += v;
+            }
             let g = b.groups().stats();
             for (k, v) in [
                 ("kip848-members-restored", g.members_restored),

@@ -162,3 +162,23 @@ fn regression_seeds_stay_clean() {
         assert!(r.outcome.violations.is_empty(), "seed {seed}: {:?}", r.outcome.violations);
     }
 }
+
+/// Replica fetch sessions (KIP-227): in a cluster whose followers fetch many partitions from
+/// each leader (`__consumer_offsets` among them), almost every fetch is incremental and names
+/// only the partitions whose state changed, a part of what the session holds. Refused
+/// sessions (the simulated network reorders datagrams even without faults) cost a full fetch
+/// each and stay rare.
+#[test]
+fn replica_fetches_name_only_what_changed() {
+    let sc = runnel_sim::scenario::scenario("groups-3").expect("scenario");
+    let r = run(&RunConfig { seed: 3, scenario: sc, faults: Some(vec![]), bugs: vec![] }).unwrap();
+    assert!(r.outcome.completed && r.outcome.violations.is_empty(), "{:?}", r.outcome.violations);
+    let p = |k: &str| r.outcome.protocol.get(k).copied().unwrap_or(0);
+    let (full, incremental) = (p("replica-fetch-full"), p("replica-fetch-incremental"));
+    assert!(incremental > 20 * full, "full {full}, incremental {incremental}: {:?}", r.outcome.protocol);
+    let (named, held) = (p("replica-fetch-incremental-partitions"), p("replica-fetch-session-partitions"));
+    // The simulator's sessions are small (about three partitions: `__consumer_offsets` has 4
+    // here), most of them busy; a full fetch each time would name all of them.
+    assert!(named * 2 < held, "incremental fetches named {named} of the {held} partitions their sessions held ({incremental} fetches, {full} full)");
+    assert!(p("replica-fetch-session-refused") <= full, "{:?}", r.outcome.protocol);
+}

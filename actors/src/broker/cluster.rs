@@ -29,6 +29,7 @@ use crate::log::ReadStart;
 use crate::partition::{FollowerState, Role};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// How long a controller RPC may stay unanswered.
@@ -68,11 +69,80 @@ pub(crate) struct AdminBatch {
     created: Vec<(usize, String)>,
 }
 
+/// Follower side: the fetch session with one leader.
+#[derive(Default)]
+struct OutSession {
+    /// The leader's id for it; 0 until a full fetch is answered.
+    id: u64,
+    /// The epoch of the next incremental fetch.
+    next_epoch: u32,
+    /// Every partition's entry as last sent, by partition uid: (topic, index, entry).
+    sent: BTreeMap<u64, (String, i32, FetchState)>,
+}
+
+/// A follower's replica fetches, counted (see [`crate::broker::Broker::fetch_session_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchSessionStats {
+    /// Full fetches (every partition named): a session's first, and each start-over.
+    pub full: u64,
+    /// Incremental fetches.
+    pub incremental: u64,
+    /// Partitions the incremental fetches named (changed entries).
+    pub incremental_partitions: u64,
+    /// Partitions their sessions held (what full fetches would have named).
+    pub session_partitions: u64,
+    /// Sessions a leader refused (a fetch of the session lost or reordered, or the leader
+    /// restarted): each costs a full fetch.
+    pub refused: u64,
+}
+
+/// A follower's fetch entry for one partition, without its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FetchState {
+    leader_epoch: i32,
+    fetch_offset: i64,
+    durable_offset: i64,
+    log_start_offset: i64,
+    last_fetched_epoch: i32,
+    high_watermark: i64,
+    leader_log_start_offset: i64,
+}
+
+impl FetchState {
+    fn entry(&self, topic: &str, index: i32) -> ReplicaFetchPartition {
+        ReplicaFetchPartition {
+            topic: topic.to_string(),
+            index,
+            leader_epoch: self.leader_epoch,
+            fetch_offset: self.fetch_offset,
+            durable_offset: self.durable_offset,
+            log_start_offset: self.log_start_offset,
+            last_fetched_epoch: self.last_fetched_epoch,
+            high_watermark: self.high_watermark,
+            leader_log_start_offset: self.leader_log_start_offset,
+        }
+    }
+}
+
+/// Leader side: a follower's fetch session.
+struct InSession {
+    id: u64,
+    /// The follower's broker epoch when the session began.
+    broker_epoch: i64,
+    /// The epoch the next fetch must carry.
+    next_epoch: u32,
+    /// The follower's entry for each partition of the session.
+    parts: BTreeMap<(String, i32), Arc<ReplicaFetchPartition>>,
+}
+
 /// Leader side: a follower's fetch being served.
 struct ServingFetch {
     from: Addr,
     id: u64,
-    parts: Vec<(ReplicaFetchPartition, ReplicaFetchPartitionResponse)>,
+    /// The session it belongs to (0: refused, answered empty).
+    session_id: u64,
+    /// Each partition of the session and its answer (named only if it is sent).
+    parts: Vec<(Arc<ReplicaFetchPartition>, ReplicaFetchPartitionResponse)>,
     outstanding: usize,
     deadline_ms: u64,
     parked: bool,
@@ -104,8 +174,14 @@ pub(crate) struct Cluster {
     pub(crate) admin: BTreeMap<u64, AdminBatch>,
     /// Follower side: the fetch in flight to each leader (id, sent at).
     fetching: BTreeMap<i32, (u64, u64)>,
+    /// Follower side: the fetch session with each leader.
+    out_sessions: BTreeMap<i32, OutSession>,
     /// Leader side: the newest (broker epoch, fetch id) seen from each follower.
     fetch_seen: BTreeMap<i32, (i64, u64)>,
+    /// Leader side: each follower's fetch session.
+    in_sessions: BTreeMap<i32, InSession>,
+    /// Follower side: what the fetch sessions saved.
+    pub(crate) session_stats: FetchSessionStats,
     /// Leader side.
     serving: BTreeMap<u64, ServingFetch>,
     serving_reads: BTreeMap<u64, (u64, usize)>,
@@ -145,7 +221,10 @@ impl Cluster {
             fenced: true,
             admin: BTreeMap::new(),
             fetching: BTreeMap::new(),
+            out_sessions: BTreeMap::new(),
             fetch_seen: BTreeMap::new(),
+            in_sessions: BTreeMap::new(),
+            session_stats: FetchSessionStats::default(),
             serving: BTreeMap::new(),
             serving_reads: BTreeMap::new(),
             serving_watch: BTreeMap::new(),
@@ -743,35 +822,94 @@ impl Broker {
         if self.cluster.epoch < 0 {
             return;
         }
-        let mut by_leader: BTreeMap<i32, Vec<ReplicaFetchPartition>> = BTreeMap::new();
+        // The leaders followed, and those that get a fetch now: none in flight, or the one in
+        // flight is overdue (or `force`).
+        let mut followed = BTreeSet::new();
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                if let Role::Follower { leader } = p.role {
+                    if leader != NO_LEADER && p.is_ready() {
+                        followed.insert(leader);
+                    }
+                }
+            }
+        }
+        let now = cx.now_ms();
+        self.cluster.fetching.retain(|l, _| followed.contains(l));
+        self.cluster.out_sessions.retain(|l, _| followed.contains(l));
+        let mut due = BTreeMap::new();
+        for &leader in &followed {
+            if let Some((_, at)) = self.cluster.fetching.get(&leader) {
+                if !force && now.saturating_sub(*at) < REPLICA_FETCH_TIMEOUT_MS {
+                    continue;
+                }
+                // Sent again while one is in flight: that one or its answer may be lost, and
+                // with it what the leader knows of this session. Start over with a full fetch.
+                self.cluster.out_sessions.remove(&leader);
+            }
+            due.insert(leader, (self.fresh_id(), BTreeMap::new()));
+        }
+        if due.is_empty() {
+            return;
+        }
+        // The entries of the partitions of those leaders, by uid.
         for (name, t) in &self.topics {
             for p in &t.partitions {
                 let Role::Follower { leader } = p.role else { continue };
-                if leader == NO_LEADER || !p.is_ready() {
+                let Some((_, current)) = due.get_mut(&leader) else { continue };
+                if !p.is_ready() {
                     continue;
                 }
-                by_leader.entry(leader).or_default().push(ReplicaFetchPartition {
-                    topic: name.clone(),
-                    index: p.index,
+                let state = FetchState {
                     leader_epoch: p.leader_epoch,
                     fetch_offset: p.log.log_end_offset(),
                     durable_offset: p.local_committable(),
                     log_start_offset: p.log.durable_log_start_offset(),
                     last_fetched_epoch: p.log.latest_epoch().unwrap_or(-1),
-                });
+                    high_watermark: p.leader_high_watermark,
+                    leader_log_start_offset: p.log.log_start_offset(),
+                };
+                current.insert(p.uid, (name.as_str(), p.index, state));
             }
         }
-        let now = cx.now_ms();
-        self.cluster.fetching.retain(|l, _| by_leader.contains_key(l));
-        for (leader, partitions) in by_leader {
-            if let Some((_, at)) = self.cluster.fetching.get(&leader) {
-                if !force && now.saturating_sub(*at) < REPLICA_FETCH_TIMEOUT_MS {
-                    continue;
-                }
-            }
-            let id = self.fresh_id();
+        let me = self.config.node_id;
+        let broker_epoch = self.cluster.epoch;
+        for (leader, (id, current)) in due {
             self.cluster.fetching.insert(leader, (id, now));
-            let f = ReplicaFetch { id, broker: self.config.node_id, broker_epoch: self.cluster.epoch, partitions };
+            let session = self.cluster.out_sessions.entry(leader).or_default();
+            let full = session.id == 0 || crate::buggify!(cx);
+            let f = if full {
+                // buggify: a follower may start over at any time.
+                session.id = 0;
+                session.sent = current.iter().map(|(uid, (topic, index, state))| (*uid, (topic.to_string(), *index, *state))).collect();
+                let partitions = current.values().map(|(topic, index, state)| state.entry(topic, *index)).collect();
+                self.cluster.session_stats.full += 1;
+                ReplicaFetch { id, broker: me, broker_epoch, session_id: 0, session_epoch: 0, partitions, forgotten: Vec::new() }
+            } else {
+                let mut partitions = Vec::new();
+                for (uid, (topic, index, state)) in &current {
+                    match session.sent.get_mut(uid) {
+                        Some((_, _, sent)) if sent == state => {}
+                        Some((_, _, sent)) => {
+                            *sent = *state;
+                            partitions.push(state.entry(topic, *index));
+                        }
+                        None => {
+                            session.sent.insert(*uid, (topic.to_string(), *index, *state));
+                            partitions.push(state.entry(topic, *index));
+                        }
+                    }
+                }
+                let gone: Vec<u64> = session.sent.keys().filter(|uid| !current.contains_key(uid)).copied().collect();
+                let forgotten = gone.iter().filter_map(|uid| session.sent.remove(uid)).map(|(topic, index, _)| (topic, index)).collect();
+                let epoch = session.next_epoch;
+                session.next_epoch += 1;
+                let stats = &mut self.cluster.session_stats;
+                stats.incremental += 1;
+                stats.incremental_partitions += partitions.len() as u64;
+                stats.session_partitions += current.len() as u64;
+                ReplicaFetch { id, broker: me, broker_epoch, session_id: session.id, session_epoch: epoch, partitions, forgotten }
+            };
             cx.send(Addr { node: leader, actor: BROKER_ACTOR }, BrokerMsg::Peer(PeerMsg::ReplicaFetch(f)));
         }
     }
@@ -781,11 +919,26 @@ impl Broker {
             return;
         }
         self.cluster.fetching.remove(&from.node);
+        let Some(session) = self.cluster.out_sessions.get_mut(&from.node) else { return };
+        if r.session_id == 0 {
+            // The leader refused the session: fetch everything again, at once.
+            self.cluster.session_stats.refused += 1;
+            self.cluster.out_sessions.remove(&from.node);
+            self.replica_fetch_all(cx, false);
+            return;
+        }
+        if session.id == 0 {
+            session.id = r.session_id;
+            session.next_epoch = 1;
+        }
+        let fetched = session.sent.len();
         let now = cx.now_ms();
         let wall = cx.wall_clock_ms();
         // Errors (stale epochs, a leader that moved) back off until the next tick, as Kafka's
-        // replica.fetch.backoff.ms does; progress fetches again at once.
-        let progress = r.partitions.iter().any(|p| p.error == error::NONE);
+        // replica.fetch.backoff.ms does; progress fetches again at once. The partitions left out
+        // of the answer had nothing new: no error.
+        let failed = r.partitions.iter().filter(|p| p.error != error::NONE).count();
+        let progress = failed < fetched;
         for part in r.partitions {
             let (topic, index) = (part.topic.clone(), part.index);
             let Some(p) = self.partition_mut(&topic, index) else { continue };
@@ -886,10 +1039,47 @@ impl Broker {
         for id in old {
             self.cluster.serving.remove(&id);
         }
+        // The session: a full fetch starts one; an incremental one updates it, if it is the
+        // session's next fetch. Anything else is refused (an empty answer with session 0).
+        let session_id = if f.session_id == 0 {
+            let id = self.fresh_id();
+            let parts = f.partitions.into_iter().map(|p| ((p.topic.clone(), p.index), Arc::new(p))).collect();
+            self.cluster.in_sessions.insert(f.broker, InSession { id, broker_epoch: f.broker_epoch, next_epoch: 1, parts });
+            id
+        } else {
+            match self.cluster.in_sessions.get_mut(&f.broker) {
+                Some(s) if s.id == f.session_id && s.broker_epoch == f.broker_epoch && s.next_epoch == f.session_epoch => {
+                    s.next_epoch += 1;
+                    for k in &f.forgotten {
+                        s.parts.remove(k);
+                    }
+                    for p in f.partitions {
+                        s.parts.insert((p.topic.clone(), p.index), Arc::new(p));
+                    }
+                    s.id
+                }
+                other => {
+                    tracing::debug!(
+                        node = self.config.node_id,
+                        follower = f.broker,
+                        session = f.session_id,
+                        epoch = f.session_epoch,
+                        known = ?other.map(|s| (s.id, s.next_epoch, s.broker_epoch)),
+                        broker_epoch = f.broker_epoch,
+                        "replica fetch session refused"
+                    );
+                    self.cluster.in_sessions.remove(&f.broker);
+                    let response = ReplicaFetchResponse { id: f.id, session_id: 0, partitions: Vec::new() };
+                    cx.send(from, BrokerMsg::Peer(PeerMsg::ReplicaFetchResponse(response)));
+                    return;
+                }
+            }
+        };
+        let fetched: Vec<Arc<ReplicaFetchPartition>> = self.cluster.in_sessions.get(&f.broker).map(|s| s.parts.values().cloned().collect()).unwrap_or_default();
         let mut parts = Vec::new();
-        for q in f.partitions {
+        for q in fetched {
             let mut resp = ReplicaFetchPartitionResponse {
-                topic: q.topic.clone(),
+                topic: String::new(),
                 index: q.index,
                 error: error::NONE,
                 high_watermark: -1,
@@ -966,7 +1156,7 @@ impl Broker {
             parts.push((q, resp));
         }
         let id = self.fresh_id();
-        let state = ServingFetch { from, id: f.id, parts, outstanding: 0, deadline_ms: now + self.config.replica_fetch_wait_max_ms, parked: false };
+        let state = ServingFetch { from, id: f.id, session_id, parts, outstanding: 0, deadline_ms: now + self.config.replica_fetch_wait_max_ms, parked: false };
         self.cluster.serving.insert(id, state);
         self.evaluate_serving(cx, id);
     }
@@ -1028,7 +1218,24 @@ impl Broker {
         if has_data || now >= state.deadline_ms || state.parts.is_empty() {
             let state = self.cluster.serving.remove(&id).expect("present");
             cx.cancel_timer(TimerId(REPLICA_TIMER_BASE + id));
-            let response = ReplicaFetchResponse { id: state.id, partitions: state.parts.into_iter().map(|(_, r)| r).collect() };
+            // Only what the follower does not have yet.
+            let partitions = state
+                .parts
+                .into_iter()
+                .filter(|(q, r)| {
+                    r.error != error::NONE
+                        || r.diverging.is_some()
+                        || r.out_of_range
+                        || !r.records.is_empty()
+                        || r.high_watermark != q.high_watermark
+                        || r.log_start_offset > q.leader_log_start_offset
+                })
+                .map(|(q, mut r)| {
+                    r.topic = q.topic.clone();
+                    r
+                })
+                .collect();
+            let response = ReplicaFetchResponse { id: state.id, session_id: state.session_id, partitions };
             cx.send(state.from, BrokerMsg::Peer(PeerMsg::ReplicaFetchResponse(response)));
             return;
         }

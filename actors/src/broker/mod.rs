@@ -323,6 +323,11 @@ impl Broker {
         self.cluster.strays_deleted
     }
 
+    /// This broker's replica fetches as a follower: full and incremental (KIP-227 sessions).
+    pub fn fetch_session_stats(&self) -> cluster::FetchSessionStats {
+        self.cluster.session_stats
+    }
+
     /// Metadata image chunks taken from the controller (an image larger than the controller's
     /// `snapshot_chunk_bytes` takes several).
     pub fn metadata_image_chunks(&self) -> u64 {

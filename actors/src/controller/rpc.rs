@@ -243,7 +243,11 @@ pub enum ControllerResponse {
     },
 }
 
-/// A follower's fetch (Kafka's replica Fetch with KIP-320 epochs).
+/// A follower's fetch (Kafka's replica Fetch with KIP-320 epochs), in a fetch session
+/// (KIP-227): a full fetch (`session_id` 0) names every partition the follower fetches from this
+/// leader and asks for a new session; an incremental one names only the partitions whose entry
+/// changed since the session's previous fetch, and those the follower stopped fetching. The
+/// leader keeps the session's entries and serves all of them each time.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaFetch {
     /// Id chosen by the follower.
@@ -252,12 +256,19 @@ pub struct ReplicaFetch {
     pub broker: i32,
     /// Its broker epoch.
     pub broker_epoch: i64,
-    /// Partitions fetched.
+    /// The session the leader gave (0: a full fetch, asking for a new session).
+    pub session_id: u64,
+    /// This fetch's place in the session: 1 for the first after the full fetch, then 2, ... The
+    /// leader refuses any other (a fetch of the session was lost) and the follower starts over.
+    pub session_epoch: u32,
+    /// Partitions fetched: all (full fetch) or those whose entry changed (incremental).
     pub partitions: Vec<ReplicaFetchPartition>,
+    /// Partitions no longer fetched (incremental fetches).
+    pub forgotten: Vec<(String, i32)>,
 }
 
-/// One partition of a replica fetch.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One partition of a replica fetch: the follower's state, which the leader's session keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaFetchPartition {
     /// Topic.
     pub topic: String,
@@ -274,6 +285,12 @@ pub struct ReplicaFetchPartition {
     pub log_start_offset: i64,
     /// Epoch of the last batch the follower has (-1 if none).
     pub last_fetched_epoch: i32,
+    /// The leader's high watermark as far as the follower knows: the leader answers for the
+    /// partition when its own differs, even with no records.
+    pub high_watermark: i64,
+    /// The follower's log start in memory (what it learned of the leader's): the leader answers
+    /// for the partition when its own is higher.
+    pub leader_log_start_offset: i64,
 }
 
 /// The leader's answer to a replica fetch.
@@ -281,7 +298,11 @@ pub struct ReplicaFetchPartition {
 pub struct ReplicaFetchResponse {
     /// The fetch's id.
     pub id: u64,
-    /// Per partition.
+    /// The fetch session: the one the fetch named, a new one for a full fetch, or 0 when the
+    /// leader refused the fetch's session (unknown, or a fetch of it lost): fetch in full.
+    pub session_id: u64,
+    /// The partitions with something to say: records, an error, a truncation, a high watermark
+    /// or log start the follower does not have yet. The others are left out.
     pub partitions: Vec<ReplicaFetchPartitionResponse>,
 }
 
