@@ -849,6 +849,7 @@ impl World {
             *self.protocol.entry("log-segments-cleaned".to_string()).or_default() += cleaned;
             *self.protocol.entry("stray-replica-deleted".to_string()).or_default() += b.stray_replicas_deleted();
             *self.protocol.entry("metadata-image-chunk-received".to_string()).or_default() += b.metadata_image_chunks();
+            *self.protocol.entry("parked-fetch-watches".to_string()).or_default() += b.parked_watch_registrations() as u64;
             let f = b.fetch_session_stats();
             for (k, v) in [
                 ("replica-fetch-full", f.full),

@@ -185,7 +185,7 @@ pub(crate) struct Cluster {
     /// Leader side.
     serving: BTreeMap<u64, ServingFetch>,
     serving_reads: BTreeMap<u64, (u64, usize)>,
-    serving_watch: BTreeMap<u64, BTreeSet<u64>>,
+    serving_watch: super::watch::Watches,
     pid_requested: bool,
     /// Shut down gracefully: leadership moved away.
     pub(crate) shutdown_requested: bool,
@@ -227,7 +227,7 @@ impl Cluster {
             session_stats: FetchSessionStats::default(),
             serving: BTreeMap::new(),
             serving_reads: BTreeMap::new(),
-            serving_watch: BTreeMap::new(),
+            serving_watch: super::watch::Watches::default(),
             pid_requested: false,
             shutdown_requested: false,
             shutdown_ready: false,
@@ -1038,6 +1038,8 @@ impl Broker {
         let old: Vec<u64> = self.cluster.serving.iter().filter(|(_, s)| s.from == from).map(|(id, _)| *id).collect();
         for id in old {
             self.cluster.serving.remove(&id);
+            self.cluster.serving_watch.unwatch(id);
+            cx.cancel_timer(TimerId(REPLICA_TIMER_BASE + id));
         }
         // The session: a full fetch starts one; an incremental one updates it, if it is the
         // session's next fetch. Anything else is refused (an empty answer with session 0).
@@ -1217,6 +1219,7 @@ impl Broker {
         let has_data = state.parts.iter().any(|(_, r)| !r.records.is_empty() || r.error != error::NONE || r.diverging.is_some() || r.out_of_range);
         if has_data || now >= state.deadline_ms || state.parts.is_empty() {
             let state = self.cluster.serving.remove(&id).expect("present");
+            self.cluster.serving_watch.unwatch(id);
             cx.cancel_timer(TimerId(REPLICA_TIMER_BASE + id));
             // Only what the follower does not have yet.
             let partitions = state
@@ -1243,16 +1246,18 @@ impl Broker {
         let delay = state.deadline_ms.saturating_sub(now);
         let uids: Vec<u64> =
             state.parts.iter().filter_map(|(q, _)| self.topics.get(&q.topic).and_then(|t| t.partitions.get(q.index as usize)).map(|p| p.uid)).collect();
-        for uid in uids {
-            self.cluster.serving_watch.entry(uid).or_default().insert(id);
-        }
+        self.cluster.serving_watch.watch(id, uids);
         cx.set_timer(TimerId(REPLICA_TIMER_BASE + id), delay);
+    }
+
+    /// Registrations of parked replica fetches on their partitions.
+    pub(crate) fn serving_watch_size(&self) -> usize {
+        self.cluster.serving_watch.size().1
     }
 
     /// New data or a new high watermark on `uid`: answer parked replica fetches watching it.
     pub(crate) fn wake_serving(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
-        let Some(ids) = self.cluster.serving_watch.remove(&uid) else { return };
-        for id in ids {
+        for id in self.cluster.serving_watch.take(uid) {
             if self.cluster.serving.get(&id).is_some_and(|s| s.parked) {
                 self.evaluate_serving(cx, id);
             }
@@ -1262,8 +1267,7 @@ impl Broker {
     /// The leader's log start moved (DeleteRecords): parked replica fetches on `uid` are
     /// answered now, data or not, so the followers learn the new log start at once.
     pub(crate) fn answer_serving_now(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
-        let Some(ids) = self.cluster.serving_watch.remove(&uid) else { return };
-        for id in ids {
+        for id in self.cluster.serving_watch.take(uid) {
             if let Some(s) = self.cluster.serving.get_mut(&id).filter(|s| s.parked) {
                 s.deadline_ms = 0;
                 self.evaluate_serving(cx, id);

@@ -302,6 +302,7 @@ impl Broker {
         let Some(state) = self.fetches.get_mut(&id) else { return };
         if bytes >= state.min_bytes.max(1) || has_error || state.expired || now >= state.deadline_ms || state.parts.is_empty() || early {
             let state = self.fetches.remove(&id).expect("present");
+            self.watchers.unwatch(id);
             cx.cancel_timer(TimerId(id));
             self.respond_fetch(cx, state);
             return;
@@ -313,16 +314,13 @@ impl Broker {
             .filter_map(|p| p.topic.as_ref().and_then(|t| self.topics.get(t)).and_then(|t| t.partitions.get(p.partition as usize)).map(|q| q.uid))
             .collect();
         let delay = state.deadline_ms.saturating_sub(now);
-        for uid in watched {
-            self.watchers.entry(uid).or_default().insert(id);
-        }
+        self.watchers.watch(id, watched);
         cx.set_timer(TimerId(id), delay);
     }
 
     /// A high watermark moved: re-evaluate parked fetches watching it.
     pub(crate) fn wake_fetches(&mut self, cx: &mut Cx<BrokerMsg>, uid: u64) {
-        let Some(ids) = self.watchers.remove(&uid) else { return };
-        for id in ids {
+        for id in self.watchers.take(uid) {
             if self.fetches.get(&id).is_some_and(|f| f.parked) {
                 self.evaluate_fetch(cx, id);
             }

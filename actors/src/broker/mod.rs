@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod meta;
+mod watch;
 
 mod admin;
 mod delete_records;
@@ -207,7 +208,7 @@ pub struct Broker {
     pub(crate) fetches: BTreeMap<u64, fetch::FetchState>,
     pub(crate) fetch_sessions: BTreeMap<i32, fetch::FetchSession>,
     pub(crate) reads: BTreeMap<u64, (u64, usize)>,
-    pub(crate) watchers: BTreeMap<u64, BTreeSet<u64>>,
+    pub(crate) watchers: watch::Watches,
     pub(crate) list_offsets: BTreeMap<u64, offsets::ListOffsetsState>,
     pub(crate) timestamp_queries: BTreeMap<u64, (u64, usize, usize)>,
     last_retention_ms: u64,
@@ -266,7 +267,7 @@ impl Broker {
             closed_links: BTreeMap::new(),
             fetch_sessions: BTreeMap::new(),
             reads: BTreeMap::new(),
-            watchers: BTreeMap::new(),
+            watchers: watch::Watches::default(),
             list_offsets: BTreeMap::new(),
             timestamp_queries: BTreeMap::new(),
             last_retention_ms: 0,
@@ -321,6 +322,12 @@ impl Broker {
     /// Replicas whose data this broker deleted because a reassignment moved them away.
     pub fn stray_replicas_deleted(&self) -> u64 {
         self.cluster.strays_deleted
+    }
+
+    /// Registrations of parked fetches (client and replica) on the partitions they wait for:
+    /// bounded by the fetches parked right now, whatever ran before.
+    pub fn parked_watch_registrations(&self) -> usize {
+        self.watchers.size().1 + self.serving_watch_size()
     }
 
     /// This broker's replica fetches as a follower: full and incremental (KIP-227 sessions).
@@ -943,6 +950,7 @@ impl Broker {
         let gone: Vec<u64> = self.fetches.iter().filter(|(_, f)| f.conn == conn && f.outstanding == 0).map(|(id, _)| *id).collect();
         for id in gone {
             self.fetches.remove(&id);
+            self.watchers.unwatch(id);
         }
     }
 }
