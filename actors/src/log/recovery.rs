@@ -540,6 +540,15 @@ impl Recovery {
             match batch::check_one_with(rest, !crate::planted!("recovery-skips-crc")) {
                 Ok(header) if header.base_offset == scan.segment.next_offset => {
                     let epoch = header.partition_leader_epoch;
+                    // The leader epoch is outside the batch's CRC, and a torn write can damage it
+                    // behind an intact header: an epoch no batch can carry (below -1) is damage,
+                    // as a bad CRC is (simulator seed 52339). An epoch below an earlier batch's
+                    // is not judged here: the damaged one may be that earlier, higher epoch
+                    // (seed 50003, where cutting at the lower one lost acknowledged records).
+                    if epoch < -1 {
+                        tracing::warn!(dir = %self.dir, offset = header.base_offset, epoch, "batch carries an impossible leader epoch");
+                        return self.cut_or_reread(io, scan, here);
+                    }
                     if epoch >= 0 && self.epochs.latest_epoch().is_none_or(|latest| epoch > latest) {
                         // A new epoch starts here only if a second read says so too.
                         const EPOCH_REREADS: u32 = 4;
