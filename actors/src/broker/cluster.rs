@@ -69,6 +69,13 @@ pub(crate) struct AdminBatch {
     created: Vec<(usize, String)>,
 }
 
+/// Whether a replica fetch's answer for a partition is settled: records, an error, a truncation
+/// or out-of-range. A settled partition is not read again, answers a parked fetch at once, and
+/// is always in the answer.
+fn settled(r: &ReplicaFetchPartitionResponse) -> bool {
+    r.error != error::NONE || r.diverging.is_some() || r.out_of_range || !r.records.is_empty()
+}
+
 /// Follower side: the fetch session with one leader.
 #[derive(Default)]
 struct OutSession {
@@ -1168,7 +1175,7 @@ impl Broker {
         state.parked = false;
         for slot in 0..state.parts.len() {
             let (q, resp) = &mut state.parts[slot];
-            if resp.error != error::NONE || resp.diverging.is_some() || resp.out_of_range || !resp.records.is_empty() {
+            if settled(resp) {
                 continue;
             }
             let Ok(p) = self.ready_partition(&q.topic, q.index) else { continue };
@@ -1216,7 +1223,7 @@ impl Broker {
     fn finish_serving(&mut self, cx: &mut Cx<BrokerMsg>, id: u64) {
         let now = cx.now_ms();
         let Some(state) = self.cluster.serving.get_mut(&id) else { return };
-        let has_data = state.parts.iter().any(|(_, r)| !r.records.is_empty() || r.error != error::NONE || r.diverging.is_some() || r.out_of_range);
+        let has_data = state.parts.iter().any(|(_, r)| settled(r));
         if has_data || now >= state.deadline_ms || state.parts.is_empty() {
             let state = self.cluster.serving.remove(&id).expect("present");
             self.cluster.serving_watch.unwatch(id);
@@ -1225,14 +1232,7 @@ impl Broker {
             let partitions = state
                 .parts
                 .into_iter()
-                .filter(|(q, r)| {
-                    r.error != error::NONE
-                        || r.diverging.is_some()
-                        || r.out_of_range
-                        || !r.records.is_empty()
-                        || r.high_watermark != q.high_watermark
-                        || r.log_start_offset > q.leader_log_start_offset
-                })
+                .filter(|(q, r)| settled(r) || r.high_watermark != q.high_watermark || r.log_start_offset > q.leader_log_start_offset)
                 .map(|(q, mut r)| {
                     r.topic = q.topic.clone();
                     r
