@@ -14,7 +14,20 @@
 //! and counts each wake-up more than [`PAUSE_MS`] late, when nothing on the machine (brokers,
 //! client, kernel) ran for that long. On a small virtual machine the host stops the guest's
 //! CPUs now and then, and a record in flight then waits for as long as the pause lasts, whatever
-//! the brokers do; the column says how much of a run's tail that can explain.
+//! the brokers do; the column says how much of a run's tail that can explain. Beside it, the
+//! CPU the client and the three nodes used during the phase, in cores: client and cluster share
+//! the machine's two.
+//!
+//! The paced phase runs with four producers: librdkafka idempotent (fsync, then page-cache
+//! durability), librdkafka without idempotence (`CLUSTER_BENCH_PLAIN=0` skips it), and pipelined
+//! requests without a client library (`CLUSTER_BENCH_RAW=0` skips it). librdkafka's idempotent
+//! producer (2.12) counts the *messages* it has in flight to a partition against its limit of 5
+//! *requests*: once a request of 5 or more records is out, it sends nothing more to that partition
+//! until the answer, and its broker thread polls without sleeping meanwhile (its linger has
+//! expired, so it asks to be woken at once). At 50 MB/s it therefore has one request in flight
+//! per partition, each record waits for the one before, and the client's spinning threads take
+//! CPU from the nodes on the same cores.
+//!
 //! `CLUSTER_BENCH_REPEAT` (default 1) runs each paced phase that many times, a row each, every
 //! run on a fresh topic deleted afterwards; `CLUSTER_BENCH_LINGER_MS` (default 1) sets the
 //! producer's `linger.ms`; `CLUSTER_BENCH_NETWORK_THREADS` (default 1) each node's
@@ -74,7 +87,9 @@ impl ProducerContext for Ctx {
     }
 }
 
-fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
+/// A librdkafka producer with acks=all, idempotent or not (without idempotence it keeps up to
+/// `max.in.flight`, 1,000,000 by default, requests in flight per connection).
+fn producer(bootstrap: &str, reports: Arc<Reports>, idempotent: bool) -> ThreadedProducer<Ctx> {
     let mut config = ClientConfig::new();
     if let Ok(debug) = std::env::var("CLUSTER_BENCH_RDKAFKA_DEBUG") {
         config.set("debug", debug).set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
@@ -83,7 +98,7 @@ fn producer(bootstrap: &str, reports: Arc<Reports>) -> ThreadedProducer<Ctx> {
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
         .set("acks", "all")
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", if idempotent { "true" } else { "false" })
         .set("linger.ms", std::env::var("CLUSTER_BENCH_LINGER_MS").unwrap_or_else(|_| "1".into()))
         .set("compression.type", "none")
         .set("socket.nagle.disable", std::env::var("CLUSTER_BENCH_NODELAY").unwrap_or_else(|_| "true".into()))
@@ -108,15 +123,47 @@ fn percentiles(mut v: Vec<u64>) -> [f64; 3] {
 /// A wake-up this much later than asked counts as a machine pause.
 const PAUSE_MS: f64 = 4.0;
 
-/// Watches for machine pauses while it lives: a thread that sleeps 1 ms at a time (about a
-/// thousand cheap wake-ups a second) and records by how much each wake-up was late.
-struct PauseProbe {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<f64>>>,
+/// The nodes' process ids, for [`Probe`]'s CPU accounting (set once the cluster is up).
+static NODE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// CPU time (user + system, every thread) process `pid` has used so far, in seconds; 0 if it
+/// cannot be read. `/proc/<pid>/stat` counts it in USER_HZ ticks, 100 a second on Linux.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // The command name (field 2) may hold spaces: the fields after it follow its closing ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-impl PauseProbe {
-    fn start() -> PauseProbe {
+/// What a timed phase saw of the machine: its pauses (ms late each, see [`PAUSE_MS`]) and the
+/// CPU the client (this process: the producer, its threads, the probe) and the nodes used, each
+/// in cores (1.0 = one core busy the whole phase; the machine has 2).
+struct Machine {
+    pauses: Vec<f64>,
+    client_cores: f64,
+    node_cores: f64,
+}
+
+/// Watches the machine while it lives: a thread that sleeps 1 ms at a time (about a thousand
+/// cheap wake-ups a second) and records by how much each wake-up was late, and the CPU time of
+/// the client and of the nodes from start to finish.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<f64>>>,
+    started: Instant,
+    client_cpu: f64,
+    node_cpu: f64,
+}
+
+fn nodes_cpu_seconds() -> f64 {
+    NODE_PIDS.lock().expect("lock").iter().map(|pid| cpu_seconds(&pid.to_string())).sum()
+}
+
+impl Probe {
+    fn start() -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -131,25 +178,27 @@ impl PauseProbe {
             }
             pauses
         });
-        PauseProbe { stop, thread: Some(thread) }
+        Probe { stop, thread: Some(thread), started: Instant::now(), client_cpu: cpu_seconds("self"), node_cpu: nodes_cpu_seconds() }
     }
 
-    /// Stop; the pauses seen (ms late each).
-    fn finish(mut self) -> Vec<f64> {
+    /// Stop; what was seen.
+    fn finish(mut self) -> Machine {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let (client, nodes) = (cpu_seconds("self") - self.client_cpu, nodes_cpu_seconds() - self.node_cpu);
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().map(|t| t.join().expect("pause probe")).unwrap_or_default()
+        let pauses = self.thread.take().map(|t| t.join().expect("pause probe")).unwrap_or_default();
+        Machine { pauses, client_cores: client / seconds, node_cores: nodes / seconds }
     }
 }
 
-/// Produce `records` records of `size` bytes round-robin over `partitions` (or only to
-/// `partition`), at `rate` records/s if given; returns (seconds, latencies in µs, errors, machine
-/// pauses in ms).
-fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions: i32, rate: Option<u64>) -> (f64, Vec<u64>, u64, Vec<f64>) {
+/// Produce `records` records of `size` bytes round-robin over `partitions`, at `rate` records/s
+/// if given; returns (seconds, latencies in µs, errors, what the machine did).
+fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions: i32, rate: Option<u64>, idempotent: bool) -> (f64, Vec<u64>, u64, Machine) {
     // Dirty pages left by the build or an earlier phase are written back first, so that their
     // writeback does not land in this phase's numbers.
     let _ = std::process::Command::new("sync").status();
     let reports = Arc::new(Reports::default());
-    let p = producer(bootstrap, reports.clone());
+    let p = producer(bootstrap, reports.clone(), idempotent);
     let payload = vec![b'x'; size];
     // Warm up: connections, metadata and the producer id are set up before the clock starts.
     *reports.start.lock().expect("lock") = Some(Instant::now());
@@ -159,7 +208,7 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
     }
     p.flush(Duration::from_secs(60)).expect("warm-up flush");
     reports.acks.lock().expect("lock").clear();
-    let probe = PauseProbe::start();
+    let probe = Probe::start();
     let start = Instant::now();
     *reports.start.lock().expect("lock") = Some(start);
     for i in 0..records {
@@ -189,7 +238,7 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
     }
     p.flush(Duration::from_secs(120)).expect("flush");
     let seconds = start.elapsed().as_secs_f64();
-    let pauses = probe.finish();
+    let machine = probe.finish();
     let acks = reports.acks.lock().expect("lock");
     if let Ok(path) = std::env::var("CLUSTER_BENCH_DUMP") {
         // One line per acknowledged record: partition, delivered at (ms since start), latency (ms).
@@ -200,7 +249,7 @@ fn produce(bootstrap: &str, topic: &str, records: usize, size: usize, partitions
         std::fs::write(format!("{path}.{topic}"), format!("# start {unix_start:.3}\n{}", lines.join("\n"))).expect("write latency dump");
     }
     let lat = acks.iter().map(|(_, l, _)| *l).collect();
-    (seconds, lat, reports.errors.load(Ordering::Relaxed), pauses)
+    (seconds, lat, reports.errors.load(Ordering::Relaxed), machine)
 }
 
 /// One connection of [`raw_produce`]: requests written and not answered yet, oldest first
@@ -212,7 +261,7 @@ type InFlight = Arc<Mutex<std::collections::VecDeque<(i32, Instant, usize)>>>;
 /// steps, each step's records of a partition sent at once as one batch in one ProduceRequest
 /// (acks=all, v9) on a connection to the partition's leader, requests pipelined. A record's
 /// latency is its request's, from the write to the answer. Returns what [`produce`] does.
-fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rate: u64) -> (f64, Vec<u64>, u64, Vec<f64>) {
+fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rate: u64) -> (f64, Vec<u64>, u64, Machine) {
     use kafka_protocol::messages::{produce_request, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
     use std::io::{Read, Write};
@@ -270,7 +319,7 @@ fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rat
         stream.write_all(&(buf.len() as u32).to_be_bytes()).expect("write");
         stream.write_all(&buf).expect("write");
     };
-    let probe = PauseProbe::start();
+    let probe = Probe::start();
     let start = Instant::now();
     let mut sent = 0;
     while sent < records {
@@ -296,7 +345,7 @@ fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rat
         std::thread::sleep(Duration::from_millis(5));
     }
     let seconds = start.elapsed().as_secs_f64();
-    let pauses = probe.finish();
+    let machine = probe.finish();
     for (stream, _) in &writers {
         let _ = stream.shutdown(std::net::Shutdown::Both);
     }
@@ -304,7 +353,18 @@ fn raw_produce(leaders: &[String], topic: &str, records: usize, size: usize, rat
         r.join().expect("reader");
     }
     let latencies = std::mem::take(&mut *latencies.lock().expect("lock"));
-    (seconds, latencies, errors.load(Ordering::Relaxed), pauses)
+    (seconds, latencies, errors.load(Ordering::Relaxed), machine)
+}
+
+/// Who produces in a paced phase.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// librdkafka, idempotent (as the failover test's producer).
+    Idempotent,
+    /// librdkafka without idempotence (its default): requests pipelined per connection.
+    NotIdempotent,
+    /// [`raw_produce`]: no client library, the cluster's side of the latency.
+    Raw,
 }
 
 fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
@@ -333,6 +393,7 @@ fn main() {
     let mut cluster = TestCluster::start(3, &format!("min.insync.replicas=2\ndefault.replication.factor=3\nnum.network.threads={threads}"));
     let bootstrap = cluster.bootstrap();
     eprintln!("cluster up: {bootstrap}");
+    *NODE_PIDS.lock().expect("lock") = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     // `rf3` uses runnel's default durability (acknowledged = fsynced on every ISR member);
@@ -343,14 +404,16 @@ fn main() {
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
 
     println!(
-        "\n{:<34} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}  machine pauses >4 ms (count, sum, longest)",
-        "phase", "records", "seconds", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "errors"
+        "\n{:<38} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  machine pauses >4 ms (count, sum, longest)",
+        "phase", "records", "seconds", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "errors", "client", "nodes"
     );
-    let row = |name: &str, records: usize, (secs, lat, errors, pauses): (f64, Vec<u64>, u64, Vec<f64>)| {
+    // `client` and `nodes`: the CPU they used, in cores (the machine has 2).
+    let row = |name: &str, records: usize, (secs, lat, errors, machine): (f64, Vec<u64>, u64, Machine)| {
         let [p50, p99, p999] = percentiles(lat);
+        let pauses = &machine.pauses;
         let longest = pauses.iter().copied().fold(0.0, f64::max);
         println!(
-            "{:<34} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6}  {}, {:.0} ms, {:.0} ms",
+            "{:<38} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>7.2} {:>6.2}  {}, {:.0} ms, {:.0} ms",
             name,
             records,
             secs,
@@ -360,6 +423,8 @@ fn main() {
             p99,
             p999,
             errors,
+            machine.client_cores,
+            machine.node_cores,
             pauses.len(),
             pauses.iter().sum::<f64>(),
             longest
@@ -375,7 +440,7 @@ fn main() {
     }
     let n: usize = std::env::var("CLUSTER_BENCH_UNBOUNDED").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     if n > 0 {
-        row("RF=3 acks=all 1 KiB, unbounded", n, produce(&bootstrap, "rf3", n, 1024, 3, None));
+        row("RF=3 acks=all 1 KiB, unbounded", n, produce(&bootstrap, "rf3", n, 1024, 3, None, true));
     }
     let rate = (mbps * 1e6 / 1024.0) as u64;
     let seconds: u64 = std::env::var("CLUSTER_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
@@ -383,8 +448,7 @@ fn main() {
     let repeat: usize = std::env::var("CLUSTER_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     // Every paced run writes a topic of its own, deleted after the run: a run neither inherits
     // the logs of the runs before it nor leaves them in the page cache.
-    // `raw`: librdkafka replaced by [`raw_produce`], the cluster's side of the latency.
-    let paced = |topic: &str, pagecache: bool, raw: bool| {
+    let paced = |topic: &str, pagecache: bool, client: Client| {
         let mut new = NewTopic::new(topic, 3, TopicReplication::Fixed(3));
         if pagecache {
             new = new.set("flush.messages", "9223372036854775807");
@@ -392,7 +456,7 @@ fn main() {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let created = rt.block_on(admin.create_topics([&new], &opts)).expect("create");
         assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-        let result = if raw {
+        let result = if client == Client::Raw {
             let leaders: Vec<String> = (0..3).map(|p| cluster.nodes[(leader_of(&bootstrap, topic, p) - 1) as usize].bootstrap()).collect();
             // Warm-up until every leader accepts: connections and a new topic's partitions ready.
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -402,7 +466,7 @@ fn main() {
             }
             raw_produce(&leaders, topic, n, 1024, rate)
         } else {
-            produce(&bootstrap, topic, n, 1024, 3, Some(rate))
+            produce(&bootstrap, topic, n, 1024, 3, Some(rate), client == Client::Idempotent)
         };
         let deleted = rt.block_on(admin.delete_topics(&[topic], &opts)).expect("delete");
         assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
@@ -410,15 +474,20 @@ fn main() {
     };
     if std::env::var("CLUSTER_BENCH_FSYNC").map_or(true, |v| v != "0") {
         for r in 0..repeat {
-            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, paced(&format!("rf3-paced-{r}"), false, false));
+            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, paced(&format!("rf3-paced-{r}"), false, Client::Idempotent));
         }
     }
     for r in 0..repeat {
-        row("same, page-cache durability", n, paced(&format!("rf3-pagecache-{r}"), true, false));
+        row("same, page-cache durability", n, paced(&format!("rf3-pagecache-{r}"), true, Client::Idempotent));
+    }
+    if std::env::var("CLUSTER_BENCH_PLAIN").map_or(true, |v| v != "0") {
+        for r in 0..repeat {
+            row("same, producer not idempotent", n, paced(&format!("rf3-plain-{r}"), true, Client::NotIdempotent));
+        }
     }
     if std::env::var("CLUSTER_BENCH_RAW").map_or(true, |v| v != "0") {
         for r in 0..repeat {
-            row("same, pipelined requests, no client", n, paced(&format!("rf3-raw-{r}"), true, true));
+            row("same, pipelined requests, no client", n, paced(&format!("rf3-raw-{r}"), true, Client::Raw));
         }
     }
 
@@ -426,7 +495,7 @@ fn main() {
     let (mut times, mut moves) = (Vec::new(), Vec::new());
     for round in 0..failovers {
         let reports = Arc::new(Reports::default());
-        let p = Arc::new(producer(&bootstrap, reports.clone()));
+        let p = Arc::new(producer(&bootstrap, reports.clone(), true));
         let start = Instant::now();
         *reports.start.lock().expect("lock") = Some(start);
         let stop = Arc::new(AtomicBool::new(false));
