@@ -4,10 +4,11 @@
 //! so that appends keep flowing while a group commit is on the platter.
 //!
 //! An `Fsync` is handed to a sync thread only when every earlier write to that file has been
-//! written, so its completion means all of them are durable. Fsyncs run on a few sync threads,
-//! one file always on the same one. Index files (`.index`, `.timeindex`) written with
-//! `IndexWrite` are memory-mapped with memmap2 and grown in 1 MiB steps; their `Fsync` is an
-//! fdatasync of the mapped file. Renames sync the parent directory.
+//! written, so its completion means all of them are durable. Fsyncs run on a few sync threads:
+//! a file's fsync on the thread its earlier ones are still queued on, else on the least busy.
+//! Index files (`.index`, `.timeindex`) written with `IndexWrite` are memory-mapped with memmap2
+//! and grown in 1 MiB steps; their `Fsync` is an fdatasync of the mapped file. Renames sync the
+//! parent directory.
 
 #[cfg(madsim)]
 pub use simulated::{reset_simulated_disks, DiskExecutor};
@@ -31,9 +32,63 @@ mod real {
     /// Threads running fsyncs.
     const SYNC_THREADS: usize = 4;
 
-    /// Hands a file to a sync thread, which fsyncs it (fdatasync, or a full fsync for a
-    /// directory) and completes the token.
-    type SyncSender = mpsc::Sender<(IoToken, Arc<File>, bool)>;
+    /// An fsync for a sync thread: fdatasync the file (a full fsync for a directory), complete
+    /// the token, then count it done on its file's and its thread's counters.
+    pub(super) struct SyncJob {
+        token: IoToken,
+        file: Arc<File>,
+        directory: bool,
+        file_pending: Arc<AtomicUsize>,
+    }
+
+    /// The sync threads and which of them each file's fsyncs go to.
+    pub(super) struct SyncPool {
+        txs: Vec<mpsc::Sender<SyncJob>>,
+        /// Fsyncs queued or running on each thread.
+        busy: Vec<Arc<AtomicUsize>>,
+        /// Per file: the thread its last fsync went to and how many of its fsyncs are queued or
+        /// running there.
+        owner: HashMap<String, (usize, Arc<AtomicUsize>)>,
+    }
+
+    impl SyncPool {
+        /// A pool of `threads` channels with no threads behind them; their receivers are pushed
+        /// onto `receivers`.
+        #[cfg(test)]
+        pub(super) fn for_test(threads: usize, receivers: &mut Vec<mpsc::Receiver<SyncJob>>) -> SyncPool {
+            let mut pool = SyncPool { txs: Vec::new(), busy: Vec::new(), owner: HashMap::new() };
+            for _ in 0..threads {
+                let (tx, rx) = mpsc::channel();
+                pool.txs.push(tx);
+                pool.busy.push(Arc::new(AtomicUsize::new(0)));
+                receivers.push(rx);
+            }
+            pool
+        }
+
+        /// Hand `path`'s fsync to a thread: the one its earlier fsyncs are still queued on or
+        /// running on, if any (one file's fsyncs complete in issue order), else the least busy
+        /// one (fsyncs of different files run at once rather than queue behind each other).
+        pub(super) fn submit(&mut self, path: String, token: IoToken, file: Arc<File>, directory: bool) {
+            let pending = self.owner.get(&path).filter(|(_, n)| n.load(Ordering::SeqCst) > 0).map(|(t, n)| (*t, n.clone()));
+            let (thread, file_pending) = match pending {
+                Some(p) => p,
+                None => {
+                    let thread = (0..self.busy.len()).min_by_key(|t| self.busy[*t].load(Ordering::SeqCst)).unwrap_or(0);
+                    if self.owner.len() >= 4096 {
+                        // Files deleted long ago: keep only those with fsyncs under way.
+                        self.owner.retain(|_, (_, n)| n.load(Ordering::SeqCst) > 0);
+                    }
+                    let n = self.owner.entry(path).or_insert_with(|| (thread, Arc::new(AtomicUsize::new(0))));
+                    n.0 = thread;
+                    (thread, n.1.clone())
+                }
+            };
+            file_pending.fetch_add(1, Ordering::SeqCst);
+            self.busy[thread].fetch_add(1, Ordering::SeqCst);
+            let _ = self.txs[thread].send(SyncJob { token, file, directory, file_pending });
+        }
+    }
 
     struct OpenFile {
         file: Arc<File>,
@@ -48,6 +103,7 @@ mod real {
     struct Files {
         root: PathBuf,
         open: HashMap<String, OpenFile>,
+        syncs: SyncPool,
     }
 
     /// Executes disk operations in issue order. Dropping it stops its threads.
@@ -56,7 +112,6 @@ mod real {
         files: Arc<Mutex<Files>>,
         /// Operations handed to the disk thread and not yet executed.
         queued: Arc<AtomicUsize>,
-        sync_txs: Vec<SyncSender>,
         complete: Arc<dyn Fn(IoDone) + Send + Sync>,
     }
 
@@ -67,30 +122,36 @@ mod real {
             fs::create_dir_all(&root)?;
             let complete: Arc<dyn Fn(IoDone) + Send + Sync> = Arc::new(complete);
             // Several sync threads: fsyncs of different files (partitions) run at once and share
-            // the filesystem's journal commits instead of queueing behind each other. One file
-            // always goes to the same thread, so its fsyncs complete in issue order.
-            let mut sync_txs = Vec::with_capacity(SYNC_THREADS);
+            // the filesystem's journal commits instead of queueing behind each other (see
+            // [`SyncPool::submit`]).
+            let mut syncs = SyncPool { txs: Vec::with_capacity(SYNC_THREADS), busy: Vec::with_capacity(SYNC_THREADS), owner: HashMap::new() };
             for i in 0..SYNC_THREADS {
-                let (sync_tx, sync_rx) = mpsc::channel::<(IoToken, Arc<File>, bool)>();
-                let sync_complete = complete.clone();
+                let (sync_tx, sync_rx) = mpsc::channel::<SyncJob>();
+                let busy = Arc::new(AtomicUsize::new(0));
+                let (sync_complete, thread_busy) = (complete.clone(), busy.clone());
                 std::thread::Builder::new().name(format!("runnel-fsync-{i}")).spawn(move || {
-                    while let Ok((token, file, directory)) = sync_rx.recv() {
-                        let synced = if directory { file.sync_all() } else { file.sync_data() };
+                    while let Ok(job) = sync_rx.recv() {
+                        let synced = if job.directory { job.file.sync_all() } else { job.file.sync_data() };
                         let result = synced.map(|_| IoOutput::Done).map_err(io_error);
-                        sync_complete(IoDone { token, result });
+                        sync_complete(IoDone { token: job.token, result });
+                        // Only after the completion: a later fsync of this file, once it sees
+                        // none pending, may go to another thread and must complete after this.
+                        job.file_pending.fetch_sub(1, Ordering::SeqCst);
+                        thread_busy.fetch_sub(1, Ordering::SeqCst);
                     }
                 })?;
-                sync_txs.push(sync_tx);
+                syncs.txs.push(sync_tx);
+                syncs.busy.push(busy);
             }
-            let files = Arc::new(Mutex::new(Files { root, open: HashMap::new() }));
+            let files = Arc::new(Mutex::new(Files { root, open: HashMap::new(), syncs }));
             let queued = Arc::new(AtomicUsize::new(0));
             let (tx, rx) = mpsc::channel::<(IoToken, DiskOp)>();
-            let (thread_files, thread_queued, thread_complete, thread_sync) = (files.clone(), queued.clone(), complete.clone(), sync_txs.clone());
+            let (thread_files, thread_queued, thread_complete) = (files.clone(), queued.clone(), complete.clone());
             std::thread::Builder::new().name("runnel-disk".into()).spawn(move || {
                 while let Ok((token, op)) = rx.recv() {
                     let result = {
                         let mut files = thread_files.lock().expect("files lock");
-                        run(&mut files, &thread_sync, token, op)
+                        run(&mut files, token, op)
                     };
                     thread_queued.fetch_sub(1, Ordering::SeqCst);
                     if let Some(result) = result {
@@ -106,7 +167,7 @@ mod real {
                     }
                 }
             })?;
-            Ok(DiskExecutor { tx, files, queued, sync_txs, complete })
+            Ok(DiskExecutor { tx, files, queued, complete })
         }
 
         /// Execute or queue an operation. Writes to the page cache, reads, truncations and renames
@@ -129,7 +190,7 @@ mod real {
             // running an operation) and the lock is free.
             let result = {
                 let mut files = self.files.lock().expect("files lock");
-                run(&mut files, &self.sync_txs, token, op)
+                run(&mut files, token, op)
             };
             if let Some(result) = result {
                 (self.complete)(IoDone { token, result });
@@ -139,7 +200,7 @@ mod real {
 
     /// Run `op`; an fsync, and a rename's sync of its directory, go to a sync thread, which
     /// completes them (`None`).
-    fn run(files: &mut Files, sync_txs: &[SyncSender], token: IoToken, op: DiskOp) -> Option<Result<IoOutput, IoError>> {
+    fn run(files: &mut Files, token: IoToken, op: DiskOp) -> Option<Result<IoOutput, IoError>> {
         let to_sync = match op {
             // A memory-mapped index too: on Linux, fdatasync writes back the pages dirtied
             // through a shared mapping (it is what msync(MS_SYNC) does).
@@ -151,7 +212,7 @@ mod real {
         };
         match to_sync {
             Ok((path, file, directory)) => {
-                let _ = sync_txs[sync_thread_of(&path)].send((token, file, directory));
+                files.syncs.submit(path, token, file, directory);
                 None
             }
             Err(e) => Some(Err(e)),
@@ -172,14 +233,6 @@ mod real {
         let parent = dst.parent().unwrap_or(&files.root);
         let dir = File::open(parent).map_err(io_error)?;
         Ok((parent.to_string_lossy().into_owned(), Arc::new(dir), true))
-    }
-
-    /// The sync thread that owns `path`'s fsyncs.
-    fn sync_thread_of(path: &str) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        path.hash(&mut h);
-        (h.finish() % SYNC_THREADS as u64) as usize
     }
 
     fn io_error(e: std::io::Error) -> IoError {
@@ -402,6 +455,43 @@ mod tests {
         assert!(done.values().all(|d| d.result.is_ok()), "{done:?}");
         assert_eq!(bytes_of(&done[&3]), Bytes::from_static(b"checkpoint"));
         assert!(!dir.path().join("p/cp.tmp").exists() && dir.path().join("p/cp").exists());
+    }
+
+    #[test]
+    fn fsyncs_of_one_file_complete_in_issue_order_and_other_files_take_idle_threads() {
+        // The policy, on threads that never run: a file with fsyncs pending stays on its thread;
+        // any other file goes to the least busy one.
+        let mut receivers = Vec::new();
+        let mut pool = super::real::SyncPool::for_test(4, &mut receivers);
+        let file = || std::sync::Arc::new(std::fs::File::open("/").expect("open /"));
+        let job = |pool: &mut super::real::SyncPool, path: &str| {
+            pool.submit(path.into(), IoToken(0), file(), false);
+            receivers.iter().position(|r| r.try_recv().is_ok()).expect("a job on some thread")
+        };
+        let (a1, b, a2, c, d) = (job(&mut pool, "a"), job(&mut pool, "b"), job(&mut pool, "a"), job(&mut pool, "c"), job(&mut pool, "d"));
+        assert_eq!(a1, a2, "a's second fsync follows its first");
+        let mut spread = vec![a1, b, c, d];
+        spread.sort_unstable();
+        spread.dedup();
+        assert_eq!(spread.len(), 4, "four files, four idle threads: one each");
+
+        // Real threads: one file's completions arrive in issue order among other files' fsyncs.
+        let (_dir, executor, rx) = executor();
+        let mut ops = Vec::new();
+        for i in 0..40 {
+            let path = if i % 2 == 0 { "log/a".to_string() } else { format!("log/f{}", i % 7) };
+            ops.push(DiskOp::Append { path: path.clone(), data: Bytes::from(vec![i as u8; 4096]) });
+            ops.push(DiskOp::Fsync { path });
+        }
+        let n = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
+            executor.submit(IoToken(i as u64), op);
+        }
+        let order: Vec<u64> = (0..n).map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("completion")).map(|d| d.token.0).collect();
+        // Tokens of a's fsyncs: 1, 5, 9, ... (every fourth op, counting from 1).
+        let a: Vec<u64> = order.iter().copied().filter(|t| t % 4 == 1).collect();
+        assert_eq!(a.len(), 20);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "a's fsyncs completed out of order: {a:?}");
     }
 
     #[test]
