@@ -55,6 +55,48 @@ pub async fn topic_list(bootstrap: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `quorum`: the metadata quorum as the active controller describes it (DescribeQuorum through
+/// a broker), in the form of `kafka-metadata-quorum.sh describe --status`, or with
+/// `replication` one line per replica as `describe --replication` prints it.
+pub async fn quorum(bootstrap: &str, replication: bool) -> anyhow::Result<()> {
+    use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    let mut c = Client::connect(bootstrap).await?;
+    let request = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+        .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+        .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+    let r = c.send(request, 2).await?;
+    check(r.error_code, "DescribeQuorum", r.error_message.as_ref())?;
+    let p = r.topics.first().and_then(|t| t.partitions.first()).context("DescribeQuorum: no partition in the answer")?;
+    check(p.error_code, "DescribeQuorum", p.error_message.as_ref())?;
+    let leader_end = p.current_voters.iter().find(|v| v.replica_id == p.leader_id).map_or(p.high_watermark, |v| v.log_end_offset);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    if replication {
+        println!("{:<8} {:<14} {:<6} {:<20} {:<22} Status", "NodeId", "LogEndOffset", "Lag", "LastFetchTimestamp", "LastCaughtUpTimestamp");
+        let mut rows: Vec<(&describe_quorum_response::ReplicaState, &str)> = Vec::new();
+        rows.extend(p.current_voters.iter().filter(|v| v.replica_id == p.leader_id).map(|v| (v, "Leader")));
+        rows.extend(p.current_voters.iter().filter(|v| v.replica_id != p.leader_id).map(|v| (v, "Follower")));
+        rows.extend(p.observers.iter().map(|v| (v, "Observer")));
+        for (v, status) in rows {
+            let lag = if v.log_end_offset < 0 { "-".to_string() } else { (leader_end - v.log_end_offset).max(0).to_string() };
+            println!("{:<8} {:<14} {:<6} {:<20} {:<22} {status}", v.replica_id.0, v.log_end_offset, lag, v.last_fetch_timestamp, v.last_caught_up_timestamp);
+        }
+        return Ok(());
+    }
+    let followers = || p.current_voters.iter().filter(|v| v.replica_id != p.leader_id);
+    let max_lag = followers().map(|v| if v.log_end_offset < 0 { leader_end } else { (leader_end - v.log_end_offset).max(0) }).max().unwrap_or(0);
+    // How long ago the furthest-behind follower last held everything the leader had.
+    let max_lag_ms = followers().map(|v| if v.last_caught_up_timestamp < 0 { -1 } else { (now_ms - v.last_caught_up_timestamp).max(0) }).max().unwrap_or(0);
+    let list = |r: &[describe_quorum_response::ReplicaState]| format!("[{}]", r.iter().map(|v| v.replica_id.0.to_string()).collect::<Vec<_>>().join(","));
+    println!("LeaderId:               {}", p.leader_id.0);
+    println!("LeaderEpoch:            {}", p.leader_epoch);
+    println!("HighWatermark:          {}", p.high_watermark);
+    println!("MaxFollowerLag:         {max_lag}");
+    println!("MaxFollowerLagTimeMs:   {max_lag_ms}");
+    println!("CurrentVoters:          {}", list(&p.current_voters));
+    println!("CurrentObservers:       {}", list(&p.observers));
+    Ok(())
+}
+
 /// `topic describe`.
 pub async fn topic_describe(bootstrap: &str, name: Option<&str>) -> anyhow::Result<()> {
     let mut c = Client::connect(bootstrap).await?;

@@ -91,6 +91,16 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         bootstrap_server: String,
     },
+    /// Describe the metadata quorum: leader, epoch, high watermark, voters and observers (like
+    /// kafka-metadata-quorum.sh describe --status; --replication for one line per replica).
+    Quorum {
+        /// One line per replica: log end, lag, last fetch and catch-up times, role.
+        #[arg(long)]
+        replication: bool,
+        /// Broker to talk to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+    },
     /// The deterministic simulator: replay seeds, swarm, check determinism.
     Sim {
         #[command(subcommand)]
@@ -393,6 +403,7 @@ fn main() -> anyhow::Result<()> {
                     runnel::cli::topic_alter(&b, &name, partitions, &configs, &delete_configs).await
                 }
             },
+            Command::Quorum { replication, bootstrap_server } => runnel::cli::quorum(&bootstrap_server, replication).await,
             Command::Produce { topic, key_separator, partition, acks, bootstrap_server } => {
                 runnel::cli::produce(&bootstrap_server, &topic, key_separator.as_deref(), partition, acks).await
             }

@@ -236,3 +236,67 @@ fn a_duplicate_node_id_is_refused() {
     assert!(!intruder_log.contains("registered with the controller"), "the intruder registered:\n{}", common::tail(&intruder_log, 30));
     eprintln!("the controller refused the intruder {} times", refusals(&cluster));
 }
+
+/// DescribeQuorum through a broker (kafka-python's `describe_metadata_quorum`, the request
+/// `kafka-metadata-quorum.sh describe` sends; `tests/python/quorum.py`): the broker forwards it
+/// to the active controller, which names itself leader, the three voters with their log ends and
+/// fetch times, and the two broker-only nodes as observers. After the active controller is
+/// killed with SIGKILL, the new one answers, in a later epoch, with the dead voter not heard
+/// from in it. Another partition than `__cluster_metadata`-0 is UNKNOWN_TOPIC_OR_PARTITION.
+/// `runnel quorum` (with and without `--replication`) prints the same.
+#[test]
+fn describe_quorum_names_the_leader_voters_and_observers() {
+    let Some(python) = common::python("describe_quorum_names_the_leader_voters_and_observers") else { return };
+    let mut cluster = TestCluster::start_split(CONTROLLERS, 2, "");
+    let voters = (1..=CONTROLLERS).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let observers = format!("{},{}", CONTROLLERS + 1, CONTROLLERS + 2);
+    let run = |cluster: &TestCluster, leader: usize, extra: &[String]| {
+        let mut args = vec![
+            "--bootstrap".to_string(),
+            cluster.bootstrap(),
+            "--voters".to_string(),
+            voters.clone(),
+            "--observers".to_string(),
+            observers.clone(),
+            "--leader".to_string(),
+            (leader + 1).to_string(),
+        ];
+        args.extend_from_slice(extra);
+        common::run_python_script(&python, "quorum.py", &args, Duration::from_secs(120));
+    };
+    // `runnel quorum` prints what kafka-metadata-quorum.sh does.
+    let cli = |cluster: &TestCluster, leader: usize| {
+        let status = common::run_cli(&["quorum", "--bootstrap-server", &cluster.bootstrap()], b"", Duration::from_secs(30)).success("runnel quorum");
+        for line in
+            [format!("LeaderId:               {}", leader + 1), format!("CurrentVoters:          [{voters}]"), format!("CurrentObservers:       [{observers}]")]
+        {
+            assert!(status.stdout.lines().any(|l| l == line), "no line {line:?} in:\n{}", status.stdout);
+        }
+        let table = common::run_cli(&["quorum", "--replication", "--bootstrap-server", &cluster.bootstrap()], b"", Duration::from_secs(30))
+            .success("runnel quorum --replication");
+        let roles: Vec<(i32, String)> = table
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                Some((cols.first()?.parse().ok()?, cols.last()?.to_string()))
+            })
+            .collect();
+        let mut expected = vec![(leader as i32 + 1, "Leader".to_string())];
+        expected.extend((1..=CONTROLLERS as i32).filter(|i| *i != leader as i32 + 1).map(|i| (i, "Follower".to_string())));
+        expected.extend([(CONTROLLERS as i32 + 1, "Observer".to_string()), (CONTROLLERS as i32 + 2, "Observer".to_string())]);
+        assert_eq!(roles, expected, "{}", table.stdout);
+    };
+    let first = active_controller(&cluster);
+    run(&cluster, first, &[]);
+    cli(&cluster, first);
+    eprintln!("killing the active controller: node {}", first + 1);
+    cluster.nodes[first].kill();
+    let second = poll("another controller to become active", Duration::from_secs(30), || {
+        let now = active_controller(&cluster);
+        (now != first).then_some(now)
+    });
+    run(&cluster, second, &["--killed".to_string(), (first + 1).to_string(), "--min-epoch".to_string(), "2".to_string()]);
+    cli(&cluster, second);
+}

@@ -8,13 +8,17 @@
 //!   delete the records below an offset a little past the last low watermark it was told. What
 //!   it was acknowledged must stay deleted (no leader of the current epoch has a lower log
 //!   start, whatever crashed or failed over), and the consumers move past it.
+//! - [`QuorumWatcher`]: every so often it asks a broker to describe the metadata quorum
+//!   (DescribeQuorum, forwarded to the active controller) and keeps every answer; the world
+//!   checks them against the quorum it observed (see `World::check_quorum_answers`).
 
 use bytes::Bytes;
 use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
 use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+use kafka_protocol::messages::describe_quorum_request::{PartitionData as QuorumPartition, TopicData as QuorumTopic};
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, MetadataResponse,
-    TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse,
+    DescribeQuorumRequest, DescribeQuorumResponse, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use runnel_actors::broker::error;
@@ -310,6 +314,125 @@ impl Actor for RecordDeleter {
                     self.give_up(cx);
                 }
             }
+            ClientMsg::Request(_) => {}
+        }
+    }
+    fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {
+        self.tick(cx);
+    }
+    fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
+}
+
+/// One DescribeQuorum answer: when it came, and the metadata log's partition as described.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumAnswer {
+    /// Virtual ms of its arrival.
+    pub at_ms: u64,
+    /// Top-level error code (NOT_CONTROLLER and REQUEST_TIMED_OUT while the quorum moves).
+    pub error: i16,
+    /// Leader id, epoch and high watermark.
+    pub leader: i32,
+    /// The leader's epoch (Raft term).
+    pub epoch: i32,
+    /// The high watermark (commit index).
+    pub high_watermark: i64,
+    /// Voters: (id, log end, last fetch timestamp, last caught-up timestamp).
+    pub voters: Vec<(i32, i64, i64, i64)>,
+    /// Observers: (id, log end).
+    pub observers: Vec<(i32, i64)>,
+}
+
+/// Asks a broker to describe the metadata quorum every `interval_ms` until `until_ms`, one
+/// request at a time, moving to the next broker when a connection breaks or an answer does not
+/// come within 30 s.
+pub struct QuorumWatcher {
+    brokers: Vec<Addr>,
+    interval_ms: u64,
+    until_ms: u64,
+    target: usize,
+    waiting_since: Option<u64>,
+    wire: Wire,
+    /// Requests sent.
+    pub sent: u64,
+    /// Requests whose connection broke, or that went unanswered for 30 s.
+    pub lost: u64,
+    /// Every answer, in arrival order.
+    pub answers: Vec<QuorumAnswer>,
+}
+
+impl QuorumWatcher {
+    /// A watcher asking `brokers` in turn.
+    pub fn new(brokers: Vec<Addr>, interval_ms: u64, until_ms: u64) -> Self {
+        QuorumWatcher { brokers, interval_ms, until_ms, target: 0, waiting_since: None, wire: Wire::default(), sent: 0, lost: 0, answers: Vec::new() }
+    }
+
+    fn tick(&mut self, cx: &mut Cx<ClientMsg>) {
+        if let Some(since) = self.waiting_since {
+            if cx.now_ms() < since + 30_000 {
+                return cx.set_timer(TICK, since + 30_000 - cx.now_ms());
+            }
+            self.give_up(cx);
+        }
+        if cx.now_ms() >= self.until_ms {
+            return;
+        }
+        let request = DescribeQuorumRequest::default().with_topics(vec![QuorumTopic::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![QuorumPartition::default().with_partition_index(0)])]);
+        let frame = self.wire.encode(&request, 2);
+        self.waiting_since = Some(cx.now_ms());
+        self.sent += 1;
+        cx.send(self.brokers[self.target], ClientMsg::Request(frame));
+    }
+
+    fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
+        if self.waiting_since.take().is_some() {
+            self.lost += 1;
+        }
+        self.wire.disconnected();
+        self.target = (self.target + 1) % self.brokers.len();
+        cx.set_timer(TICK, self.interval_ms);
+    }
+
+    fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
+        self.waiting_since = None;
+        cx.set_timer(TICK, self.interval_ms);
+        let Ok((_, version, mut body)) = self.wire.match_response(frame) else { return };
+        let Ok(r) = DescribeQuorumResponse::decode(&mut body, version) else { return };
+        let partition = r.topics.first().and_then(|t| t.partitions.first());
+        let answer = match partition {
+            Some(p) if r.error_code == error::NONE => QuorumAnswer {
+                at_ms: cx.now_ms(),
+                error: p.error_code,
+                leader: p.leader_id.0,
+                epoch: p.leader_epoch,
+                high_watermark: p.high_watermark,
+                voters: p.current_voters.iter().map(|v| (v.replica_id.0, v.log_end_offset, v.last_fetch_timestamp, v.last_caught_up_timestamp)).collect(),
+                observers: p.observers.iter().map(|o| (o.replica_id.0, o.log_end_offset)).collect(),
+            },
+            _ => QuorumAnswer {
+                at_ms: cx.now_ms(),
+                error: if r.error_code != error::NONE { r.error_code } else { -1 },
+                leader: -1,
+                epoch: -1,
+                high_watermark: -1,
+                voters: Vec::new(),
+                observers: Vec::new(),
+            },
+        };
+        self.answers.push(answer);
+    }
+}
+
+impl Actor for QuorumWatcher {
+    type Msg = ClientMsg;
+    fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
+        cx.set_timer(TICK, self.interval_ms);
+    }
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Response(frame) => self.on_response(cx, frame),
+            ClientMsg::Disconnected => self.give_up(cx),
             ClientMsg::Request(_) => {}
         }
     }

@@ -79,6 +79,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         lost_at_heal: 0,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+        describe_quorum_every_ms: 0,
     };
     World::scripted(seed, &scenario, FaultPlan::default(), frames)
 }

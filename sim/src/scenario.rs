@@ -44,6 +44,9 @@ pub struct Scenario {
     /// Milliseconds between DeleteRecords of a seeded partition of the workload topic while the
     /// faults run (an administrator deleting a little past the last low watermark); 0: none.
     pub delete_records_every_ms: u64,
+    /// Milliseconds between DescribeQuorum requests of an administrator watching the metadata
+    /// quorum while the faults run (its answers are checked); 0: none.
+    pub describe_quorum_every_ms: u64,
 }
 
 /// Three combined broker+controller nodes, RF=3, min.insync.replicas=2: what the cluster
@@ -68,6 +71,7 @@ const CLUSTER_3: Scenario = Scenario {
     lost_at_heal: 0,
     reassign_every_ms: 0,
     delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
 };
 
 /// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.
@@ -93,6 +97,7 @@ pub const SCENARIOS: &[Scenario] = &[
         lost_at_heal: 0,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
     },
     Scenario {
         name: "small-segments",
@@ -112,6 +117,7 @@ pub const SCENARIOS: &[Scenario] = &[
         lost_at_heal: 0,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
     },
     Scenario {
         name: "many-clients",
@@ -131,6 +137,7 @@ pub const SCENARIOS: &[Scenario] = &[
         lost_at_heal: 0,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
     },
     CLUSTER_3,
     Scenario {
@@ -151,12 +158,14 @@ pub const SCENARIOS: &[Scenario] = &[
         send_interval_ms: 50,
         reassign_every_ms: 3_000,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
         name: "cluster-split",
-        description: "separate roles: three controller-only voters and three broker-only nodes (whose node-to-node address may change on restart), RF=3, min.insync.replicas=2, 2 producers, 2 consumers, 3 partitions",
+        description: "separate roles: three controller-only voters and three broker-only nodes (whose node-to-node address may change on restart), RF=3, min.insync.replicas=2, 2 producers, 2 consumers, 3 partitions, an administrator describing the metadata quorum every 700 ms",
         controller_only: 3,
+        describe_quorum_every_ms: 700,
         ..CLUSTER_3
     },
     Scenario {
@@ -184,6 +193,7 @@ pub const SCENARIOS: &[Scenario] = &[
         lost_at_heal: 0,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
     },
     Scenario {
         name: "groups-3",
@@ -208,6 +218,7 @@ pub const SCENARIOS: &[Scenario] = &[
         lost_at_heal: 1,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -219,6 +230,7 @@ pub const SCENARIOS: &[Scenario] = &[
         lost_at_heal: 1,
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
+    describe_quorum_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {

@@ -184,6 +184,7 @@ enum ClientActor {
     Scripted(crate::conformance::Scripted),
     Reassigner(crate::admin::Reassigner),
     Deleter(crate::admin::RecordDeleter),
+    Quorum(crate::admin::QuorumWatcher),
 }
 
 struct Client {
@@ -493,6 +494,16 @@ impl World {
                 conns: BTreeMap::new(),
             });
         }
+        if scenario.describe_quorum_every_ms > 0 {
+            let watcher = crate::admin::QuorumWatcher::new(bootstrap.clone(), scenario.describe_quorum_every_ms, scenario.faults_until_ms);
+            clients.push(Client {
+                actor: ClientActor::Quorum(watcher),
+                cx: Cx::new(Addr { node: 5002, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conns: BTreeMap::new(),
+            });
+        }
         let net = Network::new(plan.net());
         let mut world = World {
             now_us: 0,
@@ -699,6 +710,7 @@ impl World {
                 ClientActor::Scripted(s) => s.on_start(cx),
                 ClientActor::Reassigner(r) => r.on_start(cx),
                 ClientActor::Deleter(d) => d.on_start(cx),
+                ClientActor::Quorum(q) => q.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
                 ClientActor::Group(g) => g.on_start(cx),
             });
@@ -767,6 +779,7 @@ impl World {
         if self.completed && self.nodes.len() > 1 {
             self.check_replicas_identical();
         }
+        self.check_quorum_answers();
         if !self.completed {
             let missing = self.missing_reads();
             self.violation(
@@ -813,6 +826,19 @@ impl World {
             }
             if let ClientActor::Consumer(consumer) = &c.actor {
                 *self.protocol.entry("consumer-reset-to-log-start".to_string()).or_default() += consumer.reset_count;
+            }
+            if let ClientActor::Quorum(q) = &c.actor {
+                let answered = q.answers.iter().filter(|a| a.error == 0).count() as u64;
+                let observed = q.answers.iter().filter(|a| a.error == 0 && !a.observers.is_empty()).count() as u64;
+                for (k, v) in [
+                    ("describe-quorum-sent", q.sent),
+                    ("describe-quorum-answered", answered),
+                    ("describe-quorum-with-observers", observed),
+                    ("describe-quorum-errors", q.answers.len() as u64 - answered),
+                    ("describe-quorum-lost", q.lost),
+                ] {
+                    *self.protocol.entry(k.to_string()).or_default() += v;
+                }
             }
             if let ClientActor::Reassigner(r) = &c.actor {
                 let o = &r.outcomes;
@@ -1017,6 +1043,7 @@ impl World {
                     ClientActor::Scripted(s) => s.on_timer(cx, id),
                     ClientActor::Reassigner(r) => r.on_timer(cx, id),
                     ClientActor::Deleter(d) => d.on_timer(cx, id),
+                    ClientActor::Quorum(q) => q.on_timer(cx, id),
                     ClientActor::Consumer(c) => c.on_timer(cx, id),
                     ClientActor::Group(g) => g.on_timer(cx, id),
                 });
@@ -1464,6 +1491,62 @@ impl World {
         }
     }
 
+    /// DescribeQuorum answers describe the quorum that was: the leader named for an epoch is the
+    /// node that was active controller in that term; the voters are the configured ones, the
+    /// leader's own log end is the largest and reaches the high watermark, and a majority of
+    /// voters reach it (it is committed); observers are non-voters and hold only committed
+    /// metadata; within an epoch the high watermark never goes back; and no high watermark is
+    /// past the metadata every node holds once the run is over (nothing uncommitted is reported
+    /// committed).
+    fn check_quorum_answers(&mut self) {
+        let Some(answers) = self.clients.iter().find_map(|c| if let ClientActor::Quorum(q) = &c.actor { Some(q.answers.clone()) } else { None }) else {
+            return;
+        };
+        let voters: Vec<i32> =
+            if self.controller_only > 0 { (1..=self.controller_only as i32).collect() } else { (1..=self.nodes.len().min(3) as i32).collect() };
+        let majority = voters.len() / 2 + 1;
+        let held = self.nodes.iter().filter_map(|n| n.controller.as_ref()).map(|c| c.image().offset as i64).max().unwrap_or(0);
+        let mut found = Vec::new();
+        let mut last_hw: BTreeMap<i32, i64> = BTreeMap::new();
+        for a in answers.iter().filter(|a| a.error == 0) {
+            let at = a.at_ms;
+            if let Some(&active) = self.term_leaders.get(&(a.epoch as u64)) {
+                if active != a.leader {
+                    found.push(format!("at {at} ms: epoch {} described as led by node {}, but node {active} was its active controller", a.epoch, a.leader));
+                }
+            }
+            let ids: Vec<i32> = a.voters.iter().map(|v| v.0).collect();
+            if ids != voters {
+                found.push(format!("at {at} ms: voters {ids:?}, configured {voters:?}"));
+            }
+            let Some(&(_, leader_end, _, _)) = a.voters.iter().find(|v| v.0 == a.leader) else {
+                found.push(format!("at {at} ms: the leader {} is not among the voters {ids:?}", a.leader));
+                continue;
+            };
+            if a.high_watermark > leader_end || a.voters.iter().any(|v| v.1 > leader_end) {
+                found.push(format!("at {at} ms: high watermark {} or a voter's log end past the leader's {leader_end}: {:?}", a.high_watermark, a.voters));
+            }
+            if a.voters.iter().filter(|v| v.1 >= a.high_watermark).count() < majority {
+                found.push(format!("at {at} ms: high watermark {} reached by fewer than {majority} voters: {:?}", a.high_watermark, a.voters));
+            }
+            for &(id, end) in &a.observers {
+                if voters.contains(&id) || end > a.high_watermark {
+                    found.push(format!("at {at} ms: observer {id} (a voter: {}) at {end}, high watermark {}", voters.contains(&id), a.high_watermark));
+                }
+            }
+            let prev = last_hw.insert(a.epoch, a.high_watermark).unwrap_or(i64::MIN);
+            if a.high_watermark < prev {
+                found.push(format!("at {at} ms: epoch {}'s high watermark went back from {prev} to {}", a.epoch, a.high_watermark));
+            }
+            if self.completed && a.high_watermark > held {
+                found.push(format!("at {at} ms: high watermark {} is past every node's metadata ({held}) at the end", a.high_watermark));
+            }
+        }
+        for what in found {
+            self.violation("describe-quorum", what);
+        }
+    }
+
     /// Every ISR member holds at least what the leader exposes (checked every 500 ms).
     fn check_isr(&mut self) {
         let mut found = Vec::new();
@@ -1619,7 +1702,7 @@ impl World {
         let effects = c.cx.take_effects();
         let events = match &mut c.actor {
             ClientActor::Producer(p) => p.take_events(),
-            ClientActor::Scripted(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) => Vec::new(),
+            ClientActor::Scripted(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) | ClientActor::Quorum(_) => Vec::new(),
             ClientActor::Consumer(c) => c.take_events(),
             ClientActor::Group(g) => g.take_events(),
         };
@@ -2052,7 +2135,7 @@ impl World {
                         parts.push("the script is not finished".into());
                     }
                 }
-                ClientActor::Group(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) => {}
+                ClientActor::Group(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) | ClientActor::Quorum(_) => {}
             }
         }
         let groups: Vec<&GroupConsumer> =
@@ -2114,6 +2197,7 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: 
         ClientActor::Scripted(s) => s.on_message(cx, from, msg),
         ClientActor::Reassigner(r) => r.on_message(cx, from, msg),
         ClientActor::Deleter(d) => d.on_message(cx, from, msg),
+        ClientActor::Quorum(q) => q.on_message(cx, from, msg),
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
         ClientActor::Group(g) => g.on_message(cx, from, msg),
     }

@@ -18,10 +18,14 @@ const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted",
 
 /// DeleteRecords bugs need an administrator deleting records.
 const DELETE_BUGS: &[&str] = &["delete-records-before-replicas"];
+/// DescribeQuorum bugs need an administrator describing the quorum.
+const QUORUM_BUGS: &[&str] = &["quorum-reports-uncommitted"];
 
 fn scenarios(bug: &str) -> &'static [&'static str] {
     if DELETE_BUGS.contains(&bug) {
         &["cluster-3-delete-records"]
+    } else if QUORUM_BUGS.contains(&bug) {
+        &["cluster-split"]
     } else if GROUP_BUGS.contains(&bug) {
         GROUPS
     } else {

@@ -192,3 +192,22 @@ fn replica_fetches_name_only_what_changed() {
     // fetches parked at the end (a few per node, each on a few partitions), not by the run.
     assert!(p("parked-fetch-watches") < 200, "{:?}", r.outcome.protocol);
 }
+
+/// An administrator describing the metadata quorum (DescribeQuorum through the brokers, forwarded
+/// to the active controller) gets answers through crashes and partitions; the world checks every
+/// answer against the quorum it saw (`describe-quorum`), and the three broker-only nodes show up
+/// as observers.
+#[test]
+fn describe_quorum_answers_match_the_quorum() {
+    let sc = runnel_sim::scenario::scenario("cluster-split").expect("scenario");
+    for seed in [1, 2, 3] {
+        let r = run(&RunConfig { seed, scenario: sc, faults: None, bugs: vec![] }).unwrap();
+        assert!(r.outcome.completed && r.outcome.violations.is_empty(), "seed {seed}: {:?}", r.outcome.violations);
+        let p = |k: &str| r.outcome.protocol.get(k).copied().unwrap_or(0);
+        let (sent, answered) = (p("describe-quorum-sent"), p("describe-quorum-answered"));
+        // One every 700 ms for the 40 s of faults; most answered, the others refused or lost
+        // while the quorum or a broker was away.
+        assert!(sent >= 40 && answered * 2 > sent, "seed {seed}: {:?}", r.outcome.protocol);
+        assert!(p("describe-quorum-with-observers") * 2 > answered, "seed {seed}: {:?}", r.outcome.protocol);
+    }
+}

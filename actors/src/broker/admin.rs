@@ -8,7 +8,7 @@ use super::config::{self, ConfigSource, TOPIC_CONFIGS};
 use super::{codec, error, Broker, BrokerMsg};
 use crate::broker::codec::Request;
 use crate::controller::image::NO_LEADER;
-use crate::controller::rpc::AdminOp;
+use crate::controller::rpc::{AdminOp, QuorumDescription, ReplicaDescription};
 use crate::core::{ConnId, Cx};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
@@ -226,6 +226,40 @@ impl Broker {
             None => -1,
         };
         DescribeClusterResponse::default().with_cluster_id(s(self.config.cluster_id.clone())).with_controller_id(controller.into()).with_brokers(brokers)
+    }
+
+    /// DescribeQuorum: for `__cluster_metadata` partition 0 (and nothing else, as Kafka's raft
+    /// client checks), forwarded to the active controller; anything else names each requested
+    /// partition UNKNOWN_TOPIC_OR_PARTITION.
+    pub(crate) fn on_describe_quorum(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: DescribeQuorumRequest) {
+        let metadata_log = r.topics.len() == 1
+            && r.topics[0].topic_name.0.as_str() == METADATA_TOPIC
+            && r.topics[0].partitions.len() == 1
+            && r.topics[0].partitions[0].partition_index == 0;
+        if metadata_log {
+            return self.describe_quorum(cx, conn, seq, request);
+        }
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        describe_quorum_response::PartitionData::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION)
+                            .with_error_message(Some(s("DescribeQuorum describes only __cluster_metadata partition 0.")))
+                            .with_leader_id((-1).into())
+                            .with_leader_epoch(-1)
+                            .with_high_watermark(-1)
+                    })
+                    .collect();
+                describe_quorum_response::TopicData::default().with_topic_name(t.topic_name.clone()).with_partitions(partitions)
+            })
+            .collect();
+        reply_describe_quorum(cx, conn, seq, &request, &DescribeQuorumResponse::default().with_topics(topics));
     }
 
     pub(crate) fn on_create_topics(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>, r: CreateTopicsRequest) {
@@ -613,4 +647,49 @@ impl Broker {
         }
         response
     }
+}
+
+/// The metadata log's name, as DescribeQuorum names it.
+pub(crate) const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// DescribeQuorum's answer from the active controller's [`QuorumDescription`]: one topic, the
+/// metadata log's partition 0. `nodes` (v2) stays empty, as Kafka's leaders sent it before they
+/// reported controller endpoints; the directory ids (v2) are the zero uuid (unknown).
+pub(crate) fn describe_quorum_response(d: &QuorumDescription) -> DescribeQuorumResponse {
+    let replicas = |list: &[ReplicaDescription]| -> Vec<describe_quorum_response::ReplicaState> {
+        list.iter()
+            .map(|r| {
+                describe_quorum_response::ReplicaState::default()
+                    .with_replica_id(r.id.into())
+                    .with_log_end_offset(r.log_end)
+                    .with_last_fetch_timestamp(r.last_fetch_ms)
+                    .with_last_caught_up_timestamp(r.last_caught_up_ms)
+            })
+            .collect()
+    };
+    let partition = describe_quorum_response::PartitionData::default()
+        .with_partition_index(0)
+        .with_leader_id(d.leader.into())
+        .with_leader_epoch(d.epoch)
+        .with_high_watermark(d.high_watermark)
+        .with_current_voters(replicas(&d.voters))
+        .with_observers(replicas(&d.observers));
+    let topic = describe_quorum_response::TopicData::default().with_topic_name(TopicName(s(METADATA_TOPIC))).with_partitions(vec![partition]);
+    DescribeQuorumResponse::default().with_topics(vec![topic])
+}
+
+/// Send a DescribeQuorum answer (a response that cannot be encoded closes the connection).
+pub(crate) fn reply_describe_quorum(cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: &Request, response: &DescribeQuorumResponse) {
+    match codec::respond(request, response) {
+        Ok(frame) => cx.reply(conn, seq, Some(frame)),
+        Err(e) => {
+            tracing::warn!(conn = conn.0, "cannot encode DescribeQuorum response: {e}");
+            cx.close(conn);
+        }
+    }
+}
+
+/// DescribeQuorum when the active controller could not be asked: the error at the top level.
+pub(crate) fn describe_quorum_error(code: i16, message: &str) -> DescribeQuorumResponse {
+    DescribeQuorumResponse::default().with_error_code(code).with_error_message(Some(s(message)))
 }

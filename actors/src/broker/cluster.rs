@@ -53,8 +53,23 @@ enum Rpc {
     AlterPartition(String, i32),
     ProducerIds,
     Admin(u64, usize),
+    /// A DescribeQuorum forwarded to the active controller (its key in `quorum_waiting`).
+    DescribeQuorum(u64),
     Forget,
 }
+
+/// A client's DescribeQuorum, forwarded to the active controller.
+pub(crate) struct QuorumWait {
+    conn: ConnId,
+    seq: u64,
+    request: Box<Request>,
+    /// Forwards sent so far: a voter that is not the controller names the one that is, and the
+    /// request goes there, a few times at most.
+    attempts: u32,
+}
+
+/// Forwards of one DescribeQuorum before the broker answers the controller's error itself.
+const QUORUM_ATTEMPTS: u32 = 4;
 
 /// A response waiting for controller answers and for the metadata they produce.
 pub(crate) struct AdminBatch {
@@ -201,6 +216,7 @@ pub(crate) struct Cluster {
     pub(crate) started_serving: bool,
     /// Admin batches answered by the controller, waiting for their metadata offset.
     admin_waiting: Vec<(u64, u64)>,
+    quorum_waiting: BTreeMap<u64, QuorumWait>,
     /// The registration epoch whose node-to-node address was last given to the driver, per
     /// broker.
     announced: BTreeMap<i32, i64>,
@@ -240,6 +256,7 @@ impl Cluster {
             shutdown_ready: false,
             started_serving: false,
             admin_waiting: Vec::new(),
+            quorum_waiting: BTreeMap::new(),
             announced: BTreeMap::new(),
             strays_deleted: 0,
         }
@@ -404,8 +421,30 @@ impl Broker {
                 // with a newer partition epoch settles it.
             }
             Rpc::ProducerIds => self.cluster.pid_requested = false,
+            Rpc::DescribeQuorum(key) => {
+                let Some(mut wait) = self.cluster.quorum_waiting.remove(&key) else { return };
+                wait.attempts += 1;
+                if code == error::NOT_CONTROLLER && wait.attempts < QUORUM_ATTEMPTS {
+                    self.forward_describe_quorum(cx, key, wait);
+                } else {
+                    let response = super::admin::describe_quorum_error(code, message);
+                    super::admin::reply_describe_quorum(cx, wait.conn, wait.seq, &wait.request, &response);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Send a client's DescribeQuorum on to the active controller (as Kafka's brokers forward it).
+    pub(crate) fn forward_describe_quorum(&mut self, cx: &mut Cx<BrokerMsg>, key: u64, wait: QuorumWait) {
+        self.cluster.quorum_waiting.insert(key, wait);
+        self.rpc(cx, Rpc::DescribeQuorum(key), ControllerRequest::DescribeQuorum);
+    }
+
+    /// A client's DescribeQuorum for the metadata log: forwarded (`key` must be fresh).
+    pub(crate) fn describe_quorum(&mut self, cx: &mut Cx<BrokerMsg>, conn: ConnId, seq: u64, request: Box<Request>) {
+        let key = self.fresh_id();
+        self.forward_describe_quorum(cx, key, QuorumWait { conn, seq, request, attempts: 0 });
     }
 
     pub(crate) fn partition_mut(&mut self, topic: &str, index: i32) -> Option<&mut crate::partition::Partition> {
@@ -530,6 +569,12 @@ impl Broker {
                 self.answer_init_producer_ids(cx);
             }
             (Rpc::Admin(batch, slot), ControllerResponse::Admin { error: code, message, offset }) => self.admin_result(cx, batch, slot, code, message, offset),
+            (Rpc::DescribeQuorum(key), ControllerResponse::Quorum(d)) => {
+                if let Some(wait) = self.cluster.quorum_waiting.remove(&key) {
+                    let response = super::admin::describe_quorum_response(&d);
+                    super::admin::reply_describe_quorum(cx, wait.conn, wait.seq, &wait.request, &response);
+                }
+            }
             (Rpc::Forget, _) => {}
             (kind, response) => tracing::warn!(?kind, ?response, "unexpected controller answer"),
         }

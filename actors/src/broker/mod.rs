@@ -717,6 +717,7 @@ impl Broker {
             RequestKind::AlterConfigs(r) => return self.on_alter_configs(cx, conn, seq, request, r),
             RequestKind::IncrementalAlterConfigs(r) => return self.on_incremental_alter_configs(cx, conn, seq, request, r),
             RequestKind::ElectLeaders(r) => return self.on_elect_leaders(cx, conn, seq, request, r),
+            RequestKind::DescribeQuorum(r) => return self.on_describe_quorum(cx, conn, seq, request, r),
             RequestKind::AlterPartitionReassignments(r) => return self.on_alter_reassignments(cx, conn, seq, request, r),
             RequestKind::ListPartitionReassignments(r) => codec::respond(&request, &self.on_list_reassignments(r)),
             RequestKind::InitProducerId(r) => return self.on_init_producer_id(cx, conn, seq, request, r),

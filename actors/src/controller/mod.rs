@@ -29,7 +29,7 @@ use crate::broker::BrokerMsg;
 use crate::core::{Actor, Addr, Cx, IoDone, TimerId};
 use image::{place_replicas, BrokerInfo, MetadataImage, MetadataRecord, PartitionInfo, NO_LEADER};
 use raft::{Raft, RaftConfig, Snapshot};
-use rpc::{AdminOp, ControllerRequest, ControllerResponse, ImageChunk, PeerMsg, CONTROLLER_ACTOR};
+use rpc::{AdminOp, ControllerRequest, ControllerResponse, ImageChunk, PeerMsg, QuorumDescription, ReplicaDescription, CONTROLLER_ACTOR};
 use std::collections::{BTreeMap, VecDeque};
 use store::{RaftStore, StoreEvent};
 
@@ -173,10 +173,30 @@ pub struct Controller {
     /// An encoded image and its offset, kept for brokers fetching it in chunks.
     image_cache: Option<(u64, Vec<u8>)>,
     heartbeats: BTreeMap<i32, u64>,
+    /// Nodes that fetch metadata without voting, while this node is the active controller
+    /// (DescribeQuorum's observers).
+    observers: BTreeMap<i32, Observer>,
     /// Registrations refused because another live broker held the id.
     duplicate_registrations: u64,
     failed: bool,
 }
+
+/// A broker fetching metadata from the active controller, as DescribeQuorum reports it.
+#[derive(Clone, Copy, Debug)]
+struct Observer {
+    /// The offset its last fetch started from (what it has applied).
+    offset: u64,
+    /// When it last fetched (this node's clock).
+    fetched_ms: u64,
+    /// When it last held everything committed (this node's clock), if it has.
+    caught_up_ms: Option<u64>,
+    /// The committed offset when it last fetched.
+    committed_at_fetch: u64,
+}
+
+/// Observers that have not fetched for this long are left out of DescribeQuorum, as Kafka's
+/// leader drops them.
+const OBSERVER_TIMEOUT_MS: u64 = 300_000;
 
 impl Controller {
     /// A voter with the given settings.
@@ -205,6 +225,7 @@ impl Controller {
             parked: Vec::new(),
             image_cache: None,
             heartbeats: BTreeMap::new(),
+            observers: BTreeMap::new(),
             duplicate_registrations: 0,
             failed: false,
         }
@@ -435,12 +456,64 @@ impl Controller {
         self.raft.as_ref().and_then(|r| r.leader())
     }
 
+    /// A metadata fetch from a node that does not vote, starting at `offset`.
+    fn note_observer(&mut self, node: i32, offset: u64, now: u64) {
+        let committed = self.image.offset;
+        let o = self.observers.entry(node).or_insert(Observer { offset, fetched_ms: now, caught_up_ms: None, committed_at_fetch: 0 });
+        if offset >= committed {
+            o.caught_up_ms = Some(now);
+        } else if o.committed_at_fetch > 0 && offset >= o.committed_at_fetch {
+            // It holds what was committed at its previous fetch: caught up as of then.
+            o.caught_up_ms = o.caught_up_ms.max(Some(o.fetched_ms));
+        }
+        o.offset = offset;
+        o.fetched_ms = now;
+        o.committed_at_fetch = committed;
+    }
+
+    /// DescribeQuorum, if this node leads the quorum: the leader's view of every voter and of
+    /// the observers, with times turned to wall clock (`now` on the node's clock is `wall_ms`).
+    fn describe_quorum(&mut self, now: u64, wall_ms: i64) -> Option<QuorumDescription> {
+        let raft = self.raft.as_ref()?;
+        let voters = raft.voter_states()?;
+        let wall = |t: Option<u64>| t.map_or(-1, |t| wall_ms - now.saturating_sub(t) as i64);
+        let voters = voters
+            .into_iter()
+            .map(|v| ReplicaDescription {
+                id: v.id,
+                log_end: v.log_end as i64,
+                last_fetch_ms: wall(v.last_fetch_ms),
+                last_caught_up_ms: wall(v.last_caught_up_ms),
+            })
+            .collect();
+        self.observers.retain(|_, o| now.saturating_sub(o.fetched_ms) < OBSERVER_TIMEOUT_MS);
+        let observers = self
+            .observers
+            .iter()
+            .map(|(id, o)| ReplicaDescription {
+                id: *id,
+                log_end: o.offset as i64,
+                last_fetch_ms: wall(Some(o.fetched_ms)),
+                last_caught_up_ms: wall(o.caught_up_ms),
+            })
+            .collect();
+        Some(QuorumDescription {
+            leader: self.config.node_id,
+            epoch: i32::try_from(raft.term()).unwrap_or(i32::MAX),
+            high_watermark: if crate::planted!("quorum-reports-uncommitted") { raft.last_index() } else { raft.commit_index() } as i64,
+            voters,
+            observers,
+        })
+    }
+
     fn leadership_changed(&mut self, cx: &mut Cx<BrokerMsg>) {
         let Some(raft) = self.raft.as_ref() else { return };
         let is_leader = raft.is_leader();
         if is_leader && !self.was_leader {
             self.term_start = raft.last_index();
             self.active = false;
+            // What another leader saw of the observers is not this one's to report.
+            self.observers.clear();
             tracing::info!(node = self.config.node_id, term = raft.term(), "elected metadata quorum leader");
         }
         if !is_leader && self.was_leader {
@@ -597,6 +670,9 @@ impl Controller {
                 );
             }
             ControllerRequest::FetchMetadata { from: offset, image } => {
+                if !self.config.voters.contains(&from.node) {
+                    self.note_observer(from.node, offset, now);
+                }
                 let response = self.metadata_since(offset, image);
                 match &response {
                     ControllerResponse::Metadata { image: None, records, .. } if records.is_empty() => {
@@ -604,6 +680,13 @@ impl Controller {
                     }
                     _ => Self::answer(cx, from, id, response),
                 }
+            }
+            ControllerRequest::DescribeQuorum => {
+                let response = match self.describe_quorum(now, cx.wall_clock_ms()) {
+                    Some(d) => ControllerResponse::Quorum(d),
+                    None => ControllerResponse::NotController { leader: self.leader() },
+                };
+                Self::answer(cx, from, id, response);
             }
             ControllerRequest::AlterPartition { broker, epoch, topic, index, leader_epoch, partition_epoch, isr } => {
                 let reject = |cx: &mut Cx<BrokerMsg>, code: i16| Self::answer(cx, from, id, ControllerResponse::AlterPartition { error: code, info: None });

@@ -281,10 +281,47 @@ struct Progress {
     sent_upto: u64,
     /// When the follower last answered in this term (check-quorum).
     last_response_ms: u64,
+    /// When the follower last answered in this term, if it has (DescribeQuorum).
+    answered_ms: Option<u64>,
+    /// The last time the follower held everything this leader had (DescribeQuorum's
+    /// LastCaughtUpTimestamp): an answer matching the leader's last index, or one reaching the
+    /// leader's last index as of the follower's previous answer (it was caught up then).
+    caught_up_ms: Option<u64>,
+    /// The leader's last index when the follower last answered.
+    leader_end_at_answer: u64,
     /// Snapshot transfer: `(last_index of the snapshot, bytes the follower holds)`.
     snapshot_sent: (u64, u64),
     /// The end of the outstanding snapshot chunk (only its answer frees the slot).
     snapshot_sent_to: u64,
+}
+
+impl Progress {
+    /// A successful append answer at `now` matching `index`, the leader's log ending at `last`.
+    fn note_answer(&mut self, now: u64, index: u64, last: u64) {
+        if index >= last {
+            self.caught_up_ms = Some(now);
+        } else if self.leader_end_at_answer > 0 && index >= self.leader_end_at_answer {
+            // It holds what the leader had at its previous answer: caught up as of then.
+            self.caught_up_ms = self.caught_up_ms.max(self.answered_ms);
+        }
+        self.leader_end_at_answer = last;
+        self.answered_ms = Some(now);
+    }
+}
+
+/// One voter as the leader sees it (DescribeQuorum's ReplicaState); times are the leader's
+/// clock ([`Raft::tick`]'s `now_ms`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoterState {
+    /// The voter.
+    pub id: NodeId,
+    /// Its log end as far as the leader knows: the highest index known to match (the leader's
+    /// own: its last index).
+    pub log_end: u64,
+    /// When it last answered the leader in this term (`None`: not yet; the leader itself: now).
+    pub last_fetch_ms: Option<u64>,
+    /// When it last held everything the leader had (`None`: not in this term; the leader: now).
+    pub last_caught_up_ms: Option<u64>,
 }
 
 /// One Raft node. See the module documentation.
@@ -624,6 +661,23 @@ impl Raft {
         &self.cfg.voters
     }
 
+    /// The leader's view of every voter (itself included), sorted by id; `None` unless leader.
+    pub fn voter_states(&self) -> Option<Vec<VoterState>> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let states = self
+            .cfg
+            .voters
+            .iter()
+            .map(|&id| match self.progress.get(&id) {
+                Some(p) => VoterState { id, log_end: p.matched, last_fetch_ms: p.answered_ms, last_caught_up_ms: p.caught_up_ms },
+                None => VoterState { id, log_end: self.last_index(), last_fetch_ms: Some(self.now), last_caught_up_ms: Some(self.now) },
+            })
+            .collect();
+        Some(states)
+    }
+
     // ---- internals ----
 
     fn quorum(&self) -> usize {
@@ -744,6 +798,9 @@ impl Raft {
                         sent_prev: 0,
                         sent_upto: 0,
                         last_response_ms: now,
+                        answered_ms: None,
+                        caught_up_ms: None,
+                        leader_end_at_answer: 0,
                         snapshot_sent: (0, 0),
                         snapshot_sent_to: 0,
                     },
@@ -892,6 +949,7 @@ impl Raft {
         p.last_response_ms = now;
         if success {
             let index = index.min(last);
+            p.note_answer(now, index, last);
             if index > p.matched {
                 p.matched = index;
             }
@@ -974,6 +1032,7 @@ impl Raft {
         let now = self.now;
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.last_response_ms = now;
+        p.answered_ms = Some(now);
         if p.snapshot_sent.0 != last_index {
             return;
         }
@@ -1707,6 +1766,47 @@ mod tests {
         // A non-leader refuses proposals with the leader it knows.
         let mut f = Raft::new(config(2, 3), HardState::default(), None, Vec::new(), 0, 3);
         assert_eq!(f.propose(vec![1]), Err(None));
+    }
+
+    #[test]
+    fn the_leader_reports_each_voters_log_end_and_last_catch_up() {
+        let mut sim = Sim::new(23, 3, quiet());
+        let leader = elect(&mut sim);
+        let followers: Vec<NodeId> = (1..=3).filter(|i| *i != leader).collect();
+        for f in &followers {
+            assert_eq!(sim.raft(*f).voter_states(), None, "only the leader describes the quorum");
+        }
+        // Proposals flow to both followers: every voter caught up, answering this term.
+        let t = sim.now + 300;
+        sim.run(t, false, true);
+        let t = sim.now + 100;
+        sim.run(t, false, false);
+        let states = sim.raft(leader).voter_states().expect("leader");
+        let last = sim.raft(leader).last_index();
+        assert_eq!(states.iter().map(|v| v.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        for v in &states {
+            assert_eq!(v.log_end, last, "voter {} after quiet replication", v.id);
+            assert!(v.last_fetch_ms.is_some() && v.last_caught_up_ms.is_some(), "{v:?}");
+        }
+        // Cut one follower off: it falls behind and its catch-up time stays where it was, while
+        // the other's keeps moving.
+        let (cut, kept) = (followers[0], followers[1]);
+        sim.blocked.insert((leader, cut));
+        sim.blocked.insert((cut, leader));
+        let cut_at = sim.now;
+        let t = sim.now + 300;
+        sim.run(t, false, true);
+        let t = sim.now + 100;
+        sim.run(t, false, false);
+        assert!(sim.raft(leader).is_leader(), "one follower still answers");
+        let states = sim.raft(leader).voter_states().expect("leader");
+        let state = |id: NodeId| states.iter().find(|v| v.id == id).cloned().expect("listed");
+        let last = sim.raft(leader).last_index();
+        assert!(state(cut).log_end < last, "{:?} vs last {last}", state(cut));
+        assert!(state(cut).last_caught_up_ms.expect("caught up before the cut") <= cut_at);
+        assert_eq!(state(kept).log_end, last);
+        assert!(state(kept).last_caught_up_ms.expect("kept") > cut_at);
+        assert_eq!(state(leader).log_end, last);
     }
 
     #[test]

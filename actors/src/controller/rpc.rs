@@ -164,6 +164,8 @@ pub enum ControllerRequest {
     },
     /// An admin operation.
     Admin(AdminOp),
+    /// DescribeQuorum: the metadata quorum as the active controller sees it.
+    DescribeQuorum,
 }
 
 /// A chunk of an encoded [`MetadataImage`] ([`MetadataImage::encode`]): images travel in
@@ -241,6 +243,38 @@ pub enum ControllerResponse {
         /// The offset of the committed change (0 if nothing changed).
         offset: u64,
     },
+    /// DescribeQuorum answer.
+    Quorum(QuorumDescription),
+}
+
+/// The metadata quorum as its leader (the active controller) sees it: DescribeQuorum's
+/// partition data for `__cluster_metadata`. Offsets are metadata log indexes; times are wall
+/// clock milliseconds, -1 when unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumDescription {
+    /// The leader (this controller).
+    pub leader: i32,
+    /// Its Raft term (Kafka's leader epoch of the metadata log).
+    pub epoch: i32,
+    /// The commit index (Kafka's high watermark of the metadata log).
+    pub high_watermark: i64,
+    /// Every voter, the leader included.
+    pub voters: Vec<ReplicaDescription>,
+    /// Brokers that fetch metadata without voting, seen in the last five minutes.
+    pub observers: Vec<ReplicaDescription>,
+}
+
+/// One replica of the metadata log in a [`QuorumDescription`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDescription {
+    /// Node id.
+    pub id: i32,
+    /// Its log end as far as the leader knows (-1 unknown).
+    pub log_end: i64,
+    /// When it last fetched from the leader.
+    pub last_fetch_ms: i64,
+    /// When it last held everything the leader had.
+    pub last_caught_up_ms: i64,
 }
 
 /// A follower's fetch (Kafka's replica Fetch with KIP-320 epochs), in a fetch session

@@ -30,6 +30,7 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
         "DeleteRecords is answered once the leader moved its log start in memory, before it is on disk and before the followers have it",
     ),
     ("cleaner-drops-latest", "the log cleaner's supersede check is off by one (>= for >), so the latest record of a key goes too"),
+    ("quorum-reports-uncommitted", "DescribeQuorum reports the metadata leader's log end as its high watermark, uncommitted entries included"),
 ];
 
 thread_local! {
