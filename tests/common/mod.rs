@@ -36,9 +36,34 @@ fn log_directory() -> PathBuf {
     dir
 }
 
-/// A port that was free a moment ago (the kernel picked it for a listener we closed).
+/// A port that was free a moment ago, below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, from 32768 by default). A port from that range (what binding
+/// port 0 gives) can be taken, before the node that is to listen on it starts, as the local end
+/// of some outgoing connection, and a node-to-node connection keeps it for the whole test: the
+/// node could then never start. Ports below the range are only ever taken by listeners. Each
+/// call in this process gives another port (a seeded walk over the range).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(32768);
+    const LOW: u64 = 20_000;
+    if ephemeral <= LOW + 1000 {
+        return TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port();
+    }
+    let span = ephemeral - LOW;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+    let start = (std::process::id() as u64).wrapping_mul(2_654_435_761).wrapping_add(nanos);
+    loop {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        // Steps of a prime: unless the span is a multiple of it, the walk visits every port.
+        let port = (LOW + (start.wrapping_add(n.wrapping_mul(7919))) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// When a started process counts as ready.
