@@ -371,6 +371,24 @@ fn every_supported_version_answers() {
                     assert_eq!(r.error_code, 0);
                     assert!(r.topics.is_empty(), "nothing is being reassigned");
                 }
+                ApiKey::DescribeQuorum => {
+                    let quorum = |partition: i32| {
+                        DescribeQuorumRequest::default().with_topics(vec![describe_quorum_request::TopicData::default()
+                            .with_topic_name(name("__cluster_metadata"))
+                            .with_partitions(vec![describe_quorum_request::PartitionData::default().with_partition_index(partition)])])
+                    };
+                    // The single node leads the quorum, is its only voter, and has no observer
+                    // (its broker is the voter's own node).
+                    let r = h.call(&quorum(0), v);
+                    assert_eq!(r.error_code, 0, "v{v}");
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!((p.error_code, p.leader_id.0), (0, 1), "v{v}");
+                    assert!(p.leader_epoch >= 1 && p.high_watermark >= 1, "v{v}: {p:?}");
+                    assert_eq!(p.current_voters.iter().map(|r| (r.replica_id.0, r.log_end_offset >= p.high_watermark)).collect::<Vec<_>>(), vec![(1, true)]);
+                    assert!(p.observers.is_empty(), "v{v}: {p:?}");
+                    let r = h.call(&quorum(1), v);
+                    assert_eq!(r.topics[0].partitions[0].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION v{v}");
+                }
                 other => panic!("no test for advertised api {other:?}"),
             }
         }
