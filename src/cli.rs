@@ -69,7 +69,6 @@ pub async fn quorum(bootstrap: &str, replication: bool) -> anyhow::Result<()> {
     let p = r.topics.first().and_then(|t| t.partitions.first()).context("DescribeQuorum: no partition in the answer")?;
     check(p.error_code, "DescribeQuorum", p.error_message.as_ref())?;
     let leader_end = p.current_voters.iter().find(|v| v.replica_id == p.leader_id).map_or(p.high_watermark, |v| v.log_end_offset);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     if replication {
         println!("{:<8} {:<14} {:<6} {:<20} {:<22} Status", "NodeId", "LogEndOffset", "Lag", "LastFetchTimestamp", "LastCaughtUpTimestamp");
         let mut rows: Vec<(&describe_quorum_response::ReplicaState, &str)> = Vec::new();
@@ -82,10 +81,18 @@ pub async fn quorum(bootstrap: &str, replication: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let followers = || p.current_voters.iter().filter(|v| v.replica_id != p.leader_id);
-    let max_lag = followers().map(|v| if v.log_end_offset < 0 { leader_end } else { (leader_end - v.log_end_offset).max(0) }).max().unwrap_or(0);
-    // How long ago the furthest-behind follower last held everything the leader had.
-    let max_lag_ms = followers().map(|v| if v.last_caught_up_timestamp < 0 { -1 } else { (now_ms - v.last_caught_up_timestamp).max(0) }).max().unwrap_or(0);
+    // As kafka-metadata-quorum.sh: the follower with the lowest log end; its lag in offsets, and
+    // the leader's catch-up time (now, on the leader's clock) minus its own (-1 if unknown).
+    let leader = p.current_voters.iter().find(|v| v.replica_id == p.leader_id);
+    let furthest = p.current_voters.iter().filter(|v| v.replica_id != p.leader_id).min_by_key(|v| v.log_end_offset);
+    let (max_lag, max_lag_ms) = match (leader, furthest) {
+        (Some(l), Some(f)) => {
+            let ms =
+                if l.last_caught_up_timestamp < 0 || f.last_caught_up_timestamp < 0 { -1 } else { l.last_caught_up_timestamp - f.last_caught_up_timestamp };
+            (l.log_end_offset - f.log_end_offset, ms)
+        }
+        _ => (0, 0),
+    };
     let list = |r: &[describe_quorum_response::ReplicaState]| format!("[{}]", r.iter().map(|v| v.replica_id.0.to_string()).collect::<Vec<_>>().join(","));
     println!("LeaderId:               {}", p.leader_id.0);
     println!("LeaderEpoch:            {}", p.leader_epoch);

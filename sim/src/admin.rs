@@ -383,6 +383,8 @@ impl QuorumWatcher {
         self.waiting_since = Some(cx.now_ms());
         self.sent += 1;
         cx.send(self.brokers[self.target], ClientMsg::Request(frame));
+        // Look again when the request would count as lost (an answer sets the next tick).
+        cx.set_timer(TICK, 30_000);
     }
 
     fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
@@ -395,9 +397,11 @@ impl QuorumWatcher {
     }
 
     fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
+        // Only the answer to the request in flight ends the wait: one request at a time, so the
+        // answers are recorded in the order the controller computed them.
+        let Ok((_, version, mut body)) = self.wire.match_response(frame) else { return };
         self.waiting_since = None;
         cx.set_timer(TICK, self.interval_ms);
-        let Ok((_, version, mut body)) = self.wire.match_response(frame) else { return };
         let Ok(r) = DescribeQuorumResponse::decode(&mut body, version) else { return };
         let partition = r.topics.first().and_then(|t| t.partitions.first());
         let answer = match partition {
@@ -429,11 +433,12 @@ impl Actor for QuorumWatcher {
     fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
         cx.set_timer(TICK, self.interval_ms);
     }
-    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => self.on_response(cx, frame),
-            ClientMsg::Disconnected => self.give_up(cx),
-            ClientMsg::Request(_) => {}
+            // Only the connection the request in flight went on matters.
+            ClientMsg::Disconnected if from.node == self.brokers[self.target].node && self.waiting_since.is_some() => self.give_up(cx),
+            ClientMsg::Disconnected | ClientMsg::Request(_) => {}
         }
     }
     fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {

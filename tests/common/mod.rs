@@ -54,8 +54,12 @@ pub fn free_port() -> u16 {
         return TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port();
     }
     let span = ephemeral - LOW;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
-    let start = (std::process::id() as u64).wrapping_mul(2_654_435_761).wrapping_add(nanos);
+    // One starting point per process, so that the calls walk the range without repeating.
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+        (std::process::id() as u64).wrapping_mul(2_654_435_761).wrapping_add(nanos)
+    });
     loop {
         let n = CALLS.fetch_add(1, Ordering::Relaxed);
         // Steps of a prime: unless the span is a multiple of it, the walk visits every port.

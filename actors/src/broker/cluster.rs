@@ -575,6 +575,13 @@ impl Broker {
                     super::admin::reply_describe_quorum(cx, wait.conn, wait.seq, &wait.request, &response);
                 }
             }
+            (Rpc::DescribeQuorum(key), response) => {
+                tracing::warn!(?response, "unexpected controller answer to DescribeQuorum");
+                if let Some(wait) = self.cluster.quorum_waiting.remove(&key) {
+                    let response = super::admin::describe_quorum_error(error::UNKNOWN_SERVER_ERROR, "The controller gave an unexpected answer.");
+                    super::admin::reply_describe_quorum(cx, wait.conn, wait.seq, &wait.request, &response);
+                }
+            }
             (Rpc::Forget, _) => {}
             (kind, response) => tracing::warn!(?kind, ?response, "unexpected controller answer"),
         }

@@ -1,5 +1,7 @@
 //! Kafka error codes, as numbered by the protocol (clients map them to exceptions and retries).
 
+/// The server hit an unexpected error.
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 /// No error.
 pub const NONE: i16 = 0;
 /// The requested offset is outside the log.

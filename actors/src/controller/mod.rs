@@ -479,12 +479,7 @@ impl Controller {
         let wall = |t: Option<u64>| t.map_or(-1, |t| wall_ms - now.saturating_sub(t) as i64);
         let voters = voters
             .into_iter()
-            .map(|v| ReplicaDescription {
-                id: v.id,
-                log_end: v.log_end as i64,
-                last_fetch_ms: wall(v.last_fetch_ms),
-                last_caught_up_ms: wall(v.last_caught_up_ms),
-            })
+            .map(|v| ReplicaDescription { id: v.id, log_end: v.log_end, last_fetch_ms: wall(v.last_fetch_ms), last_caught_up_ms: wall(v.last_caught_up_ms) })
             .collect();
         self.observers.retain(|_, o| now.saturating_sub(o.fetched_ms) < OBSERVER_TIMEOUT_MS);
         let observers = self

@@ -296,16 +296,18 @@ struct Progress {
 }
 
 impl Progress {
-    /// A successful append answer at `now` matching `index`, the leader's log ending at `last`.
-    fn note_answer(&mut self, now: u64, index: u64, last: u64) {
+    /// An answer at `now` (any answer in this term counts as a fetch); a successful one matching
+    /// `index`, the leader's log ending at `last`, may also mean the follower caught up.
+    fn note_answer(&mut self, now: u64, matched: Option<(u64, u64)>) {
+        let previous = self.answered_ms.replace(now);
+        let Some((index, last)) = matched else { return };
         if index >= last {
             self.caught_up_ms = Some(now);
         } else if self.leader_end_at_answer > 0 && index >= self.leader_end_at_answer {
             // It holds what the leader had at its previous answer: caught up as of then.
-            self.caught_up_ms = self.caught_up_ms.max(self.answered_ms);
+            self.caught_up_ms = self.caught_up_ms.max(previous);
         }
         self.leader_end_at_answer = last;
-        self.answered_ms = Some(now);
     }
 }
 
@@ -316,8 +318,8 @@ pub struct VoterState {
     /// The voter.
     pub id: NodeId,
     /// Its log end as far as the leader knows: the highest index known to match (the leader's
-    /// own: its last index).
-    pub log_end: u64,
+    /// own: its last index); -1 until it has answered in this term.
+    pub log_end: i64,
     /// When it last answered the leader in this term (`None`: not yet; the leader itself: now).
     pub last_fetch_ms: Option<u64>,
     /// When it last held everything the leader had (`None`: not in this term; the leader: now).
@@ -671,8 +673,13 @@ impl Raft {
             .voters
             .iter()
             .map(|&id| match self.progress.get(&id) {
-                Some(p) => VoterState { id, log_end: p.matched, last_fetch_ms: p.answered_ms, last_caught_up_ms: p.caught_up_ms },
-                None => VoterState { id, log_end: self.last_index(), last_fetch_ms: Some(self.now), last_caught_up_ms: Some(self.now) },
+                Some(p) => VoterState {
+                    id,
+                    log_end: if p.answered_ms.is_some() { p.matched as i64 } else { -1 },
+                    last_fetch_ms: p.answered_ms,
+                    last_caught_up_ms: p.caught_up_ms,
+                },
+                None => VoterState { id, log_end: self.last_index() as i64, last_fetch_ms: Some(self.now), last_caught_up_ms: Some(self.now) },
             })
             .collect();
         Some(states)
@@ -947,9 +954,9 @@ impl Raft {
         let now = self.now;
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.last_response_ms = now;
+        p.note_answer(now, success.then_some((index.min(last), last)));
         if success {
             let index = index.min(last);
-            p.note_answer(now, index, last);
             if index > p.matched {
                 p.matched = index;
             }
@@ -1032,7 +1039,7 @@ impl Raft {
         let now = self.now;
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.last_response_ms = now;
-        p.answered_ms = Some(now);
+        p.note_answer(now, None);
         if p.snapshot_sent.0 != last_index {
             return;
         }
@@ -1785,7 +1792,7 @@ mod tests {
         let last = sim.raft(leader).last_index();
         assert_eq!(states.iter().map(|v| v.id).collect::<Vec<_>>(), vec![1, 2, 3]);
         for v in &states {
-            assert_eq!(v.log_end, last, "voter {} after quiet replication", v.id);
+            assert_eq!(v.log_end, last as i64, "voter {} after quiet replication", v.id);
             assert!(v.last_fetch_ms.is_some() && v.last_caught_up_ms.is_some(), "{v:?}");
         }
         // Cut one follower off: it falls behind and its catch-up time stays where it was, while
@@ -1802,11 +1809,11 @@ mod tests {
         let states = sim.raft(leader).voter_states().expect("leader");
         let state = |id: NodeId| states.iter().find(|v| v.id == id).cloned().expect("listed");
         let last = sim.raft(leader).last_index();
-        assert!(state(cut).log_end < last, "{:?} vs last {last}", state(cut));
+        assert!(state(cut).log_end < last as i64, "{:?} vs last {last}", state(cut));
         assert!(state(cut).last_caught_up_ms.expect("caught up before the cut") <= cut_at);
-        assert_eq!(state(kept).log_end, last);
+        assert_eq!(state(kept).log_end, last as i64);
         assert!(state(kept).last_caught_up_ms.expect("kept") > cut_at);
-        assert_eq!(state(leader).log_end, last);
+        assert_eq!(state(leader).log_end, last as i64);
     }
 
     #[test]
