@@ -18,8 +18,9 @@
 //! CPU the client and the three nodes used during the phase, in cores: client and cluster share
 //! the machine's two.
 //!
-//! The paced phase runs with four producers: librdkafka idempotent (fsync, then page-cache
-//! durability), librdkafka without idempotence (`CLUSTER_BENCH_PLAIN=0` skips it), and pipelined
+//! The paced phase runs with each durability — fsync (runnel's default; `CLUSTER_BENCH_FSYNC=0`
+//! skips it), then page cache (Kafka's default) — and, for each, three producers: librdkafka
+//! idempotent, librdkafka without idempotence (`CLUSTER_BENCH_PLAIN=0` skips it), and pipelined
 //! requests without a client library (`CLUSTER_BENCH_RAW=0` skips it). librdkafka's idempotent
 //! producer (2.12) counts the *messages* it has in flight to a partition against its limit of 5
 //! *requests*: once a request of 5 or more records is out, it sends nothing more to that partition
@@ -404,7 +405,7 @@ fn main() {
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
 
     println!(
-        "\n{:<38} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  machine pauses >4 ms (count, sum, longest)",
+        "\n{:<52} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  machine pauses >4 ms (count, sum, longest)",
         "phase", "records", "seconds", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "errors", "client", "nodes"
     );
     // `client` and `nodes`: the CPU they used, in cores (the machine has 2).
@@ -413,7 +414,7 @@ fn main() {
         let pauses = &machine.pauses;
         let longest = pauses.iter().copied().fold(0.0, f64::max);
         println!(
-            "{:<38} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>7.2} {:>6.2}  {}, {:.0} ms, {:.0} ms",
+            "{:<52} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>7.2} {:>6.2}  {}, {:.0} ms, {:.0} ms",
             name,
             records,
             secs,
@@ -472,22 +473,22 @@ fn main() {
         assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
         result
     };
-    if std::env::var("CLUSTER_BENCH_FSYNC").map_or(true, |v| v != "0") {
-        for r in 0..repeat {
-            row(&format!("RF=3 acks=all 1 KiB at {mbps} MB/s"), n, paced(&format!("rf3-paced-{r}"), false, Client::Idempotent));
-        }
-    }
-    for r in 0..repeat {
-        row("same, page-cache durability", n, paced(&format!("rf3-pagecache-{r}"), true, Client::Idempotent));
-    }
-    if std::env::var("CLUSTER_BENCH_PLAIN").map_or(true, |v| v != "0") {
-        for r in 0..repeat {
-            row("same, producer not idempotent", n, paced(&format!("rf3-plain-{r}"), true, Client::NotIdempotent));
-        }
-    }
-    if std::env::var("CLUSTER_BENCH_RAW").map_or(true, |v| v != "0") {
-        for r in 0..repeat {
-            row("same, pipelined requests, no client", n, paced(&format!("rf3-raw-{r}"), true, Client::Raw));
+    // Every durability with every producer: fsync first (runnel's default), then page cache.
+    let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
+    let clients = [
+        (Client::Idempotent, true, "idem", "librdkafka idempotent"),
+        (Client::NotIdempotent, on("CLUSTER_BENCH_PLAIN"), "plain", "librdkafka not idempotent"),
+        (Client::Raw, on("CLUSTER_BENCH_RAW"), "raw", "pipelined requests, no client"),
+    ];
+    for (pagecache, enabled, durability) in [(false, on("CLUSTER_BENCH_FSYNC"), "fsync"), (true, true, "page cache")] {
+        for &(client, wanted, tag, who) in &clients {
+            if !(enabled && wanted) {
+                continue;
+            }
+            for r in 0..repeat {
+                let topic = format!("rf3-{}-{tag}-{r}", if pagecache { "pagecache" } else { "fsync" });
+                row(&format!("{mbps} MB/s, {durability}, {who}"), n, paced(&topic, pagecache, client));
+            }
         }
     }
 
