@@ -51,6 +51,10 @@ impl ProducerEntry {
     }
 }
 
+/// How long a requested checkpoint with a fresh producer-state blob may take before it is
+/// requested again.
+pub const CHECKPOINT_RETRY_MS: u64 = 1_000;
+
 /// How the partition decides that an appended record may be acknowledged and exposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushPolicy {
@@ -162,6 +166,9 @@ pub struct Partition {
     unflushed_messages: i64,
     last_flush_ms: u64,
     last_checkpoint_ms: u64,
+    /// When [`Partition::refresh_checkpoint_after_deletions`] last asked for a checkpoint (0:
+    /// none outstanding).
+    fresh_blob_requested_ms: u64,
 }
 
 impl Partition {
@@ -211,6 +218,7 @@ impl Partition {
             unflushed_messages: 0,
             last_flush_ms: 0,
             last_checkpoint_ms: 0,
+            fresh_blob_requested_ms: 0,
         }
     }
 
@@ -265,12 +273,12 @@ impl Partition {
         for header in replay {
             self.remember(header, self.log.log_start_offset());
         }
-        // The checkpoint's blob may predate deletions (DeleteRecords, retention) that recovery
-        // does not replay: a producer whose newest batch lies below the log start may have
-        // written more there since, so its state is dropped (Kafka evicts such producers too)
-        // and its next batch is taken at its own sequence.
-        let log_start = self.log.log_start_offset();
-        self.producers.retain(|_, entry| entry.batches.back().is_some_and(|b| b.last_offset >= log_start));
+        // Producers whose batches were all deleted (DeleteRecords, retention) keep their state,
+        // as in Kafka since KIP-360: a retry of a deleted batch is still recognised. If the
+        // blob predates deletions recovery cannot replay (a crash before the checkpoint that
+        // `refresh_checkpoint_after_deletions` asks for), a window may lack the producer's
+        // newest batches: its next batch is then refused as OUT_OF_ORDER_SEQUENCE_NUMBER and
+        // the producer starts over, where dropping the window would have written a retry twice.
         self.ready = true;
         self.fresh = true;
         assert!(self.high_watermark <= self.log.log_end_offset());
@@ -438,15 +446,25 @@ impl Partition {
         }
     }
 
-    /// Restart an empty log at `offset` (a follower behind the leader's log start).
-    pub fn restart_at(&mut self, io: &mut impl DiskIo, offset: i64) {
+    /// Restart an empty log at `offset` (a follower behind the leader's log start). The
+    /// producers' windows keep their committed batches (below the high watermark; those above
+    /// may be another history's): a retry of one, should this replica lead, is still answered
+    /// as a duplicate, and a producer whose later batches this replica never saw gets
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER rather than a second copy of a batch (Kafka clears the state
+    /// here, and then accepts any sequence). A checkpoint with that state is requested at once.
+    pub fn restart_at(&mut self, io: &mut impl DiskIo, offset: i64, now_ms: u64) {
         if !self.log.is_ready() {
             return;
         }
+        let committed = self.high_watermark;
         self.log.truncate_fully_and_start_at(io, offset);
-        self.producers.clear();
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|b| b.last_offset < committed);
+        }
         self.written_offset = offset;
         self.high_watermark = offset;
+        self.fresh_blob_requested_ms = 0;
+        self.refresh_checkpoint_after_deletions(io, now_ms);
     }
 
     /// Validate and append a produce request's records. Errors are Kafka error codes.
@@ -540,13 +558,33 @@ impl Partition {
         self.log.flush(io, checkpoint);
     }
 
-    /// Periodic work: time-based flush for the page-cache policy.
+    /// Periodic work: time-based flush for the page-cache policy, and a fresh checkpoint after
+    /// deletions.
     pub fn tick(&mut self, io: &mut impl DiskIo, now_ms: u64) {
         if let FlushPolicy::PageCache { ms, .. } = self.flush_policy {
             if self.unflushed_messages > 0 && ms != i64::MAX && now_ms >= self.last_flush_ms + ms.max(0) as u64 {
                 self.flush(io, now_ms);
             }
         }
+        self.refresh_checkpoint_after_deletions(io, now_ms);
+    }
+
+    /// Deletions (DeleteRecords, retention, a follower taking its leader's log start) moved the
+    /// log start past the offset the checkpoint's producer-state blob describes, or a follower
+    /// restarted its log empty: recovery replays only the batches left in the log, so after a
+    /// restart the producers' windows would miss the deleted batches. A group commit carrying a
+    /// fresh blob is requested (at most every [`CHECKPOINT_RETRY_MS`] while one is outstanding).
+    pub fn refresh_checkpoint_after_deletions(&mut self, io: &mut impl DiskIo, now_ms: u64) {
+        if !self.ready || !self.log.checkpoint_blob_outdated() {
+            self.fresh_blob_requested_ms = 0;
+            return;
+        }
+        if self.fresh_blob_requested_ms != 0 && now_ms < self.fresh_blob_requested_ms + CHECKPOINT_RETRY_MS {
+            return;
+        }
+        self.fresh_blob_requested_ms = now_ms.max(1);
+        self.last_checkpoint_ms = 0;
+        self.flush(io, now_ms);
     }
 
     /// Kafka's sequence rules: a batch that repeats one of the last five is a duplicate (answered
@@ -778,29 +816,76 @@ mod tests {
         assert!(window.ends_with(&[1, 2, 3, 4, 5]), "the window must hold the last five batches left in the log: {window:?}");
     }
 
-    /// A restart after DeleteRecords moved the log start past a producer's batches that the
-    /// checkpoint's blob predates (the blob is refreshed at most once a second): recovery does
-    /// not replay them, so the producer's state is dropped and its next sequence is accepted
-    /// (with the stale state, the expected sequence was 1 and the batch was refused as out of
-    /// order).
+    /// DeleteRecords moves the log start past a producer's batches, then the node restarts. With
+    /// the checkpoint refreshed after the deletion, the producer's window survives: a retry of a
+    /// deleted batch is answered with its offsets, not written again, and the next sequence is
+    /// accepted. Restarted before that checkpoint, the window is the stale blob's: the retry is
+    /// refused as out of order (the producer starts over), never written twice (simulator seed
+    /// 205033 of cluster-3-delete-records, when recovery dropped such producers).
     #[test]
-    fn deletions_past_a_stale_checkpoint_forget_the_producer() {
+    fn deletions_keep_the_producer_window_across_a_restart() {
+        let batch_of = |sequence: i32| batch::build_batch(&[(None, Some(&b"v"[..]), 1_000)], (7, 0, sequence));
+        for refreshed in [true, false] {
+            let (mut disk, mut io) = (MemDisk::new(), QueuedIo::default());
+            let mut p = recovered(&mut disk, &mut io);
+            p.set_role(Role::Leader, 1, vec![2], vec![2], 0, 0);
+            // The first flush carries a blob (sequence 0 only); the next ones, within a second, none.
+            for sequence in 0..5 {
+                assert_eq!(p.append(&mut io, &batch_of(sequence), 1, 1_000).map(|a| a.first_offset), Ok(sequence as i64));
+                disk.run(&mut io, &mut p.log);
+            }
+            assert_eq!(p.log.delete_records(&mut io, 5), Ok(5));
+            disk.run(&mut io, &mut p.log);
+            if refreshed {
+                p.tick(&mut io, 2);
+                disk.run(&mut io, &mut p.log);
+                assert_eq!(p.log.checkpoint_offset(), 5, "the refresh wrote a checkpoint from the new log start");
+            }
+            let mut p = recovered(&mut disk, &mut io);
+            assert_eq!(p.log.log_start_offset(), 5);
+            p.set_role(Role::Leader, 2, vec![2], vec![2], 0, 0);
+            let retry = p.append(&mut io, &batch_of(4), 1, 1_000).map(|a| a.first_offset);
+            if refreshed {
+                assert_eq!(retry, Ok(4), "a retry of a deleted batch is a duplicate: {:?}", p.producer_windows());
+                assert_eq!(p.append(&mut io, &batch_of(5), 1, 1_000).map(|a| a.first_offset), Ok(5), "the next sequence");
+            } else {
+                assert_eq!(retry, Err(error::OUT_OF_ORDER_SEQUENCE_NUMBER), "stale window: refused, not written again");
+                assert_eq!(p.log.log_end_offset(), 5);
+            }
+        }
+    }
+
+    /// A follower whose log ends below its leader's log start restarts it empty there. It keeps
+    /// the producers' committed batches (so as a leader it answers a retry of one as a
+    /// duplicate and refuses a sequence it cannot place), and the checkpoint it then writes
+    /// carries them across a restart (simulator seed 205033 of cluster-3-delete-records: such a
+    /// follower, elected, wrote two retried batches a second time).
+    #[test]
+    fn a_follower_restarted_at_the_leaders_log_start_keeps_committed_producer_windows() {
+        let batch_of = |sequence: i32| batch::build_batch(&[(None, Some(&b"v"[..]), 1_000)], (7, 0, sequence));
         let (mut disk, mut io) = (MemDisk::new(), QueuedIo::default());
         let mut p = recovered(&mut disk, &mut io);
         p.set_role(Role::Leader, 1, vec![2], vec![2], 0, 0);
-        let batch_of = |sequence: i32| batch::build_batch(&[(None, Some(&b"v"[..]), 1_000)], (7, 0, sequence));
         for sequence in 0..5 {
             assert_eq!(p.append(&mut io, &batch_of(sequence), 1, 1_000).map(|a| a.first_offset), Ok(sequence as i64));
-            disk.run(&mut io, &mut p.log);
+            let events = disk.run(&mut io, &mut p.log);
+            for e in events {
+                if let LogEvent::Durable { offset } = e {
+                    p.on_durable(offset);
+                }
+            }
         }
-        assert_eq!(p.log.delete_records(&mut io, 5), Ok(5));
+        assert_eq!(p.high_watermark, 5);
+        p.set_role(Role::Follower { leader: 3 }, 2, vec![2, 3], vec![3], 0, 0);
+        p.restart_at(&mut io, 8, 10);
         disk.run(&mut io, &mut p.log);
+        assert!(!p.log.checkpoint_blob_outdated(), "a checkpoint with the windows was written");
         let mut p = recovered(&mut disk, &mut io);
-        assert_eq!(p.log.log_start_offset(), 5);
-        assert!(p.producer_windows().get(&7).is_none(), "stale state kept: {:?}", p.producer_windows());
-        p.set_role(Role::Leader, 2, vec![2], vec![2], 0, 0);
-        assert_eq!(p.append(&mut io, &batch_of(5), 1, 1_000).map(|a| a.first_offset), Ok(5));
-        assert_eq!(p.append(&mut io, &batch_of(7), 1, 1_000).map(|a| a.first_offset), Err(error::OUT_OF_ORDER_SEQUENCE_NUMBER), "known again: in order");
+        assert_eq!((p.log.log_start_offset(), p.log.log_end_offset()), (8, 8));
+        p.set_role(Role::Leader, 3, vec![2], vec![2], 0, 0);
+        assert_eq!(p.append(&mut io, &batch_of(4), 1, 1_000).map(|a| a.first_offset), Ok(4), "a retry of a committed batch is a duplicate");
+        assert_eq!(p.append(&mut io, &batch_of(6), 1, 1_000).map(|a| a.first_offset), Err(error::OUT_OF_ORDER_SEQUENCE_NUMBER), "batches it never saw");
+        assert_eq!(p.log.log_end_offset(), 8);
     }
 
     /// Producer state survives an encode/decode round trip, and garbage decodes to None.

@@ -147,7 +147,17 @@ fn regression_seeds_stay_clean() {
     // Recovery now treats an epoch below -1 as damage. 50003 (groups-single) is the false alarm a
     // wider check (an epoch below an earlier batch's) raised: the damaged batch was the earlier,
     // higher one, and cutting at the lower one lost acknowledged records.
+    // 205033 (cluster-3-delete-records): DeleteRecords deleted two producers' batches; a
+    // follower restarted its log at the leader's log start (and a restarted node recovered from
+    // a checkpoint blob older than the deletion) without their windows, and, elected, wrote the
+    // producers' retries of the deleted batches a second time. Windows now survive both.
+    // 200199 (groups-3): a latent read flipped a bit of an offset index entry when recovery read
+    // the file; the entry still validated, every read of offset 44 on that node failed, and the
+    // group never read the rest of partition 0. A read damaged from the index's position now
+    // walks the segment from its start.
     const REGRESSIONS: &[(u64, &str)] = &[
+        (205_033, "cluster-3-delete-records"),
+        (200_199, "groups-3"),
         (52_339, "cluster-5"),
         (50_003, "groups-single"),
         (105_419, "many-clients"),

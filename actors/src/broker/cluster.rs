@@ -1010,7 +1010,7 @@ impl Broker {
             let uid = p.uid;
             if part.out_of_range {
                 let start = part.log_start_offset;
-                self.with_partition(cx, &topic, index as usize, |p, io| p.restart_at(io, start));
+                self.with_partition(cx, &topic, index as usize, |p, io| p.restart_at(io, start, now));
                 continue;
             }
             if let Some((epoch, end)) = part.diverging {

@@ -265,6 +265,9 @@ struct ReadJob {
     /// This job continues a read into the next segment (see [`PartitionLog::read`]): its first
     /// batch must fit `max_bytes` too.
     continued: bool,
+    /// The read walks from the segment's start, not from where the offset index pointed (it
+    /// came back damaged from there: the index may be what is damaged).
+    unindexed: bool,
 }
 
 /// How often a read that comes back damaged is retried before the read fails.
@@ -349,6 +352,8 @@ pub struct PartitionLog {
     checkpoint_blob: Bytes,
     /// The log end offset `checkpoint_blob` describes: the checkpoint's recovery point.
     checkpoint_offset: i64,
+    /// A full truncation dropped the blob, and no flush has given a new one since.
+    blob_dropped: bool,
     /// A checkpoint write is in flight (they are serialised: they share the tmp file).
     checkpoint_in_flight: bool,
     /// Another checkpoint write is wanted after the one in flight, releasing these deletions.
@@ -398,6 +403,7 @@ impl PartitionLog {
             flush_requested: None,
             checkpoint_blob: Bytes::new(),
             checkpoint_offset: 0,
+            blob_dropped: false,
             checkpoint_in_flight: false,
             checkpoint_queued: None,
             doomed: Vec::new(),
@@ -467,6 +473,19 @@ impl PartitionLog {
     /// Every record below this offset is fsynced.
     pub fn durable_offset(&self) -> i64 {
         self.durable_offset
+    }
+
+    /// The log end offset the blob of the newest checkpoint written describes (its recovery
+    /// point); a blob given with a flush still in flight does not count until it is written.
+    pub fn checkpoint_offset(&self) -> i64 {
+        self.checkpoint_offset
+    }
+
+    /// The checkpoint's blob no longer describes the log as recovery will find it: deletions
+    /// moved the log start past the blob's offset (recovery replays only what is left), or a
+    /// full truncation dropped the blob. A flush with a new blob brings it up to date.
+    pub fn checkpoint_blob_outdated(&self) -> bool {
+        self.blob_dropped || self.log_start_offset > self.checkpoint_offset
     }
 
     /// Total size of the segment files, unsynced bytes included.
@@ -783,6 +802,7 @@ impl PartitionLog {
         }
         self.checkpoint_blob = Bytes::new();
         self.checkpoint_offset = offset;
+        self.blob_dropped = true;
         self.check_invariants();
         self.write_checkpoint(io, Vec::new());
     }
@@ -870,6 +890,7 @@ impl PartitionLog {
             attempts: 0,
             restart: false,
             continued: false,
+            unindexed: false,
         };
         self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
         ReadStart::Pending
@@ -1060,6 +1081,10 @@ impl PartitionLog {
         self.segments.binary_search_by_key(&base_offset, |s| s.base_offset).ok().map(|i| &self.segments[i])
     }
 
+    fn segment_mut(&mut self, base_offset: i64) -> Option<&mut Segment> {
+        self.segments.binary_search_by_key(&base_offset, |s| s.base_offset).ok().map(|i| &mut self.segments[i])
+    }
+
     fn segment_containing(&self, offset: i64) -> Option<&Segment> {
         let after = self.segments.partition_point(|s| s.base_offset <= offset);
         self.segments.get(after.checked_sub(1)?).filter(|s| offset < s.next_offset)
@@ -1177,6 +1202,7 @@ impl PartitionLog {
             assert!(at <= covers, "log {} checkpoint at {at} beyond the fsynced offset {covers}", self.dir);
             self.checkpoint_blob = blob;
             self.checkpoint_offset = at;
+            self.blob_dropped = false;
             self.write_checkpoint(io, Vec::new());
         }
         if !self.truncation_unrecorded() {
@@ -1253,6 +1279,21 @@ impl PartitionLog {
                 let job = ReadJob { attempts: job.attempts + 1, ..job };
                 self.issue_read(io, job.segment_base, job.position, job.len, Pending::Read(job));
             }
+            // Damaged every time from where the offset index pointed. The in-memory index may be
+            // what is wrong (a latent sector error when recovery read the index file, which
+            // validation cannot tell from a good entry): walk the segment from its start, and
+            // forget a sealed segment's index, which nothing appends to any more.
+            Walk::Damaged(why) if !job.unindexed && self.segment(job.segment_base).is_some() => {
+                tracing::warn!(dir = %self.dir, offset = job.offset, segment = job.segment_base, "damaged read from the offset index's position, reading the segment from its start: {why}");
+                let active = self.segments.last().map(|s| s.base_offset) == Some(job.segment_base);
+                let segment = self.segment_mut(job.segment_base).expect("checked above");
+                if !active {
+                    segment.offset_index.truncate_from(0);
+                }
+                let len = job.len.max(BATCH_HEADER_LEN as u64).min(segment.size_bytes);
+                let job = ReadJob { position: 0, len, expected: job.segment_base, attempts: 0, unindexed: true, ..job };
+                self.issue_read(io, job.segment_base, 0, len, Pending::Read(job));
+            }
             Walk::Damaged(why) => {
                 self.read_prefixes.remove(&job.read_id);
                 tracing::error!(dir = %self.dir, offset = job.offset, "read damaged {READ_ATTEMPTS} times: {why}");
@@ -1300,7 +1341,7 @@ impl PartitionLog {
     /// of `size` bytes, taking only batches that fit the budget.
     fn continue_read(&mut self, io: &mut impl DiskIo, job: ReadJob, base: i64, size: u64) {
         let len = (self.config.index_interval_bytes + job.max_bytes).max(BATCH_HEADER_LEN as u64).min(size);
-        let job = ReadJob { segment_base: base, offset: base, expected: base, position: 0, len, attempts: 0, continued: true, ..job };
+        let job = ReadJob { segment_base: base, offset: base, expected: base, position: 0, len, attempts: 0, continued: true, unindexed: true, ..job };
         self.issue_read(io, base, 0, len, Pending::Read(job));
     }
 
@@ -1570,6 +1611,41 @@ mod tests {
             assert_eq!(log.read(&mut io, 9, 0, 1 << 20, 3), ReadStart::Pending);
             let events = disk.run(&mut io, &mut log);
             assert!(matches!(&events[..], [LogEvent::ReadFailed { read_id: 9, .. }]), "damage at {position}: {events:?}");
+        }
+    }
+
+    /// An offset index entry that validates but points at the wrong batch (here damaged at rest;
+    /// in the simulator a latent sector error when recovery read the file, kept in memory for
+    /// good) does not make reads of the segment fail for ever: after its retries the read walks
+    /// the segment from its start and serves the right batches (simulator seed 200199 of
+    /// groups-3, where a consumer group stalled on such a read).
+    #[test]
+    fn a_wrong_offset_index_entry_is_walked_around() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { index_interval_bytes: 0, segment_bytes: 300, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config.clone());
+        for i in 0..10 {
+            log.append(&mut io, &batch(2, 10, 100), 2 * i, None, 0);
+            disk.run(&mut io, &mut log);
+        }
+        log.flush(&mut io, Some(Bytes::from_static(b"at 20")));
+        disk.run(&mut io, &mut log);
+        let path = "t-0/00000000000000000000.index";
+        let index = disk.file(path).expect("index").to_vec();
+        assert!(
+            index.len() >= 2 * offset_index::OFFSET_INDEX_ENTRY_LEN && log.segments.len() >= 2,
+            "layout: {} bytes, {} segments",
+            index.len(),
+            log.segments.len()
+        );
+        assert_eq!((&index[..4], &index[8..12]), (&[0, 0, 0, 2][..], &[0, 0, 0, 4][..]), "entries for offsets 2 and 4");
+        // Offset 4 -> 3: still increasing, still inside the segment, so recovery accepts it.
+        disk.apply(DiskOp::WriteAt { path: path.into(), position: 11, data: Bytes::from(vec![3]) }).unwrap();
+        let (mut log, mut io, _) = open(&mut disk, config);
+        assert_eq!(log.log_end_offset(), 20);
+        for offset in [3, 4, 5, 1] {
+            let got = read(&mut disk, &mut io, &mut log, offset, 1, 20);
+            assert_eq!(got.first().map(|h| h.base_offset), Some(offset - offset % 2), "read at {offset}");
         }
     }
 
