@@ -155,7 +155,13 @@ fn regression_seeds_stay_clean() {
     // the file; the entry still validated, every read of offset 44 on that node failed, and the
     // group never read the rest of partition 0. A read damaged from the index's position now
     // walks the segment from its start.
+    // 401817 (groups-3-node-lost): a restarted broker's controller RPC ids started at 1 again;
+    // the answer to its previous incarnation's FetchMetadata (from offset 134, nothing new)
+    // matched the new one (from offset 0), which took it as complete and never learned the
+    // topics created before 134; it hosted nothing, and no ISR was ever full again. RPC ids now
+    // start where the incarnation says.
     const REGRESSIONS: &[(u64, &str)] = &[
+        (401_817, "groups-3-node-lost"),
         (205_033, "cluster-3-delete-records"),
         (200_199, "groups-3"),
         (52_339, "cluster-5"),
