@@ -547,9 +547,14 @@ impl Partition {
 
     /// Request a flush (group commit); attach a producer-state checkpoint at most once a second.
     pub fn flush(&mut self, io: &mut impl DiskIo, now_ms: u64) {
+        self.commit(io, now_ms, false);
+    }
+
+    /// A group commit, with a producer-state checkpoint if `checkpoint` or none for a second.
+    fn commit(&mut self, io: &mut impl DiskIo, now_ms: u64, checkpoint: bool) {
         self.unflushed_messages = 0;
         self.last_flush_ms = now_ms;
-        let checkpoint = if now_ms >= self.last_checkpoint_ms + 1000 || self.last_checkpoint_ms == 0 {
+        let checkpoint = if checkpoint || now_ms >= self.last_checkpoint_ms + 1000 || self.last_checkpoint_ms == 0 {
             self.last_checkpoint_ms = now_ms.max(1);
             Some(encode_producers(&self.producers))
         } else {
@@ -583,8 +588,7 @@ impl Partition {
             return;
         }
         self.fresh_blob_requested_ms = now_ms.max(1);
-        self.last_checkpoint_ms = 0;
-        self.flush(io, now_ms);
+        self.commit(io, now_ms, true);
     }
 
     /// Kafka's sequence rules: a batch that repeats one of the last five is a duplicate (answered

@@ -303,16 +303,20 @@ impl Broker {
         self.cluster.rpcs.values().any(|(k, _, _)| f(k))
     }
 
-    /// Start: a fresh incarnation, so the controller can tell a restart from a retry. Controller
-    /// RPC ids start at a point of their own drawn from it: an answer to the previous incarnation's
-    /// request (still in flight, or parked at a controller) carries one of its ids and must not
-    /// match a request of this one (simulator seed 401817 of groups-3-node-lost: a restarted
-    /// broker's first FetchMetadata, from offset 0, took the answer to its previous
-    /// incarnation's, from offset 134, as complete, and never learned the topics before it).
+    /// Start: a fresh incarnation, so the controller can tell a restart from a retry. The ids
+    /// this incarnation gives its requests (controller RPCs, replica fetches, reads) start at a
+    /// point of their own drawn from it: an answer to the previous incarnation's request (still
+    /// in flight, or parked at a controller) carries one of its ids and must not match a request
+    /// of this one (simulator seed 401817 of groups-3-node-lost: a restarted broker's first
+    /// FetchMetadata, from offset 0, took the answer to its previous incarnation's, from offset
+    /// 134, as complete, and never learned the topics before it). The base stays below 2^56,
+    /// far under the replica-fetch timer ids ([`REPLICA_TIMER_BASE`]) and above the fixed ones.
     pub(crate) fn cluster_start(&mut self, cx: &mut Cx<BrokerMsg>) {
         self.cluster = Cluster::new();
         self.cluster.incarnation = cx.rng().next_u64();
-        self.cluster.next_rpc = 1 + ((self.cluster.incarnation >> 24) << 16);
+        let base = 1000 + ((self.cluster.incarnation >> 24) << 16);
+        self.cluster.next_rpc = base;
+        self.next_id = self.next_id.max(base);
     }
 
     /// Begin a controlled shutdown: heartbeats ask the controller to move leadership away; the
