@@ -75,7 +75,7 @@ use tokio::sync::{mpsc, watch};
 /// First bytes of every connection.
 pub const HELLO_MAGIC: [u8; 4] = *b"RNLT";
 /// Version of the hello and frame format.
-pub const WIRE_VERSION: u32 = 5;
+pub const WIRE_VERSION: u32 = 6;
 /// Size of the hello.
 pub const HELLO_LEN: usize = 24;
 /// A batch stops collecting queued frames once it holds this many bytes.

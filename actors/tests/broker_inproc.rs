@@ -8,6 +8,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, Str
 use runnel_actors::broker::codec::SUPPORTED_APIS;
 use runnel_actors::broker::config::BrokerConfig;
 use runnel_actors::broker::{Broker, BrokerMsg};
+use runnel_actors::controller::rpc::{ControllerRequest, ControllerResponse, PeerMsg};
 use runnel_actors::controller::{Controller, ControllerConfig};
 use runnel_actors::core::mem_disk::MemDisk;
 use runnel_actors::core::{Actor, Addr, ConnId, Cx, Effect, IoDone, Rng, TimerId};
@@ -31,6 +32,8 @@ struct Harness {
     /// The broker stopped itself (controlled shutdown).
     broker_stopped: bool,
     seq: u64,
+    /// Every metadata fetch the broker sent the controller: `(rpc id, from)`.
+    metadata_fetches: Vec<(u64, u64)>,
 }
 
 impl Harness {
@@ -48,6 +51,7 @@ impl Harness {
             closed: false,
             broker_stopped: false,
             seq: 0,
+            metadata_fetches: Vec::new(),
         };
         h.set_time();
         h.controller.on_start(&mut h.ccx);
@@ -87,7 +91,12 @@ impl Harness {
                     }
                     Effect::Reply { seq, frame, .. } => self.replies.push((seq, frame)),
                     Effect::Close { .. } => self.closed = true,
-                    Effect::Send { to, msg } => self.mail.push_back((to.actor, Addr { node: 1, actor }, msg)),
+                    Effect::Send { to, msg } => {
+                        if let BrokerMsg::Peer(PeerMsg::ToController { id, request: ControllerRequest::FetchMetadata { from, .. } }) = &msg {
+                            self.metadata_fetches.push((*id, *from));
+                        }
+                        self.mail.push_back((to.actor, Addr { node: 1, actor }, msg))
+                    }
                     Effect::SetTimer { id, after_ms } => {
                         self.timers.insert((actor, id), self.now + after_ms);
                     }
@@ -397,6 +406,30 @@ fn every_supported_version_answers() {
 
 /// Records acknowledged with acks=all (fsynced) survive a crash that drops every unsynced write;
 /// topics whose creation was acknowledged survive too.
+/// A metadata answer carries the offset its fetch was from, and the broker takes one only as
+/// the answer to a fetch from where it is: an answer meant for an earlier fetch (its previous
+/// incarnation's, say, with an id that happens to match) would otherwise make it skip the
+/// records in between, and never learn the topics they created.
+#[test]
+fn a_metadata_answer_for_another_offset_is_dropped() {
+    let mut h = Harness::start(MemDisk::new());
+    create(&mut h, "before");
+    // The next fetch, from where the broker is now, waits at the controller for news.
+    h.run_until(|h| h.metadata_fetches.last().is_some_and(|&(_, from)| from == h.broker.metadata_offset()));
+    let at = h.broker.metadata_offset();
+    let &(id, _) = h.metadata_fetches.last().expect("the broker fetches metadata");
+    let forged = ControllerResponse::Metadata { from: at + 100, image: None, records: Vec::new(), last: at + 100 };
+    h.broker.on_message(&mut h.cx, Addr { node: 1, actor: 1 }, BrokerMsg::Peer(PeerMsg::FromController { id, response: forged }));
+    h.pump();
+    assert_eq!(h.broker.metadata_offset(), at, "an answer from another offset moved the broker's metadata");
+    let &(_, again) = h.metadata_fetches.last().expect("fetches");
+    assert_eq!(again, at, "the broker asks again from where it is");
+    // It still follows the metadata: a topic created now reaches it.
+    create(&mut h, "after");
+    h.run_until(|h| h.broker.partition_views().iter().any(|v| v.topic == "after"));
+    assert!(h.broker.metadata_offset() > at);
+}
+
 #[test]
 fn acknowledged_records_survive_a_crash() {
     let mut h = Harness::start(MemDisk::new());

@@ -309,7 +309,8 @@ impl Broker {
     /// in flight, or parked at a controller) carries one of its ids and must not match a request
     /// of this one (simulator seed 401817 of groups-3-node-lost: a restarted broker's first
     /// FetchMetadata, from offset 0, took the answer to its previous incarnation's, from offset
-    /// 134, as complete, and never learned the topics before it). The base stays below 2^56,
+    /// 134, as complete, and never learned the topics before it; metadata answers now also echo
+    /// the offset they answer from, and one that is not from here is dropped). The base stays below 2^56,
     /// far under the replica-fetch timer ids ([`REPLICA_TIMER_BASE`]) and above the fixed ones.
     pub(crate) fn cluster_start(&mut self, cx: &mut Cx<BrokerMsg>) {
         self.cluster = Cluster::new();
@@ -541,7 +542,15 @@ impl Broker {
                     self.fetch_metadata(cx);
                 }
             }
-            (Rpc::FetchMetadata, ControllerResponse::Metadata { image: None, records, last }) => {
+            (Rpc::FetchMetadata, ControllerResponse::Metadata { from, image: None, .. }) if from != self.cluster.image.offset => {
+                // Not the answer to a fetch from here (ids make that unlikely, this makes it
+                // impossible): its records and `last` would skip what lies between.
+                tracing::debug!(node = self.config.node_id, from, at = self.cluster.image.offset, "metadata answer for another offset dropped");
+                if !self.rpc_in_flight(|k| matches!(k, Rpc::FetchMetadata)) {
+                    self.fetch_metadata(cx);
+                }
+            }
+            (Rpc::FetchMetadata, ControllerResponse::Metadata { image: None, records, last, .. }) => {
                 self.cluster.controller_offset = last;
                 self.cluster.image_transfer = None;
                 let complete = records.len() < 500;

@@ -574,7 +574,7 @@ impl Controller {
     fn metadata_since(&mut self, from: u64, image: Option<(u64, u64)>) -> ControllerResponse {
         if from >= self.trimmed_through && image.is_none() {
             let records: Vec<(u64, Vec<MetadataRecord>)> = self.history.iter().filter(|(o, _)| *o > from).take(500).cloned().collect();
-            return ControllerResponse::Metadata { image: None, records, last: self.image.offset };
+            return ControllerResponse::Metadata { from, image: None, records, last: self.image.offset };
         }
         // The encoded image is kept while transfers go on, so that a broker's chunks all come
         // from one image however the image moves meanwhile; a new transfer starts from it too
@@ -593,7 +593,7 @@ impl Controller {
         let start = (position as usize).min(encoded.len());
         let end = (start + self.config.snapshot_chunk_bytes.max(1)).min(encoded.len());
         let chunk = ImageChunk { offset, position: start as u64, total: encoded.len() as u64, bytes: encoded[start..end].to_vec() };
-        ControllerResponse::Metadata { image: Some(chunk), records: Vec::new(), last: self.image.offset }
+        ControllerResponse::Metadata { from, image: Some(chunk), records: Vec::new(), last: self.image.offset }
     }
 
     fn on_request(&mut self, cx: &mut Cx<BrokerMsg>, from: Addr, id: u64, request: ControllerRequest) {

@@ -213,6 +213,10 @@ pub enum ControllerResponse {
     /// Metadata since the asked offset: a snapshot if the log before it was compacted away, then
     /// records with their offsets.
     Metadata {
+        /// The `from` of the fetch this answers: a broker takes `records` and `last` only as
+        /// the answer to a fetch from where its image is now (an answer to an earlier fetch,
+        /// say its previous incarnation's, would otherwise claim offsets it never sent).
+        from: u64,
         /// A chunk of the full image to start from (the records after `from` are no longer held).
         image: Option<ImageChunk>,
         /// Committed records after the snapshot/offset, in order.
