@@ -373,6 +373,7 @@ impl Harness {
                 LogEvent::TimestampFound { query_id, found } => {
                     let (target, when_issued) = self.lookups.remove(&query_id).expect("known lookup id");
                     let now = self.expected_timestamp(target);
+                    let found = found.expect("the model's disk damages no read");
                     assert!(found == when_issued || found == now, "lookup {target}: got {found:?}, expected {when_issued:?} or {now:?}");
                 }
                 other => panic!("unexpected event {other:?}"),

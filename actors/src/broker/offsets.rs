@@ -40,12 +40,18 @@ impl Broker {
                         if request.version >= 4 {
                             pr.leader_epoch = p.leader_epoch;
                         }
+                        // As in Kafka, only offsets a consumer may fetch are answered (below the high
+                        // watermark; runnel has no transactions, so the last stable offset is the
+                        // same): a record not yet committed may still be truncated away.
+                        let fetchable = p.high_watermark;
                         match q.timestamp {
-                            LATEST => pr.offset = p.high_watermark,
+                            LATEST => pr.offset = fetchable,
                             EARLIEST => pr.offset = p.log.log_start_offset(),
                             MAX_TIMESTAMP => {
                                 let (ts, offset) = p.log.max_timestamp();
-                                (pr.timestamp, pr.offset) = (ts, offset);
+                                if offset < fetchable {
+                                    (pr.timestamp, pr.offset) = (ts, offset);
+                                }
                             }
                             ts if ts >= 0 => {
                                 let query_id = self.next_id + 1;
@@ -54,7 +60,7 @@ impl Broker {
                                     self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.offset_for_timestamp(io, query_id, ts)).flatten();
                                 match answer {
                                     Some(found) => {
-                                        if let Some((offset, ts)) = found {
+                                        if let Some((offset, ts)) = found.filter(|&(offset, _)| offset < fetchable) {
                                             (pr.offset, pr.timestamp) = (offset, ts);
                                         }
                                     }
@@ -76,12 +82,25 @@ impl Broker {
         self.maybe_finish_list_offsets(cx, id);
     }
 
-    pub(crate) fn on_timestamp_found(&mut self, cx: &mut Cx<BrokerMsg>, query_id: u64, found: Option<(i64, i64)>) {
+    pub(crate) fn on_timestamp_found(&mut self, cx: &mut Cx<BrokerMsg>, query_id: u64, found: Result<Option<(i64, i64)>, String>) {
         let Some((id, t, p)) = self.timestamp_queries.remove(&query_id) else { return };
+        let Some(state) = self.list_offsets.get(&id) else { return };
+        let topic = state.response.topics[t].name.0.to_string();
+        let index = state.response.topics[t].partitions[p].partition_index;
+        // The high watermark as it is now: a record found above it is not answered (it may yet be
+        // truncated away), and a partition no longer led here says so.
+        let fetchable = self.ready_partition(&topic, index).map(|p| p.high_watermark);
         let Some(state) = self.list_offsets.get_mut(&id) else { return };
-        if let Some((offset, ts)) = found {
-            let pr = &mut state.response.topics[t].partitions[p];
-            (pr.offset, pr.timestamp) = (offset, ts);
+        let pr = &mut state.response.topics[t].partitions[p];
+        match (found, fetchable) {
+            (_, Err(code)) => pr.error_code = code,
+            (Ok(Some((offset, ts))), Ok(fetchable)) if offset < fetchable => (pr.offset, pr.timestamp) = (offset, ts),
+            (Ok(_), Ok(_)) => {}
+            // The segment read back damaged every time: say so rather than "no such record".
+            (Err(why), Ok(_)) => {
+                tracing::warn!(query_id, "ListOffsets by timestamp failed: {why}");
+                pr.error_code = error::KAFKA_STORAGE_ERROR;
+            }
         }
         state.outstanding -= 1;
         self.maybe_finish_list_offsets(cx, id);

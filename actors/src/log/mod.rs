@@ -144,8 +144,9 @@ pub enum LogEvent {
     TimestampFound {
         /// The id passed to [`PartitionLog::offset_for_timestamp`].
         query_id: u64,
-        /// `(offset, timestamp)` of the first record with timestamp >= the target, if any.
-        found: Option<(i64, i64)>,
+        /// `(offset, timestamp)` of the first record with timestamp >= the target, if any; an
+        /// error if the segment read back damaged every time.
+        found: Result<Option<(i64, i64)>, String>,
     },
     /// A disk operation failed: the log is offline until restarted.
     Failed {
@@ -281,6 +282,12 @@ struct TimestampJob {
     segment_base: i64,
     position: u64,
     len: u64,
+    /// The base offset the batch at `position` must have (offsets are dense in a segment).
+    expected: i64,
+    /// Damaged reads of this job retried so far.
+    attempts: u32,
+    /// The search walks from the segment's start, not from where the indexes pointed.
+    unindexed: bool,
     /// The log was truncated while this search was in flight: start it again on completion.
     stale: bool,
 }
@@ -904,7 +911,10 @@ impl PartitionLog {
     /// [`LogEvent::TimestampFound`] with `query_id` follows. The search starts at the segment whose
     /// max timestamp reaches the target, at the position the time and offset indexes give, and
     /// reads forward in chunks. Records are found exactly in uncompressed CreateTime batches, at
-    /// batch granularity otherwise. The broker also checks the answer against the high watermark.
+    /// batch granularity otherwise. What it walks is checked as a fetch checks it; a damaged
+    /// read is read again, then walked from the segment's start, and the search fails (an `Err`
+    /// answer) only if that is damaged too. The broker answers only offsets below the high
+    /// watermark.
     pub fn offset_for_timestamp(&mut self, io: &mut impl DiskIo, query_id: u64, timestamp: i64) -> Option<Option<(i64, i64)>> {
         if !self.is_ready() {
             return Some(None);
@@ -1022,7 +1032,7 @@ impl PartitionLog {
                 }
             }
             (Pending::Timestamp(job), result) => {
-                events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None });
+                events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Err(format!("read failed: {result:?}")) });
                 if self.segment(job.segment_base).is_some() {
                     self.fail(format!("read of {} segment {}: {result:?}", self.dir, job.segment_base), &mut events);
                 }
@@ -1357,10 +1367,33 @@ impl PartitionLog {
     fn start_timestamp_search(&mut self, io: &mut impl DiskIo, query_id: u64, target: i64, index: usize) {
         let segment = &self.segments[index];
         let indexed = segment.time_index.lookup_before(target).map_or(segment.base_offset, |e| segment.base_offset + e.relative_offset as i64);
-        let position = segment.position_for(indexed.max(self.log_start_offset));
+        let (expected, position) = segment.entry_for(indexed.max(self.log_start_offset));
         let len = SCAN_CHUNK_BYTES.min(segment.size_bytes - position);
-        let job = TimestampJob { query_id, target, segment_base: segment.base_offset, position, len, stale: false };
+        let job = TimestampJob { query_id, target, segment_base: segment.base_offset, position, len, expected, attempts: 0, unindexed: false, stale: false };
         self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
+    }
+
+    /// A timestamp search's read came back damaged: read it again; if still damaged from where
+    /// the indexes pointed (which may be what is damaged), walk the segment from its start;
+    /// damaged from there too, the search fails.
+    fn timestamp_read_damaged(&mut self, io: &mut impl DiskIo, job: TimestampJob, why: String, events: &mut Vec<LogEvent>) {
+        if job.attempts + 1 < READ_ATTEMPTS {
+            tracing::warn!(dir = %self.dir, segment = job.segment_base, position = job.position, attempt = job.attempts + 1, "damaged timestamp search read, reading again: {why}");
+            let job = TimestampJob { attempts: job.attempts + 1, ..job };
+            return self.issue_read(io, job.segment_base, job.position, job.len, Pending::Timestamp(job));
+        }
+        match self.segment(job.segment_base) {
+            Some(segment) if !job.unindexed => {
+                tracing::warn!(dir = %self.dir, segment = job.segment_base, "damaged timestamp search from the indexes' position, searching the segment from its start: {why}");
+                let len = SCAN_CHUNK_BYTES.min(segment.size_bytes);
+                let job = TimestampJob { position: 0, len, expected: job.segment_base, attempts: 0, unindexed: true, ..job };
+                self.issue_read(io, job.segment_base, 0, len, Pending::Timestamp(job));
+            }
+            _ => {
+                tracing::error!(dir = %self.dir, segment = job.segment_base, "timestamp search read damaged {READ_ATTEMPTS} times: {why}");
+                events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Err(why) });
+            }
+        }
     }
 
     fn on_timestamp_read(&mut self, io: &mut impl DiskIo, job: TimestampJob, data: Bytes, events: &mut Vec<LogEvent>) {
@@ -1368,53 +1401,67 @@ impl PartitionLog {
             // The log was truncated meanwhile: search the log as it is now.
             return match self.next_segment_reaching(job.target, 0) {
                 Some(first) => self.start_timestamp_search(io, job.query_id, job.target, first),
-                None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None }),
+                None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Ok(None) }),
             };
         }
         let Some(index) = self.segments.iter().position(|s| s.base_offset == job.segment_base) else {
             // Deleted meanwhile (retention, DeleteRecords): search again from the new log start.
             return match self.next_segment_reaching(job.target, 0) {
                 Some(first) => self.start_timestamp_search(io, job.query_id, job.target, first),
-                None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None }),
+                None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Ok(None) }),
             };
         };
-        let segment_size = self.segments[index].size_bytes;
+        let (segment_size, segment_end) = (self.segments[index].size_bytes, self.segments[index].next_offset);
         let mut at = 0usize;
+        let mut expected = job.expected;
         loop {
             let here = job.position + at as u64;
             let rest = &data[at..];
             if here >= segment_size {
+                if expected != segment_end {
+                    let why = format!("segment {} walked to its end at offset {expected}, not {segment_end}", job.segment_base);
+                    return self.timestamp_read_damaged(io, job, why, events);
+                }
                 // Not in this segment (the records reaching the target lie below the log start).
                 return match self.next_segment_reaching(job.target, index + 1) {
                     Some(next) => self.start_timestamp_search(io, job.query_id, job.target, next),
-                    None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None }),
+                    None => events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Ok(None) }),
                 };
             }
             let Some(header) = sane_header(rest, here, segment_size) else {
                 if rest.len() >= BATCH_HEADER_LEN || here + BATCH_HEADER_LEN as u64 > segment_size || (data.len() as u64) < job.len {
-                    tracing::warn!(dir = %self.dir, segment = job.segment_base, position = here, "corrupt batch header in timestamp search");
-                    return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: None });
+                    let why = format!("corrupt batch header at position {here} of segment {}", job.segment_base);
+                    return self.timestamp_read_damaged(io, job, why, events);
                 }
                 let len = SCAN_CHUNK_BYTES.min(segment_size - here);
-                let job = TimestampJob { position: here, len, ..job };
+                let job = TimestampJob { position: here, len, expected, ..job };
                 return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
             };
+            if header.base_offset != expected {
+                let why = format!("batch at position {here} claims offset {} where {expected} was expected", header.base_offset);
+                return self.timestamp_read_damaged(io, job, why, events);
+            }
             let total = header.total_len();
             if header.next_offset() > self.log_start_offset && header.max_timestamp >= job.target {
                 if rest.len() < total {
                     let len = (total as u64).max(SCAN_CHUNK_BYTES).min(segment_size - here);
-                    let job = TimestampJob { position: here, len, ..job };
+                    let job = TimestampJob { position: here, len, expected, ..job };
                     return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
+                }
+                if let Err(e) = batch::check_one(&rest[..total]) {
+                    let why = format!("batch at offset {}: {e}", header.base_offset);
+                    return self.timestamp_read_damaged(io, job, why, events);
                 }
                 let found = time_index::first_record_at_or_after(&rest[..total], &header, job.target, self.log_start_offset);
                 if found.is_some() {
-                    return events.push(LogEvent::TimestampFound { query_id: job.query_id, found });
+                    return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Ok(found) });
                 }
             }
+            expected = header.next_offset();
             if rest.len() < total {
                 let position = here + total as u64;
                 let len = SCAN_CHUNK_BYTES.min(segment_size.saturating_sub(position)).max(1);
-                let job = TimestampJob { position, len, ..job };
+                let job = TimestampJob { position, len, expected, ..job };
                 return self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
             }
             at += total;
@@ -1649,6 +1696,76 @@ mod tests {
         }
     }
 
+    /// Recover with `damage` applied to what each read returns (the read's path, how many reads
+    /// of that path came before, the bytes).
+    fn open_damaged(disk: &mut MemDisk, config: LogConfig, mut damage: impl FnMut(&str, u32, &mut Vec<u8>)) -> PartitionLog {
+        let mut log = PartitionLog::new("t-0", config);
+        let mut io = QueuedIo::default();
+        log.start(&mut io);
+        let mut reads: BTreeMap<String, u32> = BTreeMap::new();
+        while !io.queue.is_empty() {
+            let (token, op) = io.queue.remove(0);
+            let path = match &op {
+                DiskOp::Read { path, .. } => Some(path.clone()),
+                _ => None,
+            };
+            let mut result = disk.apply(op);
+            if let (Some(path), Ok(IoOutput::Read(data))) = (path, &result) {
+                let n = reads.entry(path.clone()).or_default();
+                let mut bytes = data.to_vec();
+                damage(&path, *n, &mut bytes);
+                *n += 1;
+                result = Ok(IoOutput::Read(Bytes::from(bytes)));
+            }
+            log.on_io(&mut io, IoDone { token, result });
+        }
+        assert!(log.is_ready());
+        log
+    }
+
+    /// Recovery keeps an index file of a segment below the recovery point only once two reads
+    /// agree: a read damaged into other entries that still pass validation (offset 4 into 3, a
+    /// timestamp lowered) is not what the segment's reads and timestamp searches are served
+    /// from. An index whose reads never agree is rebuilt from the segment's log.
+    #[test]
+    fn recovery_reads_index_files_until_two_reads_agree() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { index_interval_bytes: 0, segment_bytes: 300, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config.clone());
+        for i in 0..10 {
+            log.append(&mut io, &batch(2, 10, 100 + 10 * i), 2 * i as i32, None, 0);
+            disk.run(&mut io, &mut log);
+        }
+        log.flush(&mut io, Some(Bytes::from_static(b"at 20")));
+        disk.run(&mut io, &mut log);
+        let (good, _, _) = open(&mut disk, config.clone());
+        let first = &good.segments[0];
+        assert!(first.offset_index.len() >= 2 && first.time_index.len() >= 2 && good.segments.len() >= 3, "layout");
+        let offsets = disk.file("t-0/00000000000000000000.index").expect("index").to_vec();
+        assert_eq!(&offsets[8..12], &[0, 0, 0, 4], "the second entry is for offset 4");
+        // Offset 4 read as 3 and the first timestamp's low byte lowered, on the first read only.
+        let log = open_damaged(&mut disk, config.clone(), |path, n, bytes| {
+            if n == 0 && path.ends_with("0000.index") {
+                bytes[11] = 3;
+            }
+            if n == 0 && path.ends_with("0000.timeindex") {
+                bytes[7] = bytes[7].wrapping_sub(5);
+            }
+        });
+        assert_eq!(log.segments[0].offset_index, first.offset_index, "a damaged read of the offset index was kept");
+        assert_eq!(log.segments[0].time_index, first.time_index, "a damaged read of the time index was kept");
+        assert!(log.segments[0].batches.is_none(), "two agreeing reads need no rebuild");
+        // Every read different: the segment is scanned, its indexes rebuilt from the log.
+        let log = open_damaged(&mut disk, config, |path, n, bytes| {
+            if path.ends_with("0000.index") {
+                bytes[11] = 3 + (n % 2) as u8;
+            }
+        });
+        assert!(log.segments[0].batches.is_some(), "the segment was not rebuilt");
+        assert_eq!(log.segments[0].offset_index, first.offset_index);
+        assert_eq!(log.log_end_offset(), 20);
+    }
+
     /// A batch's leader epoch is outside its CRC: a read that returns it damaged (a latent
     /// sector error, gone on the next read) is read again and the right bytes are served; an
     /// epoch that disagrees with the cache on every read is served as the disk holds it.
@@ -1838,6 +1955,71 @@ mod tests {
         assert_eq!((log.log_start_offset(), log.log_end_offset()), (20, 21));
     }
 
+    /// A timestamp search checks what it walks as a fetch does (dense offsets from where the
+    /// offset index pointed, the CRC of the batch it answers from): a read damaged once is read
+    /// again, a wrong index entry is walked around from the segment's start, and a segment
+    /// damaged on every read fails the search instead of answering "no such record".
+    #[test]
+    fn timestamp_searches_survive_damaged_reads_and_index_entries() {
+        let mut disk = MemDisk::new();
+        let config = LogConfig { index_interval_bytes: 0, segment_bytes: 300, ..LogConfig::default() };
+        let (mut log, mut io, _) = open(&mut disk, config.clone());
+        for i in 0..10 {
+            log.append(&mut io, &batch(2, 10, 1000 + 10 * i), 0, None, 0); // offsets 2i, 2i+1 at 1000+10i, +1
+            disk.run(&mut io, &mut log);
+        }
+        log.flush(&mut io, Some(Bytes::from_static(b"at 20")));
+        disk.run(&mut io, &mut log);
+        let search = |disk: &mut MemDisk, log: &mut PartitionLog, io: &mut QueuedIo, target: i64, damage: &mut dyn FnMut(u32, &mut Vec<u8>)| {
+            assert_eq!(log.offset_for_timestamp(io, 3, target), None);
+            let mut reads = 0;
+            let mut events = Vec::new();
+            while !io.queue.is_empty() {
+                let (token, op) = io.queue.remove(0);
+                let mut result = disk.apply(op);
+                if let Ok(IoOutput::Read(data)) = &result {
+                    let mut bytes = data.to_vec();
+                    damage(reads, &mut bytes);
+                    reads += 1;
+                    result = Ok(IoOutput::Read(Bytes::from(bytes)));
+                }
+                events.extend(log.on_io(io, IoDone { token, result }));
+            }
+            match &events[..] {
+                [LogEvent::TimestampFound { query_id: 3, found }] => found.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // The first read's batch header damaged (its base offset): read again, right answer.
+        let found = search(&mut disk, &mut log, &mut io, 1011, &mut |n, bytes| {
+            if n == 0 {
+                bytes[7] ^= 0x40;
+            }
+        });
+        assert_eq!(found, Ok(Some((3, 1011))));
+        // The batch answered from damaged in its records on the first read: read again.
+        let found = search(&mut disk, &mut log, &mut io, 1011, &mut |n, bytes| {
+            let data = Bytes::from(bytes.clone());
+            let answer = batch::iter_headers(&data).find(|(h, _)| h.base_offset == 2).map(|(_, r)| r.end);
+            if let (0, Some(end)) = (n, answer) {
+                bytes[end - 1] ^= 1;
+            }
+        });
+        assert_eq!(found, Ok(Some((3, 1011))));
+        // Damaged on every read: the search fails.
+        let found = search(&mut disk, &mut log, &mut io, 1011, &mut |_, bytes| bytes[7] ^= 0x40);
+        assert!(found.is_err(), "{found:?}");
+        // A wrong offset index entry (offset 2's entry moved to offset 4's position) is walked
+        // around from the segment's start.
+        let first = log.segments[0].offset_index.lookup(2);
+        assert_eq!(first.relative_offset, 2);
+        let second = log.segments[0].offset_index.lookup(4);
+        log.segments[0].offset_index.truncate_from(0);
+        log.segments[0].offset_index.append(offset_index::OffsetIndexEntry { relative_offset: 2, position: second.position });
+        let found = search(&mut disk, &mut log, &mut io, 1011, &mut |_, _| {});
+        assert_eq!(found, Ok(Some((3, 1011))));
+    }
+
     /// Timestamp lookups find the first record at or after the target, through the time index,
     /// across segments, and answer at once when nothing can match.
     #[test]
@@ -1853,7 +2035,7 @@ mod tests {
         for (target, expected) in [(0, (0, 1000)), (1000, (0, 1000)), (1002, (2, 1002)), (1004, (4, 1010)), (1491, (197, 1491))] {
             assert_eq!(log.offset_for_timestamp(&mut io, 3, target), None);
             let events = disk.run(&mut io, &mut log);
-            assert!(matches!(&events[..], [LogEvent::TimestampFound { query_id: 3, found: Some(f) }] if *f == expected), "target {target}: {events:?}");
+            assert!(matches!(&events[..], [LogEvent::TimestampFound { query_id: 3, found: Ok(Some(f)) }] if *f == expected), "target {target}: {events:?}");
         }
         assert_eq!(log.offset_for_timestamp(&mut io, 3, 5000), Some(None));
         assert_eq!(log.offset_for_timestamp(&mut io, 3, MAX_TIMESTAMP), Some(Some((199, 1493))));

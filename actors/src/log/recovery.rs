@@ -10,7 +10,9 @@
 //!    are deleted. A checkpoint in the old `RNC1` format (no epoch cache) makes the scan start at
 //!    the first segment.
 //! 3. Segments below the one holding the last batch before the recovery point: `Read` their
-//!    index files and validate them. The first one that fails validation moves the scan start back to it.
+//!    index files until two reads in a row agree (a latent sector error can turn an entry into
+//!    another that passes validation) and validate them. The first one that fails validation, or
+//!    whose reads never agree, moves the scan start back to it.
 //! 4. From the scan start on: `Read` each segment in 1 MiB chunks, `batch::check_one` every batch
 //!    (CRC-32C) and check that base offsets continue densely across batches and segments. At the
 //!    first torn, corrupt or non-contiguous batch the segment is `Truncate`d there and every later
@@ -47,7 +49,7 @@ use super::time_index::{self, TimeIndex, TIME_INDEX_ENTRY_LEN};
 use super::LogConfig;
 use crate::core::{DiskIo, DiskOp, IoDone, IoOutput, IoToken};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Name of the checkpoint file inside the log directory.
 pub const CHECKPOINT_FILE: &str = "partition.checkpoint";
@@ -59,6 +61,8 @@ pub const SCAN_CHUNK_BYTES: u64 = 1 << 20;
 /// Reads of a checkpoint that fails its check before it is given up (a latent sector error is
 /// transient; a checkpoint damaged on disk is ignored after the last).
 const CHECKPOINT_READ_ATTEMPTS: u32 = 3;
+/// Reads of an index file, at most, to get two in a row that agree.
+const INDEX_READ_ATTEMPTS: u32 = 4;
 const CHECKPOINT_MAGIC_V1: &[u8; 4] = b"RNC1";
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RNC2";
 const CHECKPOINT_FIXED_LEN: usize = 4 + 8 + 8 + 4 + 4;
@@ -219,9 +223,14 @@ enum Op {
         len: u64,
         attempt: u32,
     },
+    /// A read of an index file of a segment below the scan start; `earlier` is what the
+    /// previous read of it gave, `reads` how many were issued.
     LoadIndex {
         segment: usize,
         kind: SegmentFile,
+        len: u64,
+        earlier: Option<Bytes>,
+        reads: u32,
     },
     ScanRead {
         position: u64,
@@ -250,6 +259,8 @@ pub struct Recovery {
     recovery_point: i64,
     /// Index file contents read for segments below the scan start.
     loaded: BTreeMap<(usize, u8), Bytes>,
+    /// Segments whose index file reads never agreed.
+    unsettled: BTreeSet<usize>,
     loads_remaining: usize,
     /// Segments below the scan start, with their loaded indexes.
     scan_from: usize,
@@ -287,6 +298,7 @@ impl Recovery {
             log_start_offset: 0,
             recovery_point: 0,
             loaded: BTreeMap::new(),
+            unsettled: BTreeSet::new(),
             loads_remaining: 0,
             scan_from: 0,
             segments: Vec::new(),
@@ -340,11 +352,24 @@ impl Recovery {
                     self.after_checkpoint(io);
                 }
             },
-            (Op::LoadIndex { segment, kind }, IoOutput::Read(data)) => {
-                self.loaded.insert((segment, kind as u8), data);
-                self.loads_remaining -= 1;
-                if self.loads_remaining == 0 {
-                    self.after_loads(io);
+            (Op::LoadIndex { segment, kind, len, earlier, reads }, IoOutput::Read(data)) => {
+                // Kept only once two reads agree: a latent sector error can turn an entry into
+                // another that passes validation (offset 55 into 39 at the same position, sim seed
+                // 200199), and nothing reads these files again while the node runs. Reads that
+                // keep disagreeing leave the segment to be rebuilt from its log.
+                let agreed = earlier.as_ref() == Some(&data);
+                if !agreed && reads < INDEX_READ_ATTEMPTS {
+                    self.load_index(io, segment, kind, len, Some(data), reads);
+                } else {
+                    if !agreed {
+                        tracing::warn!(dir = %self.dir, base_offset = self.found[segment].base_offset, ?kind, "index file read differently {reads} times");
+                        self.unsettled.insert(segment);
+                    }
+                    self.loaded.insert((segment, kind as u8), data);
+                    self.loads_remaining -= 1;
+                    if self.loads_remaining == 0 {
+                        self.after_loads(io);
+                    }
                 }
             }
             (Op::ScanRead { position, len }, IoOutput::Read(data)) => self.on_scan_read(io, position, len, data),
@@ -437,9 +462,7 @@ impl Recovery {
             for kind in [SegmentFile::OffsetIndex, SegmentFile::TimeIndex] {
                 match self.found[segment].lens[kind as usize] {
                     Some(len) if len > 0 => {
-                        let path = format!("{}/{}", self.dir, segment::file_name(self.found[segment].base_offset, kind));
-                        let token = io.disk(DiskOp::Read { path, position: 0, len });
-                        self.pending.insert(token, Op::LoadIndex { segment, kind });
+                        self.load_index(io, segment, kind, len, None, 0);
                         self.loads_remaining += 1;
                     }
                     _ => {
@@ -451,6 +474,12 @@ impl Recovery {
         if self.loads_remaining == 0 {
             self.after_loads(io);
         }
+    }
+
+    fn load_index(&mut self, io: &mut impl DiskIo, segment: usize, kind: SegmentFile, len: u64, earlier: Option<Bytes>, reads: u32) {
+        let path = format!("{}/{}", self.dir, segment::file_name(self.found[segment].base_offset, kind));
+        let token = io.disk(DiskOp::Read { path, position: 0, len });
+        self.pending.insert(token, Op::LoadIndex { segment, kind, len, earlier, reads: reads + 1 });
     }
 
     /// Validate the loaded indexes of the segments below the scan start; the first failure moves
@@ -468,6 +497,7 @@ impl Recovery {
         }
         self.segments.truncate(self.scan_from);
         self.loaded.clear();
+        self.unsettled.clear();
         self.start_epochs_below(self.found[self.scan_from].base_offset);
         self.begin_scan(io, self.scan_from);
     }
@@ -479,6 +509,9 @@ impl Recovery {
     }
 
     fn load_segment(&self, i: usize) -> Result<Segment, String> {
+        if self.unsettled.contains(&i) {
+            return Err("its index files read differently every time".to_string());
+        }
         let found = self.found[i];
         let next_offset = self.found[i + 1].base_offset;
         let relative_end = (next_offset - found.base_offset) as u64;
