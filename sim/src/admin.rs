@@ -11,14 +11,20 @@
 //! - [`QuorumWatcher`]: every so often it asks a broker to describe the metadata quorum
 //!   (DescribeQuorum, forwarded to the active controller) and keeps every answer; the world
 //!   checks them against the quorum it observed (see `World::check_quorum_answers`).
+//! - [`TimestampProbe`]: every so often it asks a partition's leader, within one leader epoch,
+//!   for its high watermark (ListOffsets, latest), the first offset at or after a seeded
+//!   timestamp of the last 20 s of its clock, and its log start (earliest); the world checks
+//!   every answer against the log the partition ends with (see
+//!   `World::check_timestamp_answers`).
 
 use bytes::Bytes;
 use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
 use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
 use kafka_protocol::messages::describe_quorum_request::{PartitionData as QuorumPartition, TopicData as QuorumTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse,
-    DescribeQuorumRequest, DescribeQuorumResponse, MetadataResponse, TopicName,
+    DescribeQuorumRequest, DescribeQuorumResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use runnel_actors::broker::error;
@@ -438,6 +444,203 @@ impl Actor for QuorumWatcher {
             ClientMsg::Response(frame) => self.on_response(cx, frame),
             // Only the connection the request in flight went on matters.
             ClientMsg::Disconnected if from.node == self.brokers[self.target].node && self.waiting_since.is_some() => self.give_up(cx),
+            ClientMsg::Disconnected | ClientMsg::Request(_) => {}
+        }
+    }
+    fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {
+        self.tick(cx);
+    }
+    fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
+}
+
+/// One answer to a ListOffsets by timestamp, with the high watermark the same leader gave just
+/// before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimestampAnswer {
+    /// Virtual ms of its arrival.
+    pub at_ms: u64,
+    /// Partition.
+    pub partition: i32,
+    /// The timestamp asked for.
+    pub target: i64,
+    /// The high watermark answered just before (ListOffsets, latest): every record below it was
+    /// committed before the search began.
+    pub committed_before: i64,
+    /// The log start the leader gave just after, in the same leader epoch: the search saw every
+    /// record from here on (a leader's log start only moves up within its epoch).
+    pub log_start_after: i64,
+    /// The answered offset (-1: no record at or after `target`).
+    pub offset: i64,
+    /// The answered timestamp.
+    pub timestamp: i64,
+}
+
+/// What the probe is waiting for.
+#[derive(Clone, Copy, Debug)]
+enum ProbeStep {
+    Leaders,
+    Latest { partition: i32, leader: i32 },
+    Search { partition: i32, leader: i32, epoch: i32, committed_before: i64, target: i64 },
+    Earliest { partition: i32, leader: i32, committed_before: i64, target: i64, offset: i64, timestamp: i64 },
+}
+
+/// Asks, every `interval_ms` until `until_ms`, one broker for the partitions' leaders, then the
+/// leader of a seeded partition for its high watermark, for the first offset whose record's
+/// timestamp is at or after a seeded timestamp of the last 20 s (of the probe's clock), and for
+/// its log start, the last two in the leader epoch of the first answer. One request at a time;
+/// an error, a broken connection or 30 s without an answer ends the round.
+pub struct TimestampProbe {
+    brokers: Vec<Addr>,
+    topic: String,
+    partitions: i32,
+    interval_ms: u64,
+    until_ms: u64,
+    target: usize,
+    step: Option<(ProbeStep, u64)>,
+    wire: Wire,
+    /// Searches sent.
+    pub sent: u64,
+    /// Rounds ended by a broken connection or silence.
+    pub lost: u64,
+    /// Answers with an error code (NOT_LEADER_OR_FOLLOWER while leadership moves, say).
+    pub errors: u64,
+    /// Every answered search.
+    pub answers: Vec<TimestampAnswer>,
+}
+
+impl TimestampProbe {
+    /// A probe of `topic` over `brokers`.
+    pub fn new(brokers: Vec<Addr>, topic: &str, partitions: i32, interval_ms: u64, until_ms: u64) -> Self {
+        TimestampProbe {
+            brokers,
+            topic: topic.to_string(),
+            partitions,
+            interval_ms,
+            until_ms,
+            target: 0,
+            step: None,
+            wire: Wire::default(),
+            sent: 0,
+            lost: 0,
+            errors: 0,
+            answers: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, cx: &mut Cx<ClientMsg>) {
+        if let Some((_, since)) = self.step {
+            if cx.now_ms() < since + 30_000 {
+                return cx.set_timer(TICK, since + 30_000 - cx.now_ms());
+            }
+            self.give_up(cx);
+        }
+        if cx.now_ms() >= self.until_ms {
+            return;
+        }
+        let to = self.brokers[self.target];
+        let frame = self.wire.encode_for(to.node, &topic_metadata_request(&self.topic), 12);
+        self.step = Some((ProbeStep::Leaders, cx.now_ms()));
+        cx.send(to, ClientMsg::Request(frame));
+        cx.set_timer(TICK, 30_000);
+    }
+
+    fn list_offsets(&mut self, cx: &mut Cx<ClientMsg>, step: ProbeStep, partition: i32, leader: i32, timestamp: i64, epoch: i32) {
+        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(timestamp)
+                .with_current_leader_epoch(epoch)])]);
+        let frame = self.wire.encode_for(leader, &request, 7);
+        self.step = Some((step, cx.now_ms()));
+        cx.send(Addr { node: leader, actor: 0 }, ClientMsg::Request(frame));
+    }
+
+    fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
+        if self.step.take().is_some() {
+            self.lost += 1;
+        }
+        self.wire.disconnected();
+        self.target = (self.target + 1) % self.brokers.len();
+        cx.set_timer(TICK, self.interval_ms);
+    }
+
+    fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
+        let Ok((key, version, mut body)) = self.wire.match_response(frame) else { return };
+        let Some((step, _)) = self.step.take() else { return };
+        let next_round = |p: &mut Self, cx: &mut Cx<ClientMsg>| {
+            p.target = (p.target + 1) % p.brokers.len();
+            cx.set_timer(TICK, p.interval_ms);
+        };
+        match step {
+            ProbeStep::Leaders if key == ApiKey::Metadata as i16 => {
+                let leaders = MetadataResponse::decode(&mut body, version).ok().as_ref().and_then(leaders).map(|(_, l)| l).unwrap_or_default();
+                let partition = (cx.rng().next_u64() % self.partitions as u64) as i32;
+                match leaders.get(&partition) {
+                    Some(&leader) => self.list_offsets(cx, ProbeStep::Latest { partition, leader }, partition, leader, -1, -1),
+                    None => next_round(self, cx),
+                }
+            }
+            ProbeStep::Latest { partition, leader } => match Self::answer(&mut body, version) {
+                Some((0, committed_before, _, epoch)) => {
+                    let target = cx.wall_clock_ms() - (cx.rng().next_u64() % 20_000) as i64;
+                    self.sent += 1;
+                    let step = ProbeStep::Search { partition, leader, epoch, committed_before, target };
+                    self.list_offsets(cx, step, partition, leader, target, epoch);
+                }
+                _ => {
+                    self.errors += 1;
+                    next_round(self, cx);
+                }
+            },
+            ProbeStep::Search { partition, leader, epoch, committed_before, target } => match Self::answer(&mut body, version) {
+                Some((0, offset, timestamp, _)) => {
+                    let step = ProbeStep::Earliest { partition, leader, committed_before, target, offset, timestamp };
+                    self.list_offsets(cx, step, partition, leader, -2, epoch);
+                }
+                _ => {
+                    self.errors += 1;
+                    next_round(self, cx);
+                }
+            },
+            ProbeStep::Earliest { partition, committed_before, target, offset, timestamp, .. } => {
+                match Self::answer(&mut body, version) {
+                    Some((0, log_start_after, _, _)) => {
+                        self.answers.push(TimestampAnswer { at_ms: cx.now_ms(), partition, target, committed_before, log_start_after, offset, timestamp })
+                    }
+                    _ => self.errors += 1,
+                }
+                next_round(self, cx);
+            }
+            ProbeStep::Leaders => next_round(self, cx),
+        }
+    }
+
+    /// `(error code, offset, timestamp, leader epoch)` of the one partition asked.
+    fn answer(body: &mut Bytes, version: i16) -> Option<(i16, i64, i64, i32)> {
+        let r = ListOffsetsResponse::decode(body, version).ok()?;
+        let p = r.topics.first()?.partitions.first()?;
+        Some((p.error_code, p.offset, p.timestamp, p.leader_epoch))
+    }
+}
+
+impl Actor for TimestampProbe {
+    type Msg = ClientMsg;
+    fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
+        cx.set_timer(TICK, self.interval_ms);
+    }
+    fn on_message(&mut self, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Response(frame) => self.on_response(cx, frame),
+            ClientMsg::Disconnected if self.step.is_some() => {
+                let node = match self.step {
+                    Some((ProbeStep::Latest { leader, .. } | ProbeStep::Search { leader, .. } | ProbeStep::Earliest { leader, .. }, _)) => leader,
+                    _ => self.brokers[self.target].node,
+                };
+                if from.node == node {
+                    self.give_up(cx);
+                }
+            }
             ClientMsg::Disconnected | ClientMsg::Request(_) => {}
         }
     }

@@ -80,6 +80,7 @@ pub fn run_script(seed: u64, frames: Vec<Bytes>) -> Vec<Bytes> {
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
         describe_quorum_every_ms: 0,
+        list_offsets_every_ms: 0,
     };
     World::scripted(seed, &scenario, FaultPlan::default(), frames)
 }

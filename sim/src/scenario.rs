@@ -47,6 +47,9 @@ pub struct Scenario {
     /// Milliseconds between DescribeQuorum requests of an administrator watching the metadata
     /// quorum while the faults run (its answers are checked); 0: none.
     pub describe_quorum_every_ms: u64,
+    /// Milliseconds between ListOffsets-by-timestamp searches of an administrator while the
+    /// faults run (answers checked against the final log); 0: none.
+    pub list_offsets_every_ms: u64,
 }
 
 /// Three combined broker+controller nodes, RF=3, min.insync.replicas=2: what the cluster
@@ -72,6 +75,7 @@ const CLUSTER_3: Scenario = Scenario {
     reassign_every_ms: 0,
     delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
 };
 
 /// Broker settings of the snapshot scenarios: a metadata snapshot every 256 bytes.
@@ -98,10 +102,11 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
     },
     Scenario {
         name: "small-segments",
-        description: "one broker with 4 KiB segments and dense indexes: rolls, index lookups and recovery across many segments",
+        description: "one broker with 4 KiB segments and dense indexes: rolls, index lookups and recovery across many segments, and an administrator asking for the offset of a timestamp every 400 ms (ListOffsets through the time index)",
         nodes: 1,
         controller_only: 0,
         producers: 2,
@@ -118,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 400,
     },
     Scenario {
         name: "many-clients",
@@ -138,6 +144,7 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
     },
     CLUSTER_3,
     Scenario {
@@ -159,6 +166,7 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 3_000,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -166,6 +174,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "separate roles: three controller-only voters and three broker-only nodes (whose node-to-node address may change on restart), RF=3, min.insync.replicas=2, 2 producers, 2 consumers, 3 partitions, an administrator describing the metadata quorum every 700 ms",
         controller_only: 3,
         describe_quorum_every_ms: 700,
+        list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -194,6 +203,7 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
     },
     Scenario {
         name: "groups-3",
@@ -219,6 +229,7 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -231,12 +242,14 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
+    list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
         name: "cluster-3-delete-records",
-        description: "cluster-3 with 4 KiB segments, retention by size, and an administrator deleting records (DeleteRecords) of a seeded partition every 1.5 s while the faults run: deleted records stay deleted across failovers and crashes, consumers move past them",
+        description: "cluster-3 with 4 KiB segments, retention by size, and an administrator deleting records (DeleteRecords) of a seeded partition every 1.5 s while the faults run: deleted records stay deleted across failovers and crashes, consumers move past them; another asks leaders for the offset of a timestamp every 700 ms",
         delete_records_every_ms: 1_500,
+        list_offsets_every_ms: 700,
         broker_settings: &[
             ("min.insync.replicas", "2"),
             ("log.segment.bytes", "4096"),

@@ -185,6 +185,7 @@ enum ClientActor {
     Reassigner(crate::admin::Reassigner),
     Deleter(crate::admin::RecordDeleter),
     Quorum(crate::admin::QuorumWatcher),
+    Probe(crate::admin::TimestampProbe),
 }
 
 struct Client {
@@ -504,6 +505,17 @@ impl World {
                 conns: BTreeMap::new(),
             });
         }
+        if scenario.list_offsets_every_ms > 0 {
+            let probe =
+                crate::admin::TimestampProbe::new(bootstrap.clone(), TOPIC, scenario.partitions, scenario.list_offsets_every_ms, scenario.faults_until_ms);
+            clients.push(Client {
+                actor: ClientActor::Probe(probe),
+                cx: Cx::new(Addr { node: 5003, actor: 0 }, rng.next_u64()),
+                timers: BTreeMap::new(),
+                timer_generation: 0,
+                conns: BTreeMap::new(),
+            });
+        }
         let net = Network::new(plan.net());
         let mut world = World {
             now_us: 0,
@@ -711,6 +723,7 @@ impl World {
                 ClientActor::Reassigner(r) => r.on_start(cx),
                 ClientActor::Deleter(d) => d.on_start(cx),
                 ClientActor::Quorum(q) => q.on_start(cx),
+                ClientActor::Probe(p) => p.on_start(cx),
                 ClientActor::Consumer(c) => c.on_start(cx),
                 ClientActor::Group(g) => g.on_start(cx),
             });
@@ -780,6 +793,9 @@ impl World {
             self.check_replicas_identical();
         }
         self.check_quorum_answers();
+        if self.completed {
+            self.check_timestamp_answers();
+        }
         if !self.completed {
             let missing = self.missing_reads();
             self.violation(
@@ -826,6 +842,18 @@ impl World {
             }
             if let ClientActor::Consumer(consumer) = &c.actor {
                 *self.protocol.entry("consumer-reset-to-log-start".to_string()).or_default() += consumer.reset_count;
+            }
+            if let ClientActor::Probe(p) = &c.actor {
+                let found = p.answers.iter().filter(|a| a.offset >= 0).count() as u64;
+                for (k, v) in [
+                    ("list-offsets-by-time-sent", p.sent),
+                    ("list-offsets-by-time-found", found),
+                    ("list-offsets-by-time-none", p.answers.len() as u64 - found),
+                    ("list-offsets-by-time-errors", p.errors),
+                    ("list-offsets-by-time-lost", p.lost),
+                ] {
+                    *self.protocol.entry(k.to_string()).or_default() += v;
+                }
             }
             if let ClientActor::Quorum(q) = &c.actor {
                 let answered = q.answers.iter().filter(|a| a.error == 0).count() as u64;
@@ -1044,6 +1072,7 @@ impl World {
                     ClientActor::Reassigner(r) => r.on_timer(cx, id),
                     ClientActor::Deleter(d) => d.on_timer(cx, id),
                     ClientActor::Quorum(q) => q.on_timer(cx, id),
+                    ClientActor::Probe(p) => p.on_timer(cx, id),
                     ClientActor::Consumer(c) => c.on_timer(cx, id),
                     ClientActor::Group(g) => g.on_timer(cx, id),
                 });
@@ -1542,6 +1571,72 @@ impl World {
         }
     }
 
+    /// Every ListOffsets-by-timestamp answer agrees with the log the partition ends with (the
+    /// final leader's, from its log start: committed records never change, deleted ones are not
+    /// judged): no record from the log start the leader gave just after (in the same epoch) to
+    /// the answered offset has a timestamp at or after the target, the record at the answer has
+    /// the answered timestamp, at or after the target; and "no such record" means none of those
+    /// below the high watermark the leader gave just before has one.
+    fn check_timestamp_answers(&mut self) {
+        let Some(answers) = self.clients.iter().find_map(|c| if let ClientActor::Probe(p) = &c.actor { Some(p.answers.clone()) } else { None }) else {
+            return;
+        };
+        let mut found = Vec::new();
+        for p in 0..self.scenario.partitions {
+            let dir = format!("{TOPIC}-{p}/");
+            let leader = self.nodes.iter().find_map(|n| {
+                let b = n.broker.as_ref().filter(|b| b.is_ready())?;
+                let v = b
+                    .partition_views()
+                    .into_iter()
+                    .find(|v| v.topic == TOPIC && v.index == p && v.ready && v.role == runnel_actors::partition::Role::Leader)?;
+                Some((n, v.log_start_offset, v.log_end_offset))
+            });
+            let Some((node, log_start, log_end)) = leader else { continue };
+            let mut files: Vec<(String, Vec<u8>)> =
+                node.disk.snapshot().into_iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).collect();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            let bytes: Vec<u8> = files.into_iter().flat_map(|(_, f)| f).collect();
+            let mut log = bytes::Bytes::copy_from_slice(batches_from(&bytes, log_start).0);
+            let records: BTreeMap<i64, i64> = match kafka_protocol::records::RecordBatchDecoder::decode_all(&mut log) {
+                Ok(sets) => sets
+                    .iter()
+                    .flat_map(|s| s.records.iter())
+                    .filter(|r| r.offset >= log_start && r.offset < log_end)
+                    .map(|r| (r.offset, r.timestamp))
+                    .collect(),
+                Err(e) => {
+                    found.push(format!("{TOPIC}-{p}: the final leader's log does not decode: {e}"));
+                    continue;
+                }
+            };
+            for a in answers.iter().filter(|a| a.partition == p) {
+                let bound = if a.offset >= 0 { a.offset } else { a.committed_before };
+                if let Some((offset, ts)) = records.range(a.log_start_after..bound.max(a.log_start_after)).find(|(_, ts)| **ts >= a.target) {
+                    found.push(format!(
+                        "at {} ms: {TOPIC}-{p} answered offset {} for timestamp {}, but the record at offset {offset} (timestamp {ts}) comes first",
+                        a.at_ms, a.offset, a.target
+                    ));
+                }
+                if a.offset >= 0 {
+                    match records.get(&a.offset) {
+                        Some(&ts) if ts != a.timestamp || ts < a.target => found.push(format!(
+                            "at {} ms: {TOPIC}-{p} answered offset {} with timestamp {} for {}, but that record's timestamp is {ts}",
+                            a.at_ms, a.offset, a.timestamp, a.target
+                        )),
+                        None if a.offset >= log_end => {
+                            found.push(format!("at {} ms: {TOPIC}-{p} answered offset {}, past the log end {log_end}", a.at_ms, a.offset))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for what in found {
+            self.violation("list-offsets-by-time", what);
+        }
+    }
+
     /// Every ISR member holds at least what the leader exposes (checked every 500 ms).
     fn check_isr(&mut self) {
         let mut found = Vec::new();
@@ -1697,7 +1792,7 @@ impl World {
         let effects = c.cx.take_effects();
         let events = match &mut c.actor {
             ClientActor::Producer(p) => p.take_events(),
-            ClientActor::Scripted(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) | ClientActor::Quorum(_) => Vec::new(),
+            ClientActor::Scripted(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) | ClientActor::Quorum(_) | ClientActor::Probe(_) => Vec::new(),
             ClientActor::Consumer(c) => c.take_events(),
             ClientActor::Group(g) => g.take_events(),
         };
@@ -2130,7 +2225,7 @@ impl World {
                         parts.push("the script is not finished".into());
                     }
                 }
-                ClientActor::Group(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) | ClientActor::Quorum(_) => {}
+                ClientActor::Group(_) | ClientActor::Reassigner(_) | ClientActor::Deleter(_) | ClientActor::Quorum(_) | ClientActor::Probe(_) => {}
             }
         }
         let groups: Vec<&GroupConsumer> =
@@ -2193,6 +2288,7 @@ fn client_message(a: &mut ClientActor, cx: &mut Cx<ClientMsg>, from: Addr, msg: 
         ClientActor::Reassigner(r) => r.on_message(cx, from, msg),
         ClientActor::Deleter(d) => d.on_message(cx, from, msg),
         ClientActor::Quorum(q) => q.on_message(cx, from, msg),
+        ClientActor::Probe(p) => p.on_message(cx, from, msg),
         ClientActor::Consumer(c) => c.on_message(cx, from, msg),
         ClientActor::Group(g) => g.on_message(cx, from, msg),
     }

@@ -20,12 +20,16 @@ const GROUP_BUGS: &[&str] = &["stale-generation-commit", "assignment-misrouted",
 const DELETE_BUGS: &[&str] = &["delete-records-before-replicas"];
 /// DescribeQuorum bugs need an administrator describing the quorum.
 const QUORUM_BUGS: &[&str] = &["quorum-reports-uncommitted"];
+/// Timestamp-search bugs need an administrator searching by timestamp.
+const TIMESTAMP_BUGS: &[&str] = &["time-index-one-late"];
 
 fn scenarios(bug: &str) -> &'static [&'static str] {
     if DELETE_BUGS.contains(&bug) {
         &["cluster-3-delete-records"]
     } else if QUORUM_BUGS.contains(&bug) {
         &["cluster-split"]
+    } else if TIMESTAMP_BUGS.contains(&bug) {
+        &["small-segments", "cluster-3-delete-records"]
     } else if GROUP_BUGS.contains(&bug) {
         GROUPS
     } else {

@@ -30,6 +30,7 @@ pub const PLANTED_BUGS: &[(&str, &str)] = &[
         "DeleteRecords is answered once the leader moved its log start in memory, before it is on disk and before the followers have it",
     ),
     ("cleaner-drops-latest", "the log cleaner's supersede check is off by one (>= for >), so the latest record of a key goes too"),
+    ("time-index-one-late", "a time-index lookup starts a timestamp search at the first entry at or after the target instead of the last one before it"),
     ("quorum-reports-uncommitted", "DescribeQuorum reports the metadata leader's log end as its high watermark, uncommitted entries included"),
 ];
 
