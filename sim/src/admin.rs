@@ -506,6 +506,11 @@ pub struct TimestampProbe {
     pub errors: u64,
     /// Every answered search.
     pub answers: Vec<TimestampAnswer>,
+    /// Every answered high watermark (ListOffsets, latest): `(virtual ms, partition, the
+    /// answering leader's epoch, offset)`.
+    pub latest: Vec<(u64, i32, i32, i64)>,
+    /// Answers OFFSET_NOT_AVAILABLE (a new leader's high watermark still below its epoch start).
+    pub not_available: u64,
 }
 
 impl TimestampProbe {
@@ -524,6 +529,8 @@ impl TimestampProbe {
             lost: 0,
             errors: 0,
             answers: Vec::new(),
+            latest: Vec::new(),
+            not_available: 0,
         }
     }
 
@@ -583,12 +590,16 @@ impl TimestampProbe {
             }
             ProbeStep::Latest { partition, leader } => match Self::answer(&mut body, version) {
                 Some((0, committed_before, _, epoch)) => {
+                    self.latest.push((cx.now_ms(), partition, epoch, committed_before));
                     let target = cx.wall_clock_ms() - (cx.rng().next_u64() % 20_000) as i64;
                     self.sent += 1;
                     let step = ProbeStep::Search { partition, leader, epoch, committed_before, target };
                     self.list_offsets(cx, step, partition, leader, target, epoch);
                 }
-                _ => {
+                answer => {
+                    if answer.is_some_and(|a| a.0 == error::OFFSET_NOT_AVAILABLE) {
+                        self.not_available += 1;
+                    }
                     self.errors += 1;
                     next_round(self, cx);
                 }

@@ -851,6 +851,7 @@ impl World {
                     ("list-offsets-by-time-none", p.answers.len() as u64 - found),
                     ("list-offsets-by-time-errors", p.errors),
                     ("list-offsets-by-time-lost", p.lost),
+                    ("list-offsets-not-available", p.not_available),
                 ] {
                     *self.protocol.entry(k.to_string()).or_default() += v;
                 }
@@ -1578,7 +1579,9 @@ impl World {
     /// the answered timestamp, at or after the target; and "no such record" means none of those
     /// below the high watermark the leader gave just before has one.
     fn check_timestamp_answers(&mut self) {
-        let Some(answers) = self.clients.iter().find_map(|c| if let ClientActor::Probe(p) = &c.actor { Some(p.answers.clone()) } else { None }) else {
+        let Some((answers, latest)) =
+            self.clients.iter().find_map(|c| if let ClientActor::Probe(p) = &c.actor { Some((p.answers.clone(), p.latest.clone())) } else { None })
+        else {
             return;
         };
         let mut found = Vec::new();
@@ -1598,6 +1601,23 @@ impl World {
             files.sort_by(|a, b| a.0.cmp(&b.0));
             let bytes: Vec<u8> = files.into_iter().flat_map(|(_, f)| f).collect();
             let mut log = bytes::Bytes::copy_from_slice(batches_from(&bytes, log_start).0);
+            // Where each leader epoch began (its leader's log end at election: its first batch),
+            // for the epochs whose first batch is still in the log after another epoch's.
+            let mut epoch_starts: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut previous: Option<i32> = None;
+            for (h, _) in runnel_actors::log::batch::iter_headers(&log) {
+                if previous.is_some_and(|e| e != h.partition_leader_epoch) {
+                    epoch_starts.entry(h.partition_leader_epoch).or_insert(h.base_offset);
+                }
+                previous = Some(h.partition_leader_epoch);
+            }
+            for &(at, _, epoch, offset) in latest.iter().filter(|l| l.1 == p) {
+                if let Some(&start) = epoch_starts.get(&epoch).filter(|&&start| offset < start) {
+                    found.push(format!(
+                        "at {at} ms: {TOPIC}-{p}'s leader in epoch {epoch} answered high watermark {offset}, below its epoch's start {start} (OFFSET_NOT_AVAILABLE expected)"
+                    ));
+                }
+            }
             let records: BTreeMap<i64, i64> = match kafka_protocol::records::RecordBatchDecoder::decode_all(&mut log) {
                 Ok(sets) => sets
                     .iter()

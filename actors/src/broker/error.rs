@@ -52,6 +52,8 @@ pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 pub const KAFKA_STORAGE_ERROR: i16 = 56;
 /// The client's leader epoch is older than the broker's.
 pub const FENCED_LEADER_EPOCH: i16 = 74;
+/// OFFSET_NOT_AVAILABLE: a new leader's high watermark still lags behind its epoch's start.
+pub const OFFSET_NOT_AVAILABLE: i16 = 78;
 /// The client's leader epoch is newer than the broker's.
 pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 /// The producer id is not known.

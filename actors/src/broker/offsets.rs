@@ -44,13 +44,17 @@ impl Broker {
                         // watermark; runnel has no transactions, so the last stable offset is the
                         // same): a record not yet committed may still be truncated away.
                         let fetchable = p.high_watermark;
+                        let lagging = high_watermark_lags(p);
                         match q.timestamp {
+                            LATEST if lagging => pr.error_code = error::OFFSET_NOT_AVAILABLE,
                             LATEST => pr.offset = fetchable,
                             EARLIEST => pr.offset = p.log.log_start_offset(),
                             MAX_TIMESTAMP => {
                                 let (ts, offset) = p.log.max_timestamp();
                                 if offset < fetchable {
                                     (pr.timestamp, pr.offset) = (ts, offset);
+                                } else if lagging {
+                                    pr.error_code = error::OFFSET_NOT_AVAILABLE;
                                 }
                             }
                             ts if ts >= 0 => {
@@ -62,6 +66,8 @@ impl Broker {
                                     Some(found) => {
                                         if let Some((offset, ts)) = found.filter(|&(offset, _)| offset < fetchable) {
                                             (pr.offset, pr.timestamp) = (offset, ts);
+                                        } else if lagging {
+                                            pr.error_code = error::OFFSET_NOT_AVAILABLE;
                                         }
                                     }
                                     None => {
@@ -89,13 +95,14 @@ impl Broker {
         let index = state.response.topics[t].partitions[p].partition_index;
         // The high watermark as it is now: a record found above it is not answered (it may yet be
         // truncated away), and a partition no longer led here says so.
-        let fetchable = self.ready_partition(&topic, index).map(|p| p.high_watermark);
+        let fetchable = self.ready_partition(&topic, index).map(|p| (p.high_watermark, high_watermark_lags(p)));
         let Some(state) = self.list_offsets.get_mut(&id) else { return };
         let pr = &mut state.response.topics[t].partitions[p];
         match (found, fetchable) {
             (_, Err(code)) => pr.error_code = code,
-            (Ok(Some((offset, ts))), Ok(fetchable)) if offset < fetchable => (pr.offset, pr.timestamp) = (offset, ts),
-            (Ok(_), Ok(_)) => {}
+            (Ok(Some((offset, ts))), Ok((fetchable, _))) if offset < fetchable => (pr.offset, pr.timestamp) = (offset, ts),
+            (Ok(_), Ok((_, true))) => pr.error_code = error::OFFSET_NOT_AVAILABLE,
+            (Ok(_), Ok((_, false))) => {}
             // The segment read back damaged every time: say so rather than "no such record".
             (Err(why), Ok(_)) => {
                 tracing::warn!(query_id, "ListOffsets by timestamp failed: {why}");
@@ -147,4 +154,16 @@ impl Broker {
         }
         response
     }
+}
+
+/// Whether a leader's high watermark still lags behind the start of its own epoch (it took over
+/// with records its old ISR may have committed, and has not yet learned how far): Kafka then
+/// answers OFFSET_NOT_AVAILABLE, a retriable error, for the latest offset and for a timestamp
+/// search that found nothing below the high watermark, rather than an offset lower than one a
+/// client may already have been given.
+/// The epoch starts where the leader's log ended when it was elected: at its first batch of the
+/// epoch, or, before it has written one, at its log end.
+fn high_watermark_lags(p: &crate::partition::Partition) -> bool {
+    let start = p.log.epoch_entries().iter().rev().find(|(e, _)| *e == p.leader_epoch).map_or(p.log.log_end_offset(), |&(_, start)| start);
+    start > p.high_watermark
 }
