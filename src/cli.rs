@@ -202,30 +202,115 @@ pub async fn topic_alter(bootstrap: &str, name: &str, partitions: Option<i32>, s
     Ok(())
 }
 
-async fn partition_count(c: &mut Client, topic: &str) -> anyhow::Result<(i32, uuid::Uuid)> {
-    for _ in 0..50 {
-        let r = c
-            .send(
-                MetadataRequest::default()
-                    .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s(topic))))]))
-                    .with_allow_auto_topic_creation(true),
-                12,
-            )
-            .await?;
-        let t = r.topics.into_iter().next().context("empty metadata response")?;
-        match t.error_code {
-            0 if !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0) => return Ok((t.partitions.len() as i32, t.topic_id)),
-            0 | 5 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            code => check(code, &format!("topic {topic}"), None)?,
-        }
+/// Partition errors after which a request is sent again once the leaders are looked up anew
+/// (LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, NOT_ENOUGH_REPLICAS, FENCED_LEADER_EPOCH,
+/// UNKNOWN_LEADER_EPOCH, OFFSET_NOT_AVAILABLE): the request did nothing, leadership moved or is
+/// settling.
+const RETRIABLE: &[i16] = &[5, 6, 19, 74, 75, 78];
+/// Rounds of "look up the leaders, send again" before the CLI gives up.
+const ATTEMPTS: u32 = 50;
+
+/// A topic's partition leaders and a connection to each, as a Kafka client keeps them: requests
+/// for a partition go to its leader, and the leaders are looked up again when one moves.
+struct TopicLeaders {
+    bootstrap: String,
+    topic: String,
+    partitions: i32,
+    topic_id: uuid::Uuid,
+    /// Partition → leader node.
+    leaders: BTreeMap<i32, i32>,
+    /// Node → `host:port`.
+    addresses: BTreeMap<i32, String>,
+    conns: BTreeMap<i32, Client>,
+}
+
+impl TopicLeaders {
+    /// Look the topic up (creating it if the brokers auto-create topics), waiting until every
+    /// partition has a leader.
+    async fn new(bootstrap: &str, topic: &str) -> anyhow::Result<TopicLeaders> {
+        let mut t = TopicLeaders {
+            bootstrap: bootstrap.to_string(),
+            topic: topic.to_string(),
+            partitions: 0,
+            topic_id: uuid::Uuid::nil(),
+            leaders: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            conns: BTreeMap::new(),
+        };
+        t.refresh().await?;
+        Ok(t)
     }
-    bail!("topic {topic} has no leader")
+
+    /// Ask any broker (the bootstrap servers, then the known brokers) for the topic's leaders.
+    async fn refresh(&mut self) -> anyhow::Result<()> {
+        for _ in 0..ATTEMPTS {
+            let mut candidates = vec![self.bootstrap.clone()];
+            candidates.extend(self.addresses.values().cloned());
+            let mut answer = None;
+            for addr in candidates {
+                let Ok(mut c) = Client::connect(&addr).await else { continue };
+                let request = MetadataRequest::default()
+                    .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s(&self.topic))))]))
+                    .with_allow_auto_topic_creation(true);
+                if let Ok(r) = c.send(request, 12).await {
+                    answer = Some(r);
+                    break;
+                }
+            }
+            let r = answer.with_context(|| format!("no broker of {} answers", self.bootstrap))?;
+            let t = r.topics.into_iter().next().context("empty metadata response")?;
+            match t.error_code {
+                0 if !t.partitions.is_empty() && t.partitions.iter().all(|p| p.error_code == 0 && p.leader_id.0 >= 0) => {
+                    self.addresses = r.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port))).collect();
+                    self.leaders = t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0)).collect();
+                    self.partitions = t.partitions.len() as i32;
+                    self.topic_id = t.topic_id;
+                    self.conns.retain(|node, _| self.addresses.contains_key(node));
+                    return Ok(());
+                }
+                0 | 5 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                code => check(code, &format!("topic {}", self.topic), None)?,
+            }
+        }
+        bail!("topic {} has no leader", self.topic)
+    }
+
+    /// `partitions` grouped by their leader.
+    fn by_leader(&self, partitions: impl IntoIterator<Item = i32>) -> BTreeMap<i32, Vec<i32>> {
+        let mut out: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for p in partitions {
+            out.entry(self.leaders.get(&p).copied().unwrap_or(-1)).or_default().push(p);
+        }
+        out
+    }
+
+    /// Send `request` to `node`, connecting first if needed; a connection that fails is dropped
+    /// (the caller looks the leaders up again and retries).
+    async fn send<R: kafka_protocol::protocol::Request>(&mut self, node: i32, request: R, max_version: i16) -> anyhow::Result<R::Response> {
+        if !self.conns.contains_key(&node) {
+            let addr = self.addresses.get(&node).with_context(|| format!("no address for node {node}"))?;
+            let c = Client::connect(addr).await?;
+            self.conns.insert(node, c);
+        }
+        let result = self.conns.get_mut(&node).expect("connected above").send(request, max_version).await;
+        if result.is_err() {
+            self.conns.remove(&node);
+        }
+        result
+    }
+}
+
+async fn backoff() {
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 }
 
 /// `produce`: one record per stdin line; `key_separator` splits key and value.
 pub async fn produce(bootstrap: &str, topic: &str, key_separator: Option<&str>, partition: Option<i32>, acks: i16) -> anyhow::Result<()> {
-    let mut c = Client::connect(bootstrap).await?;
-    let (partitions, _) = partition_count(&mut c, topic).await?;
+    if acks == 0 {
+        bail!("--acks 0 is not supported by the CLI producer (it waits for answers)");
+    }
+    let mut leaders = TopicLeaders::new(bootstrap, topic).await?;
+    let partitions = leaders.partitions;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut pending: Pending = BTreeMap::new();
     let mut count = 0usize;
@@ -251,7 +336,7 @@ pub async fn produce(bootstrap: &str, topic: &str, key_separator: Option<&str>, 
             None => eof = true,
         }
         if eof || count % 1000 == 0 {
-            send_batches(&mut c, topic, std::mem::take(&mut pending), acks).await?;
+            send_batches(&mut leaders, std::mem::take(&mut pending), acks).await?;
         }
     }
     eprintln!("produced {count} records to {topic}");
@@ -263,30 +348,76 @@ fn crc32fast_hash(b: &[u8]) -> u32 {
     b.iter().fold(2166136261u32, |h, x| (h ^ *x as u32).wrapping_mul(16777619))
 }
 
-async fn send_batches(c: &mut Client, topic: &str, pending: Pending, acks: i16) -> anyhow::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
+/// Send each partition's records to its leader; partitions refused for a retriable reason (or
+/// whose leader's connection failed) are sent again once the leaders are looked up anew. As
+/// Kafka's producer without idempotence, a batch whose answer was lost may be written twice.
+async fn send_batches(leaders: &mut TopicLeaders, pending: Pending, acks: i16) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let mut data = Vec::new();
+    let topic = leaders.topic.clone();
+    let mut todo: BTreeMap<i32, Bytes> = BTreeMap::new();
     for (p, records) in pending {
         let refs: Vec<PlainRecord<'_>> = records.iter().map(|(k, v)| (k.as_deref(), Some(v.as_slice()), now)).collect();
-        data.push(produce_request::PartitionProduceData::default().with_index(p).with_records(Some(build_batch(&refs, (-1, -1, -1)))));
+        todo.insert(p, build_batch(&refs, (-1, -1, -1)));
     }
-    let request = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default().with_name(TopicName(s(topic))).with_partition_data(data)]);
-    if acks == 0 {
-        bail!("--acks 0 is not supported by the CLI producer (it waits for answers)");
-    }
-    let r = c.send(request, 9).await?;
-    for t in r.responses {
-        for p in t.partition_responses {
-            check(p.error_code, &format!("produce to {topic}-{}", p.index), p.error_message.as_ref())?;
+    for attempt in 0..ATTEMPTS {
+        if todo.is_empty() {
+            return Ok(());
+        }
+        if attempt > 0 {
+            backoff().await;
+            leaders.refresh().await?;
+        }
+        for (node, ps) in leaders.by_leader(todo.keys().copied().collect::<Vec<_>>()) {
+            let data = ps.iter().map(|p| produce_request::PartitionProduceData::default().with_index(*p).with_records(Some(todo[p].clone()))).collect();
+            let request = ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![produce_request::TopicProduceData::default().with_name(TopicName(s(&topic))).with_partition_data(data)]);
+            let Ok(r) = leaders.send(node, request, 9).await else { continue };
+            for t in r.responses {
+                for p in t.partition_responses {
+                    if p.error_code == 0 {
+                        todo.remove(&p.index);
+                    } else if !RETRIABLE.contains(&p.error_code) {
+                        check(p.error_code, &format!("produce to {topic}-{}", p.index), p.error_message.as_ref())?;
+                    }
+                }
+            }
         }
     }
-    Ok(())
+    bail!("produce to {topic}: partitions {:?} still refused after {ATTEMPTS} attempts", todo.keys().collect::<Vec<_>>())
+}
+
+/// The offsets of `partitions` at `timestamp` (-1 latest, -2 earliest), asked of their leaders.
+async fn list_offsets(leaders: &mut TopicLeaders, partitions: &[i32], timestamp: i64) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let topic = leaders.topic.clone();
+    let mut offsets = BTreeMap::new();
+    for attempt in 0..ATTEMPTS {
+        let todo: Vec<i32> = partitions.iter().copied().filter(|p| !offsets.contains_key(p)).collect();
+        if todo.is_empty() {
+            return Ok(offsets);
+        }
+        if attempt > 0 {
+            backoff().await;
+            leaders.refresh().await?;
+        }
+        for (node, ps) in leaders.by_leader(todo) {
+            let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(s(&topic)))
+                .with_partitions(
+                    ps.iter().map(|p| list_offsets_request::ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(timestamp)).collect(),
+                )]);
+            let Ok(r) = leaders.send(node, request, 7).await else { continue };
+            for p in r.topics.into_iter().flat_map(|t| t.partitions) {
+                if p.error_code == 0 {
+                    offsets.insert(p.partition_index, p.offset);
+                } else if !RETRIABLE.contains(&p.error_code) {
+                    check(p.error_code, &format!("list offsets of {topic}-{}", p.partition_index), None)?;
+                }
+            }
+        }
+    }
+    bail!("list offsets of {topic}: no answer from the leaders after {ATTEMPTS} attempts")
 }
 
 /// `consume`: print records as they arrive; stops after `max_messages` or `idle_timeout_ms`
@@ -302,86 +433,93 @@ pub async fn consume(
     key_separator: &str,
     idle_timeout_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut c = Client::connect(bootstrap).await?;
-    let (partitions, topic_id) = partition_count(&mut c, topic).await?;
+    let mut leaders = TopicLeaders::new(bootstrap, topic).await?;
     let wanted: Vec<i32> = match partition {
         Some(p) => vec![p],
-        None => (0..partitions).collect(),
+        None => (0..leaders.partitions).collect(),
     };
-    let ts = if from_beginning { -2 } else { -1 };
-    let r = c
-        .send(
-            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-                .with_name(TopicName(s(topic)))
-                .with_partitions(
-                    wanted.iter().map(|p| list_offsets_request::ListOffsetsPartition::default().with_partition_index(*p).with_timestamp(ts)).collect(),
-                )]),
-            7,
-        )
-        .await?;
-    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    for t in r.topics {
-        for p in t.partitions {
-            check(p.error_code, &format!("list offsets of {topic}-{}", p.partition_index), None)?;
-            offsets.insert(p.partition_index, p.offset);
-        }
-    }
+    let mut offsets = list_offsets(&mut leaders, &wanted, if from_beginning { -2 } else { -1 }).await?;
     let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
     let mut seen = 0usize;
     let mut idle_since = std::time::Instant::now();
+    let mut failures = 0u32;
     loop {
-        let fetch = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(50 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![fetch_request::FetchTopic::default().with_topic(TopicName(s(topic))).with_topic_id(topic_id).with_partitions(
-                offsets
-                    .iter()
-                    .map(|(p, o)| {
-                        fetch_request::FetchPartition::default()
-                            .with_partition(*p)
-                            .with_fetch_offset(*o)
-                            .with_partition_max_bytes(1 << 20)
-                            .with_current_leader_epoch(-1)
-                    })
-                    .collect(),
-            )]);
-        let r = c.send(fetch, 12).await?;
+        // One fetch per leader in turn, each waiting its share of half a second for records.
+        let groups = leaders.by_leader(offsets.keys().copied().collect::<Vec<_>>());
+        let wait_ms = (500 / groups.len().max(1) as i32).max(50);
         let mut got = false;
-        for t in r.responses {
-            for p in t.partitions {
-                check(p.error_code, &format!("fetch {topic}-{}", p.partition_index), None)?;
-                let Some(mut records) = p.records.filter(|r| !r.is_empty()) else { continue };
-                let end_of_batches = runnel_actors::log::batch::end_of_batches(&records);
-                let sets = RecordBatchDecoder::decode_all(&mut records).map_err(|e| anyhow::anyhow!("cannot decode records: {e}"))?;
-                let next = offsets.get_mut(&p.partition_index).expect("requested partition");
-                for set in sets {
-                    for rec in set.records {
-                        if rec.offset < *next {
-                            continue;
-                        }
-                        *next = rec.offset + 1;
-                        got = true;
-                        if print_key {
-                            out.write_all(rec.key.as_deref().unwrap_or(b"null")).await?;
-                            out.write_all(key_separator.as_bytes()).await?;
-                        }
-                        out.write_all(rec.value.as_ref().map(Bytes::as_ref).unwrap_or(b"null")).await?;
-                        out.write_all(b"\n").await?;
-                        seen += 1;
-                        if max_messages.is_some_and(|m| seen >= m) {
-                            out.flush().await?;
-                            return Ok(());
+        let mut moved = false;
+        for (node, ps) in groups {
+            let fetch = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(wait_ms)
+                .with_min_bytes(1)
+                .with_max_bytes(50 << 20)
+                .with_session_epoch(-1)
+                .with_topics(vec![fetch_request::FetchTopic::default().with_topic(TopicName(s(topic))).with_topic_id(leaders.topic_id).with_partitions(
+                    ps.iter()
+                        .map(|p| {
+                            fetch_request::FetchPartition::default()
+                                .with_partition(*p)
+                                .with_fetch_offset(offsets[p])
+                                .with_partition_max_bytes(1 << 20)
+                                .with_current_leader_epoch(-1)
+                        })
+                        .collect(),
+                )]);
+            let Ok(r) = leaders.send(node, fetch, 12).await else {
+                moved = true;
+                continue;
+            };
+            for t in r.responses {
+                for p in t.partitions {
+                    if RETRIABLE.contains(&p.error_code) {
+                        moved = true;
+                        continue;
+                    }
+                    check(p.error_code, &format!("fetch {topic}-{}", p.partition_index), None)?;
+                    let Some(mut records) = p.records.filter(|r| !r.is_empty()) else { continue };
+                    let end_of_batches = runnel_actors::log::batch::end_of_batches(&records);
+                    let sets = RecordBatchDecoder::decode_all(&mut records).map_err(|e| anyhow::anyhow!("cannot decode records: {e}"))?;
+                    let next = offsets.get_mut(&p.partition_index).context("a partition the fetch did not ask for")?;
+                    for set in sets {
+                        for rec in set.records {
+                            if rec.offset < *next {
+                                continue;
+                            }
+                            *next = rec.offset + 1;
+                            got = true;
+                            if print_key {
+                                out.write_all(rec.key.as_deref().unwrap_or(b"null")).await?;
+                                out.write_all(key_separator.as_bytes()).await?;
+                            }
+                            out.write_all(rec.value.as_ref().map(Bytes::as_ref).unwrap_or(b"null")).await?;
+                            out.write_all(b"\n").await?;
+                            seen += 1;
+                            if max_messages.is_some_and(|m| seen >= m) {
+                                out.flush().await?;
+                                return Ok(());
+                            }
                         }
                     }
+                    // Past batches the cleaner emptied or left with a gap at their end.
+                    *next = (*next).max(end_of_batches.unwrap_or(0));
                 }
-                // Past batches the cleaner emptied or left with a gap at their end.
-                *next = (*next).max(end_of_batches.unwrap_or(0));
             }
         }
         out.flush().await?;
+        if moved {
+            // A leader moved or went away: look the leaders up again (and give up if they stay
+            // unreachable).
+            failures += 1;
+            if failures > ATTEMPTS {
+                bail!("fetch {topic}: the partitions' leaders stayed unreachable");
+            }
+            backoff().await;
+            leaders.refresh().await?;
+        } else {
+            failures = 0;
+        }
         if got {
             idle_since = std::time::Instant::now();
         } else if idle_timeout_ms.is_some_and(|t| idle_since.elapsed().as_millis() as u64 >= t) {

@@ -569,3 +569,38 @@ fn network_threads_size_each_nodes_runtime() {
     let acked = load.finish();
     assert_consumed_exactly_once(&cluster.bootstrap(), "one-thread", PARTITIONS, &acked);
 }
+
+/// `runnel produce` and `runnel consume` follow leadership as a Kafka client does: each
+/// partition's records go to, and are fetched from, its leader, whichever node the bootstrap
+/// server is; after a leader is killed they look the leaders up again.
+#[test]
+fn cli_produce_and_consume_follow_the_leaders() {
+    const CLI: &str = "cli";
+    let mut cluster = TestCluster::start(3, "min.insync.replicas=2");
+    create_rf3_topic(&cluster, CLI, 6);
+    let lines = |range: std::ops::Range<u32>| range.map(|i| format!("k{i}:v{i}\n")).collect::<String>();
+    let one = cluster.nodes[0].bootstrap();
+    let timeout = Duration::from_secs(60);
+    common::run_cli(&["produce", "--topic", CLI, "--key-separator", ":", "--bootstrap-server", &one], lines(0..600).as_bytes(), timeout)
+        .success("runnel produce through node 1");
+    let consume = |bootstrap: &str, count: u32| {
+        let out = common::run_cli(
+            &["consume", "--topic", CLI, "--from-beginning", "--max-messages", &count.to_string(), "--bootstrap-server", bootstrap],
+            b"",
+            timeout,
+        )
+        .success("runnel consume");
+        let mut got: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+        got.sort();
+        let mut want: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+        want.sort();
+        assert_eq!(got, want, "runnel consume read other records than were produced");
+    };
+    consume(&one, 600);
+    // Kill a node other than node 1 that leads a partition; the CLI must find the new leader.
+    let victim = (0..6).map(|p| leader_of_topic(&cluster, CLI, p)).find(|&l| l != 1).expect("the leaders spread over the nodes");
+    cluster.nodes[(victim - 1) as usize].kill();
+    common::run_cli(&["produce", "--topic", CLI, "--key-separator", ":", "--bootstrap-server", &one], lines(600..1200).as_bytes(), timeout)
+        .success("runnel produce after a leader was killed");
+    consume(&one, 1200);
+}
