@@ -1442,28 +1442,29 @@ impl PartitionLog {
                 return self.timestamp_read_damaged(io, job, why, events);
             }
             let total = header.total_len();
-            if header.next_offset() > self.log_start_offset && header.max_timestamp >= job.target {
-                if rest.len() < total {
-                    let len = (total as u64).max(SCAN_CHUNK_BYTES).min(segment_size - here);
-                    let job = TimestampJob { position: here, len, expected, ..job };
-                    return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
-                }
-                if let Err(e) = batch::check_one(&rest[..total]) {
-                    let why = format!("batch at offset {}: {e}", header.base_offset);
+            // Every batch walked is read whole and checked: the max timestamp that decides
+            // whether the search stops here is covered by the CRC only (a damaged read that
+            // lowered it made the search skip the answer, sim seed 809788).
+            if rest.len() < total {
+                if at == 0 && (data.len() as u64) < job.len {
+                    let why = format!("short read at position {here} of segment {}", job.segment_base);
                     return self.timestamp_read_damaged(io, job, why, events);
                 }
+                let len = (total as u64).max(SCAN_CHUNK_BYTES).min(segment_size - here);
+                let job = TimestampJob { position: here, len, expected, ..job };
+                return self.issue_read(io, job.segment_base, here, len, Pending::Timestamp(job));
+            }
+            if let Err(e) = batch::check_one(&rest[..total]) {
+                let why = format!("batch at offset {}: {e}", header.base_offset);
+                return self.timestamp_read_damaged(io, job, why, events);
+            }
+            if header.next_offset() > self.log_start_offset && header.max_timestamp >= job.target {
                 let found = time_index::first_record_at_or_after(&rest[..total], &header, job.target, self.log_start_offset);
                 if found.is_some() {
                     return events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Ok(found) });
                 }
             }
             expected = header.next_offset();
-            if rest.len() < total {
-                let position = here + total as u64;
-                let len = SCAN_CHUNK_BYTES.min(segment_size.saturating_sub(position)).max(1);
-                let job = TimestampJob { position, len, expected, ..job };
-                return self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
-            }
             at += total;
         }
     }
@@ -2003,6 +2004,16 @@ mod tests {
             let answer = batch::iter_headers(&data).find(|(h, _)| h.base_offset == 2).map(|(_, r)| r.end);
             if let (0, Some(end)) = (n, answer) {
                 bytes[end - 1] ^= 1;
+            }
+        });
+        assert_eq!(found, Ok(Some((3, 1011))));
+        // The answer batch's max timestamp (CRC-covered only) lowered below the target on the
+        // first read: the walk must not skip the batch for it.
+        let found = search(&mut disk, &mut log, &mut io, 1011, &mut |n, bytes| {
+            let data = Bytes::from(bytes.clone());
+            let answer = batch::iter_headers(&data).find(|(h, _)| h.base_offset == 2).map(|(_, r)| r.start);
+            if let (0, Some(start)) = (n, answer) {
+                bytes[start + 42] = bytes[start + 42].wrapping_sub(5);
             }
         });
         assert_eq!(found, Ok(Some((3, 1011))));
