@@ -170,6 +170,12 @@ pub struct Controller {
     active: bool,
     waiters: BTreeMap<u64, Waiter>,
     parked: Vec<ParkedFetch>,
+    /// Per (broker, topic, partition): the broker epoch and request id of the newest
+    /// AlterPartition handled. A copy delivered late (or a request overtaken by its retry) is
+    /// dropped: judged now, it could add a member against a high watermark that has moved on
+    /// since (sim seed 803526: a refused expansion's duplicate arrived after the member was
+    /// unfenced and was committed, putting a member behind the high watermark in the ISR).
+    alter_partition_seen: BTreeMap<(i32, String, i32), (i64, u64)>,
     /// An encoded image and its offset, kept for brokers fetching it in chunks.
     image_cache: Option<(u64, Vec<u8>)>,
     heartbeats: BTreeMap<i32, u64>,
@@ -223,6 +229,7 @@ impl Controller {
             active: false,
             waiters: BTreeMap::new(),
             parked: Vec::new(),
+            alter_partition_seen: BTreeMap::new(),
             image_cache: None,
             heartbeats: BTreeMap::new(),
             observers: BTreeMap::new(),
@@ -684,6 +691,12 @@ impl Controller {
                 Self::answer(cx, from, id, response);
             }
             ControllerRequest::AlterPartition { broker, epoch, topic, index, leader_epoch, partition_epoch, isr } => {
+                let key = (broker, topic.clone(), index);
+                if self.alter_partition_seen.get(&key).is_some_and(|&(e, last)| e == epoch && id <= last) {
+                    tracing::debug!(broker, topic, index, id, "AlterPartition already handled or overtaken: dropped");
+                    return;
+                }
+                self.alter_partition_seen.insert(key, (epoch, id));
                 let reject = |cx: &mut Cx<BrokerMsg>, code: i16| Self::answer(cx, from, id, ControllerResponse::AlterPartition { error: code, info: None });
                 if self.pending.brokers.get(&broker).is_none_or(|b| b.epoch != epoch) {
                     return reject(cx, error::STALE_BROKER_EPOCH);
