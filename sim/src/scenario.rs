@@ -166,7 +166,6 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 3_000,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
-    list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -174,7 +173,6 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "separate roles: three controller-only voters and three broker-only nodes (whose node-to-node address may change on restart), RF=3, min.insync.replicas=2, 2 producers, 2 consumers, 3 partitions, an administrator describing the metadata quorum every 700 ms",
         controller_only: 3,
         describe_quorum_every_ms: 700,
-        list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -229,7 +227,6 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
-    list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {
@@ -242,7 +239,6 @@ pub const SCENARIOS: &[Scenario] = &[
         reassign_every_ms: 0,
         delete_records_every_ms: 0,
     describe_quorum_every_ms: 0,
-    list_offsets_every_ms: 0,
         ..CLUSTER_3
     },
     Scenario {

@@ -1596,10 +1596,7 @@ impl World {
                 Some((n, v.log_start_offset, v.log_end_offset))
             });
             let Some((node, log_start, log_end)) = leader else { continue };
-            let mut files: Vec<(String, Vec<u8>)> =
-                node.disk.snapshot().into_iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).collect();
-            files.sort_by(|a, b| a.0.cmp(&b.0));
-            let bytes: Vec<u8> = files.into_iter().flat_map(|(_, f)| f).collect();
+            let bytes = segment_bytes(&node.disk, &dir);
             let mut log = bytes::Bytes::copy_from_slice(batches_from(&bytes, log_start).0);
             // Where each leader epoch began (its leader's log end at election: its first batch),
             // for the epochs whose first batch is still in the log after another epoch's.
@@ -1745,13 +1742,7 @@ impl World {
                 if !isr.contains(&(i as i32 + 1)) || !caught_up {
                     continue;
                 }
-                let mut bytes = Vec::new();
-                let mut files: Vec<(String, Vec<u8>)> =
-                    n.disk.snapshot().into_iter().filter(|(path, _)| path.starts_with(&dir) && path.ends_with(".log")).collect();
-                files.sort_by(|a, b| a.0.cmp(&b.0));
-                for (_, f) in files {
-                    bytes.extend_from_slice(&f);
-                }
+                let bytes = segment_bytes(&n.disk, &dir);
                 if topic == TOPIC {
                     if let Some(v) = b.partition_views().iter().find(|v| v.topic == topic && v.index == p) {
                         // The log is what lies at and above the log start: batches below it that
@@ -2375,6 +2366,12 @@ fn producer_windows_match_log(log: &[u8], windows: &BTreeMap<i64, runnel_actors:
 
 /// The bytes of `log` (concatenated batches) from its first batch that ends at or above offset
 /// `from`, and the base offset of its first batch (0 for an empty log).
+/// The `.log` files under `dir` on `disk`, concatenated in offset order (the snapshot is sorted
+/// by path, and segment names are zero-padded base offsets): the partition's log.
+fn segment_bytes(disk: &SimDisk, dir: &str) -> Vec<u8> {
+    disk.snapshot().into_iter().filter(|(path, _)| path.starts_with(dir) && path.ends_with(".log")).flat_map(|(_, f)| f).collect()
+}
+
 fn batches_from(log: &[u8], from: i64) -> (&[u8], i64) {
     let mut at = 0;
     let mut first = None;

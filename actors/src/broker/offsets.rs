@@ -40,22 +40,13 @@ impl Broker {
                         if request.version >= 4 {
                             pr.leader_epoch = p.leader_epoch;
                         }
-                        // As in Kafka, only offsets a consumer may fetch are answered (below the high
-                        // watermark; runnel has no transactions, so the last stable offset is the
-                        // same): a record not yet committed may still be truncated away.
-                        let fetchable = p.high_watermark;
-                        let lagging = high_watermark_lags(p);
                         match q.timestamp {
-                            LATEST if lagging => pr.error_code = error::OFFSET_NOT_AVAILABLE,
-                            LATEST => pr.offset = fetchable,
+                            LATEST if high_watermark_lags(p) => pr.error_code = error::OFFSET_NOT_AVAILABLE,
+                            LATEST => pr.offset = p.high_watermark,
                             EARLIEST => pr.offset = p.log.log_start_offset(),
                             MAX_TIMESTAMP => {
                                 let (ts, offset) = p.log.max_timestamp();
-                                if offset < fetchable {
-                                    (pr.timestamp, pr.offset) = (ts, offset);
-                                } else if lagging {
-                                    pr.error_code = error::OFFSET_NOT_AVAILABLE;
-                                }
+                                set_answer(&mut pr, fetchable_answer(p, Some((offset, ts))));
                             }
                             ts if ts >= 0 => {
                                 let query_id = self.next_id + 1;
@@ -64,11 +55,7 @@ impl Broker {
                                     self.with_partition(cx, &name, q.partition_index as usize, |p, io| p.log.offset_for_timestamp(io, query_id, ts)).flatten();
                                 match answer {
                                     Some(found) => {
-                                        if let Some((offset, ts)) = found.filter(|&(offset, _)| offset < fetchable) {
-                                            (pr.offset, pr.timestamp) = (offset, ts);
-                                        } else if lagging {
-                                            pr.error_code = error::OFFSET_NOT_AVAILABLE;
-                                        }
+                                        set_answer(&mut pr, self.ready_partition(&name, q.partition_index).and_then(|p| fetchable_answer(p, found)));
                                     }
                                     None => {
                                         self.timestamp_queries.insert(query_id, (id, t_slot, p_slot));
@@ -93,22 +80,18 @@ impl Broker {
         let Some(state) = self.list_offsets.get(&id) else { return };
         let topic = state.response.topics[t].name.0.to_string();
         let index = state.response.topics[t].partitions[p].partition_index;
-        // The high watermark as it is now: a record found above it is not answered (it may yet be
-        // truncated away), and a partition no longer led here says so.
-        let fetchable = self.ready_partition(&topic, index).map(|p| (p.high_watermark, high_watermark_lags(p)));
-        let Some(state) = self.list_offsets.get_mut(&id) else { return };
-        let pr = &mut state.response.topics[t].partitions[p];
-        match (found, fetchable) {
-            (_, Err(code)) => pr.error_code = code,
-            (Ok(Some((offset, ts))), Ok((fetchable, _))) if offset < fetchable => (pr.offset, pr.timestamp) = (offset, ts),
-            (Ok(_), Ok((_, true))) => pr.error_code = error::OFFSET_NOT_AVAILABLE,
-            (Ok(_), Ok((_, false))) => {}
+        // Judged against the partition as it is now; one no longer led here says so.
+        let answer = match (self.ready_partition(&topic, index), found) {
+            (Err(code), _) => Err(code),
+            (Ok(p), Ok(found)) => fetchable_answer(p, found),
             // The segment read back damaged every time: say so rather than "no such record".
-            (Err(why), Ok(_)) => {
+            (Ok(_), Err(why)) => {
                 tracing::warn!(query_id, "ListOffsets by timestamp failed: {why}");
-                pr.error_code = error::KAFKA_STORAGE_ERROR;
+                Err(error::KAFKA_STORAGE_ERROR)
             }
-        }
+        };
+        let Some(state) = self.list_offsets.get_mut(&id) else { return };
+        set_answer(&mut state.response.topics[t].partitions[p], answer);
         state.outstanding -= 1;
         self.maybe_finish_list_offsets(cx, id);
     }
@@ -153,6 +136,26 @@ impl Broker {
             response.topics.push(tr);
         }
         response
+    }
+}
+
+/// What a record found in the log (`(offset, timestamp)`) answers: as in Kafka, only an offset
+/// a consumer may fetch, below the high watermark (runnel has no transactions, so the last stable
+/// offset is the same), since a record not yet committed may still be truncated away; none while
+/// the high watermark lags behind the epoch's start is OFFSET_NOT_AVAILABLE.
+fn fetchable_answer(p: &crate::partition::Partition, found: Option<(i64, i64)>) -> Result<Option<(i64, i64)>, i16> {
+    match found.filter(|&(offset, _)| offset < p.high_watermark) {
+        None if high_watermark_lags(p) => Err(error::OFFSET_NOT_AVAILABLE),
+        answer => Ok(answer),
+    }
+}
+
+/// Fill a partition's answer in: an offset and its timestamp, nothing (-1, -1), or an error.
+fn set_answer(pr: &mut ListOffsetsPartitionResponse, answer: Result<Option<(i64, i64)>, i16>) {
+    match answer {
+        Ok(Some((offset, timestamp))) => (pr.offset, pr.timestamp) = (offset, timestamp),
+        Ok(None) => {}
+        Err(code) => pr.error_code = code,
     }
 }
 

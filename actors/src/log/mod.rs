@@ -274,6 +274,13 @@ struct ReadJob {
 /// How often a read that comes back damaged is retried before the read fails.
 const READ_ATTEMPTS: u32 = 3;
 
+/// See [`PartitionLog::after_damage`].
+enum AfterDamage {
+    Again,
+    FromStart,
+    GiveUp,
+}
+
 /// A timestamp search in progress over segment `segment_base`.
 #[derive(Clone, Copy, Debug)]
 struct TimestampJob {
@@ -1283,32 +1290,45 @@ impl PartitionLog {
                 let job = ReadJob { position, len, expected, ..job };
                 self.issue_read(io, job.segment_base, position, len, Pending::Read(job));
             }
-            // A latent sector error reads differently the next time: read the same bytes again.
-            Walk::Damaged(why) if job.attempts + 1 < READ_ATTEMPTS => {
-                tracing::warn!(dir = %self.dir, offset = job.offset, attempt = job.attempts + 1, "damaged read, reading again: {why}");
-                let job = ReadJob { attempts: job.attempts + 1, ..job };
-                self.issue_read(io, job.segment_base, job.position, job.len, Pending::Read(job));
-            }
-            // Damaged every time from where the offset index pointed. The in-memory index may be
-            // what is wrong (a latent sector error when recovery read the index file, which
-            // validation cannot tell from a good entry): walk the segment from its start, and
-            // forget a sealed segment's index, which nothing appends to any more.
-            Walk::Damaged(why) if !job.unindexed && self.segment(job.segment_base).is_some() => {
-                tracing::warn!(dir = %self.dir, offset = job.offset, segment = job.segment_base, "damaged read from the offset index's position, reading the segment from its start: {why}");
-                let active = self.segments.last().map(|s| s.base_offset) == Some(job.segment_base);
-                let segment = self.segment_mut(job.segment_base).expect("checked above");
-                if !active {
-                    segment.offset_index.truncate_from(0);
+            Walk::Damaged(why) => match self.after_damage(job.attempts, job.unindexed, job.segment_base) {
+                AfterDamage::Again => {
+                    tracing::warn!(dir = %self.dir, offset = job.offset, attempt = job.attempts + 1, "damaged read, reading again: {why}");
+                    let job = ReadJob { attempts: job.attempts + 1, ..job };
+                    self.issue_read(io, job.segment_base, job.position, job.len, Pending::Read(job));
                 }
-                let len = job.len.max(BATCH_HEADER_LEN as u64).min(segment.size_bytes);
-                let job = ReadJob { position: 0, len, expected: job.segment_base, attempts: 0, unindexed: true, ..job };
-                self.issue_read(io, job.segment_base, 0, len, Pending::Read(job));
-            }
-            Walk::Damaged(why) => {
-                self.read_prefixes.remove(&job.read_id);
-                tracing::error!(dir = %self.dir, offset = job.offset, "read damaged {READ_ATTEMPTS} times: {why}");
-                events.push(LogEvent::ReadFailed { read_id: job.read_id, error: why });
-            }
+                // A sealed segment's index, which nothing appends to any more, is forgotten.
+                AfterDamage::FromStart => {
+                    tracing::warn!(dir = %self.dir, offset = job.offset, segment = job.segment_base, "damaged read from the offset index's position, reading the segment from its start: {why}");
+                    let active = self.segments.last().map(|s| s.base_offset) == Some(job.segment_base);
+                    let segment = self.segment_mut(job.segment_base).expect("after_damage checked it");
+                    if !active {
+                        segment.offset_index.truncate_from(0);
+                    }
+                    let len = job.len.max(BATCH_HEADER_LEN as u64).min(segment.size_bytes);
+                    let job = ReadJob { position: 0, len, expected: job.segment_base, attempts: 0, unindexed: true, ..job };
+                    self.issue_read(io, job.segment_base, 0, len, Pending::Read(job));
+                }
+                AfterDamage::GiveUp => {
+                    self.read_prefixes.remove(&job.read_id);
+                    tracing::error!(dir = %self.dir, offset = job.offset, "read damaged {READ_ATTEMPTS} times: {why}");
+                    events.push(LogEvent::ReadFailed { read_id: job.read_id, error: why });
+                }
+            },
+        }
+    }
+
+    /// What a read (a fetch's or a timestamp search's) that came back damaged does next: read the
+    /// same bytes again (a latent sector error reads differently the next time); once that is
+    /// damaged every time from where the indexes pointed, walk the segment from its start (the
+    /// in-memory index may be what is wrong: a latent sector error when recovery read the file,
+    /// which validation cannot tell from a good entry); damaged from there too, give up.
+    fn after_damage(&self, attempts: u32, unindexed: bool, segment_base: i64) -> AfterDamage {
+        if attempts + 1 < READ_ATTEMPTS {
+            AfterDamage::Again
+        } else if !unindexed && self.segment(segment_base).is_some() {
+            AfterDamage::FromStart
+        } else {
+            AfterDamage::GiveUp
         }
     }
 
@@ -1373,23 +1393,23 @@ impl PartitionLog {
         self.issue_read(io, job.segment_base, position, len, Pending::Timestamp(job));
     }
 
-    /// A timestamp search's read came back damaged: read it again; if still damaged from where
-    /// the indexes pointed (which may be what is damaged), walk the segment from its start;
-    /// damaged from there too, the search fails.
+    /// A timestamp search's read came back damaged: as a fetch's ([`PartitionLog::after_damage`]),
+    /// failing the search if every read is damaged.
     fn timestamp_read_damaged(&mut self, io: &mut impl DiskIo, job: TimestampJob, why: String, events: &mut Vec<LogEvent>) {
-        if job.attempts + 1 < READ_ATTEMPTS {
-            tracing::warn!(dir = %self.dir, segment = job.segment_base, position = job.position, attempt = job.attempts + 1, "damaged timestamp search read, reading again: {why}");
-            let job = TimestampJob { attempts: job.attempts + 1, ..job };
-            return self.issue_read(io, job.segment_base, job.position, job.len, Pending::Timestamp(job));
-        }
-        match self.segment(job.segment_base) {
-            Some(segment) if !job.unindexed => {
+        match self.after_damage(job.attempts, job.unindexed, job.segment_base) {
+            AfterDamage::Again => {
+                tracing::warn!(dir = %self.dir, segment = job.segment_base, position = job.position, attempt = job.attempts + 1, "damaged timestamp search read, reading again: {why}");
+                let job = TimestampJob { attempts: job.attempts + 1, ..job };
+                self.issue_read(io, job.segment_base, job.position, job.len, Pending::Timestamp(job));
+            }
+            AfterDamage::FromStart => {
                 tracing::warn!(dir = %self.dir, segment = job.segment_base, "damaged timestamp search from the indexes' position, searching the segment from its start: {why}");
-                let len = SCAN_CHUNK_BYTES.min(segment.size_bytes);
+                let size = self.segment(job.segment_base).expect("after_damage checked it").size_bytes;
+                let len = SCAN_CHUNK_BYTES.min(size);
                 let job = TimestampJob { position: 0, len, expected: job.segment_base, attempts: 0, unindexed: true, ..job };
                 self.issue_read(io, job.segment_base, 0, len, Pending::Timestamp(job));
             }
-            _ => {
+            AfterDamage::GiveUp => {
                 tracing::error!(dir = %self.dir, segment = job.segment_base, "timestamp search read damaged {READ_ATTEMPTS} times: {why}");
                 events.push(LogEvent::TimestampFound { query_id: job.query_id, found: Err(why) });
             }
