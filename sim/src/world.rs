@@ -2163,18 +2163,30 @@ impl World {
         runnel_actors::core::bugs::set_buggify(false);
     }
 
-    /// The metadata image of the active controller, if one is active.
+    /// The metadata image of the active controller, if one is active (of the newest term, if an
+    /// old leader cut off from the quorum still thinks it is active).
     fn active_image(&self) -> Option<&runnel_actors::controller::image::MetadataImage> {
-        self.nodes.iter().filter_map(|n| n.controller.as_ref()).find(|c| c.is_active()).map(|c| c.image())
+        self.nodes
+            .iter()
+            .filter_map(|n| n.controller.as_ref())
+            .filter(|c| c.is_active())
+            .max_by_key(|c| c.raft_view().map_or(0, |(term, _, _)| term))
+            .map(|c| c.image())
     }
 
     /// After the heal, once the cluster has recovered (an active controller whose image has every
     /// partition's whole replica set in sync, and the workload's topics exist), the scenario's `lost_at_heal` broker nodes, chosen
     /// by the seed, crash and never come back: the others must carry on without them. Losing a
     /// node while it is a partition's only in-sync replica takes that partition offline, as in
-    /// Kafka without unclean election, so the loss waits for full ISRs.
+    /// Kafka without unclean election, so the loss waits for full ISRs, and for no voter to hold
+    /// uncommitted metadata records: an ISR shrink an old leader proposed, committed by the next
+    /// one after the loss, would otherwise leave the lost node a partition's only in-sync
+    /// replica after all (cluster-3-node-lost seed 1107251).
     fn maybe_lose_nodes(&mut self) {
         if !self.healed || self.lost_done || self.scenario.lost_at_heal == 0 {
+            return;
+        }
+        if self.nodes.iter().filter_map(|n| n.controller.as_ref()).any(|c| c.uncommitted_entries() > 0) {
             return;
         }
         let Some(image) = self.active_image() else { return };

@@ -174,7 +174,12 @@ fn regression_seeds_stay_clean() {
     // high watermark had moved past the member's log end, and was committed: a member behind
     // the high watermark sat in the ISR. The controller now drops an AlterPartition it has
     // already handled or whose retry it has.
+    // 1107251 (cluster-3-node-lost, a harness bug): the node was lost for good while ISR
+    // shrinks to it alone sat uncommitted in the metadata log; the next leader committed them
+    // and the partitions had no in-sync replica left. The loss now waits for every voter's log
+    // to be committed, and judges the ISRs on the image of the newest term's leader.
     const REGRESSIONS: &[(u64, &str)] = &[
+        (1_107_251, "cluster-3-node-lost"),
         (803_526, "cluster-split"),
         (809_788, "cluster-3-delete-records"),
         (19, "cluster-3-delete-records"),

@@ -253,6 +253,12 @@ impl Controller {
         self.raft.as_ref().map(|r| (r.term(), r.leader(), r.commit_index()))
     }
 
+    /// Entries in this voter's log beyond its commit index: records a leader proposed that a
+    /// later leader may still commit.
+    pub fn uncommitted_entries(&self) -> u64 {
+        self.raft.as_ref().map_or(0, |r| r.last_index().saturating_sub(r.commit_index()))
+    }
+
     /// How this voter's snapshots came about.
     pub fn snapshot_stats(&self) -> SnapshotStats {
         SnapshotStats { chunks_received: self.raft.as_ref().map_or(0, |r| r.snapshot_chunks_received()), ..self.snapshot_stats }
