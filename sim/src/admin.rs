@@ -34,6 +34,67 @@ use std::collections::BTreeMap;
 
 const TICK: TimerId = TimerId(1);
 
+/// How long an administrator waits for an answer before it counts the request as lost (a link
+/// cut without a reset, or a broker that never answers).
+const ANSWER_WITHIN_MS: u64 = 30_000;
+
+/// What every administrator shares: one request at a time, sent to a broker of a rotating list
+/// (or to a partition's leader), given up after a broken connection or [`ANSWER_WITHIN_MS`] of
+/// silence; the next round starts `interval_ms` later, until `until_ms`.
+struct Turns {
+    brokers: Vec<Addr>,
+    interval_ms: u64,
+    until_ms: u64,
+    /// The broker asked next.
+    target: usize,
+    /// When the request in flight was sent (virtual ms).
+    since: Option<u64>,
+    wire: Wire,
+}
+
+impl Turns {
+    fn new(brokers: Vec<Addr>, interval_ms: u64, until_ms: u64) -> Self {
+        Turns { brokers, interval_ms, until_ms, target: 0, since: None, wire: Wire::default() }
+    }
+
+    /// The broker asked next.
+    fn broker(&self) -> Addr {
+        self.brokers[self.target]
+    }
+
+    /// How long the request in flight may still take to be answered; `None` if none is in
+    /// flight or its time is up.
+    fn time_left(&self, now_ms: u64) -> Option<u64> {
+        self.since.filter(|since| now_ms < since + ANSWER_WITHIN_MS).map(|since| since + ANSWER_WITHIN_MS - now_ms)
+    }
+
+    /// Whether the faults are over (no new round starts).
+    fn over(&self, now_ms: u64) -> bool {
+        now_ms >= self.until_ms
+    }
+
+    /// Send `frame` to `to` as the request in flight.
+    fn send(&mut self, cx: &mut Cx<ClientMsg>, to: Addr, frame: Bytes) {
+        self.since = Some(cx.now_ms());
+        cx.send(to, ClientMsg::Request(frame));
+    }
+
+    /// The next round goes to the next broker, `interval_ms` from now.
+    fn next_round(&mut self, cx: &mut Cx<ClientMsg>) {
+        self.target = (self.target + 1) % self.brokers.len();
+        cx.set_timer(TICK, self.interval_ms);
+    }
+
+    /// Stop waiting for the request in flight, forget the connection's requests and start the
+    /// next round; whether a request was in flight.
+    fn give_up(&mut self, cx: &mut Cx<ClientMsg>) -> bool {
+        let in_flight = self.since.take().is_some();
+        self.wire.disconnected();
+        self.next_round(cx);
+        in_flight
+    }
+}
+
 /// What the reassigner was answered, per partition request.
 #[derive(Clone, Debug, Default)]
 pub struct ReassignOutcomes {
@@ -52,17 +113,10 @@ pub struct ReassignOutcomes {
 
 /// Sends one partition reassignment at a time until `until_ms`.
 pub struct Reassigner {
-    /// Broker addresses to send to (rotating after a lost connection).
-    brokers: Vec<Addr>,
+    turns: Turns,
     topic: String,
     partitions: i32,
     replication_factor: usize,
-    interval_ms: u64,
-    until_ms: u64,
-    target: usize,
-    /// When the request in flight was sent (virtual ms).
-    waiting_since: Option<u64>,
-    wire: Wire,
     /// What happened so far.
     pub outcomes: ReassignOutcomes,
 }
@@ -71,34 +125,29 @@ impl Reassigner {
     /// A reassigner of `topic` over `brokers` (their node ids are their addresses' nodes).
     pub fn new(brokers: Vec<Addr>, topic: &str, partitions: i32, replication_factor: usize, interval_ms: u64, until_ms: u64) -> Self {
         Reassigner {
-            brokers,
+            turns: Turns::new(brokers, interval_ms, until_ms),
             topic: topic.to_string(),
             partitions,
             replication_factor,
-            interval_ms,
-            until_ms,
-            target: 0,
-            waiting_since: None,
-            wire: Wire::default(),
             outcomes: ReassignOutcomes::default(),
         }
     }
 
     fn send(&mut self, cx: &mut Cx<ClientMsg>) {
-        if let Some(since) = self.waiting_since {
-            if cx.now_ms() < since + 30_000 {
+        if self.turns.since.is_some() {
+            if self.turns.time_left(cx.now_ms()).is_some() {
                 return;
             }
-            // Never answered (a link cut without a reset): give up on it and its broker.
+            // Never answered: give up on it and its broker.
             self.give_up(cx, true);
         }
-        if cx.now_ms() >= self.until_ms {
+        if self.turns.over(cx.now_ms()) {
             return;
         }
         let partition = (cx.rng().next_u64() % self.partitions as u64) as i32;
         // A seeded choice of `replication_factor` distinct brokers, in a seeded order (the first
         // is the preferred leader).
-        let mut ids: Vec<i32> = self.brokers.iter().map(|a| a.node).collect();
+        let mut ids: Vec<i32> = self.turns.brokers.iter().map(|a| a.node).collect();
         for i in (1..ids.len()).rev() {
             let j = (cx.rng().next_u64() % (i as u64 + 1)) as usize;
             ids.swap(i, j);
@@ -109,29 +158,25 @@ impl Reassigner {
             .with_partitions(vec![ReassignablePartition::default()
                 .with_partition_index(partition)
                 .with_replicas(Some(ids.into_iter().map(BrokerId).collect()))])]);
-        let frame = self.wire.encode(&request, 0);
-        self.waiting_since = Some(cx.now_ms());
+        let frame = self.turns.wire.encode(&request, 0);
         self.outcomes.sent += 1;
-        cx.send(self.brokers[self.target], ClientMsg::Request(frame));
+        self.turns.send(cx, self.turns.broker(), frame);
     }
 
     /// Stop waiting for the request in flight (its connection broke, or `timed_out`) and move on
     /// to the next broker.
     fn give_up(&mut self, cx: &mut Cx<ClientMsg>, timed_out: bool) {
-        if self.waiting_since.take().is_some() {
+        if self.turns.give_up(cx) {
             if timed_out {
                 self.outcomes.timed_out += 1;
             } else {
                 self.outcomes.lost += 1;
             }
         }
-        self.wire.disconnected();
-        self.target = (self.target + 1) % self.brokers.len();
-        cx.set_timer(TICK, self.interval_ms);
     }
 
     fn on_response(&mut self, frame: Bytes) {
-        let Ok((_, version, mut body)) = self.wire.match_response(frame) else { return };
+        let Ok((_, version, mut body)) = self.turns.wire.match_response(frame) else { return };
         let Ok(response) = AlterPartitionReassignmentsResponse::decode(&mut body, version) else { return };
         for p in response.responses.iter().flat_map(|t| &t.partitions) {
             if p.error_code == 0 && response.error_code == 0 {
@@ -146,14 +191,14 @@ impl Reassigner {
 impl Actor for Reassigner {
     type Msg = ClientMsg;
     fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
-        cx.set_timer(TICK, self.interval_ms);
+        cx.set_timer(TICK, self.turns.interval_ms);
     }
     fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => {
-                self.waiting_since = None;
+                self.turns.since = None;
                 self.on_response(frame);
-                cx.set_timer(TICK, self.interval_ms);
+                cx.set_timer(TICK, self.turns.interval_ms);
             }
             ClientMsg::Disconnected => self.give_up(cx, false),
             ClientMsg::Request(_) => {}
@@ -161,9 +206,9 @@ impl Actor for Reassigner {
     }
     fn on_timer(&mut self, cx: &mut Cx<ClientMsg>, _timer: TimerId) {
         self.send(cx);
-        if self.waiting_since.is_some() {
+        if self.turns.since.is_some() {
             // Look again when the request in flight would count as lost.
-            cx.set_timer(TICK, 30_000);
+            cx.set_timer(TICK, ANSWER_WITHIN_MS);
         }
     }
     fn on_io(&mut self, _cx: &mut Cx<ClientMsg>, _done: IoDone) {}
@@ -202,18 +247,11 @@ impl DeleteOutcomes {
 /// the partitions' leaders, then the leader of a seeded partition to delete the records below
 /// the last low watermark it was told for it plus a seeded step.
 pub struct RecordDeleter {
-    brokers: Vec<Addr>,
+    turns: Turns,
     topic: String,
     partitions: i32,
-    interval_ms: u64,
-    until_ms: u64,
-    /// The broker asked for metadata next.
-    target: usize,
     /// Leaders from the last metadata answer.
     leaders: BTreeMap<i32, i32>,
-    /// When the request in flight was sent (virtual ms).
-    waiting_since: Option<u64>,
-    wire: Wire,
     /// What happened so far.
     pub outcomes: DeleteOutcomes,
 }
@@ -222,35 +260,29 @@ impl RecordDeleter {
     /// A deleter of `topic` over `brokers`.
     pub fn new(brokers: Vec<Addr>, topic: &str, partitions: i32, interval_ms: u64, until_ms: u64) -> Self {
         RecordDeleter {
-            brokers,
+            turns: Turns::new(brokers, interval_ms, until_ms),
             topic: topic.to_string(),
             partitions,
-            interval_ms,
-            until_ms,
-            target: 0,
             leaders: BTreeMap::new(),
-            waiting_since: None,
-            wire: Wire::default(),
             outcomes: DeleteOutcomes::default(),
         }
     }
 
     /// Start a round: ask for the leaders (unless a request is in flight or the faults are over).
     fn tick(&mut self, cx: &mut Cx<ClientMsg>) {
-        if let Some(since) = self.waiting_since {
-            if cx.now_ms() < since + 30_000 {
-                return cx.set_timer(TICK, since + 30_000 - cx.now_ms());
-            }
-            // Never answered (a link cut without a reset): give up on it.
+        if let Some(left) = self.turns.time_left(cx.now_ms()) {
+            return cx.set_timer(TICK, left);
+        }
+        if self.turns.since.is_some() {
+            // Never answered: give up on it.
             self.give_up(cx);
         }
-        if cx.now_ms() >= self.until_ms {
+        if self.turns.over(cx.now_ms()) {
             return;
         }
-        let to = self.brokers[self.target];
-        let frame = self.wire.encode_for(to.node, &topic_metadata_request(&self.topic), 12);
-        self.waiting_since = Some(cx.now_ms());
-        cx.send(to, ClientMsg::Request(frame));
+        let to = self.turns.broker();
+        let frame = self.turns.wire.encode_for(to.node, &topic_metadata_request(&self.topic), 12);
+        self.turns.send(cx, to, frame);
     }
 
     /// Send a DeleteRecords to the leader of a seeded partition, if it has one.
@@ -261,28 +293,24 @@ impl RecordDeleter {
         let request = DeleteRecordsRequest::default().with_timeout_ms(5_000).with_topics(vec![DeleteRecordsTopic::default()
             .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
             .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(partition).with_offset(offset)])]);
-        let frame = self.wire.encode_for(leader, &request, 2);
-        self.waiting_since = Some(cx.now_ms());
+        let frame = self.turns.wire.encode_for(leader, &request, 2);
         self.outcomes.sent += 1;
-        cx.send(Addr { node: leader, actor: 0 }, ClientMsg::Request(frame));
+        self.turns.send(cx, Addr { node: leader, actor: 0 }, frame);
         true
     }
 
     /// The request in flight is lost (its connection broke, or it stayed unanswered): forget
     /// the leaders and ask the next broker next time.
     fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
-        if self.waiting_since.take().is_some() {
+        self.leaders.clear();
+        if self.turns.give_up(cx) {
             self.outcomes.lost += 1;
         }
-        self.wire.disconnected();
-        self.leaders.clear();
-        self.target = (self.target + 1) % self.brokers.len();
-        cx.set_timer(TICK, self.interval_ms);
     }
 
     fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
-        self.waiting_since = None;
-        let Ok((key, version, mut body)) = self.wire.match_response(frame) else { return cx.set_timer(TICK, self.interval_ms) };
+        self.turns.since = None;
+        let Ok((key, version, mut body)) = self.turns.wire.match_response(frame) else { return cx.set_timer(TICK, self.turns.interval_ms) };
         if key == ApiKey::Metadata as i16 {
             if let Some((_, leaders)) = MetadataResponse::decode(&mut body, version).ok().as_ref().and_then(leaders) {
                 self.leaders = leaders;
@@ -290,8 +318,7 @@ impl RecordDeleter {
                     return;
                 }
             }
-            self.target = (self.target + 1) % self.brokers.len();
-            return cx.set_timer(TICK, self.interval_ms);
+            return self.turns.next_round(cx);
         }
         if let Ok(response) = DeleteRecordsResponse::decode(&mut body, version) {
             for p in response.topics.iter().flat_map(|t| &t.partitions) {
@@ -303,20 +330,20 @@ impl RecordDeleter {
                 }
             }
         }
-        cx.set_timer(TICK, self.interval_ms);
+        cx.set_timer(TICK, self.turns.interval_ms);
     }
 }
 
 impl Actor for RecordDeleter {
     type Msg = ClientMsg;
     fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
-        cx.set_timer(TICK, self.interval_ms);
+        cx.set_timer(TICK, self.turns.interval_ms);
     }
     fn on_message(&mut self, cx: &mut Cx<ClientMsg>, _from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => self.on_response(cx, frame),
             ClientMsg::Disconnected => {
-                if self.waiting_since.is_some() {
+                if self.turns.since.is_some() {
                     self.give_up(cx);
                 }
             }
@@ -352,12 +379,7 @@ pub struct QuorumAnswer {
 /// request at a time, moving to the next broker when a connection breaks or an answer does not
 /// come within 30 s.
 pub struct QuorumWatcher {
-    brokers: Vec<Addr>,
-    interval_ms: u64,
-    until_ms: u64,
-    target: usize,
-    waiting_since: Option<u64>,
-    wire: Wire,
+    turns: Turns,
     /// Requests sent.
     pub sent: u64,
     /// Requests whose connection broke, or that went unanswered for 30 s.
@@ -369,45 +391,41 @@ pub struct QuorumWatcher {
 impl QuorumWatcher {
     /// A watcher asking `brokers` in turn.
     pub fn new(brokers: Vec<Addr>, interval_ms: u64, until_ms: u64) -> Self {
-        QuorumWatcher { brokers, interval_ms, until_ms, target: 0, waiting_since: None, wire: Wire::default(), sent: 0, lost: 0, answers: Vec::new() }
+        QuorumWatcher { turns: Turns::new(brokers, interval_ms, until_ms), sent: 0, lost: 0, answers: Vec::new() }
     }
 
     fn tick(&mut self, cx: &mut Cx<ClientMsg>) {
-        if let Some(since) = self.waiting_since {
-            if cx.now_ms() < since + 30_000 {
-                return cx.set_timer(TICK, since + 30_000 - cx.now_ms());
-            }
+        if let Some(left) = self.turns.time_left(cx.now_ms()) {
+            return cx.set_timer(TICK, left);
+        }
+        if self.turns.since.is_some() {
             self.give_up(cx);
         }
-        if cx.now_ms() >= self.until_ms {
+        if self.turns.over(cx.now_ms()) {
             return;
         }
         let request = DescribeQuorumRequest::default().with_topics(vec![QuorumTopic::default()
             .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
             .with_partitions(vec![QuorumPartition::default().with_partition_index(0)])]);
-        let frame = self.wire.encode(&request, 2);
-        self.waiting_since = Some(cx.now_ms());
+        let frame = self.turns.wire.encode(&request, 2);
         self.sent += 1;
-        cx.send(self.brokers[self.target], ClientMsg::Request(frame));
+        self.turns.send(cx, self.turns.broker(), frame);
         // Look again when the request would count as lost (an answer sets the next tick).
-        cx.set_timer(TICK, 30_000);
+        cx.set_timer(TICK, ANSWER_WITHIN_MS);
     }
 
     fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
-        if self.waiting_since.take().is_some() {
+        if self.turns.give_up(cx) {
             self.lost += 1;
         }
-        self.wire.disconnected();
-        self.target = (self.target + 1) % self.brokers.len();
-        cx.set_timer(TICK, self.interval_ms);
     }
 
     fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
         // Only the answer to the request in flight ends the wait: one request at a time, so the
         // answers are recorded in the order the controller computed them.
-        let Ok((_, version, mut body)) = self.wire.match_response(frame) else { return };
-        self.waiting_since = None;
-        cx.set_timer(TICK, self.interval_ms);
+        let Ok((_, version, mut body)) = self.turns.wire.match_response(frame) else { return };
+        self.turns.since = None;
+        cx.set_timer(TICK, self.turns.interval_ms);
         let Ok(r) = DescribeQuorumResponse::decode(&mut body, version) else { return };
         let partition = r.topics.first().and_then(|t| t.partitions.first());
         let answer = match partition {
@@ -437,13 +455,13 @@ impl QuorumWatcher {
 impl Actor for QuorumWatcher {
     type Msg = ClientMsg;
     fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
-        cx.set_timer(TICK, self.interval_ms);
+        cx.set_timer(TICK, self.turns.interval_ms);
     }
     fn on_message(&mut self, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => self.on_response(cx, frame),
             // Only the connection the request in flight went on matters.
-            ClientMsg::Disconnected if from.node == self.brokers[self.target].node && self.waiting_since.is_some() => self.give_up(cx),
+            ClientMsg::Disconnected if from.node == self.turns.broker().node && self.turns.since.is_some() => self.give_up(cx),
             ClientMsg::Disconnected | ClientMsg::Request(_) => {}
         }
     }
@@ -490,14 +508,11 @@ enum ProbeStep {
 /// its log start, the last two in the leader epoch of the first answer. One request at a time;
 /// an error, a broken connection or 30 s without an answer ends the round.
 pub struct TimestampProbe {
-    brokers: Vec<Addr>,
+    turns: Turns,
     topic: String,
     partitions: i32,
-    interval_ms: u64,
-    until_ms: u64,
-    target: usize,
-    step: Option<(ProbeStep, u64)>,
-    wire: Wire,
+    /// What the request in flight asks (`Some` exactly while `turns` has one in flight).
+    step: Option<ProbeStep>,
     /// Searches sent.
     pub sent: u64,
     /// Rounds ended by a broken connection or silence.
@@ -517,14 +532,10 @@ impl TimestampProbe {
     /// A probe of `topic` over `brokers`.
     pub fn new(brokers: Vec<Addr>, topic: &str, partitions: i32, interval_ms: u64, until_ms: u64) -> Self {
         TimestampProbe {
-            brokers,
+            turns: Turns::new(brokers, interval_ms, until_ms),
             topic: topic.to_string(),
             partitions,
-            interval_ms,
-            until_ms,
-            target: 0,
             step: None,
-            wire: Wire::default(),
             sent: 0,
             lost: 0,
             errors: 0,
@@ -535,20 +546,20 @@ impl TimestampProbe {
     }
 
     fn tick(&mut self, cx: &mut Cx<ClientMsg>) {
-        if let Some((_, since)) = self.step {
-            if cx.now_ms() < since + 30_000 {
-                return cx.set_timer(TICK, since + 30_000 - cx.now_ms());
-            }
+        if let Some(left) = self.turns.time_left(cx.now_ms()) {
+            return cx.set_timer(TICK, left);
+        }
+        if self.step.is_some() {
             self.give_up(cx);
         }
-        if cx.now_ms() >= self.until_ms {
+        if self.turns.over(cx.now_ms()) {
             return;
         }
-        let to = self.brokers[self.target];
-        let frame = self.wire.encode_for(to.node, &topic_metadata_request(&self.topic), 12);
-        self.step = Some((ProbeStep::Leaders, cx.now_ms()));
-        cx.send(to, ClientMsg::Request(frame));
-        cx.set_timer(TICK, 30_000);
+        let to = self.turns.broker();
+        let frame = self.turns.wire.encode_for(to.node, &topic_metadata_request(&self.topic), 12);
+        self.step = Some(ProbeStep::Leaders);
+        self.turns.send(cx, to, frame);
+        cx.set_timer(TICK, ANSWER_WITHIN_MS);
     }
 
     fn list_offsets(&mut self, cx: &mut Cx<ClientMsg>, step: ProbeStep, partition: i32, leader: i32, timestamp: i64, epoch: i32) {
@@ -558,27 +569,23 @@ impl TimestampProbe {
                 .with_partition_index(partition)
                 .with_timestamp(timestamp)
                 .with_current_leader_epoch(epoch)])]);
-        let frame = self.wire.encode_for(leader, &request, 7);
-        self.step = Some((step, cx.now_ms()));
-        cx.send(Addr { node: leader, actor: 0 }, ClientMsg::Request(frame));
+        let frame = self.turns.wire.encode_for(leader, &request, 7);
+        self.step = Some(step);
+        self.turns.send(cx, Addr { node: leader, actor: 0 }, frame);
     }
 
     fn give_up(&mut self, cx: &mut Cx<ClientMsg>) {
-        if self.step.take().is_some() {
+        self.step = None;
+        if self.turns.give_up(cx) {
             self.lost += 1;
         }
-        self.wire.disconnected();
-        self.target = (self.target + 1) % self.brokers.len();
-        cx.set_timer(TICK, self.interval_ms);
     }
 
     fn on_response(&mut self, cx: &mut Cx<ClientMsg>, frame: Bytes) {
-        let Ok((key, version, mut body)) = self.wire.match_response(frame) else { return };
-        let Some((step, _)) = self.step.take() else { return };
-        let next_round = |p: &mut Self, cx: &mut Cx<ClientMsg>| {
-            p.target = (p.target + 1) % p.brokers.len();
-            cx.set_timer(TICK, p.interval_ms);
-        };
+        let Ok((key, version, mut body)) = self.turns.wire.match_response(frame) else { return };
+        let Some(step) = self.step.take() else { return };
+        self.turns.since = None;
+        let next_round = |p: &mut Self, cx: &mut Cx<ClientMsg>| p.turns.next_round(cx);
         match step {
             ProbeStep::Leaders if key == ApiKey::Metadata as i16 => {
                 let leaders = MetadataResponse::decode(&mut body, version).ok().as_ref().and_then(leaders).map(|(_, l)| l).unwrap_or_default();
@@ -638,15 +645,15 @@ impl TimestampProbe {
 impl Actor for TimestampProbe {
     type Msg = ClientMsg;
     fn on_start(&mut self, cx: &mut Cx<ClientMsg>) {
-        cx.set_timer(TICK, self.interval_ms);
+        cx.set_timer(TICK, self.turns.interval_ms);
     }
     fn on_message(&mut self, cx: &mut Cx<ClientMsg>, from: Addr, msg: ClientMsg) {
         match msg {
             ClientMsg::Response(frame) => self.on_response(cx, frame),
             ClientMsg::Disconnected if self.step.is_some() => {
                 let node = match self.step {
-                    Some((ProbeStep::Latest { leader, .. } | ProbeStep::Search { leader, .. } | ProbeStep::Earliest { leader, .. }, _)) => leader,
-                    _ => self.brokers[self.target].node,
+                    Some(ProbeStep::Latest { leader, .. } | ProbeStep::Search { leader, .. } | ProbeStep::Earliest { leader, .. }) => leader,
+                    _ => self.turns.broker().node,
                 };
                 if from.node == node {
                     self.give_up(cx);
