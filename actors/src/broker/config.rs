@@ -253,5 +253,11 @@ mod tests {
         assert!(validate_topic_config("retention.ms", "abc").is_err());
         assert!(validate_topic_config("no.such", "1").is_err());
         assert_eq!(broker_key_to_topic("log.retention.hours", "2"), Some(("retention.ms", "7200000".into())));
+        // `log.flush.interval.messages` in server.properties gives every topic Kafka's policy.
+        let mut kafka_like = BrokerConfig::default();
+        let (key, value) = broker_key_to_topic("log.flush.interval.messages", "9223372036854775807").expect("a topic default");
+        kafka_like.topic_defaults.insert(key.into(), value);
+        let s = topic_settings(&BTreeMap::new(), &BTreeMap::new(), &kafka_like);
+        assert_eq!(s.flush_policy, FlushPolicy::PageCache { messages: i64::MAX, ms: i64::MAX });
     }
 }
