@@ -2376,14 +2376,14 @@ fn producer_windows_match_log(log: &[u8], windows: &BTreeMap<i64, runnel_actors:
     Ok(())
 }
 
-/// The bytes of `log` (concatenated batches) from its first batch that ends at or above offset
-/// `from`, and the base offset of its first batch (0 for an empty log).
 /// The `.log` files under `dir` on `disk`, concatenated in offset order (the snapshot is sorted
 /// by path, and segment names are zero-padded base offsets): the partition's log.
 fn segment_bytes(disk: &SimDisk, dir: &str) -> Vec<u8> {
     disk.snapshot().into_iter().filter(|(path, _)| path.starts_with(dir) && path.ends_with(".log")).flat_map(|(_, f)| f).collect()
 }
 
+/// The bytes of `log` (concatenated batches) from its first batch that ends at or above offset
+/// `from`, and the base offset of its first batch (0 for an empty log).
 fn batches_from(log: &[u8], from: i64) -> (&[u8], i64) {
     let mut at = 0;
     let mut first = None;
